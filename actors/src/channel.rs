@@ -1,0 +1,518 @@
+//! `ChannelActor`: one per active channel; checks who may write and read, persists, acks,
+//! and fans out in seq order.
+//!
+//! Owns the channel's member list (loaded from the store when it starts), its highest
+//! committed seq, and its explicit subscribers. Receives `Publish`, `Join`, `Leave`,
+//! `Typing`, `Receipt`, `ReloadMembers` and `Stop` (from the router when idle). Sends
+//! `Persist` to the write batcher, and deliveries either to the router's `FanOut` (channels
+//! addressed to users: DMs, groups, `user:*`) or straight to its subscribers (`broadcast:*`).
+//!
+//! A restart reloads members and head seq from the store; subscribers are kept.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
+use crate::protocol::{delivery_frame, encode, Ack, ErrorCode};
+use crate::router::{FanOut, Router};
+use crate::session_handle::{Outbound, SessionHandle};
+use crate::store::batcher::{Persist, WriteBatcher};
+use crate::store::reader::Reads;
+use crate::store::writer::{WriteOp, WriteOutcome};
+use crate::store::{queries, NewMessage, StoreError, StoredMessage};
+
+/// How long fan-out waits for a missing seq before sending what it has (should never
+/// happen with one batch in flight; this bounds the damage if it does).
+const GAP_WAIT: Duration = Duration::from_millis(200);
+
+/// Why a channel refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The requester may not do this here.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The channel's group does not exist.
+    #[error("no such group")]
+    NotFound,
+    /// A bad value (e.g. a read receipt for a seq that does not exist yet).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The channel actor or the store is not available right now.
+    #[error("channel unavailable, retry")]
+    Unavailable,
+}
+
+impl ChannelError {
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChannelError::Forbidden(_) => ErrorCode::Forbidden,
+            ChannelError::NotFound => ErrorCode::NotFound,
+            ChannelError::BadRequest(_) => ErrorCode::BadRequest,
+            ChannelError::Store(e) => e.code(),
+            ChannelError::Unavailable => ErrorCode::Unavailable,
+        }
+    }
+}
+
+impl From<MailboxError> for ChannelError {
+    fn from(_: MailboxError) -> Self {
+        ChannelError::Unavailable
+    }
+}
+
+/// What a channel actor needs from the rest of the tree.
+#[derive(Clone)]
+pub struct ChannelDeps {
+    /// For fan-out to users' connections.
+    pub router: Addr<Router>,
+    /// Where writes go.
+    pub batcher: Addr<WriteBatcher>,
+    /// Where reads go.
+    pub reads: Reads,
+    /// Number of explicit subscribers, read by the router's idle sweep.
+    pub subscribers: Arc<AtomicUsize>,
+}
+
+/// Who receives the channel's messages by being who they are (not by subscribing).
+enum Members {
+    /// Not loaded yet (or the load failed).
+    Unknown,
+    /// DM pair or the one user of `user:*`.
+    Fixed(Arc<[UserId]>),
+    /// A group's members; `None` if the group does not exist.
+    Group(Option<(HashSet<UserId>, Arc<[UserId]>)>),
+    /// `broadcast:*`: subscribers only.
+    Open,
+}
+
+/// Who is writing.
+#[derive(Debug, Clone)]
+pub enum Sender {
+    /// An authenticated user, checked against the channel's rules.
+    User(UserId),
+    /// An admin token or an API key with `publish`: may write anywhere.
+    Privileged,
+}
+
+/// The channel actor.
+pub struct ChannelActor {
+    channel: Channel,
+    deps: ChannelDeps,
+    members: Members,
+    head: u64,
+    next_fanout: Option<u64>,
+    reorder: BTreeMap<u64, (StoredMessage, Option<ConnId>)>,
+    subs: HashMap<ConnId, SessionHandle>,
+}
+
+impl ChannelActor {
+    /// A channel actor; it loads its members and head seq when started.
+    pub fn new(channel: Channel, deps: ChannelDeps) -> Self {
+        ChannelActor {
+            channel,
+            deps,
+            members: Members::Unknown,
+            head: 0,
+            next_fanout: None,
+            reorder: BTreeMap::new(),
+            subs: HashMap::new(),
+        }
+    }
+
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let name = self.channel.name.to_string();
+        let group = match &self.channel.kind {
+            ChannelKind::Group(g) => Some(g.to_string()),
+            _ => None,
+        };
+        let fut = self.deps.reads.run(move |c| {
+            let head = queries::last_seq(c, &name)?.unwrap_or(0);
+            let members = match group {
+                Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
+                None => None,
+            };
+            Ok((head, members))
+        });
+        // wait: nothing else is handled until the channel knows its members.
+        ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
+            Ok((head, members)) => {
+                act.head = act.head.max(head as u64);
+                act.members = match (&act.channel.kind, members) {
+                    (ChannelKind::Dm(a, b), _) => {
+                        Members::Fixed(Arc::from(vec![a.clone(), b.clone()]))
+                    }
+                    (ChannelKind::User(u), _) => Members::Fixed(Arc::from(vec![u.clone()])),
+                    (ChannelKind::Broadcast(_), _) => Members::Open,
+                    (ChannelKind::Group(_), Some(Some(list))) => {
+                        let list: Vec<UserId> = list.iter().map(|m| UserId::new(m)).collect();
+                        Members::Group(Some((list.iter().cloned().collect(), Arc::from(list))))
+                    }
+                    (ChannelKind::Group(_), _) => Members::Group(None),
+                };
+            }
+            Err(e) => {
+                log::error!("channel {}: cannot load: {e}", act.channel.name);
+                act.members = Members::Unknown;
+            }
+        }));
+    }
+
+    /// Whether `user` may read; `Err` explains why not.
+    fn check_read(&self, user: &UserId) -> Result<(), ChannelError> {
+        match &self.members {
+            Members::Unknown => Err(ChannelError::Unavailable),
+            Members::Group(None) => Err(ChannelError::NotFound),
+            Members::Group(Some((set, _))) if !set.contains(user) => {
+                Err(ChannelError::Forbidden("not a member of this group"))
+            }
+            _ => match self.channel.readable_by(user) {
+                Some(false) => Err(ChannelError::Forbidden("not allowed to read this channel")),
+                _ => Ok(()),
+            },
+        }
+    }
+
+    fn check_write(&self, sender: &Sender) -> Result<(), ChannelError> {
+        match (&self.members, sender) {
+            (Members::Unknown, _) => Err(ChannelError::Unavailable),
+            (Members::Group(None), _) => Err(ChannelError::NotFound),
+            (_, Sender::Privileged) => Ok(()),
+            (Members::Open, Sender::User(_)) => Err(ChannelError::Forbidden(
+                "only admins may publish to broadcast channels",
+            )),
+            (_, Sender::User(u)) => match &self.channel.kind {
+                ChannelKind::User(_) => Err(ChannelError::Forbidden(
+                    "only admins may publish to user channels",
+                )),
+                _ => self.check_read(u),
+            },
+        }
+    }
+
+    fn recipients(&self) -> Option<Arc<[UserId]>> {
+        match &self.members {
+            Members::Fixed(l) => Some(l.clone()),
+            Members::Group(Some((_, l))) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    fn deliver(&mut self, item: Outbound, skip_conn: Option<ConnId>, skip_user: Option<UserId>) {
+        if let Some(users) = self.recipients() {
+            self.deps.router.do_send(FanOut {
+                users,
+                skip_conn,
+                skip_user,
+                item: item.clone(),
+            });
+        }
+        if !self.subs.is_empty() {
+            self.subs
+                .retain(|c, h| Some(*c) == skip_conn || h.push(item.clone()));
+            self.deps
+                .subscribers
+                .store(self.subs.len(), Ordering::Relaxed);
+        }
+    }
+
+    fn fan_out(&mut self, msg: StoredMessage, origin: Option<ConnId>) {
+        let seq = msg.seq as u64;
+        let item = Outbound::Delivery {
+            channel: self.channel.name.clone(),
+            seq,
+            frame: delivery_frame(&msg),
+        };
+        self.next_fanout = Some(seq + 1);
+        self.deliver(item, origin, None);
+    }
+
+    /// A message committed: fan it out now if it is next in seq order, else hold it.
+    fn committed(&mut self, msg: StoredMessage, origin: Option<ConnId>, ctx: &mut Context<Self>) {
+        let seq = msg.seq as u64;
+        self.head = self.head.max(seq);
+        match self.next_fanout {
+            Some(next) if seq > next => {
+                self.reorder.insert(seq, (msg, origin));
+                ctx.run_later(GAP_WAIT, |act, _| act.release_held(true));
+            }
+            _ => {
+                self.fan_out(msg, origin);
+                self.release_held(false);
+            }
+        }
+    }
+
+    /// Sends held messages that are now in order (all of them when `force`).
+    fn release_held(&mut self, force: bool) {
+        while let Some(entry) = self.reorder.first_entry() {
+            let ready = force || Some(*entry.key()) == self.next_fanout;
+            if !ready {
+                break;
+            }
+            let (msg, origin) = entry.remove();
+            if force {
+                log::warn!(
+                    "channel {}: gap before seq {}, sending on",
+                    self.channel.name,
+                    msg.seq
+                );
+            }
+            self.fan_out(msg, origin);
+        }
+    }
+}
+
+impl Actor for ChannelActor {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load(ctx);
+    }
+}
+
+impl Supervised for ChannelActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        log::warn!("channel {}: restarting", self.channel.name);
+        self.members = Members::Unknown;
+        self.reorder.clear();
+        self.next_fanout = None;
+    }
+}
+
+/// Store a message in this channel; answered with its ack after commit.
+#[derive(Message)]
+#[rtype(result = "Result<Ack, ChannelError>")]
+pub struct Publish {
+    /// The message.
+    pub msg: NewMessage,
+    /// Who writes it.
+    pub sender: Sender,
+    /// The sending connection (it gets the ack, not the delivery).
+    pub origin: Option<ConnId>,
+    /// The client frame id.
+    pub ref_id: Option<String>,
+}
+
+impl Handler<Publish> for ChannelActor {
+    type Result = ResponseActFuture<Self, Result<Ack, ChannelError>>;
+
+    fn handle(&mut self, p: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_write(&p.sender) {
+            if matches!(self.members, Members::Unknown) {
+                self.load(ctx);
+            }
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let req = self.deps.batcher.send(Persist(WriteOp::Message(p.msg)));
+        let (origin, ref_id) = (p.origin, p.ref_id);
+        Box::pin(req.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(WriteOutcome::Stored { msg, duplicate })) => {
+                let ack = Ack::of(&msg, ref_id.as_deref());
+                if !duplicate {
+                    act.committed(msg, origin, ctx);
+                }
+                Ok(ack)
+            }
+            Ok(Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done)) => {
+                Err(ChannelError::Unavailable)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ChannelError::Unavailable),
+        }))
+    }
+}
+
+/// Subscribe a connection; answered with the channel's head seq.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ChannelError>")]
+pub struct Join {
+    /// The subscribing session.
+    pub handle: SessionHandle,
+}
+
+impl Handler<Join> for ChannelActor {
+    type Result = Result<u64, ChannelError>;
+    fn handle(&mut self, j: Join, ctx: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_read(&j.handle.user) {
+            if matches!(self.members, Members::Unknown) {
+                self.load(ctx);
+            }
+            return Err(e);
+        }
+        // Members already receive DMs and group messages; only broadcast needs the list.
+        if matches!(self.members, Members::Open) {
+            self.subs.insert(j.handle.conn, j.handle);
+            self.deps
+                .subscribers
+                .store(self.subs.len(), Ordering::Relaxed);
+        }
+        Ok(self.head)
+    }
+}
+
+/// Unsubscribe a connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The connection.
+    pub conn: ConnId,
+}
+
+impl Handler<Leave> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, l: Leave, _: &mut Context<Self>) {
+        self.subs.remove(&l.conn);
+        self.deps
+            .subscribers
+            .store(self.subs.len(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Serialize)]
+struct TypingPayload {
+    typing: bool,
+}
+
+#[derive(Serialize)]
+struct EphemeralMeta<'a> {
+    timestamp: i64,
+    sender_id: &'a str,
+    target_id: &'a str,
+    channel: &'a str,
+}
+
+#[derive(Serialize)]
+struct Ephemeral<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    payload: P,
+    meta: EphemeralMeta<'a>,
+}
+
+/// Encodes a typing indicator as recipients see it.
+pub fn typing_frame(from: &UserId, target: &str, channel: &str, typing: bool) -> Outbound {
+    let frame = Ephemeral {
+        kind: "typing_indicator",
+        payload: TypingPayload { typing },
+        meta: EphemeralMeta {
+            timestamp: now_ms(),
+            sender_id: from.as_str(),
+            target_id: target,
+            channel,
+        },
+    };
+    let bytes = serde_json::to_vec(&frame).unwrap_or_default();
+    Outbound::Frame(bytestring::ByteString::try_from(bytes).unwrap_or_default())
+}
+
+/// A member is (or stopped) typing in this group.
+#[derive(Message)]
+#[rtype(result = "Result<(), ChannelError>")]
+pub struct Typing {
+    /// The typist.
+    pub from: UserId,
+    /// Typing or stopped.
+    pub typing: bool,
+}
+
+impl Handler<Typing> for ChannelActor {
+    type Result = Result<(), ChannelError>;
+    fn handle(&mut self, t: Typing, _: &mut Context<Self>) -> Self::Result {
+        self.check_read(&t.from)?;
+        let item = typing_frame(&t.from, &self.channel.name, &self.channel.name, t.typing);
+        self.deliver(item, None, Some(t.from));
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct ReceiptPayload<'a> {
+    channel: &'a str,
+    up_to_seq: u64,
+    user_id: &'a str,
+}
+
+/// `user` has read this channel up to `up_to_seq`: store it and tell the other members.
+#[derive(Message)]
+#[rtype(result = "Result<u64, ChannelError>")]
+pub struct Receipt {
+    /// The reader.
+    pub user: UserId,
+    /// The reading connection (its user's other connections are told too).
+    pub origin: ConnId,
+    /// Highest seq read.
+    pub up_to_seq: u64,
+}
+
+impl Handler<Receipt> for ChannelActor {
+    type Result = ResponseActFuture<Self, Result<u64, ChannelError>>;
+    fn handle(&mut self, r: Receipt, _: &mut Context<Self>) -> Self::Result {
+        if let Err(e) = self.check_read(&r.user) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        if r.up_to_seq > self.head {
+            return Box::pin(fut::ready(Err(ChannelError::BadRequest(
+                "up_to_seq is beyond the last message of the channel",
+            ))));
+        }
+        let op = WriteOp::ReadCursor {
+            user_id: r.user.to_string(),
+            channel: self.channel.name.to_string(),
+            up_to_seq: r.up_to_seq as i64,
+        };
+        let req = self.deps.batcher.send(Persist(op));
+        Box::pin(req.into_actor(self).map(move |res, act, _| match res {
+            Ok(Ok(WriteOutcome::Cursor { up_to_seq })) => {
+                let up_to_seq = up_to_seq as u64;
+                let frame = encode(
+                    "read_receipt",
+                    None,
+                    ReceiptPayload {
+                        channel: &act.channel.name,
+                        up_to_seq,
+                        user_id: r.user.as_str(),
+                    },
+                );
+                if !matches!(act.members, Members::Open) {
+                    act.deliver(Outbound::Frame(frame), Some(r.origin), None);
+                }
+                Ok(up_to_seq)
+            }
+            Ok(Ok(_)) => Err(ChannelError::Unavailable),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ChannelError::Unavailable),
+        }))
+    }
+}
+
+/// The group's members changed in the store: load them again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadMembers;
+
+impl Handler<ReloadMembers> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: ReloadMembers, ctx: &mut Context<Self>) {
+        self.load(ctx);
+    }
+}
+
+/// The router forgot this idle channel: stop for good.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,496 @@
+//! The wire contract's frames (`shared/spec/PROTOCOL.md` sections 3, 5, 6 and 8).
+//!
+//! Parsing turns one text frame into a [`ClientFrame`] or a [`FrameError`] that says which
+//! `error` frame to answer with. Encoding builds server frames as [`ByteString`]s once, so a
+//! delivery's bytes are shared by every session that receives it.
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::ids::{valid_id, Channel, UserId};
+use crate::store::StoredMessage;
+
+/// Error codes of contract section 6, serialised in snake_case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No valid credentials.
+    Unauthorized,
+    /// Valid credentials, not allowed.
+    Forbidden,
+    /// Malformed input.
+    BadRequest,
+    /// Unknown frame `type`.
+    UnknownType,
+    /// Input over a size limit.
+    TooLarge,
+    /// Over the rate limit.
+    RateLimited,
+    /// The thing named does not exist.
+    NotFound,
+    /// A write lost a race (state documents, existing ids).
+    Conflict,
+    /// The feature needs configuration this broker lacks.
+    NotConfigured,
+    /// A dependency (database, actor) is not available right now.
+    Unavailable,
+    /// A bug or an unexpected failure on our side.
+    Internal,
+}
+
+/// Why a client frame was refused; becomes one `error` frame (the connection stays open).
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Not JSON, wrong field types, missing fields.
+    #[error("{message}")]
+    BadRequest {
+        /// What was wrong, for humans.
+        message: String,
+        /// The frame's `id`, when it could be read.
+        ref_id: Option<String>,
+    },
+    /// A `type` this broker does not know.
+    #[error("unknown frame type `{kind}`")]
+    UnknownType {
+        /// The type as sent.
+        kind: String,
+        /// The frame's `id`.
+        ref_id: Option<String>,
+    },
+}
+
+impl FrameError {
+    /// The wire error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::BadRequest { .. } => ErrorCode::BadRequest,
+            FrameError::UnknownType { .. } => ErrorCode::UnknownType,
+        }
+    }
+    /// The id of the frame this error answers.
+    pub fn ref_id(&self) -> Option<&str> {
+        match self {
+            FrameError::BadRequest { ref_id, .. } | FrameError::UnknownType { ref_id, .. } => {
+                ref_id.as_deref()
+            }
+        }
+    }
+}
+
+/// The envelope of a client frame, before its payload is checked.
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    meta: Option<EnvelopeMeta>,
+}
+
+#[derive(Deserialize, Default)]
+struct EnvelopeMeta {
+    #[serde(default)]
+    target_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct AuthPayload {
+    token: String,
+}
+
+/// Body of a `chat_message` or `group_message`: `content` is required, the rest is kept.
+#[derive(Deserialize)]
+struct MessagePayload {
+    content: String,
+    #[serde(default)]
+    attachments: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct TypingPayload {
+    typing: bool,
+}
+
+#[derive(Deserialize)]
+struct ChannelSeqPayload {
+    channel: String,
+    up_to_seq: u64,
+}
+
+#[derive(Deserialize)]
+struct SubscribePayload {
+    channel: String,
+    #[serde(default)]
+    since_seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ChannelPayload {
+    channel: String,
+}
+
+/// Who a `typing_indicator` is for.
+#[derive(Debug, Clone)]
+pub enum TypingTarget {
+    /// One user (a DM).
+    User(UserId),
+    /// A group's members.
+    Group(Channel),
+}
+
+/// A checked client frame (contract section 5).
+#[derive(Debug)]
+pub enum ClientFrame {
+    /// Re-authenticate or refresh.
+    Auth {
+        /// The new access token.
+        token: String,
+    },
+    /// Keep-alive; answered with `heartbeat`.
+    Heartbeat,
+    /// A direct message.
+    Chat {
+        /// The other user.
+        target: UserId,
+        /// The payload as sent, as JSON text.
+        payload: Box<RawValue>,
+    },
+    /// A group message.
+    Group {
+        /// `group:{id}`.
+        channel: Channel,
+        /// The payload as sent, as JSON text.
+        payload: Box<RawValue>,
+    },
+    /// Ephemeral typing state.
+    Typing {
+        /// Recipient(s).
+        target: TypingTarget,
+        /// Typing or stopped.
+        typing: bool,
+    },
+    /// The sender has read `channel` up to `up_to_seq`.
+    ReadReceipt {
+        /// The channel read.
+        channel: Channel,
+        /// Highest seq read.
+        up_to_seq: u64,
+    },
+    /// Start receiving `channel` (with replay after `since_seq`).
+    Subscribe {
+        /// The channel.
+        channel: Channel,
+        /// Replay everything after this seq.
+        since_seq: Option<u64>,
+    },
+    /// Stop receiving an explicitly subscribed channel.
+    Unsubscribe {
+        /// The channel.
+        channel: Channel,
+    },
+    /// A type of the contract that this version does not serve yet.
+    NotYetServed {
+        /// The type as sent.
+        kind: String,
+    },
+}
+
+/// A client frame with its correlation id.
+#[derive(Debug)]
+pub struct ParsedFrame {
+    /// The client-made `id` (ack correlation and idempotency).
+    pub id: Option<String>,
+    /// The frame.
+    pub frame: ClientFrame,
+}
+
+fn bad(message: impl Into<String>, ref_id: &Option<String>) -> FrameError {
+    FrameError::BadRequest {
+        message: message.into(),
+        ref_id: ref_id.clone(),
+    }
+}
+
+fn payload_of<'a, T: Deserialize<'a>>(
+    raw: &'a Option<Box<RawValue>>,
+    kind: &str,
+    id: &Option<String>,
+) -> Result<T, FrameError> {
+    let text = raw.as_deref().map(RawValue::get).unwrap_or("null");
+    serde_json::from_str(text).map_err(|e| bad(format!("invalid `{kind}` payload: {e}"), id))
+}
+
+fn target_of(meta: &Option<EnvelopeMeta>, id: &Option<String>) -> Result<String, FrameError> {
+    match meta.as_ref().and_then(|m| m.target_id.as_deref()) {
+        Some(t) => Ok(t.to_owned()),
+        None => Err(bad("missing `meta.target_id`", id)),
+    }
+}
+
+fn user_target(meta: &Option<EnvelopeMeta>, id: &Option<String>) -> Result<UserId, FrameError> {
+    let t = target_of(meta, id)?;
+    if !valid_id(&t) {
+        return Err(bad("`meta.target_id` is not a valid user id", id));
+    }
+    Ok(UserId::new(&t))
+}
+
+fn group_target(meta: &Option<EnvelopeMeta>, id: &Option<String>) -> Result<Channel, FrameError> {
+    let t = target_of(meta, id)?;
+    let gid = t.strip_prefix("group:").unwrap_or(&t);
+    if !valid_id(gid) {
+        return Err(bad("`meta.target_id` is not a valid group id", id));
+    }
+    Ok(Channel::group(gid))
+}
+
+fn channel_named(name: &str, id: &Option<String>) -> Result<Channel, FrameError> {
+    Channel::parse(name).ok_or_else(|| bad(format!("`{name}` is not a valid channel name"), id))
+}
+
+/// Parses one text frame.
+pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
+    let env: Envelope = serde_json::from_str(text).map_err(|e| FrameError::BadRequest {
+        message: format!("not a valid frame: {e}"),
+        ref_id: None,
+    })?;
+    let id = env.id;
+    let frame = match env.kind.as_str() {
+        "auth" => {
+            let p: AuthPayload = payload_of(&env.payload, "auth", &id)?;
+            ClientFrame::Auth { token: p.token }
+        }
+        "heartbeat" => ClientFrame::Heartbeat,
+        "chat_message" | "group_message" => {
+            // Check the shape, keep the payload exactly as sent (unknown fields included).
+            let p: MessagePayload = payload_of(&env.payload, &env.kind, &id)?;
+            drop(p.attachments);
+            if p.content.is_empty() {
+                return Err(bad("`content` must not be empty", &id));
+            }
+            let payload = env.payload.ok_or_else(|| bad("missing payload", &id))?;
+            if env.kind == "chat_message" {
+                ClientFrame::Chat {
+                    target: user_target(&env.meta, &id)?,
+                    payload,
+                }
+            } else {
+                ClientFrame::Group {
+                    channel: group_target(&env.meta, &id)?,
+                    payload,
+                }
+            }
+        }
+        "typing_indicator" => {
+            let p: TypingPayload = payload_of(&env.payload, "typing_indicator", &id)?;
+            let t = target_of(&env.meta, &id)?;
+            let target = if t.starts_with("group:") {
+                TypingTarget::Group(group_target(&env.meta, &id)?)
+            } else if valid_id(&t) {
+                TypingTarget::User(UserId::new(&t))
+            } else {
+                return Err(bad("`meta.target_id` is not a valid user or group", &id));
+            };
+            ClientFrame::Typing {
+                target,
+                typing: p.typing,
+            }
+        }
+        "read_receipt" => {
+            let p: ChannelSeqPayload = payload_of(&env.payload, "read_receipt", &id)?;
+            ClientFrame::ReadReceipt {
+                channel: channel_named(&p.channel, &id)?,
+                up_to_seq: p.up_to_seq,
+            }
+        }
+        "subscribe" => {
+            let p: SubscribePayload = payload_of(&env.payload, "subscribe", &id)?;
+            ClientFrame::Subscribe {
+                channel: channel_named(&p.channel, &id)?,
+                since_seq: p.since_seq,
+            }
+        }
+        "unsubscribe" => {
+            let p: ChannelPayload = payload_of(&env.payload, "unsubscribe", &id)?;
+            ClientFrame::Unsubscribe {
+                channel: channel_named(&p.channel, &id)?,
+            }
+        }
+        "status_update" | "presence_subscribe" | "sync" | "delivered" | "state_sync"
+        | "command" => ClientFrame::NotYetServed { kind: env.kind },
+        _ => {
+            return Err(FrameError::UnknownType {
+                kind: env.kind,
+                ref_id: id,
+            })
+        }
+    };
+    Ok(ParsedFrame { id, frame })
+}
+
+#[derive(Serialize)]
+struct OutFrame<'a, P: Serialize> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    payload: P,
+}
+
+/// Encodes a server frame `{type, id?, payload}`.
+pub fn encode<P: Serialize>(kind: &str, id: Option<&str>, payload: P) -> ByteString {
+    let v = serde_json::to_vec(&OutFrame { kind, id, payload }).unwrap_or_default();
+    // serde_json writes valid UTF-8 only.
+    ByteString::try_from(v).unwrap_or_default()
+}
+
+/// Payload of an `error` frame.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ErrorPayload {
+    /// The error code.
+    pub code: ErrorCode,
+    /// For humans.
+    pub message: String,
+    /// The client frame this answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_id: Option<String>,
+    /// When to retry (rate limits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// An `error` frame.
+pub fn error_frame(code: ErrorCode, message: &str, ref_id: Option<&str>) -> ByteString {
+    encode(
+        "error",
+        None,
+        ErrorPayload {
+            code,
+            message: message.to_owned(),
+            ref_id: ref_id.map(str::to_owned),
+            retry_after_ms: None,
+        },
+    )
+}
+
+/// Payload of an `ack` frame (also the reply of `POST /api/admin/publish`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The client frame id this acknowledges (`null` for server-side publishes without one).
+    pub ref_id: Option<String>,
+    /// The stored message id (UUID v7).
+    pub message_id: String,
+    /// The channel it was stored in.
+    pub channel: String,
+    /// Its seq in that channel.
+    pub seq: u64,
+    /// Server time of storage, ms since epoch.
+    pub timestamp: i64,
+}
+
+impl Ack {
+    /// The ack of a stored message, answering frame `ref_id`.
+    pub fn of(m: &StoredMessage, ref_id: Option<&str>) -> Self {
+        Ack {
+            ref_id: ref_id.map(str::to_owned),
+            message_id: m.id.clone(),
+            channel: m.channel.clone(),
+            seq: m.seq as u64,
+            timestamp: m.created_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct DeliveryMeta<'a> {
+    timestamp: i64,
+    sender_id: &'a str,
+    target_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<&'a str>,
+    channel: &'a str,
+    seq: i64,
+}
+
+#[derive(Serialize)]
+struct DeliveryFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    id: &'a str,
+    payload: &'a RawValue,
+    meta: DeliveryMeta<'a>,
+}
+
+/// The delivery frame of a stored message, exactly as sessions and history return it.
+pub fn delivery_frame(m: &StoredMessage) -> ByteString {
+    let null = RawValue::NULL;
+    let payload: &RawValue = serde_json::from_str(&m.payload).unwrap_or(null);
+    let frame = DeliveryFrame {
+        kind: &m.kind,
+        id: &m.id,
+        payload,
+        meta: DeliveryMeta {
+            timestamp: m.created_at,
+            sender_id: &m.sender_id,
+            target_id: &m.target_id,
+            client_id: m.client_id.as_deref(),
+            channel: &m.channel,
+            seq: m.seq,
+        },
+    };
+    let v = serde_json::to_vec(&frame).unwrap_or_default();
+    ByteString::try_from(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chat_needs_target_and_content() {
+        let e =
+            parse_client_frame(r#"{"type":"chat_message","id":"1","payload":{"content":"hi"}}"#)
+                .expect_err("no target");
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        assert_eq!(e.ref_id(), Some("1"));
+        let e = parse_client_frame(
+            r#"{"type":"chat_message","payload":{"content":5},"meta":{"target_id":"bob"}}"#,
+        )
+        .expect_err("content not a string");
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let ok = parse_client_frame(
+            r#"{"type":"chat_message","id":"x","payload":{"content":"hi","extra":1},"meta":{"target_id":"bob"}}"#,
+        )
+        .expect("valid");
+        assert!(matches!(ok.frame, ClientFrame::Chat { .. }));
+    }
+
+    #[test]
+    fn unknown_and_garbage() {
+        let e = parse_client_frame(r#"{"type":"dance","id":"9"}"#).expect_err("unknown");
+        assert_eq!(e.code(), ErrorCode::UnknownType);
+        let e = parse_client_frame("not json").expect_err("garbage");
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let e = parse_client_frame(r#"{"type":"heartbeat","id":7}"#).expect_err("id type");
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn group_target_accepts_both_forms() {
+        for t in ["group:g1", "g1"] {
+            let f = parse_client_frame(&format!(
+                r#"{{"type":"group_message","payload":{{"content":"x"}},"meta":{{"target_id":"{t}"}}}}"#
+            ))
+            .expect("valid");
+            match f.frame {
+                ClientFrame::Group { channel, .. } => assert_eq!(&*channel.name, "group:g1"),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+}

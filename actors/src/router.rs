@@ -1,0 +1,374 @@
+//! `Router`: the session registry and the channel registry.
+//!
+//! Owns every connected session's handle (by user) and the address of every active channel
+//! actor. Receives `Connect`/`Disconnect` from sessions, `Route<M>` (a message for a channel
+//! actor, started on first use) and `FanOut` (deliver to every connection of some users).
+//! Sends connection events to a user's other connections and tells the presence tracker and
+//! offline queue who came and went.
+//!
+//! A restart keeps the registries (they describe live connections, which a restart does not
+//! end); channel actors it forgot are started again on next use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::channel::{ChannelActor, ChannelDeps, Stop};
+use crate::health::ActorHealth;
+use crate::ids::{Channel, ConnId, UserId};
+use crate::offline_queue::{DeviceSeen, OfflineQueue};
+use crate::presence::{ConnClosed, ConnOpened, PresenceTracker};
+use crate::protocol::encode;
+use crate::session_handle::{Outbound, SessionHandle};
+use crate::store::batcher::WriteBatcher;
+use crate::store::reader::Reads;
+
+struct ChannelEntry {
+    addr: Addr<ChannelActor>,
+    last_routed: Instant,
+    /// Explicit subscribers, kept up to date by the channel actor.
+    subscribers: Arc<AtomicUsize>,
+}
+
+/// Router settings.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// A channel actor with no subscriber and no traffic for this long is stopped.
+    pub channel_idle: Duration,
+}
+
+/// The registry actor.
+pub struct Router {
+    sessions: HashMap<UserId, Vec<SessionHandle>>,
+    channels: HashMap<Arc<str>, ChannelEntry>,
+    batcher: Addr<WriteBatcher>,
+    reads: Reads,
+    presence: Addr<PresenceTracker>,
+    offline: Addr<OfflineQueue>,
+    cfg: RouterConfig,
+    /// Health reported by `/status`.
+    pub health: Arc<ActorHealth>,
+}
+
+impl Router {
+    /// A router over the given persistence and tracker actors.
+    pub fn new(
+        batcher: Addr<WriteBatcher>,
+        reads: Reads,
+        presence: Addr<PresenceTracker>,
+        offline: Addr<OfflineQueue>,
+        cfg: RouterConfig,
+        health: Arc<ActorHealth>,
+    ) -> Self {
+        Router {
+            sessions: HashMap::new(),
+            channels: HashMap::new(),
+            batcher,
+            reads,
+            presence,
+            offline,
+            cfg,
+            health,
+        }
+    }
+
+    fn channel(&mut self, channel: &Channel, ctx: &mut Context<Self>) -> Addr<ChannelActor> {
+        let now = Instant::now();
+        if let Some(e) = self.channels.get_mut(&channel.name) {
+            if e.addr.connected() {
+                e.last_routed = now;
+                return e.addr.clone();
+            }
+        }
+        let subscribers = Arc::new(AtomicUsize::new(0));
+        let deps = ChannelDeps {
+            router: ctx.address(),
+            batcher: self.batcher.clone(),
+            reads: self.reads.clone(),
+            subscribers: subscribers.clone(),
+        };
+        let ch = channel.clone();
+        let addr = Supervisor::start(move |_| ChannelActor::new(ch, deps));
+        self.channels.insert(
+            channel.name.clone(),
+            ChannelEntry {
+                addr: addr.clone(),
+                last_routed: now,
+                subscribers,
+            },
+        );
+        addr
+    }
+
+    fn sweep_idle(&mut self) {
+        let idle = self.cfg.channel_idle;
+        self.channels.retain(|_, e| {
+            let keep = e.last_routed.elapsed() < idle || e.subscribers.load(Ordering::Relaxed) > 0;
+            if !keep {
+                e.addr.do_send(Stop);
+            }
+            keep
+        });
+    }
+
+    fn send_to_user(&mut self, user: &UserId, skip: Option<ConnId>, item: &Outbound) {
+        if let Some(list) = self.sessions.get_mut(user) {
+            list.retain(|h| Some(h.conn) == skip || h.push(item.clone()));
+        }
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.health.started();
+        let every = (self.cfg.channel_idle / 4).max(Duration::from_millis(250));
+        ctx.run_interval(every, |act, _| act.sweep_idle());
+    }
+}
+
+impl Supervised for Router {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.health.restarting();
+    }
+}
+
+crate::health_handlers!(Router);
+
+#[derive(Serialize)]
+struct ConnectionEvent<'a> {
+    event: &'a str,
+    user_id: &'a str,
+    client_id: &'a str,
+    conn_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
+}
+
+fn connection_event(event: &str, h: &SessionHandle) -> Outbound {
+    Outbound::Frame(encode(
+        "connection_event",
+        None,
+        ConnectionEvent {
+            event,
+            user_id: h.user.as_str(),
+            client_id: &h.client_id,
+            conn_id: h.conn.to_string(),
+            device: h.device.as_deref(),
+        },
+    ))
+}
+
+/// A session authenticated; it starts receiving its user's deliveries.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    /// The new session.
+    pub handle: SessionHandle,
+}
+
+impl Handler<Connect> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
+        self.health.handled();
+        let h = msg.handle;
+        let event = connection_event("connected", &h);
+        self.send_to_user(&h.user, None, &event);
+        self.presence.do_send(ConnOpened {
+            user: h.user.clone(),
+            conn: h.conn,
+        });
+        self.offline.do_send(DeviceSeen {
+            user: h.user.clone(),
+            client_id: h.client_id.clone(),
+            device: h.device.clone(),
+        });
+        self.sessions.entry(h.user.clone()).or_default().push(h);
+    }
+}
+
+/// A session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect {
+    /// Its user.
+    pub user: UserId,
+    /// Its connection.
+    pub conn: ConnId,
+}
+
+impl Handler<Disconnect> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
+        self.health.handled();
+        let mut gone = None;
+        if let Some(list) = self.sessions.get_mut(&msg.user) {
+            if let Some(i) = list.iter().position(|h| h.conn == msg.conn) {
+                gone = Some(list.swap_remove(i));
+            }
+            if list.is_empty() {
+                self.sessions.remove(&msg.user);
+            }
+        }
+        if let Some(h) = gone {
+            let event = connection_event("disconnected", &h);
+            self.send_to_user(&msg.user, None, &event);
+        }
+        self.presence.do_send(ConnClosed {
+            user: msg.user,
+            conn: msg.conn,
+        });
+    }
+}
+
+/// Deliver `item` to every connection of `users`, except connection `skip_conn` and every
+/// connection of `skip_user`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FanOut {
+    /// Recipients.
+    pub users: Arc<[UserId]>,
+    /// The sending connection (it got an ack instead).
+    pub skip_conn: Option<ConnId>,
+    /// A user to leave out entirely (typing indicators skip the typist).
+    pub skip_user: Option<UserId>,
+    /// What to deliver.
+    pub item: Outbound,
+}
+
+impl Handler<FanOut> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: FanOut, _: &mut Context<Self>) {
+        self.health.handled();
+        for user in msg.users.iter() {
+            if msg.skip_user.as_ref() == Some(user) {
+                continue;
+            }
+            self.send_to_user(user, msg.skip_conn, &msg.item);
+        }
+    }
+}
+
+/// A message for the actor of `channel`, started if it is not running.
+pub struct Route<M> {
+    /// Target channel.
+    pub channel: Channel,
+    /// The message.
+    pub msg: M,
+}
+
+impl<M> Message for Route<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    type Result = Result<M::Result, MailboxError>;
+}
+
+impl<M> Handler<Route<M>> for Router
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    ChannelActor: Handler<M>,
+{
+    type Result = ResponseFuture<Result<M::Result, MailboxError>>;
+    fn handle(&mut self, r: Route<M>, ctx: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let req = self.channel(&r.channel, ctx).send(r.msg);
+        Box::pin(req)
+    }
+}
+
+/// Route `msg` only if the channel's actor is running (membership changes need no actor).
+pub struct RouteIfActive<M> {
+    /// Target channel.
+    pub channel: Channel,
+    /// The message.
+    pub msg: M,
+}
+
+impl<M> Message for RouteIfActive<M>
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+{
+    type Result = ();
+}
+
+impl<M> Handler<RouteIfActive<M>> for Router
+where
+    M: Message + Send + 'static,
+    M::Result: Send,
+    ChannelActor: Handler<M>,
+{
+    type Result = ();
+    fn handle(&mut self, r: RouteIfActive<M>, _: &mut Context<Self>) {
+        self.health.handled();
+        if let Some(e) = self.channels.get(&r.channel.name) {
+            e.addr.do_send(r.msg);
+        }
+    }
+}
+
+/// Close every session with `code` (graceful shutdown uses 1012).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+impl Handler<CloseAll> for Router {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+        self.health.handled();
+        let mut n = 0;
+        for h in self.sessions.values().flatten() {
+            n += 1;
+            h.close(msg.code, msg.reason);
+        }
+        n
+    }
+}
+
+/// Connection and channel counts for `/status`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RouterStats {
+    /// Open, authenticated connections.
+    pub connections: usize,
+    /// Distinct users connected.
+    pub users: usize,
+    /// Connections by `device` (`unknown` when the client did not say).
+    pub by_device: BTreeMap<String, usize>,
+    /// Channel actors running.
+    pub active_channels: usize,
+}
+
+/// Asks for [`RouterStats`].
+#[derive(Message)]
+#[rtype(result = "RouterStats")]
+pub struct GetStats;
+
+impl Handler<GetStats> for Router {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let mut s = RouterStats {
+            users: self.sessions.len(),
+            active_channels: self.channels.len(),
+            ..RouterStats::default()
+        };
+        for h in self.sessions.values().flatten() {
+            s.connections += 1;
+            let d = h.device.as_deref().unwrap_or("unknown").to_owned();
+            *s.by_device.entry(d).or_default() += 1;
+        }
+        MessageResult(s)
+    }
+}

@@ -1,0 +1,147 @@
+//! The store: Diesel on an r2d2 pool, the schema, queries, and the persistence actors.
+//!
+//! Writes go `WriteBatcher` (async, batches) → `MessageWriter` (SyncArbiter, one transaction
+//! per batch). Reads go to `StoreReader` (SyncArbiter) as closures over a pooled connection.
+//! SQLite (bundled, WAL) is the embedded default.
+
+pub mod batcher;
+pub mod models;
+pub mod queries;
+pub mod reader;
+pub mod schema;
+pub mod writer;
+
+use std::path::Path;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::protocol::ErrorCode;
+
+pub use models::{NewMessage, StoredMessage};
+
+/// The connection type of the embedded backend.
+pub type DbConn = SqliteConnection;
+/// The shared connection pool.
+pub type DbPool = Pool<ConnectionManager<DbConn>>;
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+
+/// Everything the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No connection could be had from the pool.
+    #[error("database pool: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    /// A query failed.
+    #[error("database: {0}")]
+    Query(#[from] diesel::result::Error),
+    /// Opening the database or applying migrations failed.
+    #[error("database setup: {0}")]
+    Setup(String),
+    /// A persistence actor is gone (restarting or shut down) before answering.
+    #[error("persistence actor unavailable")]
+    WriterGone,
+    /// Too many writes are waiting; the client should retry.
+    #[error("write queue full")]
+    Overloaded,
+    /// The database URL names a backend this build does not have.
+    #[error("unsupported database url `{0}`: use a SQLite path or sqlite:// URL")]
+    UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Pool(_) | StoreError::WriterGone | StoreError::Overloaded => {
+                ErrorCode::Unavailable
+            }
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// How SQLite commits: `full` fsyncs every commit (an ack survives power loss),
+/// `normal` survives a process crash but may lose the last commits on power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit.
+    Full,
+    /// fsync at WAL checkpoints only.
+    Normal,
+}
+
+/// Store settings, part of the broker's config.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// SQLite path, or `sqlite://path`.
+    pub url: String,
+    /// Pool size (writer + readers).
+    pub pool_size: u32,
+    /// SQLite `synchronous` pragma.
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug)]
+struct SqlitePragmas {
+    synchronous: Synchronous,
+}
+
+impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut DbConn) -> Result<(), diesel::r2d2::Error> {
+        let sync = match self.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.batch_execute(&format!(
+            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+             PRAGMA foreign_keys = ON;"
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The file path a database URL names.
+pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+    }
+    Ok(url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url))
+}
+
+/// Opens (creating if needed) the database and its pool.
+pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
+    let path = sqlite_path(&cfg.url)?;
+    if let Some(dir) = Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        }
+    }
+    Pool::builder()
+        .max_size(cfg.pool_size.max(2))
+        .connection_timeout(Duration::from_secs(5))
+        .connection_customizer(Box::new(SqlitePragmas {
+            synchronous: cfg.synchronous,
+        }))
+        .build(ConnectionManager::<DbConn>::new(path))
+        .map_err(|e| StoreError::Setup(format!("cannot open database `{path}`: {e}")))
+}
+
+/// Applies pending migrations; returns the versions applied.
+pub fn run_migrations(pool: &DbPool) -> Result<Vec<String>, StoreError> {
+    let mut conn = pool.get()?;
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| StoreError::Setup(format!("migrations: {e}")))?;
+    Ok(applied.iter().map(|v| v.to_string()).collect())
+}

@@ -1,0 +1,64 @@
+//! Rows as Rust structs.
+
+use diesel::prelude::*;
+
+use super::schema::{groups, messages};
+
+/// A persisted message: one row of `messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = messages)]
+pub struct StoredMessage {
+    /// UUID v7.
+    pub id: String,
+    /// Channel name.
+    pub channel: String,
+    /// Seq within the channel.
+    pub seq: i64,
+    /// Frame type it is delivered as (`chat_message`, `group_message`, `notification`…).
+    pub kind: String,
+    /// Who sent it (a user id, or the admin/API key that published it).
+    pub sender_id: String,
+    /// `meta.target_id` as addressed.
+    pub target_id: String,
+    /// Sender's device.
+    pub client_id: Option<String>,
+    /// The client frame id, for idempotent resends.
+    pub client_msg_id: Option<String>,
+    /// Payload JSON as sent.
+    pub payload: String,
+    /// Storage time, ms since epoch.
+    pub created_at: i64,
+}
+
+/// A message to store; the writer gives it an id, a seq and a timestamp.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Channel name.
+    pub channel: String,
+    /// Delivery frame type.
+    pub kind: String,
+    /// Sender.
+    pub sender_id: String,
+    /// Addressed target.
+    pub target_id: String,
+    /// Sender's device.
+    pub client_id: Option<String>,
+    /// Client frame id (dedupe key with `sender_id`).
+    pub client_msg_id: Option<String>,
+    /// Payload JSON.
+    pub payload: String,
+}
+
+/// A group row.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = groups)]
+pub struct GroupRow {
+    /// Group id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Who manages its members.
+    pub owner_id: String,
+    /// Creation time, ms.
+    pub created_at: i64,
+}

@@ -1,0 +1,220 @@
+//! Every query, as a function of a connection. Transactions are the caller's.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+
+use super::models::{GroupRow, StoredMessage};
+use super::schema::{channels, devices, group_members, groups, messages, revoked_tokens};
+use super::DbConn;
+
+/// The last seq given out in `channel`, if it ever had a message.
+pub fn last_seq(c: &mut DbConn, channel: &str) -> QueryResult<Option<i64>> {
+    channels::table
+        .find(channel)
+        .select(channels::last_seq)
+        .first(c)
+        .optional()
+}
+
+/// Records a new channel with no messages.
+pub fn insert_channel(c: &mut DbConn, channel: &str, now: i64) -> QueryResult<()> {
+    diesel::insert_into(channels::table)
+        .values((
+            channels::name.eq(channel),
+            channels::last_seq.eq(0_i64),
+            channels::created_at.eq(now),
+        ))
+        .execute(c)
+        .map(drop)
+}
+
+/// Moves a channel's seq counter.
+pub fn set_last_seq(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<()> {
+    diesel::update(channels::table.find(channel))
+        .set(channels::last_seq.eq(seq))
+        .execute(c)
+        .map(drop)
+}
+
+/// The message `sender` already stored under client frame id `client_msg_id` since `since`.
+pub fn find_duplicate(
+    c: &mut DbConn,
+    sender: &str,
+    client_msg_id: &str,
+    since: i64,
+) -> QueryResult<Option<StoredMessage>> {
+    messages::table
+        .filter(messages::sender_id.eq(sender))
+        .filter(messages::client_msg_id.eq(client_msg_id))
+        .filter(messages::created_at.ge(since))
+        .select(StoredMessage::as_select())
+        .first(c)
+        .optional()
+}
+
+/// Inserts rows (multi-row `INSERT`, in chunks under SQLite's variable limit).
+pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<()> {
+    for chunk in rows.chunks(500) {
+        diesel::insert_into(messages::table)
+            .values(chunk)
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// Moves a user's read cursor forward (never back); returns the cursor after the write.
+pub fn advance_read_cursor(
+    c: &mut DbConn,
+    user: &str,
+    channel: &str,
+    up_to_seq: i64,
+    now: i64,
+) -> QueryResult<i64> {
+    diesel::sql_query(
+        "INSERT INTO read_cursors (user_id, channel, up_to_seq, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, channel) DO UPDATE SET up_to_seq = excluded.up_to_seq, \
+         updated_at = excluded.updated_at WHERE excluded.up_to_seq > read_cursors.up_to_seq",
+    )
+    .bind::<Text, _>(user)
+    .bind::<Text, _>(channel)
+    .bind::<BigInt, _>(up_to_seq)
+    .bind::<BigInt, _>(now)
+    .execute(c)?;
+    super::schema::read_cursors::table
+        .find((user, channel))
+        .select(super::schema::read_cursors::up_to_seq)
+        .first(c)
+}
+
+/// Which page of a channel's history to read. Bounds are exclusive.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Only seqs above this.
+    pub after_seq: Option<i64>,
+    /// Only seqs below this.
+    pub before_seq: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+}
+
+/// A page of history in ascending seq, and whether more lie beyond it.
+///
+/// With `after_seq` the page starts right after it; otherwise it is the newest messages
+/// (below `before_seq` when given). `has_more` says whether messages beyond the page exist
+/// in the direction read.
+pub fn history(
+    c: &mut DbConn,
+    channel: &str,
+    page: Page,
+) -> QueryResult<(Vec<StoredMessage>, bool)> {
+    let mut q = messages::table
+        .filter(messages::channel.eq(channel))
+        .select(StoredMessage::as_select())
+        .into_boxed();
+    if let Some(a) = page.after_seq {
+        q = q.filter(messages::seq.gt(a));
+    }
+    if let Some(b) = page.before_seq {
+        q = q.filter(messages::seq.lt(b));
+    }
+    let forward = page.after_seq.is_some();
+    q = if forward {
+        q.order(messages::seq.asc())
+    } else {
+        q.order(messages::seq.desc())
+    };
+    let mut rows: Vec<StoredMessage> = q.limit(page.limit + 1).load(c)?;
+    let has_more = rows.len() as i64 > page.limit;
+    rows.truncate(page.limit as usize);
+    if !forward {
+        rows.reverse();
+    }
+    Ok((rows, has_more))
+}
+
+/// A group and its members (sorted), if it exists.
+pub fn group(c: &mut DbConn, id: &str) -> QueryResult<Option<(GroupRow, Vec<String>)>> {
+    let Some(g) = groups::table
+        .find(id)
+        .select(GroupRow::as_select())
+        .first(c)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let members = group_members::table
+        .filter(group_members::group_id.eq(id))
+        .select(group_members::user_id)
+        .order(group_members::user_id.asc())
+        .load(c)?;
+    Ok(Some((g, members)))
+}
+
+/// Creates a group with its members (the owner is always a member).
+pub fn create_group(c: &mut DbConn, g: &GroupRow, members: &[String]) -> QueryResult<()> {
+    diesel::insert_into(groups::table).values(g).execute(c)?;
+    let rows: Vec<_> = members
+        .iter()
+        .map(|m| {
+            (
+                group_members::group_id.eq(&g.id),
+                group_members::user_id.eq(m),
+                group_members::added_at.eq(g.created_at),
+            )
+        })
+        .collect();
+    diesel::insert_into(group_members::table)
+        .values(&rows)
+        .execute(c)
+        .map(drop)
+}
+
+/// Adds a member; true if they were not one already.
+pub fn add_member(c: &mut DbConn, group: &str, user: &str, now: i64) -> QueryResult<bool> {
+    let n = diesel::insert_into(group_members::table)
+        .values((
+            group_members::group_id.eq(group),
+            group_members::user_id.eq(user),
+            group_members::added_at.eq(now),
+        ))
+        .on_conflict_do_nothing()
+        .execute(c)?;
+    Ok(n > 0)
+}
+
+/// Removes a member; true if they were one.
+pub fn remove_member(c: &mut DbConn, group: &str, user: &str) -> QueryResult<bool> {
+    let n = diesel::delete(group_members::table.find((group, user))).execute(c)?;
+    Ok(n > 0)
+}
+
+/// Token ids revoked and not yet expired.
+pub fn revoked_jtis(c: &mut DbConn, now: i64) -> QueryResult<Vec<String>> {
+    revoked_tokens::table
+        .filter(revoked_tokens::expires_at.gt(now))
+        .select(revoked_tokens::jti)
+        .load(c)
+}
+
+/// Notes that device `client_id` of `user` connected now.
+pub fn touch_device(
+    c: &mut DbConn,
+    user: &str,
+    client_id: &str,
+    device: Option<&str>,
+    now: i64,
+) -> QueryResult<()> {
+    diesel::insert_into(devices::table)
+        .values((
+            devices::user_id.eq(user),
+            devices::client_id.eq(client_id),
+            devices::device.eq(device),
+            devices::first_seen.eq(now),
+            devices::last_seen.eq(now),
+        ))
+        .on_conflict((devices::user_id, devices::client_id))
+        .do_update()
+        .set((devices::last_seen.eq(now), devices::device.eq(device)))
+        .execute(c)
+        .map(drop)
+}

@@ -1,0 +1,73 @@
+//! `StoreReader`: blocking reads on a SyncArbiter, so no async thread waits for the disk.
+//!
+//! Owns nothing but the pool; a restart loses nothing.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::{DbConn, DbPool, StoreError};
+use crate::health::{ActorHealth, Probe};
+
+type Work<R> = Box<dyn FnOnce(&mut DbConn) -> Result<R, StoreError> + Send>;
+
+/// A read to run on a pooled connection.
+pub struct Query<R: Send + 'static>(pub Work<R>);
+
+impl<R: Send + 'static> Message for Query<R> {
+    type Result = Result<R, StoreError>;
+}
+
+/// One of the reader threads.
+pub struct StoreReader {
+    /// The shared pool.
+    pub pool: DbPool,
+    /// Shared by every reader thread.
+    pub health: Arc<ActorHealth>,
+}
+
+impl Actor for StoreReader {
+    type Context = SyncContext<Self>;
+}
+
+impl<R: Send + 'static> Handler<Query<R>> for StoreReader {
+    type Result = Result<R, StoreError>;
+    fn handle(&mut self, q: Query<R>, _: &mut SyncContext<Self>) -> Self::Result {
+        self.health.handled();
+        let mut conn = self.pool.get()?;
+        (q.0)(&mut conn)
+    }
+}
+
+impl Handler<Probe> for StoreReader {
+    type Result = u64;
+    fn handle(&mut self, _: Probe, _: &mut SyncContext<Self>) -> u64 {
+        self.health.handled_count()
+    }
+}
+
+/// A cheap handle for running reads from async code.
+#[derive(Clone)]
+pub struct Reads {
+    addr: Addr<StoreReader>,
+}
+
+impl Reads {
+    /// Wraps the reader pool's address.
+    pub fn new(addr: Addr<StoreReader>) -> Self {
+        Reads { addr }
+    }
+
+    /// Runs `f` on a reader thread.
+    pub fn run<R, F>(
+        &self,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<R, StoreError>> + 'static
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
+    {
+        let req = self.addr.send(Query(Box::new(f)));
+        async move { req.await.map_err(|_| StoreError::WriterGone)? }
+    }
+}

@@ -1,0 +1,148 @@
+//! The supervision tree: starts every long-lived actor once and hands out their addresses.
+//!
+//! ```text
+//! System
+//! ├── Supervisor ── Router ─────────┬── Supervisor ── ChannelActor (one per active channel)
+//! │                                 └── SessionHandle (one per connection, not supervised)
+//! ├── Supervisor ── PresenceTracker
+//! ├── Supervisor ── OfflineQueue
+//! ├── Supervisor ── SyncEngine
+//! ├── Supervisor ── WriteBatcher ── SyncArbiter ── MessageWriter × writer_threads
+//! └── SyncArbiter ── StoreReader × reader_threads
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::health::{ActorHealth, Crash, HealthBoard};
+use crate::offline_queue::OfflineQueue;
+use crate::presence::PresenceTracker;
+use crate::router::{Router, RouterConfig};
+use crate::store::batcher::{BatchConfig, WriteBatcher};
+use crate::store::reader::{Reads, StoreReader};
+use crate::store::writer::MessageWriter;
+use crate::store::DbPool;
+use crate::sync_engine::SyncEngine;
+
+/// Settings of the tree.
+#[derive(Debug, Clone)]
+pub struct TreeConfig {
+    /// Writer threads. SQLite has one writer at a time, so 1 is right for it.
+    pub writer_threads: usize,
+    /// Reader threads.
+    pub reader_threads: usize,
+    /// Batching limits.
+    pub batch: BatchConfig,
+    /// Idle channel actors stop after this long.
+    pub channel_idle: Duration,
+    /// Offline grace period (presence).
+    pub presence_grace: Duration,
+}
+
+/// Addresses of the running tree.
+#[derive(Clone)]
+pub struct Tree {
+    /// Session and channel registries.
+    pub router: Addr<Router>,
+    /// Write batching in front of the writers.
+    pub batcher: Addr<WriteBatcher>,
+    /// Who is online.
+    pub presence: Addr<PresenceTracker>,
+    /// Per-device delivery bookkeeping.
+    pub offline: Addr<OfflineQueue>,
+    /// Synced documents.
+    pub sync: Addr<SyncEngine>,
+    /// Blocking reads.
+    pub reads: Reads,
+    /// The pool (for readiness checks).
+    pub pool: DbPool,
+    /// Health of every actor above.
+    pub health: Arc<HealthBoard>,
+}
+
+impl Tree {
+    /// Starts the tree on the current actix system.
+    pub fn start(cfg: TreeConfig, pool: DbPool) -> Tree {
+        let board = HealthBoard::new();
+
+        let h = ActorHealth::new("store_writer");
+        let (p, hh) = (pool.clone(), h.clone());
+        let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
+            pool: p.clone(),
+            health: hh.clone(),
+        });
+        board.register(h, writers.clone().recipient());
+
+        let h = ActorHealth::new("store_reader");
+        let (p, hh) = (pool.clone(), h.clone());
+        let readers = SyncArbiter::start(cfg.reader_threads.max(1), move || StoreReader {
+            pool: p.clone(),
+            health: hh.clone(),
+        });
+        board.register(h, readers.clone().recipient());
+        let reads = Reads::new(readers);
+
+        let h = ActorHealth::new("write_batcher");
+        let (bc, hh) = (cfg.batch.clone(), h.clone());
+        let batcher = Supervisor::start(move |_| WriteBatcher::new(writers, bc, hh));
+        board.register(h, batcher.clone().recipient());
+
+        let h = ActorHealth::new("presence_tracker");
+        let (grace, hh) = (cfg.presence_grace, h.clone());
+        let presence = Supervisor::start(move |_| PresenceTracker::new(grace, hh));
+        board.register(h, presence.clone().recipient());
+
+        let h = ActorHealth::new("offline_queue");
+        let (b, hh) = (batcher.clone(), h.clone());
+        let offline = Supervisor::start(move |_| OfflineQueue::new(b, hh));
+        board.register(h, offline.clone().recipient());
+
+        let h = ActorHealth::new("sync_engine");
+        let hh = h.clone();
+        let sync = Supervisor::start(move |_| SyncEngine { health: hh });
+        board.register(h, sync.clone().recipient());
+
+        let h = ActorHealth::new("router");
+        let rcfg = RouterConfig {
+            channel_idle: cfg.channel_idle,
+        };
+        let (b, r, p, o, hh) = (
+            batcher.clone(),
+            reads.clone(),
+            presence.clone(),
+            offline.clone(),
+            h.clone(),
+        );
+        let router = Supervisor::start(move |_| Router::new(b, r, p, o, rcfg, hh));
+        board.register(h, router.clone().recipient());
+
+        Tree {
+            router,
+            batcher,
+            presence,
+            offline,
+            sync,
+            reads,
+            pool,
+            health: board,
+        }
+    }
+
+    /// Makes the named supervised actor fail (fault drills). False for an unknown name.
+    pub fn crash(&self, name: &str, reason: &str) -> bool {
+        let msg = Crash {
+            reason: reason.to_owned(),
+        };
+        match name {
+            "router" => self.router.do_send(msg),
+            "write_batcher" => self.batcher.do_send(msg),
+            "presence_tracker" => self.presence.do_send(msg),
+            "offline_queue" => self.offline.do_send(msg),
+            "sync_engine" => self.sync.do_send(msg),
+            _ => return false,
+        }
+        true
+    }
+}

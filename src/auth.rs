@@ -1,0 +1,316 @@
+//! Tokens: minting and checking JWTs (contract section 1), and the REST caller extractor.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use switchboard_actors::ids::{now_ms, valid_id, UserId};
+
+use crate::config::{Environment, Settings};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Device kinds a token or connection may name.
+pub const DEVICES: [&str; 6] = ["web", "desktop", "mobile", "extension", "cli", "server"];
+
+/// JWT claims (contract section 1).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Expiry, seconds since epoch.
+    pub exp: u64,
+    /// Issued at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Not before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Token id, for revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// `admin` grants the admin API.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Device kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// `refresh` for refresh tokens; absent for access tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub typ: Option<String>,
+}
+
+impl Claims {
+    /// Whether the token grants the admin API.
+    pub fn is_admin(&self) -> bool {
+        self.roles.iter().any(|r| r == "admin")
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Bad signature, malformed, expired, not yet valid.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// Revoked by `jti`.
+    #[error("token revoked")]
+    Revoked,
+    /// A refresh token used as an access token.
+    #[error("refresh tokens cannot be used for access")]
+    WrongKind,
+    /// The broker has no signing secret (RS256/ES256 verification only).
+    #[error("this broker verifies tokens but cannot mint them (no HS256 secret)")]
+    CannotMint,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::CannotMint => ApiError::NotConfigured(e.to_string()),
+            _ => ApiError::Unauthorized(e.to_string()),
+        }
+    }
+}
+
+/// Why the signing setup failed at start.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Production without a secret.
+    #[error("auth.jwt_secret is required when environment = \"production\" (set SWITCHBOARD__AUTH__JWT_SECRET)")]
+    MissingSecret,
+    /// A key file could not be read or parsed.
+    #[error("{0}")]
+    Key(String),
+}
+
+/// Mints and verifies tokens.
+pub struct Authority {
+    encoding: Option<EncodingKey>,
+    decoding: DecodingKey,
+    validation: Validation,
+    revoked: RwLock<HashSet<String>>,
+}
+
+/// A freshly minted token.
+pub struct Minted {
+    /// The JWT.
+    pub token: String,
+    /// Its expiry, seconds since epoch.
+    pub exp: u64,
+}
+
+impl Authority {
+    /// Builds the authority from settings, generating the dev secret when needed.
+    pub fn from_settings(s: &Settings) -> Result<Authority, KeyError> {
+        let leeway = s.auth.leeway.as_secs();
+        match s.auth.jwt_algorithm.as_str() {
+            "RS256" | "ES256" => {
+                let pem = std::fs::read(&s.auth.jwt_public_key_file).map_err(|e| {
+                    KeyError::Key(format!(
+                        "auth.jwt_public_key_file `{}`: {e}",
+                        s.auth.jwt_public_key_file
+                    ))
+                })?;
+                let (alg, key) = if s.auth.jwt_algorithm == "RS256" {
+                    (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem))
+                } else {
+                    (Algorithm::ES256, DecodingKey::from_ec_pem(&pem))
+                };
+                let key = key.map_err(|e| KeyError::Key(format!("public key: {e}")))?;
+                Ok(Authority::new(None, key, alg, leeway))
+            }
+            _ => {
+                let secret = resolve_secret(s)?;
+                Ok(Authority::new(
+                    Some(EncodingKey::from_secret(secret.as_bytes())),
+                    DecodingKey::from_secret(secret.as_bytes()),
+                    Algorithm::HS256,
+                    leeway,
+                ))
+            }
+        }
+    }
+
+    fn new(
+        encoding: Option<EncodingKey>,
+        decoding: DecodingKey,
+        alg: Algorithm,
+        leeway: u64,
+    ) -> Self {
+        let mut validation = Validation::new(alg);
+        validation.leeway = leeway;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authority {
+            encoding,
+            decoding,
+            validation,
+            revoked: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Marks token ids as revoked (loaded from the store at start).
+    pub fn revoke_all(&self, jtis: impl IntoIterator<Item = String>) {
+        if let Ok(mut r) = self.revoked.write() {
+            r.extend(jtis);
+        }
+    }
+
+    /// Checks an access token.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        if !valid_id(&c.sub) {
+            return Err(AuthError::Invalid("`sub` is not a valid user id".into()));
+        }
+        if c.typ.as_deref() == Some("refresh") {
+            return Err(AuthError::WrongKind);
+        }
+        if let Some(jti) = &c.jti {
+            if self
+                .revoked
+                .read()
+                .map(|r| r.contains(jti))
+                .unwrap_or(false)
+            {
+                return Err(AuthError::Revoked);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Mints a token for `user`.
+    pub fn mint(
+        &self,
+        user: &str,
+        roles: Vec<String>,
+        ttl: Duration,
+        device: Option<String>,
+        refresh: bool,
+    ) -> Result<Minted, AuthError> {
+        let key = self.encoding.as_ref().ok_or(AuthError::CannotMint)?;
+        let now = (now_ms() / 1000) as u64;
+        let exp = now + ttl.as_secs().max(1);
+        let claims = Claims {
+            sub: user.to_owned(),
+            exp,
+            iat: Some(now),
+            nbf: None,
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+            roles,
+            device,
+            typ: refresh.then(|| "refresh".to_owned()),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, key)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        Ok(Minted { token, exp })
+    }
+}
+
+/// The HS256 secret: configured, or (in development) read from or generated into the data dir.
+fn resolve_secret(s: &Settings) -> Result<String, KeyError> {
+    if !s.auth.jwt_secret.is_empty() {
+        return Ok(s.auth.jwt_secret.clone());
+    }
+    if s.environment == Environment::Production {
+        return Err(KeyError::MissingSecret);
+    }
+    let path = s.server.data_dir.join("jwt_secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim().to_owned();
+        if !existing.is_empty() {
+            return Ok(existing);
+        }
+    }
+    let secret: String = {
+        use rand::Rng;
+        let bytes: [u8; 32] = rand::rng().random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    write_secret(&path, &secret)
+        .map_err(|e| KeyError::Key(format!("cannot write {}: {e}", path.display())))?;
+    log::warn!(
+        "development mode: generated a JWT secret in {} (set auth.jwt_secret for production)",
+        path.display()
+    );
+    Ok(secret)
+}
+
+fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    opts.open(path)?.write_all(secret.as_bytes())
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// An authenticated REST caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The user.
+    pub user: UserId,
+    /// The token's claims.
+    pub claims: Claims,
+}
+
+impl Caller {
+    /// Whether the caller may use the admin API.
+    pub fn is_admin(&self) -> bool {
+        self.claims.is_admin()
+    }
+
+    /// Fails with 403 unless the caller is an admin.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("admin role required".into()))
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(caller(req))
+    }
+}
+
+fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
+    let app = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::Internal("app state missing".into()))?;
+    let token = bearer(req)
+        .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer` token".into()))?;
+    let claims = app.auth.verify(token)?;
+    Ok(Caller {
+        user: UserId::new(&claims.sub),
+        claims,
+    })
+}

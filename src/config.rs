@@ -1,0 +1,485 @@
+//! Configuration: one typed [`Settings`], loaded from `config.toml` (or the file given with
+//! `--config` / `SWITCHBOARD_CONFIG`), then from `SWITCHBOARD__<SECTION>__<KEY>` environment
+//! variables, which win. Every key is documented in the repository's `config.toml`.
+//!
+//! Environment values are converted to the type the key has (number, bool, string,
+//! duration such as `"90s"`), so `SWITCHBOARD__SERVER__PORT=8080` and
+//! `SWITCHBOARD__AUTH__JWT_SECRET=123` both do what they say.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchboard_actors::store::Synchronous;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file or the merged result is not valid.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// `development` (the default for a local run) or `production`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Generates a JWT secret into the data dir when none is configured.
+    #[default]
+    Development,
+    /// Refuses to start without a configured secret.
+    Production,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `development` or `production`.
+    pub environment: Environment,
+    /// Listening and process settings.
+    pub server: ServerSettings,
+    /// Tokens.
+    pub auth: AuthSettings,
+    /// The store.
+    pub database: DatabaseSettings,
+    /// Redis (cross-node fan-out, presence, rate limits).
+    pub redis: RedisSettings,
+    /// Per-connection and per-user limits (contract section 8).
+    pub limits: LimitSettings,
+    /// WebSocket session timing.
+    pub session: SessionSettings,
+    /// Presence.
+    pub presence: PresenceSettings,
+    /// Channel actors.
+    pub channels: ChannelSettings,
+    /// Fault drills.
+    pub debug: DebugSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind (0: any free port).
+    pub port: u16,
+    /// Where the embedded database and the generated dev secret live.
+    pub data_dir: PathBuf,
+    /// HTTP worker threads (0: one per core).
+    pub workers: usize,
+    /// How long a graceful shutdown may take.
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            data_dir: PathBuf::from("data"),
+            workers: 0,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 secret. Empty: generated into the data dir in development, an error in production.
+    pub jwt_secret: String,
+    /// `HS256`, or `RS256` / `ES256` with `jwt_public_key_file` (verification only).
+    pub jwt_algorithm: String,
+    /// PEM public key for RS256/ES256 tokens.
+    pub jwt_public_key_file: String,
+    /// Clock leeway for `exp` and `nbf`.
+    #[serde(with = "duration_str")]
+    pub leeway: Duration,
+    /// How long a connection without a token may take to send its `auth` frame.
+    #[serde(with = "duration_str")]
+    pub auth_timeout: Duration,
+    /// Lifetime of access tokens minted by `POST /api/auth/token` without `ttl_s`.
+    #[serde(with = "duration_str")]
+    pub access_ttl: Duration,
+    /// Lifetime of refresh tokens.
+    #[serde(with = "duration_str")]
+    pub refresh_ttl: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            jwt_secret: String::new(),
+            jwt_algorithm: "HS256".into(),
+            jwt_public_key_file: String::new(),
+            leeway: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(10),
+            access_ttl: Duration::from_secs(3600),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// SQLite path or `sqlite://` URL; empty: `<data_dir>/switchboard.db`.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Writer threads (SQLite: 1).
+    pub writer_threads: usize,
+    /// Reader threads.
+    pub reader_threads: usize,
+    /// SQLite `synchronous`: `full` or `normal`.
+    pub sqlite_synchronous: Synchronous,
+    /// Most writes per transaction.
+    pub batch_max: usize,
+    /// Most writes waiting for a transaction before new ones are refused.
+    pub max_pending_writes: usize,
+    /// Resends of an acked frame id within this window return the original ack.
+    #[serde(with = "duration_str")]
+    pub dedupe_window: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        DatabaseSettings {
+            url: String::new(),
+            pool_size: 8,
+            writer_threads: 1,
+            reader_threads: 4,
+            sqlite_synchronous: Synchronous::Full,
+            batch_max: 512,
+            max_pending_writes: 50_000,
+            dedupe_window: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…`; empty: single node, no Redis.
+    pub url: String,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Sustained client frames per second, per user.
+    pub frames_per_second: f64,
+    /// Burst of client frames, per user.
+    pub frames_burst: f64,
+    /// Largest client frame; larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Connections on this node (HTTP 503 beyond).
+    pub max_connections: usize,
+    /// Connections per user (HTTP 429 beyond).
+    pub max_connections_per_user: usize,
+    /// Frames queued for one connection before it is closed with 1013.
+    pub outbound_queue: usize,
+    /// Rate-limited frames within 10 s before the connection is closed with 1008.
+    pub max_rejected_frames: u32,
+    /// Most messages one `subscribe` replays.
+    pub max_replay: i64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            frames_per_second: 20.0,
+            frames_burst: 50.0,
+            max_frame_bytes: 64 * 1024,
+            max_connections: 50_000,
+            max_connections_per_user: 32,
+            outbound_queue: 1024,
+            max_rejected_frames: 100,
+            max_replay: 1000,
+        }
+    }
+}
+
+/// `[session]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionSettings {
+    /// Server pings this often; also the `heartbeat_interval_s` told to clients.
+    #[serde(with = "duration_str")]
+    pub heartbeat_interval: Duration,
+    /// A connection silent for this long is dropped.
+    #[serde(with = "duration_str")]
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// After a user's last connection closes, wait this long before they count as offline.
+    #[serde(with = "duration_str")]
+    pub offline_grace: Duration,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        PresenceSettings {
+            offline_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[channels]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// A channel actor with no traffic and no subscriber for this long is stopped.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for ChannelSettings {
+    fn default() -> Self {
+        ChannelSettings {
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[debug]`
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugSettings {
+    /// Enables `POST /api/admin/debug/crash/{actor}` (admin only) for fault drills.
+    pub fault_injection: bool,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// env_logger filter; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            filter: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `file` (or `SWITCHBOARD_CONFIG`, or `./config.toml` if present), then the
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env_file = std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from);
+        let path = match (file, env_file) {
+            (Some(p), _) => Some(p.to_path_buf()),
+            (None, Some(p)) => Some(p),
+            (None, None) => {
+                let p = PathBuf::from("config.toml");
+                p.exists().then_some(p)
+            }
+        };
+        let text = match &path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Settings::from_sources(&text, std::env::vars())
+    }
+
+    /// Builds settings from TOML text and `(name, value)` environment pairs.
+    pub fn from_sources(
+        toml_text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
+        let mut merged = toml::Table::try_from(Settings::default()).map_err(|e| invalid(&e))?;
+        let file: toml::Table = toml::from_str(toml_text).map_err(|e| invalid(&e))?;
+        merge(&mut merged, file);
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SWITCHBOARD__") else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            set_from_env(&mut merged, &path, &value)
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+        }
+        let settings: Settings = merged.try_into().map_err(|e| invalid(&e))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.limits.frames_per_second <= 0.0 || self.limits.frames_burst < 1.0 {
+            return bad("limits.frames_per_second must be > 0 and limits.frames_burst >= 1");
+        }
+        if self.limits.max_frame_bytes < 128 {
+            return bad("limits.max_frame_bytes must be at least 128");
+        }
+        if self.limits.outbound_queue == 0 {
+            return bad("limits.outbound_queue must be at least 1");
+        }
+        if self.session.heartbeat_interval.is_zero() || self.session.heartbeat_timeout.is_zero() {
+            return bad("session.heartbeat_interval and session.heartbeat_timeout must be > 0");
+        }
+        if !matches!(
+            self.auth.jwt_algorithm.as_str(),
+            "HS256" | "RS256" | "ES256"
+        ) {
+            return bad("auth.jwt_algorithm must be HS256, RS256 or ES256");
+        }
+        Ok(())
+    }
+
+    /// The SQLite URL in use (`database.url`, or the file in the data dir).
+    pub fn database_url(&self) -> String {
+        if self.database.url.is_empty() {
+            self.server
+                .data_dir
+                .join("switchboard.db")
+                .display()
+                .to_string()
+        } else {
+            self.database.url.clone()
+        }
+    }
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets `path` to `raw`, converted to the type the key already has.
+fn set_from_env(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
+    let (last, parents) = path.split_last().ok_or("empty key")?;
+    let mut t = table;
+    for p in parents {
+        t = match t.get_mut(p) {
+            Some(toml::Value::Table(inner)) => inner,
+            _ => return Err(format!("unknown config section `{p}`")),
+        };
+    }
+    let value = match t.get(last) {
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|e| format!("expected an integer: {e}"))?,
+        Some(toml::Value::Float(_)) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|e| format!("expected a number: {e}"))?,
+        Some(toml::Value::Boolean(_)) => match raw.trim() {
+            "true" | "1" | "yes" => toml::Value::Boolean(true),
+            "false" | "0" | "no" => toml::Value::Boolean(false),
+            _ => return Err("expected true or false".into()),
+        },
+        Some(toml::Value::String(_)) | None => toml::Value::String(raw.to_owned()),
+        Some(_) => return Err("this key cannot be set from the environment".into()),
+    };
+    t.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Durations as humantime strings (`"90s"`, `"500ms"`, `"24h"`).
+mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn env_wins_over_file_and_keeps_types() {
+        let s = Settings::from_sources(
+            "[server]\nport = 9000\n[auth]\njwt_secret = \"file\"\n",
+            env(&[
+                ("SWITCHBOARD__SERVER__PORT", "7001"),
+                ("SWITCHBOARD__AUTH__JWT_SECRET", "123"),
+                ("SWITCHBOARD__SESSION__HEARTBEAT_TIMEOUT", "2s"),
+                ("SWITCHBOARD__ENVIRONMENT", "production"),
+                ("SWITCHBOARD__LIMITS__FRAMES_PER_SECOND", "100000"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.server.port, 7001);
+        assert_eq!(s.auth.jwt_secret, "123");
+        assert_eq!(s.session.heartbeat_timeout, Duration::from_secs(2));
+        assert_eq!(s.environment, Environment::Production);
+        assert_eq!(s.limits.frames_per_second, 100000.0);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Settings::from_sources("[server]\nprot = 1\n", env(&[])).is_err());
+        assert!(Settings::from_sources("", env(&[("SWITCHBOARD__SERVER__PORT", "x")])).is_err());
+        assert!(Settings::from_sources("", env(&[("SWITCHBOARD__NOPE__X", "1")])).is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_file_is_valid() {
+        let text = include_str!("../config.toml");
+        Settings::from_sources(text, env(&[])).expect("config.toml parses");
+    }
+}

@@ -1,0 +1,122 @@
+//! The `switchboard` command: `serve` (default), `migrate`, `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchboard::auth::Authority;
+use switchboard::{startup, Application, Settings};
+
+/// Switchboard: a real-time messaging broker.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (default: SWITCHBOARD_CONFIG, or ./config.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (the default).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Print an access token for USER, signed with the configured secret.
+    Token {
+        /// The user id (the token's `sub`).
+        user: String,
+        /// Grant the admin role.
+        #[arg(long)]
+        admin: bool,
+        /// Lifetime, e.g. 15m, 2h, 7days.
+        #[arg(long, default_value = "15m")]
+        ttl: humantime::Duration,
+        /// Device kind claim (web, desktop, mobile, extension, cli, server).
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .parse_filters(&settings.log.filter)
+        .parse_env("RUST_LOG")
+        .init();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Migrate => startup::open_store(&settings)
+            .map(|_| println!("migrations applied to {}", settings.database_url()))
+            .map_err(|e| e.to_string()),
+        Command::Token {
+            user,
+            admin,
+            ttl,
+            device,
+        } => token(&settings, &user, admin, ttl.into(), device),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(settings: Settings) -> Result<(), String> {
+    actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "switchboard listening on {}:{} (database {})",
+            settings.server.host,
+            app.port(),
+            settings.database_url()
+        );
+        if settings.auth.jwt_secret.is_empty() {
+            log::info!(
+                "mint a token with: cargo run -- token alice   (add --admin for the admin API)"
+            );
+        }
+        app.run_until_stopped().await.map_err(|e| e.to_string())?;
+        log::info!("stopped cleanly");
+        Ok(())
+    })
+}
+
+fn token(
+    settings: &Settings,
+    user: &str,
+    admin: bool,
+    ttl: std::time::Duration,
+    device: Option<String>,
+) -> Result<(), String> {
+    if !switchboard_actors::ids::valid_id(user) {
+        return Err(format!(
+            "`{user}` is not a valid user id ([A-Za-z0-9_.@-], 1-128 chars)"
+        ));
+    }
+    let auth = Authority::from_settings(settings).map_err(|e| e.to_string())?;
+    let roles = if admin {
+        vec!["admin".to_owned()]
+    } else {
+        Vec::new()
+    };
+    let minted = auth
+        .mint(user, roles, ttl, device, false)
+        .map_err(|e| e.to_string())?;
+    println!("{}", minted.token);
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Admin API: server-side publish and fault drills.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+use switchboard_actors::channel::{Publish, Sender};
+use switchboard_actors::ids::{Channel, ChannelKind};
+use switchboard_actors::router::Route;
+use switchboard_actors::store::NewMessage;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Frame types a publish may not use: they mean something else to clients.
+const RESERVED_TYPES: [&str; 16] = [
+    "auth",
+    "ack",
+    "error",
+    "connected",
+    "heartbeat",
+    "subscribed",
+    "unsubscribed",
+    "sync_complete",
+    "state_sync_result",
+    "state_changed",
+    "response",
+    "connection_event",
+    "typing_indicator",
+    "read_receipt",
+    "status_update",
+    "sync",
+];
+
+/// `POST /api/admin/publish` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    channel: String,
+    #[serde(rename = "type", default = "notification")]
+    kind: String,
+    payload: Box<RawValue>,
+    /// Optional idempotency key: a retry with the same id returns the first ack.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+fn notification() -> String {
+    "notification".into()
+}
+
+/// Stores and delivers a message on any channel; replies with its ack payload.
+pub async fn publish(
+    caller: Caller,
+    app: web::Data<AppState>,
+    body: web::Json<PublishRequest>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require_admin()?;
+    let r = body.into_inner();
+    let channel = Channel::parse(&r.channel).ok_or_else(|| {
+        ApiError::BadRequest(format!("`{}` is not a valid channel name", r.channel))
+    })?;
+    let kind_ok = !r.kind.is_empty()
+        && r.kind.len() <= 64
+        && r.kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit());
+    if !kind_ok || RESERVED_TYPES.contains(&r.kind.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "`{}` cannot be used as a message type",
+            r.kind
+        )));
+    }
+    if r.id
+        .as_ref()
+        .is_some_and(|id| id.is_empty() || id.len() > 128)
+    {
+        return Err(ApiError::BadRequest(
+            "`id` must be 1 to 128 characters".into(),
+        ));
+    }
+    let target_id = match &channel.kind {
+        ChannelKind::User(u) => u.to_string(),
+        _ => channel.name.to_string(),
+    };
+    let msg = NewMessage {
+        channel: channel.name.to_string(),
+        kind: r.kind,
+        sender_id: caller.user.to_string(),
+        target_id,
+        client_id: None,
+        client_msg_id: r.id.clone(),
+        payload: r.payload.get().to_owned(),
+    };
+    let ack = app
+        .tree
+        .router
+        .send(Route {
+            channel,
+            msg: Publish {
+                msg,
+                sender: Sender::Privileged,
+                origin: None,
+                ref_id: r.id,
+            },
+        })
+        .await??
+        .map_err(ApiError::from)?;
+    Ok(HttpResponse::Ok().json(ack))
+}
+
+/// `POST /api/admin/debug/crash/{actor}`: makes a supervised actor fail (fault drills).
+/// Only with `debug.fault_injection = true`.
+pub async fn crash(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !app.settings.debug.fault_injection {
+        return Err(ApiError::NotFound("fault injection is disabled".into()));
+    }
+    caller.require_admin()?;
+    let name = path.into_inner();
+    if !app.tree.crash(&name, "fault injection") {
+        return Err(ApiError::NotFound(format!("no supervised actor `{name}`")));
+    }
+    Ok(HttpResponse::Accepted().json(json!({ "crashed": name })))
+}

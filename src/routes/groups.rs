@@ -1,0 +1,179 @@
+//! Groups: create, read, add and remove members (admin or the group's owner).
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use switchboard_actors::channel::ReloadMembers;
+use switchboard_actors::ids::{now_ms, valid_id, Channel};
+use switchboard_actors::router::RouteIfActive;
+use switchboard_actors::store::models::GroupRow;
+use switchboard_actors::store::{queries, StoreError};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Most members a group may be created with in one request.
+const MAX_MEMBERS: usize = 10_000;
+
+/// `POST /api/groups` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    #[serde(default)]
+    id: Option<String>,
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+/// A group as the API returns it.
+#[derive(Serialize)]
+pub struct GroupView {
+    id: String,
+    name: String,
+    owner_id: String,
+    members: Vec<String>,
+}
+
+fn view(g: GroupRow, members: Vec<String>) -> GroupView {
+    GroupView {
+        id: g.id,
+        name: g.name,
+        owner_id: g.owner_id,
+        members,
+    }
+}
+
+async fn load(app: &AppState, id: &str) -> Result<(GroupRow, Vec<String>), ApiError> {
+    let gid = id.to_owned();
+    app.tree
+        .reads
+        .run(move |c| Ok(queries::group(c, &gid)?))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no group `{id}`")))
+}
+
+fn members_changed(app: &AppState, id: &str) {
+    app.tree.router.do_send(RouteIfActive {
+        channel: Channel::group(id),
+        msg: ReloadMembers,
+    });
+}
+
+/// Creates a group owned by the caller (who is always a member).
+pub async fn create(
+    caller: Caller,
+    app: web::Data<AppState>,
+    body: web::Json<NewGroup>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.into_inner();
+    let id =
+        b.id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if !valid_id(&id) {
+        return Err(ApiError::BadRequest("`id` is not a valid id".into()));
+    }
+    if b.name.trim().is_empty() || b.name.len() > 200 {
+        return Err(ApiError::BadRequest(
+            "`name` must be 1 to 200 characters".into(),
+        ));
+    }
+    if b.members.len() > MAX_MEMBERS || b.members.iter().any(|m| !valid_id(m)) {
+        return Err(ApiError::BadRequest(format!(
+            "`members` must be at most {MAX_MEMBERS} valid user ids"
+        )));
+    }
+    let mut members = b.members;
+    members.push(caller.user.to_string());
+    members.sort();
+    members.dedup();
+    let row = GroupRow {
+        id: id.clone(),
+        name: b.name,
+        owner_id: caller.user.to_string(),
+        created_at: now_ms(),
+    };
+    let (r, m) = (row.clone(), members.clone());
+    let created = app
+        .tree
+        .reads
+        .run(move |c| {
+            c.immediate_transaction(|c| {
+                if queries::group(c, &r.id)?.is_some() {
+                    return Ok(false);
+                }
+                queries::create_group(c, &r, &m)?;
+                Ok::<_, StoreError>(true)
+            })
+        })
+        .await?;
+    if !created {
+        return Err(ApiError::Conflict(format!("group `{id}` already exists")));
+    }
+    members_changed(&app, &id);
+    Ok(HttpResponse::Created().json(view(row, members)))
+}
+
+/// Reads a group (its members, its owner and admins).
+pub async fn get(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (g, members) = load(&app, &path).await?;
+    let me = caller.user.as_str();
+    if !caller.is_admin() && g.owner_id != me && !members.iter().any(|m| m == me) {
+        return Err(ApiError::Forbidden("not a member of this group".into()));
+    }
+    Ok(HttpResponse::Ok().json(view(g, members)))
+}
+
+async fn change_member(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    add: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (id, user) = path.into_inner();
+    if !valid_id(&user) {
+        return Err(ApiError::BadRequest("not a valid user id".into()));
+    }
+    let (g, _) = load(&app, &id).await?;
+    if !caller.is_admin() && g.owner_id != caller.user.as_str() {
+        return Err(ApiError::Forbidden(
+            "only the group's owner or an admin may change members".into(),
+        ));
+    }
+    let (gid, uid) = (id.clone(), user.clone());
+    app.tree
+        .reads
+        .run(move |c| {
+            if add {
+                queries::add_member(c, &gid, &uid, now_ms())?;
+            } else {
+                queries::remove_member(c, &gid, &uid)?;
+            }
+            Ok(())
+        })
+        .await?;
+    members_changed(&app, &id);
+    let (g, members) = load(&app, &id).await?;
+    Ok(HttpResponse::Ok().json(view(g, members)))
+}
+
+/// `PUT /api/groups/{id}/members/{user_id}`
+pub async fn add_member(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    change_member(caller, app, path, true).await
+}
+
+/// `DELETE /api/groups/{id}/members/{user_id}`
+pub async fn remove_member(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    change_member(caller, app, path, false).await
+}

@@ -1,0 +1,114 @@
+//! History: `GET /api/messages/user/{user_id}` and `GET /api/messages/group/{group_id}`.
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use switchboard_actors::ids::{valid_id, Channel, UserId};
+use switchboard_actors::protocol::delivery_frame;
+use switchboard_actors::store::queries::{self, Page};
+use switchboard_actors::store::StoredMessage;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Largest page.
+const MAX_LIMIT: i64 = 200;
+/// Page size when none is asked for.
+const DEFAULT_LIMIT: i64 = 50;
+
+/// Paging query (bounds exclusive).
+#[derive(Deserialize)]
+pub struct PageQuery {
+    before_seq: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<i64>,
+}
+
+impl PageQuery {
+    fn page(&self) -> Result<Page, ApiError> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if limit < 1 {
+            return Err(ApiError::BadRequest("`limit` must be at least 1".into()));
+        }
+        Ok(Page {
+            after_seq: self.after_seq,
+            before_seq: self.before_seq,
+            limit: limit.min(MAX_LIMIT),
+        })
+    }
+}
+
+/// `{"messages": [delivery frames], "has_more": bool}`, written from the frames' bytes.
+fn page_body(rows: &[StoredMessage], has_more: bool) -> HttpResponse {
+    let mut body = String::with_capacity(64 + rows.len() * 256);
+    body.push_str("{\"messages\":[");
+    for (i, m) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&delivery_frame(m));
+    }
+    body.push_str("],\"has_more\":");
+    body.push_str(if has_more { "true" } else { "false" });
+    body.push('}');
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body)
+}
+
+async fn read_page(
+    app: &AppState,
+    channel: &Channel,
+    page: Page,
+) -> Result<HttpResponse, ApiError> {
+    let name = channel.name.to_string();
+    let (rows, has_more) = app
+        .tree
+        .reads
+        .run(move |c| Ok(queries::history(c, &name, page)?))
+        .await?;
+    Ok(page_body(&rows, has_more))
+}
+
+/// DM history between the caller and `user_id`.
+pub async fn user_history(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let other = path.into_inner();
+    if !valid_id(&other) {
+        return Err(ApiError::BadRequest("not a valid user id".into()));
+    }
+    let channel = Channel::dm(&caller.user, &UserId::new(&other));
+    read_page(&app, &channel, q.page()?).await
+}
+
+/// Group history, for members (and admins).
+pub async fn group_history(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<String>,
+    q: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let gid = path.into_inner();
+    if !valid_id(&gid) {
+        return Err(ApiError::BadRequest("not a valid group id".into()));
+    }
+    let page = q.page()?;
+    let id = gid.clone();
+    let group = app
+        .tree
+        .reads
+        .run(move |c| Ok(queries::group(c, &id)?))
+        .await?;
+    let Some((_, members)) = group else {
+        return Err(ApiError::NotFound(format!("no group `{gid}`")));
+    };
+    if !caller.is_admin() && !members.iter().any(|m| m == caller.user.as_str()) {
+        return Err(ApiError::Forbidden("not a member of this group".into()));
+    }
+    read_page(&app, &Channel::group(&gid), page).await
+}

@@ -1,0 +1,62 @@
+//! HTTP routes: the WebSocket entry, operations endpoints and the REST API.
+
+pub mod admin;
+pub mod auth;
+pub mod groups;
+pub mod messages;
+pub mod ops;
+pub mod ws;
+
+use actix_web::web;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Registers every route, with body and query errors mapped to the contract's error shape.
+pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
+    let json = web::JsonConfig::default()
+        .limit(state.settings.limits.max_frame_bytes.max(64 * 1024))
+        .error_handler(|e, _| ApiError::BadRequest(format!("invalid JSON body: {e}")).into());
+    let query = web::QueryConfig::default()
+        .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into());
+    let path = web::PathConfig::default()
+        .error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into());
+    cfg.app_data(state)
+        .app_data(json)
+        .app_data(query)
+        .app_data(path)
+        .route("/ws", web::get().to(ws::upgrade))
+        .route("/health", web::get().to(ops::health))
+        .route("/ready", web::get().to(ops::ready))
+        .route("/status", web::get().to(ops::status))
+        .service(
+            web::scope("/api")
+                .route("/auth/token", web::post().to(auth::mint_token))
+                .route("/groups", web::post().to(groups::create))
+                .route("/groups/{id}", web::get().to(groups::get))
+                .route(
+                    "/groups/{id}/members/{user_id}",
+                    web::put().to(groups::add_member),
+                )
+                .route(
+                    "/groups/{id}/members/{user_id}",
+                    web::delete().to(groups::remove_member),
+                )
+                .route("/admin/publish", web::post().to(admin::publish))
+                .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
+                .route(
+                    "/messages/user/{user_id}",
+                    web::get().to(messages::user_history),
+                )
+                .route(
+                    "/messages/group/{group_id}",
+                    web::get().to(messages::group_history),
+                )
+                .default_service(web::to(not_found)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such endpoint".into()))
+}

@@ -1,0 +1,93 @@
+//! Operations: `/health`, `/ready`, `/status` (contract section 9).
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use diesel::connection::SimpleConnection;
+use serde_json::json;
+use switchboard_actors::router::GetStats;
+
+use crate::startup::AppState;
+
+/// Liveness: the process answers.
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn database_ok(app: &AppState) -> Result<(), String> {
+    let check = app.tree.reads.run(|c| Ok(c.batch_execute("SELECT 1")?));
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+async fn redis_ok(pool: &deadpool_redis::Pool) -> Result<(), String> {
+    let ping = async {
+        let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+        deadpool_redis::redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn verdict(r: &Result<(), String>) -> serde_json::Value {
+    match r {
+        Ok(()) => json!("ok"),
+        Err(e) => json!({ "error": e }),
+    }
+}
+
+/// Readiness: the database (and Redis, when configured) answer.
+pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
+    let db = database_ok(&app).await;
+    let redis = match &app.redis {
+        Some(pool) => Some(redis_ok(pool).await),
+        None => None,
+    };
+    let ok = db.is_ok() && redis.as_ref().is_none_or(|r| r.is_ok());
+    let body = json!({
+        "status": if ok { "ready" } else { "unavailable" },
+        "database": verdict(&db),
+        "redis": redis.as_ref().map(verdict).unwrap_or(json!("not configured")),
+    });
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Actor health, connections and store state.
+pub async fn status(app: web::Data<AppState>) -> HttpResponse {
+    let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;
+    let stats = app.tree.router.send(GetStats).await.unwrap_or_default();
+    let pool = app.tree.pool.state();
+    let healthy = actors
+        .iter()
+        .all(|a| a.state == "running" && a.mailbox.is_some());
+    HttpResponse::Ok().json(json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "uptime_s": app.started.elapsed().as_secs(),
+        "actors": actors,
+        "connections": {
+            "total": stats.connections,
+            "users": stats.users,
+            "by_device": stats.by_device,
+            "admitted": app.gate.connections(),
+        },
+        "channels": { "active": stats.active_channels },
+        "database": {
+            "backend": "sqlite",
+            "pool": { "size": pool.connections, "idle": pool.idle_connections },
+        },
+        "redis": { "configured": app.redis.is_some() },
+    }))
+}

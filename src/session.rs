@@ -1,0 +1,708 @@
+//! `SessionActor`: one per WebSocket connection (contract sections 2, 5, 7 and 8).
+//!
+//! Owns the connection: its authentication state, heartbeat, rate-limit bookkeeping, explicit
+//! subscriptions and any replay in progress. Receives client frames from the socket and
+//! [`Outbound`] from the engine (its mailbox, bounded to `limits.outbound_queue`, is the
+//! connection's outbound queue). Sends `Connect`/`Disconnect` and `Route<…>` to the router.
+//! Not supervised: when it stops, the client reconnects and resumes by `subscribe`/`sync`.
+//!
+//! All use of the deprecated `actix-web-actors` crate stays in this module.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
+use bytes::BytesMut;
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use switchboard_actors::channel::{typing_frame, Join, Leave, Publish, Receipt, Sender, Typing};
+use switchboard_actors::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
+use switchboard_actors::protocol::{
+    delivery_frame, encode, error_frame, parse_client_frame, ClientFrame, ErrorCode, ErrorPayload,
+    ParsedFrame, TypingTarget,
+};
+use switchboard_actors::router::{Connect, Disconnect, FanOut, Route, RouteIfActive};
+use switchboard_actors::session_handle::{Outbound, SessionHandle};
+use switchboard_actors::store::queries::{self, Page};
+use switchboard_actors::store::NewMessage;
+
+use crate::auth::Claims;
+use crate::gate::{GateError, NodeTicket, UserTicket};
+use crate::startup::AppState;
+
+/// Close codes used by sessions.
+pub mod close {
+    /// Heartbeat timeout.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error.
+    pub const PROTOCOL: u16 = 1002;
+    /// Invalid UTF-8 in a text frame.
+    pub const INVALID_DATA: u16 = 1007;
+    /// Too many rate-limited frames.
+    pub const POLICY: u16 = 1008;
+    /// Frame over `max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Graceful shutdown.
+    pub const RESTART: u16 = 1012;
+    /// Outbound queue overflow.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Authentication missing or expired.
+    pub const UNAUTHORIZED: u16 = 4001;
+}
+
+/// Rate-limited frames are counted over this window for the 1008 close.
+const REJECT_WINDOW_S: u64 = 10;
+
+enum AuthState {
+    /// Waiting for an `auth` frame.
+    Pending,
+    /// Authenticated and registered with the router.
+    Ready {
+        handle: SessionHandle,
+        ticket: UserTicket,
+    },
+}
+
+/// The WebSocket session actor.
+pub struct SessionActor {
+    conn: ConnId,
+    client_id: Arc<str>,
+    device: Option<Arc<str>>,
+    app: web::Data<AppState>,
+    auth: AuthState,
+    /// Authenticated at upgrade; consumed in `started`.
+    upgrade_auth: Option<(Claims, UserTicket)>,
+    _node: NodeTicket,
+    last_heard: Instant,
+    expiry: Option<SpawnHandle>,
+    overflowed: Arc<AtomicBool>,
+    rejected: (Instant, u32),
+    subscriptions: HashSet<Arc<str>>,
+    muted: HashSet<Arc<str>>,
+    replaying: HashMap<Arc<str>, Vec<(u64, ByteString)>>,
+    fragments: Option<(bool, BytesMut)>,
+}
+
+/// How a connection arrived: what the upgrade request established.
+pub struct Upgrade {
+    /// The device id (query `client_id`, or generated).
+    pub client_id: Arc<str>,
+    /// The device kind (query `device` or the token's claim).
+    pub device: Option<Arc<str>>,
+    /// Token checked at upgrade, with the user's admission ticket.
+    pub auth: Option<(Claims, UserTicket)>,
+    /// The node admission ticket.
+    pub node: NodeTicket,
+}
+
+/// Starts a session for an upgrade request.
+pub fn start(
+    app: web::Data<AppState>,
+    up: Upgrade,
+    req: &HttpRequest,
+    stream: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let max = app.settings.limits.max_frame_bytes;
+    let actor = SessionActor {
+        conn: ConnId::next(),
+        client_id: up.client_id,
+        device: up.device,
+        app,
+        auth: AuthState::Pending,
+        upgrade_auth: up.auth,
+        _node: up.node,
+        last_heard: Instant::now(),
+        expiry: None,
+        overflowed: Arc::new(AtomicBool::new(false)),
+        rejected: (Instant::now(), 0),
+        subscriptions: HashSet::new(),
+        muted: HashSet::new(),
+        replaying: HashMap::new(),
+        fragments: None,
+    };
+    ws::WsResponseBuilder::new(actor, req, stream)
+        .frame_size(max)
+        .start()
+}
+
+#[derive(Serialize)]
+struct Connected<'a> {
+    conn_id: String,
+    client_id: &'a str,
+    user_id: &'a str,
+    heartbeat_interval_s: u64,
+    server_time: i64,
+}
+
+#[derive(Serialize)]
+struct ServerTime {
+    server_time: i64,
+}
+
+#[derive(Serialize)]
+struct Subscribed<'a> {
+    channel: &'a str,
+    seq: u64,
+    recovered: bool,
+}
+
+#[derive(Serialize)]
+struct ChannelOnly<'a> {
+    channel: &'a str,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+type Ctx = ws::WebsocketContext<SessionActor>;
+
+impl SessionActor {
+    fn user(&self) -> Option<&UserId> {
+        match &self.auth {
+            AuthState::Ready { handle, .. } => Some(&handle.user),
+            AuthState::Pending => None,
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Ctx) {
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(code),
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn error(&self, code: ErrorCode, message: &str, ref_id: Option<&str>, ctx: &mut Ctx) {
+        ctx.text(error_frame(code, message, ref_id));
+    }
+
+    fn authenticate(&mut self, claims: Claims, ticket: UserTicket, ctx: &mut Ctx) {
+        let user = UserId::new(&claims.sub);
+        if self.device.is_none() {
+            self.device = claims.device.as_deref().map(Arc::from);
+        }
+        let handle = SessionHandle::new(
+            self.conn,
+            user.clone(),
+            self.client_id.clone(),
+            self.device.clone(),
+            ctx.address().recipient(),
+            self.overflowed.clone(),
+        );
+        self.app.tree.router.do_send(Connect {
+            handle: handle.clone(),
+        });
+        self.schedule_expiry(claims.exp, ctx);
+        ctx.text(encode(
+            "connected",
+            None,
+            Connected {
+                conn_id: self.conn.to_string(),
+                client_id: &self.client_id,
+                user_id: user.as_str(),
+                heartbeat_interval_s: self.app.settings.session.heartbeat_interval.as_secs(),
+                server_time: now_ms(),
+            },
+        ));
+        self.auth = AuthState::Ready { handle, ticket };
+    }
+
+    /// Closes with 4001 once `exp` (plus leeway) passes, unless a fresh `auth` moves it.
+    fn schedule_expiry(&mut self, exp: u64, ctx: &mut Ctx) {
+        if let Some(h) = self.expiry.take() {
+            ctx.cancel_future(h);
+        }
+        let deadline_ms = (exp as i64) * 1000 + self.app.settings.auth.leeway.as_millis() as i64;
+        let wait =
+            std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms()).max(0) as u64);
+        self.expiry = Some(ctx.run_later(wait, |act, ctx| {
+            act.close(close::UNAUTHORIZED, "token expired", ctx);
+        }));
+    }
+
+    /// Takes a token from the user's bucket; on refusal answers `rate_limited` and counts it.
+    fn admit_frame(&mut self, text: &str, ctx: &mut Ctx) -> bool {
+        let AuthState::Ready { ticket, .. } = &self.auth else {
+            return true;
+        };
+        let Err(retry_after_ms) = ticket.take() else {
+            return true;
+        };
+        let ref_id = serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id);
+        ctx.text(encode(
+            "error",
+            None,
+            ErrorPayload {
+                code: ErrorCode::RateLimited,
+                message: "rate limit exceeded".into(),
+                ref_id,
+                retry_after_ms: Some(retry_after_ms),
+            },
+        ));
+        let (since, n) = &mut self.rejected;
+        if since.elapsed().as_secs() >= REJECT_WINDOW_S {
+            *since = Instant::now();
+            *n = 0;
+        }
+        *n += 1;
+        if *n > self.app.settings.limits.max_rejected_frames {
+            self.close(close::POLICY, "too many rate-limited frames", ctx);
+        }
+        false
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
+        if !self.admit_frame(text, ctx) {
+            return;
+        }
+        match parse_client_frame(text) {
+            Ok(frame) => self.dispatch(frame, ctx),
+            Err(e) => self.error(e.code(), &e.to_string(), e.ref_id(), ctx),
+        }
+    }
+
+    fn dispatch(&mut self, f: ParsedFrame, ctx: &mut Ctx) {
+        let ParsedFrame { id, frame } = f;
+        let Some(user) = self.user().cloned() else {
+            return self.dispatch_pending(id, frame, ctx);
+        };
+        match frame {
+            ClientFrame::Auth { token } => match self.app.auth.verify(&token) {
+                Ok(c) if c.sub == user.as_str() => self.schedule_expiry(c.exp, ctx),
+                Ok(_) => self.error(
+                    ErrorCode::Forbidden,
+                    "token is for another user",
+                    id.as_deref(),
+                    ctx,
+                ),
+                Err(e) => self.error(ErrorCode::Unauthorized, &e.to_string(), id.as_deref(), ctx),
+            },
+            ClientFrame::Heartbeat => ctx.text(encode(
+                "heartbeat",
+                id.as_deref(),
+                ServerTime {
+                    server_time: now_ms(),
+                },
+            )),
+            ClientFrame::Chat { target, payload } => {
+                let channel = Channel::dm(&user, &target);
+                self.publish(
+                    channel,
+                    "chat_message",
+                    target.to_string(),
+                    &payload,
+                    id,
+                    ctx,
+                )
+            }
+            ClientFrame::Group { channel, payload } => {
+                let target = channel.name.to_string();
+                self.publish(channel, "group_message", target, &payload, id, ctx)
+            }
+            ClientFrame::Typing { target, typing } => self.typing(user, target, typing, id, ctx),
+            ClientFrame::ReadReceipt { channel, up_to_seq } => {
+                let msg = Receipt {
+                    user,
+                    origin: self.conn,
+                    up_to_seq,
+                };
+                let req = self.app.tree.router.send(Route { channel, msg });
+                ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(Ok(Ok(_))) => {}
+                    Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
+                    _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
+                }));
+            }
+            ClientFrame::Subscribe { channel, since_seq } => {
+                self.subscribe(channel, since_seq, id, ctx)
+            }
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel, ctx),
+            ClientFrame::NotYetServed { kind } => self.error(
+                ErrorCode::UnknownType,
+                &format!("`{kind}` is not served by this version of the broker"),
+                id.as_deref(),
+                ctx,
+            ),
+        }
+    }
+
+    fn dispatch_pending(&mut self, id: Option<String>, frame: ClientFrame, ctx: &mut Ctx) {
+        let ClientFrame::Auth { token } = frame else {
+            return self.error(
+                ErrorCode::Unauthorized,
+                "authenticate first with an `auth` frame",
+                id.as_deref(),
+                ctx,
+            );
+        };
+        let claims = match self.app.auth.verify(&token) {
+            Ok(c) => c,
+            Err(e) => {
+                return self.error(ErrorCode::Unauthorized, &e.to_string(), id.as_deref(), ctx)
+            }
+        };
+        match self.app.gate.admit_user(&UserId::new(&claims.sub)) {
+            Ok(ticket) => self.authenticate(claims, ticket, ctx),
+            Err(GateError::UserFull | GateError::NodeFull) => {
+                self.error(
+                    ErrorCode::RateLimited,
+                    "too many connections for this user",
+                    id.as_deref(),
+                    ctx,
+                );
+                self.close(close::POLICY, "too many connections for this user", ctx);
+            }
+        }
+    }
+
+    fn publish(
+        &mut self,
+        channel: Channel,
+        kind: &str,
+        target_id: String,
+        payload: &RawValue,
+        id: Option<String>,
+        ctx: &mut Ctx,
+    ) {
+        let Some(user) = self.user().cloned() else {
+            return;
+        };
+        let msg = NewMessage {
+            channel: channel.name.to_string(),
+            kind: kind.to_owned(),
+            sender_id: user.to_string(),
+            target_id,
+            client_id: Some(self.client_id.to_string()),
+            client_msg_id: id.clone(),
+            payload: payload.get().to_owned(),
+        };
+        let publish = Publish {
+            msg,
+            sender: Sender::User(user),
+            origin: Some(self.conn),
+            ref_id: id.clone(),
+        };
+        let req = self.app.tree.router.send(Route {
+            channel,
+            msg: publish,
+        });
+        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(Ok(ack))) => ctx.text(encode("ack", None, ack)),
+            Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
+            _ => act.error(
+                ErrorCode::Unavailable,
+                "broker busy, retry",
+                id.as_deref(),
+                ctx,
+            ),
+        }));
+    }
+
+    fn typing(
+        &mut self,
+        user: UserId,
+        target: TypingTarget,
+        typing: bool,
+        id: Option<String>,
+        ctx: &mut Ctx,
+    ) {
+        match target {
+            TypingTarget::User(to) => {
+                let channel = Channel::dm(&user, &to);
+                let item = typing_frame(&user, to.as_str(), &channel.name, typing);
+                self.app.tree.router.do_send(FanOut {
+                    users: Arc::from(vec![to]),
+                    skip_conn: None,
+                    skip_user: None,
+                    item,
+                });
+            }
+            TypingTarget::Group(channel) => {
+                let req = self.app.tree.router.send(Route {
+                    channel,
+                    msg: Typing { from: user, typing },
+                });
+                ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(Ok(Ok(()))) => {}
+                    Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
+                    _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
+                }));
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        channel: Channel,
+        since: Option<u64>,
+        id: Option<String>,
+        ctx: &mut Ctx,
+    ) {
+        let AuthState::Ready { handle, .. } = &self.auth else {
+            return;
+        };
+        let name = channel.name.clone();
+        // From now on live deliveries of this channel wait until the replay is out.
+        if since.is_some() {
+            self.replaying.entry(name.clone()).or_default();
+        }
+        let req = self.app.tree.router.send(Route {
+            channel,
+            msg: Join {
+                handle: handle.clone(),
+            },
+        });
+        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(Ok(head))) => {
+                act.muted.remove(&name);
+                act.subscriptions.insert(name.clone());
+                match since {
+                    None => ctx.text(encode(
+                        "subscribed",
+                        None,
+                        Subscribed {
+                            channel: &name,
+                            seq: head,
+                            recovered: false,
+                        },
+                    )),
+                    Some(since) => act.replay(name, since, head, ctx),
+                }
+            }
+            other => {
+                act.flush_replay_buffer(&name, 0, ctx);
+                match other {
+                    Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
+                    _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
+                }
+            }
+        }));
+    }
+
+    /// Sends `subscribed`, then every stored message after `since`, then the live ones that
+    /// arrived meanwhile (without repeating any).
+    fn replay(&mut self, name: Arc<str>, since: u64, head: u64, ctx: &mut Ctx) {
+        let limit = self.app.settings.limits.max_replay;
+        let ch = name.to_string();
+        let page = Page {
+            after_seq: Some(since as i64),
+            before_seq: None,
+            limit,
+        };
+        let read = self
+            .app
+            .tree
+            .reads
+            .run(move |c| Ok(queries::history(c, &ch, page)?));
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
+            Ok((rows, has_more)) => {
+                let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);
+                ctx.text(encode(
+                    "subscribed",
+                    None,
+                    Subscribed {
+                        channel: &name,
+                        seq: head.max(last),
+                        recovered: !has_more,
+                    },
+                ));
+                for m in &rows {
+                    ctx.text(delivery_frame(m));
+                }
+                act.flush_replay_buffer(&name, last, ctx);
+            }
+            Err(e) => {
+                act.flush_replay_buffer(&name, 0, ctx);
+                act.error(
+                    ErrorCode::Unavailable,
+                    &format!("replay failed: {e}"),
+                    None,
+                    ctx,
+                );
+            }
+        }));
+    }
+
+    fn flush_replay_buffer(&mut self, name: &Arc<str>, after: u64, ctx: &mut Ctx) {
+        for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
+            if seq > after {
+                ctx.text(frame);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, channel: Channel, ctx: &mut Ctx) {
+        let name = channel.name.clone();
+        if !matches!(channel.kind, ChannelKind::Broadcast(_)) {
+            // Membership deliveries (DMs, groups, user:*) stop on this connection too.
+            self.muted.insert(name.clone());
+        }
+        if self.subscriptions.remove(&name) {
+            self.app.tree.router.do_send(RouteIfActive {
+                channel,
+                msg: Leave { conn: self.conn },
+            });
+        }
+        ctx.text(encode("unsubscribed", None, ChannelOnly { channel: &name }));
+    }
+
+    fn on_fragment(&mut self, item: Item, ctx: &mut Ctx) {
+        let max = self.app.settings.limits.max_frame_bytes;
+        let (first, chunk, last) = match item {
+            Item::FirstText(b) => (Some(true), b, false),
+            Item::FirstBinary(b) => (Some(false), b, false),
+            Item::Continue(b) => (None, b, false),
+            Item::Last(b) => (None, b, true),
+        };
+        match (first, self.fragments.as_mut()) {
+            (Some(is_text), None) => self.fragments = Some((is_text, BytesMut::from(&chunk[..]))),
+            (None, Some((_, buf))) => buf.extend_from_slice(&chunk),
+            _ => return self.close(close::PROTOCOL, "unexpected continuation frame", ctx),
+        }
+        if self.fragments.as_ref().map(|(_, b)| b.len()).unwrap_or(0) > max {
+            return self.close(close::TOO_BIG, "message too large", ctx);
+        }
+        if !last {
+            return;
+        }
+        let Some((is_text, buf)) = self.fragments.take() else {
+            return;
+        };
+        if !is_text {
+            return self.error(
+                ErrorCode::BadRequest,
+                "binary frames are not supported",
+                None,
+                ctx,
+            );
+        }
+        match std::str::from_utf8(&buf) {
+            Ok(text) => self.on_text(text, ctx),
+            Err(_) => self.close(close::INVALID_DATA, "invalid UTF-8 in text frame", ctx),
+        }
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Ctx;
+
+    fn started(&mut self, ctx: &mut Ctx) {
+        let limits = &self.app.settings.limits;
+        ctx.set_mailbox_capacity(limits.outbound_queue);
+        let session = &self.app.settings.session;
+        let (interval, timeout) = (session.heartbeat_interval, session.heartbeat_timeout);
+        ctx.run_interval(interval, move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                act.close(close::GOING_AWAY, "heartbeat timeout", ctx);
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        match self.upgrade_auth.take() {
+            Some((claims, ticket)) => self.authenticate(claims, ticket, ctx),
+            None => {
+                ctx.run_later(self.app.settings.auth.auth_timeout, |act, ctx| {
+                    if matches!(act.auth, AuthState::Pending) {
+                        act.close(
+                            close::UNAUTHORIZED,
+                            "no auth frame within auth_timeout",
+                            ctx,
+                        );
+                    }
+                });
+            }
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Ctx) {
+        let AuthState::Ready { handle, .. } = &self.auth else {
+            return;
+        };
+        let router = &self.app.tree.router;
+        for name in self.subscriptions.drain() {
+            if let Some(channel) = Channel::parse(&name) {
+                router.do_send(RouteIfActive {
+                    channel,
+                    msg: Leave { conn: self.conn },
+                });
+            }
+        }
+        router.do_send(Disconnect {
+            user: handle.user.clone(),
+            conn: self.conn,
+        });
+    }
+}
+
+impl Handler<Outbound> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Outbound, ctx: &mut Ctx) {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return self.close(
+                close::TRY_AGAIN_LATER,
+                "outbound queue full; reconnect and resume",
+                ctx,
+            );
+        }
+        match msg {
+            Outbound::Frame(frame) => ctx.text(frame),
+            Outbound::Delivery {
+                channel,
+                seq,
+                frame,
+            } => {
+                if !self.muted.is_empty() && self.muted.contains(&channel) {
+                    return;
+                }
+                if !self.replaying.is_empty() {
+                    if let Some(buf) = self.replaying.get_mut(&channel) {
+                        if buf.len() >= self.app.settings.limits.outbound_queue {
+                            return self.close(close::TRY_AGAIN_LATER, "replay buffer full", ctx);
+                        }
+                        buf.push((seq, frame));
+                        return;
+                    }
+                }
+                ctx.text(frame)
+            }
+            Outbound::Close { code, reason } => self.close(code, reason, ctx),
+        }
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ProtocolError>> for SessionActor {
+    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Ctx) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
+            Ok(ws::Message::Binary(_)) => self.error(
+                ErrorCode::BadRequest,
+                "binary frames are not supported; send JSON text frames",
+                None,
+                ctx,
+            ),
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Err(ProtocolError::Overflow) => self.close(close::TOO_BIG, "frame too large", ctx),
+            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
+                self.close(close::INVALID_DATA, "invalid UTF-8 in text frame", ctx)
+            }
+            Err(e) => self.close(close::PROTOCOL, &e.to_string(), ctx),
+        }
+    }
+}

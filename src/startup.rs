@@ -1,0 +1,228 @@
+//! Building and running the application: open the store, start the actor tree, bind HTTP,
+//! and shut down gracefully (contract section 9).
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+use switchboard_actors::router::CloseAll;
+use switchboard_actors::store::batcher::{BatchConfig, Drain};
+use switchboard_actors::store::{self, queries, DbPool, StoreConfig, StoreError};
+use switchboard_actors::tree::{Tree, TreeConfig};
+
+use crate::auth::{Authority, KeyError};
+use crate::config::Settings;
+use crate::gate::ConnectionGate;
+use crate::routes;
+use crate::session::close;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Token keys are missing or bad.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// Redis settings are invalid.
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The port could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// host:port.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Everything request handlers and sessions share.
+pub struct AppState {
+    /// The configuration.
+    pub settings: Settings,
+    /// The actor tree.
+    pub tree: Tree,
+    /// Token minting and checking.
+    pub auth: Authority,
+    /// Connection and rate limits.
+    pub gate: Arc<ConnectionGate>,
+    /// Redis pool, when `redis.url` is set.
+    pub redis: Option<deadpool_redis::Pool>,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// Opens the database and applies pending migrations.
+pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
+    let cfg = StoreConfig {
+        url: settings.database_url(),
+        pool_size: settings.database.pool_size,
+        synchronous: settings.database.sqlite_synchronous,
+    };
+    let pool = store::open_pool(&cfg)?;
+    let applied = store::run_migrations(&pool)?;
+    if !applied.is_empty() {
+        log::info!("applied migrations: {}", applied.join(", "));
+    }
+    Ok(pool)
+}
+
+/// A built, bound application, not yet running.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Opens the store, starts the actor tree and binds the listener. Must run inside an
+    /// actix system.
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let auth = Authority::from_settings(&settings)?;
+        let pool = open_store(&settings)?;
+        {
+            let mut c = pool.get().map_err(StoreError::from)?;
+            let now = switchboard_actors::ids::now_ms();
+            auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
+        }
+        let redis = if settings.redis.url.is_empty() {
+            None
+        } else {
+            let cfg = deadpool_redis::Config::from_url(settings.redis.url.clone());
+            Some(
+                cfg.create_pool(Some(deadpool_redis::Runtime::Tokio1))
+                    .map_err(|e| StartupError::Redis(e.to_string()))?,
+            )
+        };
+        let db = &settings.database;
+        let tree = Tree::start(
+            TreeConfig {
+                writer_threads: db.writer_threads,
+                reader_threads: db.reader_threads,
+                batch: BatchConfig {
+                    max_batch: db.batch_max.max(1),
+                    max_pending: db.max_pending_writes.max(1),
+                    dedupe_window_ms: db.dedupe_window.as_millis() as i64,
+                },
+                channel_idle: settings.channels.idle_timeout,
+                presence_grace: settings.presence.offline_grace,
+            },
+            pool,
+        );
+        let l = &settings.limits;
+        let gate = ConnectionGate::new(
+            l.max_connections,
+            l.max_connections_per_user,
+            l.frames_per_second,
+            l.frames_burst,
+        );
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        let shutdown_timeout = settings.server.shutdown_timeout.as_secs().max(1);
+        let state = web::Data::new(AppState {
+            settings,
+            tree,
+            auth,
+            gate,
+            redis,
+            started: Instant::now(),
+        });
+        let data = state.clone();
+        let server = HttpServer::new(move || {
+            App::new().configure(|cfg| routes::configure(cfg, data.clone()))
+        })
+        .workers(workers)
+        .backlog(4096)
+        .max_connections(100_000)
+        .shutdown_timeout(shutdown_timeout)
+        .disable_signals()
+        .listen(listener)
+        .map_err(|source| StartupError::Bind { addr, source })?
+        .run();
+        Ok(Application {
+            port,
+            server,
+            state,
+        })
+    }
+
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT (graceful shutdown) or until the server stops.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let state = self.state.clone();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            shutdown(state, handle).await;
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot listen for signals; graceful shutdown disabled");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => log::info!("SIGTERM: shutting down"),
+            _ = int.recv() => log::info!("SIGINT: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Stop accepting, close every client with 1012, flush pending writes, stop the server.
+async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
+    let limit = state.settings.server.shutdown_timeout;
+    let accept = handle.pause();
+    accept.await;
+    match state
+        .tree
+        .router
+        .send(CloseAll {
+            code: close::RESTART,
+            reason: "server restart",
+        })
+        .await
+    {
+        Ok(n) => log::info!("closing {n} sessions"),
+        Err(e) => log::error!("router did not answer: {e}"),
+    }
+    if tokio::time::timeout(limit, state.tree.batcher.send(Drain))
+        .await
+        .is_err()
+    {
+        log::error!("pending writes not flushed within {limit:?}");
+    }
+    // Let the close frames reach the sockets before the workers stop.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    handle.stop(true).await;
+}
