@@ -1,1 +1,13 @@
+//! Acceptance tests: the wire contract (`shared/spec/PROTOCOL.md`) against a real broker.
+//! One test binary; every test starts its own server through `helpers::spawn_app`.
 
+mod bad_input;
+mod chat;
+mod groups;
+mod helpers;
+mod history;
+mod ops;
+mod process;
+mod session;
+mod slow_consumer;
+mod subscribe;

@@ -1,0 +1,347 @@
+//! The one way tests start the broker: a real server on a random port, a fresh SQLite file
+//! in a temp dir, real WebSocket and HTTP clients.
+
+use std::time::Duration;
+
+use actix_http::ws::{Codec, Frame, Item, Message};
+use awc::error::WsClientError;
+use awc::BoxedSocket;
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchboard::auth::Authority;
+use switchboard::{Application, Settings};
+
+/// How long any single expected frame may take to arrive.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running broker.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// `ws://127.0.0.1:PORT`
+    pub ws_base: String,
+    /// The settings it runs with.
+    pub settings: Settings,
+    auth: Authority,
+    _dir: tempfile::TempDir,
+}
+
+/// Settings every test starts from: the shipped config.toml with a port of 0, a temp data
+/// dir, a fixed secret and fault injection on.
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    let mut s = Settings::from_sources(include_str!("../../config.toml"), std::iter::empty())
+        .expect("config.toml is valid");
+    s.server.port = 0;
+    s.server.workers = 1;
+    s.server.data_dir = dir.to_path_buf();
+    s.auth.jwt_secret = "test-secret-do-not-use".into();
+    s.debug.fault_injection = true;
+    s.database.sqlite_synchronous = switchboard_actors::store::Synchronous::Normal;
+    s
+}
+
+/// Starts a broker with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a broker with settings adjusted by `adjust`.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(dir.path());
+    adjust(&mut settings);
+    let auth = Authority::from_settings(&settings).expect("keys");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("app builds");
+    let port = app.port();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        ws_base: format!("ws://127.0.0.1:{port}"),
+        settings,
+        auth,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// A token for `user` with `roles`, valid for `ttl`.
+    pub fn token_with(&self, user: &str, roles: &[&str], ttl: Duration) -> String {
+        let roles = roles.iter().map(|r| r.to_string()).collect();
+        self.auth
+            .mint(user, roles, ttl, None, false)
+            .expect("mint")
+            .token
+    }
+
+    /// A one-hour token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.token_with(user, &[], Duration::from_secs(3600))
+    }
+
+    /// A one-hour admin token.
+    pub fn admin_token(&self) -> String {
+        self.token_with("admin", &["admin"], Duration::from_secs(3600))
+    }
+
+    /// Connects as `user` (bearer header) and reads the `connected` frame.
+    pub async fn ws(&self, user: &str) -> WsClient {
+        self.ws_as(user, "").await
+    }
+
+    /// Connects as `user` with extra query text (e.g. `client_id=phone&device=mobile`).
+    pub async fn ws_as(&self, user: &str, query: &str) -> WsClient {
+        let mut c = self
+            .ws_connect(&format!("/ws?{query}"), Some(&self.token(user)))
+            .await
+            .expect("upgrade");
+        let f = c.recv().await;
+        assert_eq!(f["type"], "connected", "first frame: {f}");
+        assert_eq!(f["payload"]["user_id"], user);
+        c.connected = f;
+        c
+    }
+
+    /// Opens `/ws…` with an optional bearer token; the HTTP status on refusal.
+    pub async fn ws_connect(&self, path: &str, bearer: Option<&str>) -> Result<WsClient, u16> {
+        let mut req = awc::Client::builder()
+            .timeout(WAIT)
+            .finish()
+            .ws(format!("{}{path}", self.ws_base))
+            .max_frame_size(4 << 20);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        match req.connect().await {
+            Ok((_, framed)) => Ok(WsClient {
+                framed,
+                connected: Value::Null,
+            }),
+            Err(WsClientError::InvalidResponseStatus(s)) => Err(s.as_u16()),
+            Err(e) => panic!("ws connect failed: {e}"),
+        }
+    }
+
+    /// An HTTP call; the status and the JSON body (`null` when empty).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = awc::Client::builder().timeout(WAIT).finish();
+        let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        }
+        .expect("http request");
+        let bytes = resp.body().limit(16 << 20).await.expect("body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (resp.status().as_u16(), json)
+    }
+
+    /// GET with a token.
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    /// POST JSON with a token.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call("POST", path, Some(token), Some(body)).await
+    }
+
+    /// Creates group `id` owned by `owner` with `members`.
+    pub async fn group(&self, id: &str, owner: &str, members: &[&str]) {
+        let (status, body) = self
+            .post(
+                "/api/groups",
+                &self.token(owner),
+                json!({"id": id, "name": format!("group {id}"), "members": members}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
+/// A WebSocket client speaking the contract's JSON frames.
+pub struct WsClient {
+    framed: actix_codec::Framed<BoxedSocket, Codec>,
+    /// The `connected` frame, once read.
+    pub connected: Value,
+}
+
+/// How a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A close frame with this code.
+    Closed(u16),
+    /// The stream ended without a close frame.
+    Dropped,
+}
+
+impl WsClient {
+    /// Wraps a connected socket.
+    pub fn from_framed(framed: actix_codec::Framed<BoxedSocket, Codec>) -> Self {
+        WsClient {
+            framed,
+            connected: Value::Null,
+        }
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
+    }
+
+    /// Sends a text frame as is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.framed
+            .send(Message::Text(ByteString::from(text)))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a raw WebSocket message (for malformed input).
+    pub async fn send_raw(&mut self, m: Message) {
+        self.framed.send(m).await.expect("send raw");
+    }
+
+    async fn next_frame(&mut self, wait: Duration) -> Option<Result<Frame, ()>> {
+        match tokio::time::timeout(wait, self.framed.next()).await {
+            Err(_) => None,
+            Ok(None) => Some(Err(())),
+            Ok(Some(Err(_))) => Some(Err(())),
+            Ok(Some(Ok(f))) => Some(Ok(f)),
+        }
+    }
+
+    /// The next JSON frame (control frames skipped; pings answered). Panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        self.try_recv(WAIT).await.expect("a frame within the wait")
+    }
+
+    /// The next JSON frame within `wait`, or `None`.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            match self.next_frame(wait).await? {
+                Ok(Frame::Text(b)) => return Some(serde_json::from_slice(&b).expect("JSON frame")),
+                Ok(Frame::Ping(p)) => {
+                    let _ = self.framed.send(Message::Pong(p)).await;
+                }
+                Ok(Frame::Close(c)) => panic!("connection closed while waiting for a frame: {c:?}"),
+                Ok(_) => {}
+                Err(()) => panic!("connection dropped while waiting for a frame"),
+            }
+        }
+    }
+
+    /// The next JSON frame, or how the connection ended.
+    pub async fn try_recv_or_end(&mut self, wait: Duration) -> Result<Value, Ended> {
+        loop {
+            match self.next_frame(wait).await {
+                None => panic!("nothing within {wait:?}"),
+                Some(Ok(Frame::Text(b))) => {
+                    return Ok(serde_json::from_slice(&b).expect("JSON frame"))
+                }
+                Some(Ok(Frame::Close(c))) => {
+                    return Err(Ended::Closed(c.map(|r| u16::from(r.code)).unwrap_or(1005)))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(())) => return Err(Ended::Dropped),
+            }
+        }
+    }
+
+    /// The next frame of type `ty`, skipping others (connection events, receipts…).
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let f = self.recv().await;
+            if f["type"] == ty {
+                return f;
+            }
+        }
+    }
+
+    /// Reads until the connection ends (text frames are dropped); how it ended.
+    pub async fn ended(&mut self, wait: Duration) -> Ended {
+        loop {
+            match self.next_frame(wait).await {
+                None => panic!("connection still open after {wait:?}"),
+                Some(Ok(Frame::Close(c))) => {
+                    return Ended::Closed(c.map(|r| u16::from(r.code)).unwrap_or(1005))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(())) => return Ended::Dropped,
+            }
+        }
+    }
+
+    /// Asserts that no JSON frame arrives within `wait` (pings are fine).
+    pub async fn silent_for(&mut self, wait: Duration) {
+        if let Some(f) = self.try_recv(wait).await {
+            panic!("expected nothing, got {f}");
+        }
+    }
+
+    /// Sends a frame and returns the first `ack` or `error` answer.
+    pub async fn request(&mut self, v: Value) -> Value {
+        self.send(v).await;
+        loop {
+            let f = self.recv().await;
+            if f["type"] == "ack" || f["type"] == "error" {
+                return f;
+            }
+        }
+    }
+
+    /// Sends a DM and returns its ack payload.
+    pub async fn dm(&mut self, to: &str, id: &str, content: &str) -> Value {
+        let f = self.request(chat(to, id, content)).await;
+        assert_eq!(f["type"], "ack", "{f}");
+        f["payload"].clone()
+    }
+
+    /// Sends invalid UTF-8 as a single text frame.
+    pub async fn send_invalid_utf8(&mut self) {
+        // SAFETY: deliberately not UTF-8; only the codec sees these bytes.
+        let bad =
+            unsafe { ByteString::from_bytes_unchecked(Bytes::from_static(&[0xc3, 0x28, 0xff])) };
+        self.send_raw(Message::Text(bad)).await;
+    }
+
+    /// Sends invalid UTF-8 as a fragmented text message.
+    pub async fn send_invalid_utf8_fragmented(&mut self) {
+        self.send_raw(Message::Continuation(Item::FirstText(Bytes::from_static(
+            b"{\"type\":",
+        ))))
+        .await;
+        self.send_raw(Message::Continuation(Item::Last(Bytes::from_static(&[
+            0xff, 0xfe,
+        ]))))
+        .await;
+    }
+}
+
+/// A `chat_message` frame.
+pub fn chat(to: &str, id: &str, content: &str) -> Value {
+    json!({"type": "chat_message", "id": id, "payload": {"content": content}, "meta": {"target_id": to}})
+}
+
+/// A `group_message` frame.
+pub fn group_msg(group: &str, id: &str, content: &str) -> Value {
+    json!({"type": "group_message", "id": id, "payload": {"content": content}, "meta": {"target_id": group}})
+}

@@ -1,0 +1,142 @@
+//! Operations: health, readiness, the actor tree's health, and supervised restarts.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{group_msg, spawn_app, spawn_app_with};
+
+fn actor<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["actors"]
+        .as_array()
+        .expect("actors")
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no actor {name} in {status}"))
+}
+
+#[actix_web::test]
+async fn health_ready_and_status_describe_the_running_broker() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.call("GET", "/health", None, None).await,
+        (200, serde_json::json!({"status": "ok"}))
+    );
+    let (code, ready) = app.call("GET", "/ready", None, None).await;
+    assert_eq!(code, 200, "{ready}");
+    assert_eq!(ready["database"], "ok");
+
+    let _a = app.ws_as("alice", "device=web").await;
+    let _b = app.ws_as("bob", "device=mobile").await;
+    let _c = app.ws("carol").await;
+    let (code, status) = app.call("GET", "/status", None, None).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["status"], "ok");
+    for name in [
+        "router",
+        "write_batcher",
+        "store_writer",
+        "store_reader",
+        "presence_tracker",
+        "offline_queue",
+        "sync_engine",
+    ] {
+        let a = actor(&status, name);
+        assert_eq!(a["state"], "running", "{a}");
+        assert_eq!(a["restarts"], 0);
+        assert!(a["mailbox"].is_u64(), "{a}");
+        assert!(a["uptime_s"].is_u64());
+        assert!(a["last_error"].is_null());
+    }
+    assert_eq!(status["connections"]["total"], 3);
+    assert_eq!(status["connections"]["by_device"]["web"], 1);
+    assert_eq!(status["connections"]["by_device"]["mobile"], 1);
+    assert_eq!(status["connections"]["by_device"]["unknown"], 1);
+    assert_eq!(status["database"]["backend"], "sqlite");
+}
+
+#[actix_web::test]
+async fn ready_reports_redis_when_configured() {
+    let app = spawn_app_with(|s| s.redis.url = "redis://127.0.0.1:1".into()).await;
+    let (code, ready) = app.call("GET", "/ready", None, None).await;
+    assert_eq!(code, 503, "{ready}");
+    assert_eq!(ready["database"], "ok");
+    assert!(ready["redis"]["error"].is_string());
+}
+
+#[actix_web::test]
+async fn a_failed_actor_is_restarted_and_the_broker_keeps_serving() {
+    let app = spawn_app().await;
+    app.group("g", "alice", &["bob"]).await;
+    let mut alice = app.ws("alice").await;
+    let mut bob = app.ws("bob").await;
+    let admin = app.admin_token();
+
+    for name in ["presence_tracker", "write_batcher", "router"] {
+        let (code, body) = app
+            .call(
+                "POST",
+                &format!("/api/admin/debug/crash/{name}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        let mut restarted = None;
+        for _ in 0..50 {
+            let (_, status) = app.call("GET", "/status", None, None).await;
+            let a = actor(&status, name).clone();
+            if a["restarts"] == 1 && a["state"] == "running" {
+                restarted = Some(a);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let a = restarted.unwrap_or_else(|| panic!("{name} was not restarted"));
+        assert_eq!(a["last_error"], "fault injection");
+        // Still serving: a message goes through end to end.
+        let ack = alice
+            .request(group_msg("g", &format!("after-{name}"), name))
+            .await;
+        assert_eq!(ack["type"], "ack", "after crashing {name}: {ack}");
+        assert_eq!(
+            bob.recv_type("group_message").await["payload"]["content"],
+            name
+        );
+    }
+    let (code, _) = app
+        .call("POST", "/api/admin/debug/crash/nope", Some(&admin), None)
+        .await;
+    assert_eq!(code, 404);
+    let (code, _) = app
+        .call(
+            "POST",
+            "/api/admin/debug/crash/router",
+            Some(&app.token("bob")),
+            None,
+        )
+        .await;
+    assert_eq!(code, 403);
+}
+
+#[actix_web::test]
+async fn fault_injection_is_off_unless_configured() {
+    let app = spawn_app_with(|s| s.debug.fault_injection = false).await;
+    let (code, _) = app
+        .call(
+            "POST",
+            "/api/admin/debug/crash/router",
+            Some(&app.admin_token()),
+            None,
+        )
+        .await;
+    assert_eq!(code, 404);
+}
+
+#[actix_web::test]
+async fn unknown_paths_answer_in_the_error_shape() {
+    let app = spawn_app().await;
+    let (code, body) = app.call("GET", "/api/nothing", None, None).await;
+    assert_eq!(code, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+}

@@ -1,0 +1,165 @@
+//! Connecting and staying connected: the three ways to authenticate, auth timeout, token
+//! expiry and refresh, heartbeats (contract sections 2 and 8).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with, Ended};
+
+#[actix_web::test]
+async fn token_in_header_query_or_first_frame_all_authenticate() {
+    let app = spawn_app().await;
+    let mut by_header = app
+        .ws_connect("/ws", Some(&app.token("h")))
+        .await
+        .expect("upgrade");
+    assert_eq!(by_header.recv().await["payload"]["user_id"], "h");
+
+    let mut by_query = app
+        .ws_connect(
+            &format!("/ws?token={}&client_id=cli-1&device=cli", app.token("q")),
+            None,
+        )
+        .await
+        .expect("upgrade");
+    let c = by_query.recv().await;
+    assert_eq!(c["type"], "connected");
+    assert_eq!(c["payload"]["user_id"], "q");
+    assert_eq!(c["payload"]["client_id"], "cli-1");
+    assert_eq!(c["payload"]["heartbeat_interval_s"], 30);
+    assert!(c["payload"]["conn_id"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert!(c["payload"]["server_time"].as_i64().is_some());
+
+    let mut by_frame = app.ws_connect("/ws", None).await.expect("upgrade");
+    // Anything but auth is refused until then, and the connection stays.
+    by_frame
+        .send(json!({"type": "heartbeat", "id": "early"}))
+        .await;
+    let e = by_frame.recv().await;
+    assert_eq!(
+        (
+            e["payload"]["code"].as_str(),
+            e["payload"]["ref_id"].as_str()
+        ),
+        (Some("unauthorized"), Some("early"))
+    );
+    by_frame
+        .send(json!({"type": "auth", "payload": {"token": "forged.token.here"}}))
+        .await;
+    assert_eq!(by_frame.recv().await["payload"]["code"], "unauthorized");
+    by_frame
+        .send(json!({"type": "auth", "payload": {"token": app.token("f")}}))
+        .await;
+    let c = by_frame.recv().await;
+    assert_eq!(
+        (c["type"].as_str(), c["payload"]["user_id"].as_str()),
+        (Some("connected"), Some("f"))
+    );
+}
+
+#[actix_web::test]
+async fn bad_tokens_at_upgrade_get_401_without_upgrade() {
+    let app = spawn_app_with(|s| s.auth.leeway = Duration::ZERO).await;
+    let expired = app.token_with("alice", &[], Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let forged = {
+        let other = switchboard::auth::Authority::from_settings(&{
+            let mut s = app.settings.clone();
+            s.auth.jwt_secret = "another-secret".into();
+            s
+        })
+        .expect("keys");
+        other
+            .mint("alice", vec![], Duration::from_secs(60), None, false)
+            .expect("mint")
+            .token
+    };
+    for bad in ["garbage", forged.as_str(), expired.as_str()] {
+        assert_eq!(app.ws_connect("/ws", Some(bad)).await.err(), Some(401));
+        assert_eq!(
+            app.ws_connect(&format!("/ws?token={bad}"), None)
+                .await
+                .err(),
+            Some(401)
+        );
+    }
+    assert_eq!(
+        app.ws_connect("/ws?device=toaster", Some(&app.token("a")))
+            .await
+            .err(),
+        Some(400)
+    );
+}
+
+#[actix_web::test]
+async fn no_auth_frame_within_auth_timeout_closes_with_4001() {
+    let app = spawn_app_with(|s| s.auth.auth_timeout = Duration::from_millis(500)).await;
+    let mut c = app.ws_connect("/ws", None).await.expect("upgrade");
+    assert_eq!(c.ended(Duration::from_secs(5)).await, Ended::Closed(4001));
+}
+
+#[actix_web::test]
+async fn expired_token_closes_with_4001_unless_refreshed_by_an_auth_frame() {
+    let app = spawn_app_with(|s| s.auth.leeway = Duration::ZERO).await;
+    // Refreshed before exp: still open after the first token expired.
+    let mut kept = app
+        .ws_connect(
+            "/ws",
+            Some(&app.token_with("alice", &[], Duration::from_secs(2))),
+        )
+        .await
+        .expect("upgrade");
+    kept.recv().await;
+    let mut lapsed = app
+        .ws_connect(
+            "/ws",
+            Some(&app.token_with("bob", &[], Duration::from_secs(2))),
+        )
+        .await
+        .expect("upgrade");
+    lapsed.recv().await;
+    kept.send(json!({"type": "auth", "payload": {"token": app.token_with("alice", &[], Duration::from_secs(60))}}))
+        .await;
+    // A token for someone else is refused and changes nothing.
+    kept.send(json!({"type": "auth", "id": "swap", "payload": {"token": app.token("mallory")}}))
+        .await;
+    assert_eq!(kept.recv().await["payload"]["code"], "forbidden");
+
+    assert_eq!(
+        lapsed.ended(Duration::from_secs(6)).await,
+        Ended::Closed(4001)
+    );
+    kept.send(json!({"type": "heartbeat"})).await;
+    assert_eq!(kept.recv().await["type"], "heartbeat");
+}
+
+#[actix_web::test]
+async fn silent_connections_are_dropped_after_heartbeat_timeout() {
+    let app = spawn_app_with(|s| {
+        s.session.heartbeat_interval = Duration::from_millis(200);
+        s.session.heartbeat_timeout = Duration::from_millis(1000);
+    })
+    .await;
+    // The helper's reader answers pings only while it is reading; a client that reads
+    // nothing sends nothing.
+    let mut silent = app
+        .ws_connect("/ws", Some(&app.token("quiet")))
+        .await
+        .expect("upgrade");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut lively = app.ws("lively").await;
+    for _ in 0..6 {
+        lively.send(json!({"type": "heartbeat"})).await;
+        assert_eq!(lively.recv_type("heartbeat").await["type"], "heartbeat");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        silent.ended(Duration::from_secs(5)).await,
+        Ended::Closed(1001)
+    );
+    lively.send(json!({"type": "heartbeat"})).await;
+    assert_eq!(lively.recv_type("heartbeat").await["type"], "heartbeat");
+}

@@ -1,0 +1,68 @@
+//! Isolation (guarantee 6): a reader that stops reading is closed with 1013 once its
+//! outbound queue is full, and never delays anyone else.
+
+use std::time::Duration;
+
+use crate::helpers::{group_msg, spawn_app_with, Ended};
+
+#[actix_web::test]
+async fn a_stuck_reader_is_closed_with_1013_and_others_get_everything() {
+    let app = spawn_app_with(|s| {
+        s.limits.outbound_queue = 32;
+        s.limits.frames_per_second = 100_000.0;
+        s.limits.frames_burst = 100_000.0;
+    })
+    .await;
+    app.group("room", "alice", &["stuck", "fast"]).await;
+    let mut alice = app.ws("alice").await;
+    let mut fast = app.ws("fast").await;
+    // `stuck` never reads: once the socket buffers are full its queue fills up.
+    let mut stuck = app.ws("stuck").await;
+
+    // Large messages fill the kernel's socket buffers quickly.
+    let body = "z".repeat(60_000);
+    let total: u64 = 400;
+    // Lockstep: each message must reach the fast reader before the next is sent, so the
+    // stuck reader cannot hold anyone back without this test timing out.
+    let run = async {
+        for i in 0..total {
+            alice.send(group_msg("room", &format!("m{i}"), &body)).await;
+            let m = fast.recv_type("group_message").await;
+            assert_eq!(
+                m["meta"]["seq"].as_u64(),
+                Some(i + 1),
+                "fast reader saw a gap"
+            );
+        }
+        let mut acks = 0;
+        while acks < total {
+            if alice.recv().await["type"] == "ack" {
+                acks += 1;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("sender and fast reader were slowed down by the stuck one");
+
+    // The stuck connection gets the messages that fit, then 1013.
+    let mut got = 0;
+    let ended = loop {
+        match stuck.try_recv_or_end(Duration::from_secs(10)).await {
+            Ok(f) => {
+                if f["type"] == "group_message" {
+                    got += 1;
+                }
+            }
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(ended, Ended::Closed(1013));
+    assert!(
+        got < total,
+        "stuck reader received everything ({got}); the queue never filled"
+    );
+    // It was dropped from the registry: the status shows two connections.
+    let (_, status) = app.call("GET", "/status", None, None).await;
+    assert_eq!(status["connections"]["total"], 2, "{status}");
+}
