@@ -20,7 +20,7 @@ use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
-use crate::store::batcher::{BatchConfig, WriteBatcher};
+use crate::store::batcher::{BatchConfig, BatchStats, WriteBatcher};
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::writer::MessageWriter;
 use crate::store::DbPool;
@@ -60,6 +60,8 @@ pub struct Tree {
     pub pool: DbPool,
     /// Health of every actor above.
     pub health: Arc<HealthBoard>,
+    /// What the write batcher committed.
+    pub batch_stats: Arc<BatchStats>,
 }
 
 impl Tree {
@@ -85,8 +87,9 @@ impl Tree {
         let reads = Reads::new(readers);
 
         let h = ActorHealth::new("write_batcher");
-        let (bc, hh) = (cfg.batch.clone(), h.clone());
-        let batcher = Supervisor::start(move |_| WriteBatcher::new(writers, bc, hh));
+        let batch_stats = Arc::new(BatchStats::default());
+        let (bc, st, hh) = (cfg.batch.clone(), batch_stats.clone(), h.clone());
+        let batcher = Supervisor::start(move |_| WriteBatcher::new(writers, bc, st, hh));
         board.register(h, batcher.clone().recipient());
 
         let h = ActorHealth::new("presence_tracker");
@@ -127,6 +130,7 @@ impl Tree {
             reads,
             pool,
             health: board,
+            batch_stats,
         }
     }
 

@@ -87,6 +87,7 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
         "database": {
             "backend": "sqlite",
             "pool": { "size": pool.connections, "idle": pool.idle_connections },
+            "writes": app.tree.batch_stats.snapshot(),
         },
         "redis": { "configured": app.redis.is_some() },
     }))

@@ -49,8 +49,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a broker with settings adjusted by `adjust`.
 pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_in(tempfile::tempdir().expect("temp dir"), adjust).await
+}
+
+/// Starts a broker on an existing data dir (e.g. one a test prepared).
+pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
-    let dir = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(dir.path());
     adjust(&mut settings);
     let auth = Authority::from_settings(&settings).expect("keys");

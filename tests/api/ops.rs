@@ -140,3 +140,57 @@ async fn unknown_paths_answer_in_the_error_shape() {
     assert_eq!(code, 404);
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+#[actix_web::test]
+async fn writes_that_arrive_together_are_committed_together() {
+    let app = spawn_app_with(|s| {
+        s.limits.frames_per_second = 10_000.0;
+        s.limits.frames_burst = 10_000.0;
+    })
+    .await;
+    let mut alice = app.ws("alice").await;
+    let n = 300;
+    for i in 0..n {
+        alice
+            .send(crate::helpers::chat("bob", &format!("m{i}"), "burst"))
+            .await;
+    }
+    let mut acks = 0;
+    while acks < n {
+        if alice.recv().await["type"] == "ack" {
+            acks += 1;
+        }
+    }
+    let (_, status) = app.call("GET", "/status", None, None).await;
+    let w = &status["database"]["writes"];
+    let (batches, writes) = (
+        w["batches"].as_u64().expect("batches"),
+        w["writes"].as_u64().expect("writes"),
+    );
+    assert!(writes >= n, "{w}");
+    assert!(
+        batches < writes && w["largest_batch"].as_u64() > Some(1),
+        "no group commit: {w}"
+    );
+}
+
+#[actix_web::test]
+async fn idle_channel_actors_stop_and_start_again_on_use() {
+    let app = spawn_app_with(|s| s.channels.idle_timeout = Duration::from_millis(400)).await;
+    let mut alice = app.ws("alice").await;
+    alice.dm("bob", "1", "wake up").await;
+    let active = |s: &Value| s["channels"]["active"].as_u64();
+    let (_, status) = app.call("GET", "/status", None, None).await;
+    assert_eq!(active(&status), Some(1));
+    let mut stopped = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if active(&app.call("GET", "/status", None, None).await.1) == Some(0) {
+            stopped = true;
+            break;
+        }
+    }
+    assert!(stopped, "idle channel actor still running");
+    // It starts again from the store: seqs continue.
+    assert_eq!(alice.dm("bob", "2", "again").await["seq"], 2);
+}

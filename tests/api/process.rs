@@ -196,3 +196,89 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
     child.kill().expect("SIGKILL");
     let _ = child.wait();
 }
+
+fn run_cli(args: &[&str], env: &[(&str, &str)], data_dir: &Path) -> std::process::Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"))
+        .env("SWITCHBOARD__SERVER__PORT", "0")
+        .env("SWITCHBOARD__SERVER__DATA_DIR", data_dir)
+        .env_remove("SWITCHBOARD__AUTH__JWT_SECRET")
+        .env_remove("SWITCHBOARD__ENVIRONMENT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("cli runs")
+}
+
+#[test]
+fn invalid_config_or_unusable_database_exits_non_zero_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_cli(
+        &["serve"],
+        &[("SWITCHBOARD__SERVER__PORT", "eighty")],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SWITCHBOARD__SERVER__PORT"), "{err}");
+
+    let out = run_cli(
+        &["serve"],
+        &[("SWITCHBOARD__ENVIRONMENT", "production")],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwt_secret"));
+
+    let out = run_cli(
+        &["serve"],
+        &[("SWITCHBOARD__DATABASE__URL", "/proc/no/such/dir/db.sqlite")],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/proc/no/such/dir"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn migrate_and_token_commands_work_on_a_fresh_data_dir() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_cli(&["migrate"], &[], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("switchboard.db").exists());
+
+    // Development mode: the token command generates (then reuses) the secret in the data dir.
+    let out = run_cli(
+        &["token", "alice", "--admin", "--ttl", "2h"],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let secret = std::fs::read_to_string(dir.path().join("jwt_secret")).expect("secret written");
+    let mut s = crate::helpers::test_settings(dir.path());
+    s.auth.jwt_secret = secret.trim().to_owned();
+    let claims = switchboard::auth::Authority::from_settings(&s)
+        .expect("keys")
+        .verify(&token)
+        .expect("token verifies with the generated secret");
+    assert_eq!(claims.sub, "alice");
+    assert!(claims.is_admin());
+    let ttl = claims.exp - claims.iat.expect("iat");
+    assert_eq!(ttl, 7200);
+    let out = run_cli(&["token", "not valid"], &[], dir.path());
+    assert!(!out.status.success());
+}

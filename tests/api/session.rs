@@ -163,3 +163,44 @@ async fn silent_connections_are_dropped_after_heartbeat_timeout() {
     lively.send(json!({"type": "heartbeat"})).await;
     assert_eq!(lively.recv_type("heartbeat").await["type"], "heartbeat");
 }
+
+#[actix_web::test]
+async fn revoked_tokens_get_401_at_upgrade() {
+    use diesel::prelude::*;
+    use switchboard_actors::store::schema::revoked_tokens;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let settings = crate::helpers::test_settings(dir.path());
+    let auth = switchboard::auth::Authority::from_settings(&settings).expect("keys");
+    let revoked = auth
+        .mint("alice", vec![], Duration::from_secs(600), None, false)
+        .expect("mint");
+    let jti = auth
+        .verify(&revoked.token)
+        .expect("valid")
+        .jti
+        .expect("jti");
+    {
+        let pool = switchboard::startup::open_store(&settings).expect("store");
+        let mut c = pool.get().expect("conn");
+        diesel::insert_into(revoked_tokens::table)
+            .values((
+                revoked_tokens::jti.eq(&jti),
+                revoked_tokens::expires_at.eq(i64::MAX),
+                revoked_tokens::revoked_at.eq(0_i64),
+            ))
+            .execute(&mut c)
+            .expect("revoke");
+    }
+    let app = crate::helpers::spawn_app_in(dir, |_| {}).await;
+    assert_eq!(
+        app.ws_connect("/ws", Some(&revoked.token)).await.err(),
+        Some(401)
+    );
+    let (code, _) = app
+        .call("GET", "/api/groups/x", Some(&revoked.token), None)
+        .await;
+    assert_eq!(code, 401);
+    // Another token of the same user is fine.
+    app.ws("alice").await;
+}

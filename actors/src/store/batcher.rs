@@ -10,6 +10,7 @@
 //! pending). A restart drops what was pending and in flight: those writers get
 //! `StoreError::WriterGone`, and the client's resend is deduplicated.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -32,6 +33,43 @@ pub struct BatchConfig {
     pub dedupe_window_ms: i64,
 }
 
+/// Counters of what the batcher committed, shown by `/status` (group commit at work: many
+/// writes per batch under load).
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    batches: AtomicU64,
+    writes: AtomicU64,
+    largest: AtomicU64,
+}
+
+/// A copy of [`BatchStats`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BatchStatsSnapshot {
+    /// Transactions sent to the writers.
+    pub batches: u64,
+    /// Writes in them.
+    pub writes: u64,
+    /// Most writes in one transaction so far.
+    pub largest_batch: u64,
+}
+
+impl BatchStats {
+    fn record(&self, n: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(n as u64, Ordering::Relaxed);
+        self.largest.fetch_max(n as u64, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> BatchStatsSnapshot {
+        BatchStatsSnapshot {
+            batches: self.batches.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            largest_batch: self.largest.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// The batching actor in front of the writer threads.
 pub struct WriteBatcher {
     writer: Addr<MessageWriter>,
@@ -39,19 +77,26 @@ pub struct WriteBatcher {
     pending: Vec<(WriteOp, Reply)>,
     in_flight: bool,
     drained: Vec<oneshot::Sender<()>>,
+    stats: Arc<BatchStats>,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
 
 impl WriteBatcher {
     /// A batcher in front of `writer`.
-    pub fn new(writer: Addr<MessageWriter>, cfg: BatchConfig, health: Arc<ActorHealth>) -> Self {
+    pub fn new(
+        writer: Addr<MessageWriter>,
+        cfg: BatchConfig,
+        stats: Arc<BatchStats>,
+        health: Arc<ActorHealth>,
+    ) -> Self {
         WriteBatcher {
             writer,
             cfg,
             pending: Vec::new(),
             in_flight: false,
             drained: Vec::new(),
+            stats,
             health,
         }
     }
@@ -69,6 +114,7 @@ impl WriteBatcher {
         let n = self.pending.len().min(self.cfg.max_batch);
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self.pending.drain(..n).unzip();
         self.in_flight = true;
+        self.stats.record(ops.len());
         let req = self.writer.send(WriteBatch {
             ops,
             dedupe_window_ms: self.cfg.dedupe_window_ms,
