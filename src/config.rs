@@ -200,6 +200,8 @@ pub struct LimitSettings {
     pub max_rejected_frames: u32,
     /// Most messages one `subscribe` replays.
     pub max_replay: i64,
+    /// Most channels one connection may subscribe to (or mute by unsubscribing).
+    pub max_subscriptions: usize,
 }
 
 impl Default for LimitSettings {
@@ -213,6 +215,7 @@ impl Default for LimitSettings {
             outbound_queue: 1024,
             max_rejected_frames: 100,
             max_replay: 1000,
+            max_subscriptions: 256,
         }
     }
 }

@@ -33,7 +33,7 @@ use switchboard_actors::store::queries::{self, Page};
 use switchboard_actors::store::NewMessage;
 
 use crate::auth::Claims;
-use crate::gate::{GateError, NodeTicket, UserTicket};
+use crate::gate::{GateError, NodeTicket, TokenBucket, UserTicket};
 use crate::startup::AppState;
 
 /// Close codes used by sessions.
@@ -83,6 +83,8 @@ pub struct SessionActor {
     expiry: Option<SpawnHandle>,
     overflowed: Arc<AtomicBool>,
     rejected: (Instant, u32),
+    /// Rate limit before authentication (the user's shared bucket applies after).
+    pending_bucket: TokenBucket,
     subscriptions: HashSet<Arc<str>>,
     muted: HashSet<Arc<str>>,
     replaying: HashMap<Arc<str>, Vec<(u64, ByteString)>>,
@@ -108,7 +110,11 @@ pub fn start(
     req: &HttpRequest,
     stream: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let max = app.settings.limits.max_frame_bytes;
+    let limits = &app.settings.limits;
+    let (max, pending_bucket) = (
+        limits.max_frame_bytes,
+        TokenBucket::new(limits.frames_per_second, limits.frames_burst),
+    );
     let actor = SessionActor {
         conn: ConnId::next(),
         client_id: up.client_id,
@@ -121,6 +127,7 @@ pub fn start(
         expiry: None,
         overflowed: Arc::new(AtomicBool::new(false)),
         rejected: (Instant::now(), 0),
+        pending_bucket,
         subscriptions: HashSet::new(),
         muted: HashSet::new(),
         replaying: HashMap::new(),
@@ -230,14 +237,19 @@ impl SessionActor {
     }
 
     /// Takes a token from the user's bucket; on refusal answers `rate_limited` and counts it.
-    fn admit_frame(&mut self, text: &str, ctx: &mut Ctx) -> bool {
-        let AuthState::Ready { ticket, .. } = &self.auth else {
+    /// Takes a token for one client frame: the user's shared bucket once authenticated, the
+    /// connection's own before that. On refusal answers `rate_limited` and counts it.
+    fn admit_frame(&mut self, text: Option<&str>, ctx: &mut Ctx) -> bool {
+        let taken = match &self.auth {
+            AuthState::Ready { ticket, .. } => ticket.take(),
+            AuthState::Pending => self.pending_bucket.take(),
+        };
+        let Err(retry_after_ms) = taken else {
             return true;
         };
-        let Err(retry_after_ms) = ticket.take() else {
-            return true;
-        };
-        let ref_id = serde_json::from_str::<IdOnly>(text).ok().and_then(|f| f.id);
+        let ref_id = text
+            .and_then(|t| serde_json::from_str::<IdOnly>(t).ok())
+            .and_then(|f| f.id);
         ctx.text(encode(
             "error",
             None,
@@ -261,7 +273,7 @@ impl SessionActor {
     }
 
     fn on_text(&mut self, text: &str, ctx: &mut Ctx) {
-        if !self.admit_frame(text, ctx) {
+        if !self.admit_frame(Some(text), ctx) {
             return;
         }
         match parse_client_frame(text) {
@@ -325,7 +337,7 @@ impl SessionActor {
             ClientFrame::Subscribe { channel, since_seq } => {
                 self.subscribe(channel, since_seq, id, ctx)
             }
-            ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel, ctx),
+            ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel, id, ctx),
             ClientFrame::NotYetServed { kind } => self.error(
                 ErrorCode::UnknownType,
                 &format!("`{kind}` is not served by this version of the broker"),
@@ -447,10 +459,18 @@ impl SessionActor {
         id: Option<String>,
         ctx: &mut Ctx,
     ) {
+        let name = channel.name.clone();
+        if !self.subscriptions.contains(&name) && !self.channel_slots_left() {
+            return self.error(
+                ErrorCode::Forbidden,
+                "subscription limit of this connection reached",
+                id.as_deref(),
+                ctx,
+            );
+        }
         let AuthState::Ready { handle, .. } = &self.auth else {
             return;
         };
-        let name = channel.name.clone();
         // From now on live deliveries of this channel wait until the replay is out.
         if since.is_some() {
             self.replaying.entry(name.clone()).or_default();
@@ -540,9 +560,18 @@ impl SessionActor {
         }
     }
 
-    fn unsubscribe(&mut self, channel: Channel, ctx: &mut Ctx) {
+    fn unsubscribe(&mut self, channel: Channel, id: Option<String>, ctx: &mut Ctx) {
         let name = channel.name.clone();
-        if !matches!(channel.kind, ChannelKind::Broadcast(_)) {
+        let implicit = !matches!(channel.kind, ChannelKind::Broadcast(_));
+        if implicit && !self.muted.contains(&name) && !self.channel_slots_left() {
+            return self.error(
+                ErrorCode::Forbidden,
+                "subscription limit of this connection reached",
+                id.as_deref(),
+                ctx,
+            );
+        }
+        if implicit {
             // Membership deliveries (DMs, groups, user:*) stop on this connection too.
             self.muted.insert(name.clone());
         }
@@ -553,6 +582,22 @@ impl SessionActor {
             });
         }
         ctx.text(encode("unsubscribed", None, ChannelOnly { channel: &name }));
+    }
+
+    fn on_binary(&mut self, ctx: &mut Ctx) {
+        if self.admit_frame(None, ctx) {
+            self.error(
+                ErrorCode::BadRequest,
+                "binary frames are not supported; send JSON text frames",
+                None,
+                ctx,
+            );
+        }
+    }
+
+    /// Whether one more subscribed or muted channel fits the per-connection limit.
+    fn channel_slots_left(&self) -> bool {
+        self.subscriptions.len() + self.muted.len() < self.app.settings.limits.max_subscriptions
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut Ctx) {
@@ -685,12 +730,7 @@ impl StreamHandler<Result<ws::Message, ProtocolError>> for SessionActor {
         self.last_heard = Instant::now();
         match msg {
             Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(ws::Message::Binary(_)) => self.error(
-                ErrorCode::BadRequest,
-                "binary frames are not supported; send JSON text frames",
-                None,
-                ctx,
-            ),
+            Ok(ws::Message::Binary(_)) => self.on_binary(ctx),
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {

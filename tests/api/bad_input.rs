@@ -161,3 +161,61 @@ async fn connection_limits_answer_503_and_429_at_upgrade() {
     }
     assert!(ok.is_some(), "place was not freed");
 }
+
+#[actix_web::test]
+async fn frames_before_authentication_and_binary_frames_are_rate_limited_too() {
+    let app = spawn_app_with(|s| {
+        s.limits.frames_per_second = 1.0;
+        s.limits.frames_burst = 3.0;
+        s.limits.max_rejected_frames = 5;
+    })
+    .await;
+    let mut c = app.ws_connect("/ws", None).await.expect("upgrade");
+    for _ in 0..3 {
+        c.send(json!({"type": "heartbeat"})).await;
+        assert_eq!(c.recv().await["payload"]["code"], "unauthorized");
+    }
+    c.send_raw(actix_http::ws::Message::Binary(bytes::Bytes::from_static(
+        b"x",
+    )))
+    .await;
+    assert_eq!(c.recv().await["payload"]["code"], "rate_limited");
+    for _ in 0..10 {
+        c.send_text("garbage").await;
+    }
+    assert_eq!(c.ended(Duration::from_secs(5)).await, Ended::Closed(1008));
+}
+
+#[actix_web::test]
+async fn a_connection_subscribes_to_a_bounded_number_of_channels() {
+    let app = spawn_app_with(|s| s.limits.max_subscriptions = 2).await;
+    let mut c = app.ws("alice").await;
+    for ch in ["broadcast:a", "broadcast:b"] {
+        c.send(json!({"type": "subscribe", "payload": {"channel": ch}}))
+            .await;
+        assert_eq!(c.recv_type("subscribed").await["payload"]["channel"], ch);
+    }
+    c.send(json!({"type": "subscribe", "id": "third", "payload": {"channel": "broadcast:c"}}))
+        .await;
+    let e = c.recv_type("error").await;
+    assert_eq!(
+        (
+            e["payload"]["code"].as_str(),
+            e["payload"]["ref_id"].as_str()
+        ),
+        (Some("forbidden"), Some("third"))
+    );
+    // Re-subscribing to one already held is fine; leaving one makes room.
+    c.send(json!({"type": "subscribe", "payload": {"channel": "broadcast:a"}}))
+        .await;
+    c.recv_type("subscribed").await;
+    c.send(json!({"type": "unsubscribe", "payload": {"channel": "broadcast:a"}}))
+        .await;
+    c.recv_type("unsubscribed").await;
+    c.send(json!({"type": "subscribe", "payload": {"channel": "broadcast:c"}}))
+        .await;
+    assert_eq!(
+        c.recv_type("subscribed").await["payload"]["channel"],
+        "broadcast:c"
+    );
+}
