@@ -51,7 +51,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The store.
     pub database: DatabaseSettings,
-    /// Redis (cross-node fan-out, presence, rate limits).
+    /// Redis (checked by `/ready`; cross-node features build on it).
     pub redis: RedisSettings,
     /// Per-connection and per-user limits (contract section 8).
     pub limits: LimitSettings,

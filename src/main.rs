@@ -108,6 +108,14 @@ fn token(
             "`{user}` is not a valid user id ([A-Za-z0-9_.@-], 1-128 chars)"
         ));
     }
+    if let Some(d) = &device {
+        if !switchboard::auth::DEVICES.contains(&d.as_str()) {
+            return Err(format!(
+                "--device must be one of {}",
+                switchboard::auth::DEVICES.join(", ")
+            ));
+        }
+    }
     let auth = Authority::from_settings(settings).map_err(|e| e.to_string())?;
     let roles = if admin {
         vec!["admin".to_owned()]

@@ -27,12 +27,12 @@ use switchboard_actors::protocol::{
     delivery_frame, encode, error_frame, parse_client_frame, ClientFrame, ErrorCode, ErrorPayload,
     ParsedFrame, TypingTarget,
 };
-use switchboard_actors::router::{Connect, Disconnect, FanOut, Route, RouteIfActive};
+use switchboard_actors::router::{Arrived, Connect, Disconnect, FanOut, Route, RouteIfActive};
 use switchboard_actors::session_handle::{Outbound, SessionHandle};
 use switchboard_actors::store::queries::{self, Page};
 use switchboard_actors::store::NewMessage;
 
-use crate::auth::Claims;
+use crate::auth::{Claims, DEVICES};
 use crate::gate::{GateError, NodeTicket, TokenBucket, UserTicket};
 use crate::startup::AppState;
 
@@ -195,7 +195,12 @@ impl SessionActor {
     fn authenticate(&mut self, claims: Claims, ticket: UserTicket, ctx: &mut Ctx) {
         let user = UserId::new(&claims.sub);
         if self.device.is_none() {
-            self.device = claims.device.as_deref().map(Arc::from);
+            // A claim outside the known kinds is ignored rather than trusted.
+            self.device = claims
+                .device
+                .as_deref()
+                .filter(|d| DEVICES.contains(d))
+                .map(Arc::from);
         }
         let handle = SessionHandle::new(
             self.conn,
@@ -655,6 +660,10 @@ impl Actor for SessionActor {
         match self.upgrade_auth.take() {
             Some((claims, ticket)) => self.authenticate(claims, ticket, ctx),
             None => {
+                self.app.tree.router.do_send(Arrived {
+                    conn: self.conn,
+                    recipient: ctx.address().recipient(),
+                });
                 ctx.run_later(self.app.settings.auth.auth_timeout, |act, ctx| {
                     if matches!(act.auth, AuthState::Pending) {
                         act.close(
@@ -669,10 +678,14 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Ctx) {
+        let router = &self.app.tree.router;
         let AuthState::Ready { handle, .. } = &self.auth else {
+            router.do_send(Disconnect {
+                user: None,
+                conn: self.conn,
+            });
             return;
         };
-        let router = &self.app.tree.router;
         for name in self.subscriptions.drain() {
             if let Some(channel) = Channel::parse(&name) {
                 router.do_send(RouteIfActive {
@@ -682,7 +695,7 @@ impl Actor for SessionActor {
             }
         }
         router.do_send(Disconnect {
-            user: handle.user.clone(),
+            user: Some(handle.user.clone()),
             conn: self.conn,
         });
     }

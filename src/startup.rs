@@ -18,6 +18,9 @@ use crate::gate::ConnectionGate;
 use crate::routes;
 use crate::session::close;
 
+/// Seconds the HTTP workers get to stop once sessions are closed and writes flushed.
+const WORKER_STOP_S: u64 = 1;
+
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -83,6 +86,13 @@ impl Application {
     /// actix system.
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
         let auth = Authority::from_settings(&settings)?;
+        // Bind before starting anything, so a taken port fails cleanly.
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let pool = open_store(&settings)?;
         {
             let mut c = pool.get().map_err(StoreError::from)?;
@@ -120,19 +130,12 @@ impl Application {
             l.frames_per_second,
             l.frames_burst,
         );
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
-            addr: addr.clone(),
-            source,
-        })?;
-        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
             n => n,
         };
-        let shutdown_timeout = settings.server.shutdown_timeout.as_secs().max(1);
         let state = web::Data::new(AppState {
             settings,
             tree,
@@ -148,7 +151,9 @@ impl Application {
         .workers(workers)
         .backlog(4096)
         .max_connections(100_000)
-        .shutdown_timeout(shutdown_timeout)
+        // Sessions are closed and writes flushed before the workers stop (see `shutdown`),
+        // so the workers need little time of their own.
+        .shutdown_timeout(WORKER_STOP_S)
         .disable_signals()
         .listen(listener)
         .map_err(|source| StartupError::Bind { addr, source })?
@@ -199,11 +204,16 @@ async fn wait_for_signal() {
     }
 }
 
-/// Stop accepting, close every client with 1012, flush pending writes, stop the server.
+/// Stop accepting, close every client with 1012, flush pending writes, stop the server; all
+/// within `server.shutdown_timeout`.
 async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
     let limit = state.settings.server.shutdown_timeout;
-    let accept = handle.pause();
-    accept.await;
+    // What is left after the close frames' grace and the workers' own stop time.
+    let close_grace = Duration::from_millis(200);
+    let flush_budget = limit
+        .saturating_sub(Duration::from_secs(WORKER_STOP_S) + close_grace)
+        .max(Duration::from_millis(500));
+    handle.pause().await;
     match state
         .tree
         .router
@@ -216,13 +226,13 @@ async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
         Ok(n) => log::info!("closing {n} sessions"),
         Err(e) => log::error!("router did not answer: {e}"),
     }
-    if tokio::time::timeout(limit, state.tree.batcher.send(Drain))
+    if tokio::time::timeout(flush_budget, state.tree.batcher.send(Drain))
         .await
         .is_err()
     {
-        log::error!("pending writes not flushed within {limit:?}");
+        log::error!("pending writes not flushed within {flush_budget:?}");
     }
     // Let the close frames reach the sockets before the workers stop.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(close_grace).await;
     handle.stop(true).await;
 }

@@ -148,7 +148,13 @@ impl ChannelActor {
                 act.head = act.head.max(head as u64);
                 act.members = match (&act.channel.kind, members) {
                     (ChannelKind::Dm(a, b), _) => {
-                        Members::Fixed(Arc::from(vec![a.clone(), b.clone()]))
+                        // A note to self has one recipient, not the same one twice.
+                        let pair = if a == b {
+                            vec![a.clone()]
+                        } else {
+                            vec![a.clone(), b.clone()]
+                        };
+                        Members::Fixed(Arc::from(pair))
                     }
                     (ChannelKind::User(u), _) => Members::Fixed(Arc::from(vec![u.clone()])),
                     (ChannelKind::Broadcast(_), _) => Members::Open,

@@ -44,6 +44,8 @@ pub struct RouterConfig {
 /// The registry actor.
 pub struct Router {
     sessions: HashMap<UserId, Vec<SessionHandle>>,
+    /// Connections still waiting for their `auth` frame (closed on shutdown too).
+    pending: HashMap<ConnId, Recipient<Outbound>>,
     channels: HashMap<Arc<str>, ChannelEntry>,
     batcher: Addr<WriteBatcher>,
     reads: Reads,
@@ -66,6 +68,7 @@ impl Router {
     ) -> Self {
         Router {
             sessions: HashMap::new(),
+            pending: HashMap::new(),
             channels: HashMap::new(),
             batcher,
             reads,
@@ -163,6 +166,24 @@ fn connection_event(event: &str, h: &SessionHandle) -> Outbound {
     ))
 }
 
+/// A connection opened without a token; it has `auth_timeout` to send its `auth` frame.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Arrived {
+    /// The connection.
+    pub conn: ConnId,
+    /// Where to send its close on shutdown.
+    pub recipient: Recipient<Outbound>,
+}
+
+impl Handler<Arrived> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: Arrived, _: &mut Context<Self>) {
+        self.health.handled();
+        self.pending.insert(msg.conn, msg.recipient);
+    }
+}
+
 /// A session authenticated; it starts receiving its user's deliveries.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -176,6 +197,7 @@ impl Handler<Connect> for Router {
     fn handle(&mut self, msg: Connect, _: &mut Context<Self>) {
         self.health.handled();
         let h = msg.handle;
+        self.pending.remove(&h.conn);
         let event = connection_event("connected", &h);
         self.send_to_user(&h.user, None, &event);
         self.presence.do_send(ConnOpened {
@@ -195,8 +217,8 @@ impl Handler<Connect> for Router {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Disconnect {
-    /// Its user.
-    pub user: UserId,
+    /// Its user, if it had authenticated.
+    pub user: Option<UserId>,
     /// Its connection.
     pub conn: ConnId,
 }
@@ -205,21 +227,25 @@ impl Handler<Disconnect> for Router {
     type Result = ();
     fn handle(&mut self, msg: Disconnect, _: &mut Context<Self>) {
         self.health.handled();
+        self.pending.remove(&msg.conn);
+        let Some(user) = msg.user else {
+            return;
+        };
         let mut gone = None;
-        if let Some(list) = self.sessions.get_mut(&msg.user) {
+        if let Some(list) = self.sessions.get_mut(&user) {
             if let Some(i) = list.iter().position(|h| h.conn == msg.conn) {
                 gone = Some(list.swap_remove(i));
             }
             if list.is_empty() {
-                self.sessions.remove(&msg.user);
+                self.sessions.remove(&user);
             }
         }
         if let Some(h) = gone {
             let event = connection_event("disconnected", &h);
-            self.send_to_user(&msg.user, None, &event);
+            self.send_to_user(&user, None, &event);
         }
         self.presence.do_send(ConnClosed {
-            user: msg.user,
+            user,
             conn: msg.conn,
         });
     }
@@ -332,6 +358,13 @@ impl Handler<CloseAll> for Router {
         for h in self.sessions.values().flatten() {
             n += 1;
             h.close(msg.code, msg.reason);
+        }
+        for r in self.pending.values() {
+            n += 1;
+            r.do_send(Outbound::Close {
+                code: msg.code,
+                reason: msg.reason,
+            });
         }
         n
     }

@@ -193,3 +193,15 @@ async fn heartbeat_frame_is_answered_with_server_time() {
     assert_eq!(h["id"], "hb1");
     assert!(h["payload"]["server_time"].as_i64().expect("time") > 1_600_000_000_000);
 }
+
+#[actix_web::test]
+async fn a_note_to_self_reaches_each_other_connection_once() {
+    let app = spawn_app().await;
+    let mut laptop = app.ws_as("alice", "client_id=laptop").await;
+    let mut phone = app.ws_as("alice", "client_id=phone").await;
+    let ack = laptop.dm("alice", "n1", "remember milk").await;
+    assert_eq!(ack["channel"], "dm:alice:alice");
+    let m = phone.recv_type("chat_message").await;
+    assert_eq!(m["payload"]["content"], "remember milk");
+    phone.silent_for(Duration::from_millis(300)).await;
+}

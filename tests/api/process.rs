@@ -170,6 +170,17 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
     let mut alice = connect(broker.port, "alice").await;
     let ack = alice.dm("bob", "before", "before shutdown").await;
     assert_eq!(ack["seq"], 1);
+    // A connection still waiting to authenticate is closed too.
+    let (_, framed) = awc::Client::builder()
+        .timeout(WAIT)
+        .finish()
+        .ws(format!("ws://127.0.0.1:{}/ws", broker.port))
+        .connect()
+        .await
+        .expect("upgrade");
+    let mut pending = WsClient::from_framed(framed);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sent_at = std::time::Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &broker.child.id().to_string()])
         .status()
@@ -177,6 +188,10 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
     assert!(status.success());
     assert_eq!(
         alice.ended(Duration::from_secs(10)).await,
+        Ended::Closed(1012)
+    );
+    assert_eq!(
+        pending.ended(Duration::from_secs(10)).await,
         Ended::Closed(1012)
     );
     let mut exited = None;
@@ -189,6 +204,12 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
     }
     let exit = exited.expect("broker exited within 10 s");
     assert_eq!(exit.code(), Some(0));
+    // shutdown_timeout is 5 s in these tests.
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        sent_at.elapsed()
+    );
     let broker = start_broker(dir.path());
     let stored = history(broker.port, "alice", "bob").await;
     assert_eq!(stored.len(), 1);
@@ -243,6 +264,22 @@ fn invalid_config_or_unusable_database_exits_non_zero_with_a_clear_message() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[test]
+fn a_taken_port_is_a_clean_startup_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = run_cli(
+        &["serve"],
+        &[("SWITCHBOARD__SERVER__PORT", &port)],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]
