@@ -49,6 +49,9 @@ pub enum StoreError {
     /// Too many writes are waiting; the client should retry.
     #[error("write queue full")]
     Overloaded,
+    /// A bug: an internal invariant did not hold.
+    #[error("internal invariant broken: {0}")]
+    Invariant(&'static str),
     /// The database URL names a backend this build does not have.
     #[error("unsupported database url `{0}`: use a SQLite path or sqlite:// URL")]
     UnsupportedUrl(String),

@@ -16,12 +16,12 @@ pub fn last_seq(c: &mut DbConn, channel: &str) -> QueryResult<Option<i64>> {
         .optional()
 }
 
-/// Records a new channel with no messages.
-pub fn insert_channel(c: &mut DbConn, channel: &str, now: i64) -> QueryResult<()> {
+/// Records a new channel whose seq counter stands at `last_seq`.
+pub fn insert_channel(c: &mut DbConn, channel: &str, last_seq: i64, now: i64) -> QueryResult<()> {
     diesel::insert_into(channels::table)
         .values((
             channels::name.eq(channel),
-            channels::last_seq.eq(0_i64),
+            channels::last_seq.eq(last_seq),
             channels::created_at.eq(now),
         ))
         .execute(c)
@@ -36,20 +36,25 @@ pub fn set_last_seq(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<()> 
         .map(drop)
 }
 
-/// The message `sender` already stored under client frame id `client_msg_id` since `since`.
-pub fn find_duplicate(
+/// Messages `sender` already stored under any of the client frame ids `ids` since `since`.
+pub fn find_duplicates(
     c: &mut DbConn,
     sender: &str,
-    client_msg_id: &str,
+    ids: &[&str],
     since: i64,
-) -> QueryResult<Option<StoredMessage>> {
-    messages::table
-        .filter(messages::sender_id.eq(sender))
-        .filter(messages::client_msg_id.eq(client_msg_id))
-        .filter(messages::created_at.ge(since))
-        .select(StoredMessage::as_select())
-        .first(c)
-        .optional()
+) -> QueryResult<Vec<StoredMessage>> {
+    let mut found = Vec::new();
+    for chunk in ids.chunks(500) {
+        found.extend(
+            messages::table
+                .filter(messages::sender_id.eq(sender))
+                .filter(messages::client_msg_id.eq_any(chunk))
+                .filter(messages::created_at.ge(since))
+                .select(StoredMessage::as_select())
+                .load(c)?,
+        );
+    }
+    Ok(found)
 }
 
 /// Inserts rows (multi-row `INSERT`, in chunks under SQLite's variable limit).

@@ -130,39 +130,48 @@ impl Handler<Probe> for MessageWriter {
     }
 }
 
+/// Where one op's outcome will come from once the batch's rows are inserted.
+enum Slot {
+    /// The next of the rows this batch inserts (rows are pushed in op order).
+    New,
+    /// A resend: the earlier copy.
+    Duplicate(StoredMessage),
+    /// A finished non-message write.
+    Done(WriteOutcome),
+}
+
 /// Applies `ops` inside the caller's transaction.
+///
+/// Per batch, not per message: one dedupe query per sender, one seq read and one seq write
+/// per channel, and one multi-row insert.
 fn apply(
     c: &mut DbConn,
     ops: &[WriteOp],
     dedupe_window_ms: i64,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let now = now_ms();
-    let since = now - dedupe_window_ms;
+    let mut earlier = find_resends(c, ops, now - dedupe_window_ms)?;
     // Seq counters touched by this batch: channel -> (last seq given, existed before).
     let mut seqs: HashMap<&str, (i64, bool)> = HashMap::new();
     // Frames of this batch by (sender, client id), to catch a resend inside one batch.
     let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut rows: Vec<StoredMessage> = Vec::new();
-    let mut out = Vec::with_capacity(ops.len());
+    let mut rows: Vec<StoredMessage> = Vec::with_capacity(ops.len());
+    let mut slots = Vec::with_capacity(ops.len());
 
     for op in ops {
-        match op {
+        let slot = match op {
             WriteOp::Message(m) => {
                 if let Some(cmid) = m.client_msg_id.as_deref() {
-                    if let Some(&i) = in_batch.get(&(m.sender_id.as_str(), cmid)) {
-                        out.push(WriteOutcome::Stored {
-                            msg: rows[i].clone(),
-                            duplicate: true,
-                        });
+                    let key = (m.sender_id.as_str(), cmid);
+                    if let Some(&i) = in_batch.get(&key) {
+                        slots.push(Slot::Duplicate(rows[i].clone()));
                         continue;
                     }
-                    if let Some(old) = queries::find_duplicate(c, &m.sender_id, cmid, since)? {
-                        out.push(WriteOutcome::Stored {
-                            msg: old,
-                            duplicate: true,
-                        });
+                    if let Some(old) = earlier.remove(&(key.0.to_owned(), key.1.to_owned())) {
+                        slots.push(Slot::Duplicate(old));
                         continue;
                     }
+                    in_batch.insert(key, rows.len());
                 }
                 let entry = match seqs.entry(m.channel.as_str()) {
                     Entry::Occupied(o) => o.into_mut(),
@@ -172,7 +181,7 @@ fn apply(
                     }
                 };
                 entry.0 += 1;
-                let row = StoredMessage {
+                rows.push(StoredMessage {
                     id: uuid::Uuid::now_v7().to_string(),
                     channel: m.channel.clone(),
                     seq: entry.0,
@@ -183,15 +192,8 @@ fn apply(
                     client_msg_id: m.client_msg_id.clone(),
                     payload: m.payload.clone(),
                     created_at: now,
-                };
-                if let Some(cmid) = m.client_msg_id.as_deref() {
-                    in_batch.insert((m.sender_id.as_str(), cmid), rows.len());
-                }
-                out.push(WriteOutcome::Stored {
-                    msg: row.clone(),
-                    duplicate: false,
                 });
-                rows.push(row);
+                Slot::New
             }
             WriteOp::ReadCursor {
                 user_id,
@@ -199,7 +201,7 @@ fn apply(
                 up_to_seq,
             } => {
                 let up_to_seq = queries::advance_read_cursor(c, user_id, channel, *up_to_seq, now)?;
-                out.push(WriteOutcome::Cursor { up_to_seq });
+                Slot::Done(WriteOutcome::Cursor { up_to_seq })
             }
             WriteOp::TouchDevice {
                 user_id,
@@ -207,18 +209,66 @@ fn apply(
                 device,
             } => {
                 queries::touch_device(c, user_id, client_id, device.as_deref(), now)?;
-                out.push(WriteOutcome::Done);
+                Slot::Done(WriteOutcome::Done)
             }
-        }
+        };
+        slots.push(slot);
     }
     for (channel, (last, existed)) in &seqs {
         if *existed {
             queries::set_last_seq(c, channel, *last)?;
         } else {
-            queries::insert_channel(c, channel, now)?;
-            queries::set_last_seq(c, channel, *last)?;
+            queries::insert_channel(c, channel, *last, now)?;
         }
     }
     queries::insert_messages(c, &rows)?;
-    Ok(out)
+    let mut rows = rows.into_iter();
+    slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::New => rows
+                .next()
+                .map(|msg| WriteOutcome::Stored {
+                    msg,
+                    duplicate: false,
+                })
+                .ok_or(StoreError::Invariant("fewer rows than new messages")),
+            Slot::Duplicate(msg) => Ok(WriteOutcome::Stored {
+                msg,
+                duplicate: true,
+            }),
+            Slot::Done(outcome) => Ok(outcome),
+        })
+        .collect()
+}
+
+/// Messages of this batch's senders already stored under the batch's client frame ids
+/// since `since`, by (sender, client frame id): one query per sender.
+fn find_resends(
+    c: &mut DbConn,
+    ops: &[WriteOp],
+    since: i64,
+) -> Result<HashMap<(String, String), StoredMessage>, StoreError> {
+    let mut by_sender: HashMap<&str, Vec<&str>> = HashMap::new();
+    for op in ops {
+        if let WriteOp::Message(m) = op {
+            if let Some(cmid) = m.client_msg_id.as_deref() {
+                by_sender
+                    .entry(m.sender_id.as_str())
+                    .or_default()
+                    .push(cmid);
+            }
+        }
+    }
+    let mut found = HashMap::new();
+    for (sender, ids) in by_sender {
+        for old in queries::find_duplicates(c, sender, &ids, since)? {
+            let key = (
+                old.sender_id.clone(),
+                old.client_msg_id.clone().unwrap_or_default(),
+            );
+            found.insert(key, old);
+        }
+    }
+    Ok(found)
 }
