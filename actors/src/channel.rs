@@ -9,13 +9,13 @@
 //!
 //! A restart reloads members and head seq from the store; subscribers are kept.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
 use crate::protocol::{delivery_frame, encode, Ack, ErrorCode};
@@ -25,10 +25,6 @@ use crate::store::batcher::{Persist, WriteBatcher};
 use crate::store::reader::Reads;
 use crate::store::writer::{WriteOp, WriteOutcome};
 use crate::store::{queries, NewMessage, StoreError, StoredMessage};
-
-/// How long fan-out waits for a missing seq before sending what it has (should never
-/// happen with one batch in flight; this bounds the damage if it does).
-const GAP_WAIT: Duration = Duration::from_millis(200);
 
 /// Why a channel refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -109,9 +105,23 @@ pub struct ChannelActor {
     deps: ChannelDeps,
     members: Members,
     head: u64,
-    next_fanout: Option<u64>,
-    reorder: BTreeMap<u64, (StoredMessage, Option<ConnId>)>,
+    /// Publishes waiting for their commit, in the order they were sent to the batcher.
+    in_flight: VecDeque<InFlight>,
+    /// Tag of the next publish; tags in `in_flight` are consecutive.
+    next_tag: u64,
     subs: HashMap<ConnId, SessionHandle>,
+}
+
+type CommitResult = Result<Result<WriteOutcome, StoreError>, MailboxError>;
+
+/// A publish between `Persist` and its commit.
+struct InFlight {
+    tag: u64,
+    /// Filled in when the batcher answers.
+    commit: Option<CommitResult>,
+    origin: Option<ConnId>,
+    ref_id: Option<String>,
+    reply: oneshot::Sender<Result<Ack, ChannelError>>,
 }
 
 impl ChannelActor {
@@ -122,8 +132,8 @@ impl ChannelActor {
             deps,
             members: Members::Unknown,
             head: 0,
-            next_fanout: None,
-            reorder: BTreeMap::new(),
+            in_flight: VecDeque::new(),
+            next_tag: 0,
             subs: HashMap::new(),
         }
     }
@@ -232,48 +242,61 @@ impl ChannelActor {
 
     fn fan_out(&mut self, msg: StoredMessage, origin: Option<ConnId>) {
         let seq = msg.seq as u64;
+        if seq <= self.head {
+            log::error!(
+                "channel {}: seq {seq} committed after {}",
+                self.channel.name,
+                self.head
+            );
+        }
+        self.head = self.head.max(seq);
         let item = Outbound::Delivery {
             channel: self.channel.name.clone(),
             seq,
             frame: delivery_frame(&msg),
         };
-        self.next_fanout = Some(seq + 1);
         self.deliver(item, origin, None);
     }
 
-    /// A message committed: fan it out now if it is next in seq order, else hold it.
-    fn committed(&mut self, msg: StoredMessage, origin: Option<ConnId>, ctx: &mut Context<Self>) {
-        let seq = msg.seq as u64;
-        self.head = self.head.max(seq);
-        match self.next_fanout {
-            Some(next) if seq > next => {
-                self.reorder.insert(seq, (msg, origin));
-                ctx.run_later(GAP_WAIT, |act, _| act.release_held(true));
-            }
-            _ => {
-                self.fan_out(msg, origin);
-                self.release_held(false);
+    /// Records the batcher's answer for publish `tag`, then handles every answered publish
+    /// at the front of the queue. Commits are thus handled strictly in the order they were
+    /// sent, so fan-out follows seq order, whatever order actix runs ready futures in.
+    fn answered(&mut self, tag: u64, res: CommitResult) {
+        let Some(front) = self.in_flight.front().map(|f| f.tag) else {
+            return;
+        };
+        let Some(slot) = tag
+            .checked_sub(front)
+            .and_then(|i| self.in_flight.get_mut(i as usize))
+        else {
+            return; // from before a restart
+        };
+        slot.commit = Some(res);
+        while self.in_flight.front().is_some_and(|f| f.commit.is_some()) {
+            if let Some(mut f) = self.in_flight.pop_front() {
+                let res = f.commit.take().unwrap_or(Err(MailboxError::Closed));
+                self.committed(f, res);
             }
         }
     }
 
-    /// Sends held messages that are now in order (all of them when `force`).
-    fn release_held(&mut self, force: bool) {
-        while let Some(entry) = self.reorder.first_entry() {
-            let ready = force || Some(*entry.key()) == self.next_fanout;
-            if !ready {
-                break;
+    /// One publish's commit (or failure): fan out, then answer the publisher with its ack.
+    fn committed(&mut self, f: InFlight, res: CommitResult) {
+        let answer = match res {
+            Ok(Ok(WriteOutcome::Stored { msg, duplicate })) => {
+                let ack = Ack::of(&msg, f.ref_id.as_deref());
+                if !duplicate {
+                    self.fan_out(msg, f.origin);
+                }
+                Ok(ack)
             }
-            let (msg, origin) = entry.remove();
-            if force {
-                log::warn!(
-                    "channel {}: gap before seq {}, sending on",
-                    self.channel.name,
-                    msg.seq
-                );
+            Ok(Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done)) => {
+                Err(ChannelError::Unavailable)
             }
-            self.fan_out(msg, origin);
-        }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(ChannelError::Unavailable),
+        };
+        let _ = f.reply.send(answer);
     }
 }
 
@@ -288,8 +311,8 @@ impl Supervised for ChannelActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         log::warn!("channel {}: restarting", self.channel.name);
         self.members = Members::Unknown;
-        self.reorder.clear();
-        self.next_fanout = None;
+        // Dropping the replies answers their publishers `unavailable`; a resend is deduped.
+        self.in_flight.clear();
     }
 }
 
@@ -308,31 +331,31 @@ pub struct Publish {
 }
 
 impl Handler<Publish> for ChannelActor {
-    type Result = ResponseActFuture<Self, Result<Ack, ChannelError>>;
+    type Result = ResponseFuture<Result<Ack, ChannelError>>;
 
     fn handle(&mut self, p: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.check_write(&p.sender) {
             if matches!(self.members, Members::Unknown) {
                 self.load(ctx);
             }
-            return Box::pin(fut::ready(Err(e)));
+            return Box::pin(async move { Err(e) });
         }
+        let (reply, answer) = oneshot::channel();
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        self.in_flight.push_back(InFlight {
+            tag,
+            commit: None,
+            origin: p.origin,
+            ref_id: p.ref_id,
+            reply,
+        });
         let req = self.deps.batcher.send(Persist(WriteOp::Message(p.msg)));
-        let (origin, ref_id) = (p.origin, p.ref_id);
-        Box::pin(req.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(WriteOutcome::Stored { msg, duplicate })) => {
-                let ack = Ack::of(&msg, ref_id.as_deref());
-                if !duplicate {
-                    act.committed(msg, origin, ctx);
-                }
-                Ok(ack)
-            }
-            Ok(Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done)) => {
-                Err(ChannelError::Unavailable)
-            }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(ChannelError::Unavailable),
-        }))
+        ctx.spawn(
+            req.into_actor(self)
+                .map(move |res, act, _| act.answered(tag, res)),
+        );
+        Box::pin(async move { answer.await.unwrap_or(Err(ChannelError::Unavailable)) })
     }
 }
 

@@ -193,3 +193,39 @@ async fn rest_calls_without_a_valid_token_are_unauthorized() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_request");
 }
+
+#[actix_web::test]
+async fn under_pipelined_load_every_member_receives_every_seq_in_order() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.limits.frames_per_second = 100_000.0;
+        s.limits.frames_burst = 100_000.0;
+        // Receivers read only after everything is sent.
+        s.limits.outbound_queue = 100_000;
+    })
+    .await;
+    let senders = ["s0", "s1", "s2", "s3"];
+    app.group("load", "s0", &["s1", "s2", "s3", "r0", "r1"])
+        .await;
+    let mut receivers = vec![app.ws("r0").await, app.ws("r1").await];
+    let mut conns = Vec::new();
+    for s in senders {
+        conns.push(app.ws(s).await);
+    }
+    let per_sender = 1500;
+    for i in 0..per_sender {
+        for (k, c) in conns.iter_mut().enumerate() {
+            c.send(group_msg("load", &format!("{k}-{i}"), "x")).await;
+        }
+    }
+    let total = (per_sender * senders.len()) as u64;
+    for r in receivers.iter_mut() {
+        for expected in 1..=total {
+            let m = r.recv_type("group_message").await;
+            assert_eq!(
+                m["meta"]["seq"].as_u64(),
+                Some(expected),
+                "out of order or gap"
+            );
+        }
+    }
+}

@@ -5,8 +5,10 @@ use diesel::prelude::*;
 use super::schema::{groups, messages};
 
 /// A persisted message: one row of `messages`.
+// `None` is written as NULL, not DEFAULT: that lets SQLite take a batch as one multi-row
+// INSERT instead of one statement per row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = messages)]
+#[diesel(table_name = messages, treat_none_as_default_value = false)]
 pub struct StoredMessage {
     /// UUID v7.
     pub id: String,
