@@ -206,7 +206,7 @@ async fn under_pipelined_load_every_member_receives_every_seq_in_order() {
     let senders = ["s0", "s1", "s2", "s3"];
     app.group("load", "s0", &["s1", "s2", "s3", "r0", "r1"])
         .await;
-    let mut receivers = vec![app.ws("r0").await, app.ws("r1").await];
+    let mut receivers = [app.ws("r0").await, app.ws("r1").await];
     let mut conns = Vec::new();
     for s in senders {
         conns.push(app.ws(s).await);
