@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Runs one benchmark scenario of switchboard-bench against a fresh broker (and against the
+# floor server where the scenario has a floor counterpart), with the method of issue 3:
+# broker on core 0, tool on core 1, a fresh server with a fresh data dir per run, rate limits
+# raised, runs interleaved broker/floor, RUNS runs each with median and min–max.
+#
+#   bench/run.sh SCENARIO [tool options...]
+#   bench/run.sh smoke            # every scenario, tiny sizes; non-zero exit on any failure
+#
+# SCENARIO: fanout | conns | pairs | durable | storm | smoke
+# Environment: RUNS (default 1), CARGO_TARGET_DIR (default /tmp/bench-target),
+#   PROFILE=release|debug (default release; debug reuses a test build, fine for smoke only),
+#   SERVER_CPU / TOOL_CPU (default 0 / 1), NO_FLOOR=1 (skip the floor runs),
+#   NO_BUILD=1 (use the binaries already built), TIMEOUT (tool --timeout, default 120 s).
+# Everything runs on 127.0.0.1 and stops by itself (tool --timeout, plus `timeout` around it).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/bench-target}
+PROFILE=${PROFILE:-release}
+case "$PROFILE" in
+release) BUILD_FLAGS=(--release) ;;
+debug) BUILD_FLAGS=() ;;
+*) echo "PROFILE must be release or debug" >&2 && exit 2 ;;
+esac
+BIN=$CARGO_TARGET_DIR/$PROFILE
+RUNS=${RUNS:-1}
+SERVER_CPU=${SERVER_CPU:-0}
+TOOL_CPU=${TOOL_CPU:-1}
+TIMEOUT=${TIMEOUT:-120}
+SECRET="bench-secret-$$-$RANDOM"
+
+usage() {
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+}
+[ $# -ge 1 ] || usage
+SCENARIO=$1
+shift
+case "$SCENARIO" in
+fanout | conns | pairs | durable | storm | smoke) ;;
+-h | --help | help) usage ;;
+*) echo "unknown scenario: $SCENARIO" >&2 && usage ;;
+esac
+
+# The open-files limit bounds the number of connections (about 20,000 here).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+echo "open files limit: $(ulimit -n)" >&2
+
+if [ -z "${NO_BUILD:-}" ]; then
+    (cd "$ROOT" && cargo build "${BUILD_FLAGS[@]}" -q -p switchboard -p switchboard-bench)
+fi
+for b in switchboard switchboard-bench floor; do
+    [ -x "$BIN/$b" ] || { echo "missing $BIN/$b (build first)" >&2; exit 2; }
+done
+
+# Pin to a core when there are at least two (taskset execs the command: $! is its pid).
+PIN_SERVER=()
+PIN_TOOL=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    PIN_SERVER=(taskset -c "$SERVER_CPU")
+    PIN_TOOL=(taskset -c "$TOOL_CPU")
+fi
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+pick_port() {
+    local p
+    for _ in $(seq 1 50); do
+        p=$((10000 + RANDOM % 10000))
+        if port_free "$p"; then echo "$p" && return 0; fi
+    done
+    echo "no free port found" >&2
+    return 1
+}
+wait_port() {
+    local port=$1 pid=$2
+    for _ in $(seq 1 300); do
+        if ! kill -0 "$pid" 2>/dev/null; then return 1; fi
+        if ! port_free "$port"; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
+SERVER_PID=""
+SERVER_DIR=""
+SERVER_URL=""
+stop_server() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 150); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    SERVER_PID=""
+    if [ -n "$SERVER_DIR" ]; then rm -rf "$SERVER_DIR"; fi
+    SERVER_DIR=""
+}
+trap stop_server EXIT
+
+start_broker() {
+    local port
+    port=$(pick_port)
+    SERVER_DIR=$(mktemp -d /tmp/switchboard-bench.XXXXXX)
+    SWITCHBOARD__SERVER__HOST=127.0.0.1 \
+        SWITCHBOARD__SERVER__PORT=$port \
+        SWITCHBOARD__SERVER__DATA_DIR=$SERVER_DIR \
+        SWITCHBOARD__SERVER__WORKERS=1 \
+        SWITCHBOARD__AUTH__JWT_SECRET=$SECRET \
+        SWITCHBOARD__LIMITS__FRAMES_PER_SECOND=1000000000 \
+        SWITCHBOARD__LIMITS__FRAMES_BURST=1000000000 \
+        SWITCHBOARD__LIMITS__MAX_CONNECTIONS=100000 \
+        SWITCHBOARD__LIMITS__MAX_CONNECTIONS_PER_USER=100000 \
+        SWITCHBOARD__LOG__FILTER=warn \
+        "${PIN_SERVER[@]}" "$BIN/switchboard" serve >"$SERVER_DIR/server.log" 2>&1 &
+    SERVER_PID=$!
+    SERVER_URL="ws://127.0.0.1:$port"
+    if ! wait_port "$port" "$SERVER_PID"; then
+        echo "broker did not start; its log:" >&2
+        cat "$SERVER_DIR/server.log" >&2
+        return 1
+    fi
+}
+
+start_floor() {
+    local port
+    port=$(pick_port)
+    SERVER_DIR=$(mktemp -d /tmp/switchboard-floor.XXXXXX)
+    "${PIN_SERVER[@]}" "$BIN/floor" --port "$port" --workers 1 >"$SERVER_DIR/server.log" 2>&1 &
+    SERVER_PID=$!
+    SERVER_URL="ws://127.0.0.1:$port"
+    if ! wait_port "$port" "$SERVER_PID"; then
+        echo "floor did not start; its log:" >&2
+        cat "$SERVER_DIR/server.log" >&2
+        return 1
+    fi
+}
+
+# tool SCENARIO MODE [args...]: runs the tool against the current server, prints its output.
+tool() {
+    local scenario=$1 mode=$2
+    shift 2
+    local extra=()
+    case "$scenario" in
+    fanout | conns | pairs) extra+=(--mode "$mode") ;;
+    esac
+    if [ "$scenario" = conns ]; then extra+=(--server-pid "$SERVER_PID"); fi
+    timeout --kill-after=10 $((TIMEOUT + 60)) \
+        "${PIN_TOOL[@]}" "$BIN/switchboard-bench" "$scenario" --url "$SERVER_URL" \
+        --secret "$SECRET" --timeout "$TIMEOUT" "${extra[@]}" "$@"
+}
+
+# The figure a scenario is judged by (a row of the tool's table).
+headline() {
+    case "$1" in
+    fanout) echo deliveries_per_s ;;
+    conns) echo server_rss_per_conn_kib ;;
+    pairs) echo messages_per_s ;;
+    durable) echo acked_per_s ;;
+    storm) echo resume.all_resumed_s ;;
+    esac
+}
+
+# one_run SCENARIO MODE [args...]: fresh server, one tool run; prints the output, records
+# the headline figure in $RESULTS/MODE and returns the tool's status.
+RESULTS=$(mktemp -d /tmp/switchboard-bench-results.XXXXXX)
+one_run() {
+    local scenario=$1 mode=$2 out status=0
+    shift 2
+    if [ "$mode" = floor ]; then start_floor; else start_broker; fi
+    echo "--- $scenario against the $mode server ($SERVER_URL, pid $SERVER_PID)"
+    out=$(tool "$scenario" "$mode" "$@") || status=$?
+    echo "$out"
+    if [ "$status" -ne 0 ]; then
+        echo "--- the tool exited with $status; last lines of the server log:"
+        tail -n 20 "$SERVER_DIR/server.log" || true
+    fi
+    echo "$out" | awk -v k="$(headline "$scenario")" '$1 == k { gsub(",", "", $2); print $2 }' \
+        >>"$RESULTS/$mode"
+    stop_server
+    return "$status"
+}
+
+summary() {
+    local scenario=$1 mode
+    for mode in contract floor; do
+        [ -s "$RESULTS/$mode" ] || continue
+        sort -g "$RESULTS/$mode" | awk -v m="$mode" -v k="$(headline "$scenario")" '
+            { v[NR] = $1 }
+            END {
+                med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                printf "%-8s %s: median %s (min %s, max %s) over %d run(s)\n", m, k, med, v[1], v[NR], NR
+            }'
+    done
+}
+
+has_floor() { case "$1" in fanout | conns | pairs) [ -z "${NO_FLOOR:-}" ] ;; *) false ;; esac; }
+
+if [ "$SCENARIO" = smoke ]; then
+    # Tiny sizes; one fresh broker per scenario; any failure makes the exit non-zero.
+    TIMEOUT=${TIMEOUT_SMOKE:-60}
+    fails=0
+    run_smoke() { one_run "$@" || fails=$((fails + 1)); }
+    run_smoke fanout contract --subscribers 5 --messages 50
+    run_smoke fanout floor --subscribers 5 --messages 50
+    run_smoke conns contract --conns 20 --hold 2 --heartbeat 1
+    run_smoke conns floor --conns 20 --hold 2 --heartbeat 1
+    run_smoke pairs contract --pairs 3 --messages 50
+    run_smoke pairs floor --pairs 3 --messages 50
+    run_smoke durable contract --publishers 2 --messages 200
+    run_smoke storm contract --clients 10 --messages 3 --away 2
+    rm -rf "$RESULTS"
+    if [ "$fails" -ne 0 ]; then
+        echo "smoke: $fails scenario run(s) failed"
+        exit 1
+    fi
+    echo "smoke: all scenarios passed"
+    exit 0
+fi
+
+fails=0
+for i in $(seq 1 "$RUNS"); do
+    echo "=== run $i of $RUNS"
+    one_run "$SCENARIO" contract "$@" || fails=$((fails + 1))
+    if has_floor "$SCENARIO"; then
+        one_run "$SCENARIO" floor "$@" || fails=$((fails + 1))
+    fi
+done
+echo "=== summary"
+summary "$SCENARIO"
+rm -rf "$RESULTS"
+[ "$fails" -eq 0 ]
