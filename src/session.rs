@@ -241,7 +241,6 @@ impl SessionActor {
         }));
     }
 
-    /// Takes a token from the user's bucket; on refusal answers `rate_limited` and counts it.
     /// Takes a token for one client frame: the user's shared bucket once authenticated, the
     /// connection's own before that. On refusal answers `rate_limited` and counts it.
     fn admit_frame(&mut self, text: Option<&str>, ctx: &mut Ctx) -> bool {
