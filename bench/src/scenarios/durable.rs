@@ -27,18 +27,9 @@ pub struct DurableArgs {
     /// Messages per publisher.
     #[arg(long, default_value_t = 10_000)]
     pub messages: u64,
-    /// Content size in bytes.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Most unacknowledged messages per publisher (default 64; unbounded-ish with --rate).
-    #[arg(long)]
-    pub window: Option<u64>,
-    /// Fixed total rate in messages/s, shared evenly by the publishers.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Stop sending after this many seconds.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Size, window, rate, duration.
+    #[command(flatten)]
+    pub load: super::Load,
 }
 
 /// Runs `durable`.
@@ -49,16 +40,14 @@ pub async fn run(a: &DurableArgs) -> Result<Report, BenchError> {
     if p == 0 || m == 0 {
         return Err("--publishers and --messages must be at least 1".into());
     }
-    let window = a
-        .window
-        .unwrap_or(if a.rate.is_some() { 1_000_000 } else { 64 });
+    let window = a.load.window_or(64);
     let mut report = Report::new("durable");
     report
         .param("publishers", p)
         .param("messages_per_publisher", m)
-        .param("size_bytes", a.size)
+        .param("size_bytes", a.load.size)
         .param("window", window)
-        .param("rate_total", a.rate)
+        .param("rate_total", a.load.rate)
         .param("threads", a.common.threads);
     let opened = open_many(&s, Mode::Contract, p, source_ip, |i| {
         crate::common::ws_path(Mode::Contract, &s.minter, &format!("dur-{i}"), None)
@@ -72,16 +61,19 @@ pub async fn run(a: &DurableArgs) -> Result<Report, BenchError> {
         ));
     }
     let stop = CancellationToken::new();
-    let send_until = a.duration.map(|d| now_ns() + secs(d).as_nanos() as u64);
+    let send_until = a
+        .load
+        .duration
+        .map(|d| now_ns() + secs(d).as_nanos() as u64);
     let mut tasks = Vec::with_capacity(p);
     for (i, ws) in opened.conns.into_iter().enumerate() {
         let ws = ws.ok_or("connection missing")?;
         let prefix = format!("{}-{i}-", run_id());
-        let (fp, size) = (prefix.clone(), a.size);
+        let (fp, size) = (prefix.clone(), a.load.size);
         let plan = SendPlan {
             total: m,
             window,
-            interval_ns: a.rate.map(|r| (1e9 * p as f64 / r.max(0.001)) as u64),
+            interval_ns: a.load.rate.map(|r| (1e9 * p as f64 / r.max(0.001)) as u64),
             send_until_ns: send_until,
             credit: None,
             frame: Box::new(move |idx, t| {
@@ -158,7 +150,7 @@ pub async fn run(a: &DurableArgs) -> Result<Report, BenchError> {
     if wait == WaitEnd::TimedOut {
         report.fail("hit --timeout before every ack arrived");
     }
-    if sent < p as u64 * m && a.duration.is_none() {
+    if sent < p as u64 * m && a.load.duration.is_none() {
         report.fail(format!(
             "only {sent} of {} messages were sent",
             p as u64 * m

@@ -16,8 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
 use crate::common::{
-    content, frame_type, http_request, now_ns, parse_content, run_id, seq_field, source_ip,
-    wait_for, BenchError, Mode,
+    content, frame_type, http_request, now_ns, run_id, source_ip, wait_for, BenchError, Mode,
 };
 use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan};
 use crate::report::Report;
@@ -39,18 +38,9 @@ pub struct FanoutArgs {
     /// Messages the publisher sends.
     #[arg(long, default_value_t = 1000)]
     pub messages: u64,
-    /// Content size in bytes.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Most messages unacknowledged at once (default 64; unbounded-ish with --rate).
-    #[arg(long)]
-    pub window: Option<u64>,
-    /// Fixed publish rate in messages/s instead of "as fast as the window allows".
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Stop publishing after this many seconds even if --messages is not reached.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Size, window, rate, duration.
+    #[command(flatten)]
+    pub load: super::Load,
     /// Group id (default: a new id per run, so a reused broker does not answer 409).
     #[arg(long)]
     pub group: Option<String>,
@@ -76,19 +66,14 @@ impl Recv for Subscriber {
         if self.mode == Mode::Contract && kind != Some("group_message") {
             return Incoming::Other;
         }
-        let Some((idx, sent)) = parse_content(text) else {
-            return Incoming::Other;
-        };
-        let key = match self.mode {
-            Mode::Contract => seq_field(text).unwrap_or(0),
-            Mode::Floor => idx,
-        };
-        if self.tracker.record(idx, key, sent, now) {
-            self.progress.delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(c) = &self.credit {
-            c.add();
-        }
+        super::record_delivery(
+            text,
+            now,
+            self.mode,
+            &mut self.tracker,
+            &self.progress,
+            self.credit.as_ref(),
+        );
         Incoming::Other
     }
 
@@ -124,16 +109,14 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
     let subs: Vec<String> = (0..n).map(|i| format!("sub-{i}")).collect();
 
     let mut report = Report::new("fanout");
-    let window = a
-        .window
-        .unwrap_or(if a.rate.is_some() { 1_000_000 } else { 64 });
+    let window = a.load.window_or(64);
     report
         .param("mode", a.mode)
         .param("subscribers", n)
         .param("messages", m)
-        .param("size_bytes", a.size)
+        .param("size_bytes", a.load.size)
         .param("window", window)
-        .param("rate", a.rate)
+        .param("rate", a.load.rate)
         .param("threads", a.common.threads);
 
     if a.mode == Mode::Contract {
@@ -209,13 +192,16 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
     }
 
     let prefix = format!("{}-", run_id());
-    let (size, target) = (a.size, format!("group:{group}"));
+    let (size, target) = (a.load.size, format!("group:{group}"));
     let frame_prefix = prefix.clone();
     let plan = SendPlan {
         total: m,
         window,
-        interval_ns: a.rate.map(|r| (1e9 / r.max(0.001)) as u64),
-        send_until_ns: a.duration.map(|d| now_ns() + secs(d).as_nanos() as u64),
+        interval_ns: a.load.rate.map(|r| (1e9 / r.max(0.001)) as u64),
+        send_until_ns: a
+            .load
+            .duration
+            .map(|d| now_ns() + secs(d).as_nanos() as u64),
         credit: credit.clone(),
         frame: Box::new(move |idx, t| {
             Message::text(format!(
@@ -300,7 +286,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
     if errors > 0 {
         report.fail(format!("subscribers received {errors} error frames"));
     }
-    if sent < m && a.duration.is_none() {
+    if sent < m && a.load.duration.is_none() {
         report.fail(format!("only {sent} of {m} messages were sent"));
     }
     Ok(report)

@@ -17,6 +17,63 @@ use crate::conn::{drive, End, Opts, Recv, SendPlan, SendStats};
 use crate::stats::Latency;
 use crate::Common;
 
+/// How the sending scenarios (fanout, pairs, durable) send: size, window, rate, duration.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Load {
+    /// Content size in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Most unacknowledged messages per sender (the scenario's default when absent;
+    /// practically unbounded with --rate).
+    #[arg(long)]
+    pub window: Option<u64>,
+    /// Fixed rate in messages/s instead of "as fast as the window allows" (fanout: the
+    /// publisher's; pairs: each user's; durable: the total, shared by the publishers).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop sending after this many seconds even if the message count is not reached.
+    #[arg(long)]
+    pub duration: Option<f64>,
+}
+
+impl Load {
+    /// The window: as given, else `default`, else (with a fixed rate) practically unbounded.
+    pub fn window_or(&self, default: u64) -> u64 {
+        self.window.unwrap_or(if self.rate.is_some() {
+            1_000_000
+        } else {
+            default
+        })
+    }
+}
+
+/// Records one delivery of a bench message (latency, loss, duplicates, order) and, in floor
+/// mode, gives its sender's window one credit back.
+pub(crate) fn record_delivery(
+    text: &str,
+    now: u64,
+    mode: Mode,
+    tracker: &mut crate::stats::Tracker,
+    progress: &Progress,
+    credit: Option<&Arc<crate::conn::Credit>>,
+) {
+    let Some((idx, sent)) = crate::common::parse_content(text) else {
+        return;
+    };
+    let key = match mode {
+        Mode::Contract => crate::common::seq_field(text).unwrap_or(0),
+        Mode::Floor => idx,
+    };
+    if tracker.record(idx, key, sent, now) {
+        progress
+            .delivered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(c) = credit {
+        c.add();
+    }
+}
+
 /// Everything a scenario run holds on to.
 pub struct Setup {
     /// The server.

@@ -11,10 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fanout::check;
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
-use crate::common::{
-    content, frame_type, now_ns, parse_content, run_id, seq_field, source_ip, wait_for, BenchError,
-    Mode,
-};
+use crate::common::{content, frame_type, now_ns, run_id, source_ip, wait_for, BenchError, Mode};
 use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan};
 use crate::report::{round3, Report};
 use crate::stats::{Delivery, Latency, Tracker};
@@ -35,18 +32,9 @@ pub struct PairsArgs {
     /// Messages each user sends to its partner.
     #[arg(long, default_value_t = 1000)]
     pub messages: u64,
-    /// Content size in bytes.
-    #[arg(long, default_value_t = 100)]
-    pub size: usize,
-    /// Most messages unacknowledged per user (default 16; unbounded-ish with --rate).
-    #[arg(long)]
-    pub window: Option<u64>,
-    /// Fixed rate per user in messages/s.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    /// Stop sending after this many seconds.
-    #[arg(long)]
-    pub duration: Option<f64>,
+    /// Size, window, rate, duration.
+    #[command(flatten)]
+    pub load: super::Load,
 }
 
 /// One user: acks of its own messages, deliveries of its partner's.
@@ -77,19 +65,14 @@ impl Recv for User {
                 _ => return Incoming::Other,
             }
         }
-        let Some((idx, sent)) = parse_content(text) else {
-            return Incoming::Other;
-        };
-        let key = match self.mode {
-            Mode::Contract => seq_field(text).unwrap_or(0),
-            Mode::Floor => idx,
-        };
-        if self.tracker.record(idx, key, sent, now) {
-            self.progress.delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(c) = &self.credit_out {
-            c.add();
-        }
+        super::record_delivery(
+            text,
+            now,
+            self.mode,
+            &mut self.tracker,
+            &self.progress,
+            self.credit_out.as_ref(),
+        );
         Incoming::Other
     }
 
@@ -106,17 +89,15 @@ pub async fn run(a: &PairsArgs) -> Result<Report, BenchError> {
     if k == 0 || m == 0 {
         return Err("--pairs and --messages must be at least 1".into());
     }
-    let window = a
-        .window
-        .unwrap_or(if a.rate.is_some() { 1_000_000 } else { 16 });
+    let window = a.load.window_or(16);
     let mut report = Report::new("pairs");
     report
         .param("mode", a.mode)
         .param("pairs", k)
         .param("messages_per_user", m)
-        .param("size_bytes", a.size)
+        .param("size_bytes", a.load.size)
         .param("window", window)
-        .param("rate_per_user", a.rate)
+        .param("rate_per_user", a.load.rate)
         .param("threads", a.common.threads);
     // Connection 2i is pa-i, 2i+1 is pb-i.
     let user = |j: usize| format!("{}-{}", if j & 1 == 0 { "pa" } else { "pb" }, j / 2);
@@ -137,18 +118,21 @@ pub async fn run(a: &PairsArgs) -> Result<Report, BenchError> {
 
     let stop = CancellationToken::new();
     let credits: Vec<Arc<Credit>> = (0..2 * k).map(|_| Arc::new(Credit::default())).collect();
-    let send_until = a.duration.map(|d| now_ns() + secs(d).as_nanos() as u64);
+    let send_until = a
+        .load
+        .duration
+        .map(|d| now_ns() + secs(d).as_nanos() as u64);
     let mut tasks = Vec::with_capacity(2 * k);
     for (j, ws) in opened.conns.into_iter().enumerate() {
         let ws = ws.ok_or("connection missing")?;
         let partner = j ^ 1;
         let prefix = format!("{}-{}-", run_id(), user(j));
-        let (frame_prefix, to, size) = (prefix.clone(), user(partner), a.size);
+        let (frame_prefix, to, size) = (prefix.clone(), user(partner), a.load.size);
         let floor = a.mode == Mode::Floor;
         let plan = SendPlan {
             total: m,
             window,
-            interval_ns: a.rate.map(|r| (1e9 / r.max(0.001)) as u64),
+            interval_ns: a.load.rate.map(|r| (1e9 / r.max(0.001)) as u64),
             send_until_ns: send_until,
             // My window is opened by what my partner received from me.
             credit: floor.then(|| credits[partner].clone()),
@@ -248,7 +232,7 @@ pub async fn run(a: &PairsArgs) -> Result<Report, BenchError> {
     if errors > 0 {
         report.fail(format!("{errors} error frames received"));
     }
-    if sent_total < 2 * k as u64 * m && a.duration.is_none() {
+    if sent_total < 2 * k as u64 * m && a.load.duration.is_none() {
         report.fail(format!(
             "only {sent_total} of {} messages were sent",
             2 * k as u64 * m
