@@ -57,12 +57,24 @@ pub fn find_duplicates(
     Ok(found)
 }
 
-/// Inserts rows (multi-row `INSERT`, in chunks under SQLite's variable limit).
+/// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows). A statement of
+/// fixed shape is prepared once and then served from the connection's statement cache; a
+/// statement sized to each batch would be parsed anew every time.
 pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<()> {
-    for chunk in rows.chunks(500) {
+    let mut rest = rows;
+    insert_chunks::<64>(c, &mut rest)?;
+    insert_chunks::<16>(c, &mut rest)?;
+    insert_chunks::<4>(c, &mut rest)?;
+    insert_chunks::<1>(c, &mut rest)
+}
+
+/// Inserts `N` rows at a time from the front of `rest` while at least `N` are left.
+fn insert_chunks<const N: usize>(c: &mut DbConn, rest: &mut &[StoredMessage]) -> QueryResult<()> {
+    while let Some((head, tail)) = rest.split_first_chunk::<N>() {
         diesel::insert_into(messages::table)
-            .values(chunk)
+            .values(head)
             .execute(c)?;
+        *rest = tail;
     }
     Ok(())
 }
