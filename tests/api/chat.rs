@@ -116,11 +116,7 @@ async fn seqs_have_no_gaps_and_arrive_in_order_under_concurrent_senders() {
 }
 
 async fn spawn_app_fast() -> crate::helpers::TestApp {
-    crate::helpers::spawn_app_with(|s| {
-        s.limits.frames_per_second = 10_000.0;
-        s.limits.frames_burst = 10_000.0;
-    })
-    .await
+    crate::helpers::spawn_app_with(crate::helpers::without_rate_limit).await
 }
 
 #[actix_web::test]

@@ -42,6 +42,12 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s
 }
 
+/// Raises the frame rate limit out of the way, for tests that pipeline many frames.
+pub fn without_rate_limit(s: &mut Settings) {
+    s.limits.frames_per_second = 1_000_000.0;
+    s.limits.frames_burst = 1_000_000.0;
+}
+
 /// Starts a broker with default test settings.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await

@@ -143,11 +143,7 @@ async fn unknown_paths_answer_in_the_error_shape() {
 
 #[actix_web::test]
 async fn writes_that_arrive_together_are_committed_together() {
-    let app = spawn_app_with(|s| {
-        s.limits.frames_per_second = 10_000.0;
-        s.limits.frames_burst = 10_000.0;
-    })
-    .await;
+    let app = spawn_app_with(crate::helpers::without_rate_limit).await;
     let mut alice = app.ws("alice").await;
     let n = 300;
     for i in 0..n {
