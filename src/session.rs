@@ -80,7 +80,11 @@ pub struct SessionActor {
     upgrade_auth: Option<(Claims, UserTicket)>,
     _node: NodeTicket,
     last_heard: Instant,
-    expiry: Option<SpawnHandle>,
+    /// When the token stops being valid (its `exp` plus leeway), ms since epoch.
+    expires_at_ms: i64,
+    /// The close at `expires_at_ms`, armed only once it is within one heartbeat interval, so
+    /// an idle session carries no timer but its heartbeat.
+    expiry_timer: Option<SpawnHandle>,
     overflowed: Arc<AtomicBool>,
     rejected: (Instant, u32),
     /// Rate limit before authentication (the user's shared bucket applies after).
@@ -124,7 +128,8 @@ pub fn start(
         upgrade_auth: up.auth,
         _node: up.node,
         last_heard: Instant::now(),
-        expiry: None,
+        expires_at_ms: i64::MAX,
+        expiry_timer: None,
         overflowed: Arc::new(AtomicBool::new(false)),
         rejected: (Instant::now(), 0),
         pending_bucket,
@@ -230,13 +235,28 @@ impl SessionActor {
 
     /// Closes with 4001 once `exp` (plus leeway) passes, unless a fresh `auth` moves it.
     fn schedule_expiry(&mut self, exp: u64, ctx: &mut Ctx) {
-        if let Some(h) = self.expiry.take() {
+        if let Some(h) = self.expiry_timer.take() {
             ctx.cancel_future(h);
         }
-        let deadline_ms = (exp as i64) * 1000 + self.app.settings.auth.leeway.as_millis() as i64;
-        let wait =
-            std::time::Duration::from_millis(deadline_ms.saturating_sub(now_ms()).max(0) as u64);
-        self.expiry = Some(ctx.run_later(wait, |act, ctx| {
+        self.expires_at_ms = (exp as i64)
+            .saturating_mul(1000)
+            .saturating_add(self.app.settings.auth.leeway.as_millis() as i64);
+        self.arm_expiry(ctx);
+    }
+
+    /// Arms the exact expiry close once it falls within the next heartbeat interval; the
+    /// heartbeat tick calls this again until then.
+    fn arm_expiry(&mut self, ctx: &mut Ctx) {
+        if self.expiry_timer.is_some() {
+            return;
+        }
+        let left = self.expires_at_ms.saturating_sub(now_ms());
+        let interval = self.app.settings.session.heartbeat_interval.as_millis() as i64;
+        if left > interval {
+            return;
+        }
+        let wait = std::time::Duration::from_millis(left.max(0) as u64);
+        self.expiry_timer = Some(ctx.run_later(wait, |act, ctx| {
             act.close(close::UNAUTHORIZED, "token expired", ctx);
         }));
     }
@@ -654,6 +674,9 @@ impl Actor for SessionActor {
                 act.close(close::GOING_AWAY, "heartbeat timeout", ctx);
             } else {
                 ctx.ping(b"");
+                if matches!(act.auth, AuthState::Ready { .. }) {
+                    act.arm_expiry(ctx);
+                }
             }
         });
         match self.upgrade_auth.take() {

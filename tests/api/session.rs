@@ -204,3 +204,27 @@ async fn revoked_tokens_get_401_at_upgrade() {
     // Another token of the same user is fine.
     app.ws("alice").await;
 }
+
+#[actix_web::test]
+async fn expiry_later_than_one_heartbeat_interval_still_closes_on_time() {
+    let app = spawn_app_with(|s| {
+        s.auth.leeway = Duration::ZERO;
+        s.session.heartbeat_interval = Duration::from_millis(300);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut c = app
+        .ws_connect(
+            "/ws",
+            Some(&app.token_with("alice", &[], Duration::from_secs(3))),
+        )
+        .await
+        .expect("upgrade");
+    assert_eq!(c.ended(Duration::from_secs(8)).await, Ended::Closed(4001));
+    let after = started.elapsed();
+    // exp is whole seconds: the token lapses 2 to 3 s after it was minted.
+    assert!(
+        after >= Duration::from_millis(1900) && after < Duration::from_millis(3700),
+        "closed after {after:?}"
+    );
+}
