@@ -70,6 +70,24 @@ pub struct SendStats {
     pub ack_latency: Latency,
 }
 
+impl SendStats {
+    /// Adds another sender's figures to these (totals over several connections).
+    pub fn absorb(&mut self, other: &SendStats) {
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.nacked += other.nacked;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+        self.first_send_ns = match (self.first_send_ns, other.first_send_ns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_ack_ns = self.last_ack_ns.max(other.last_ack_ns);
+        self.ack_latency.merge(&other.ack_latency);
+    }
+}
+
 /// How the driver classified a frame.
 pub enum Incoming {
     /// Positive ack of our message `idx`.

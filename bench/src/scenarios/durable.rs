@@ -10,9 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
 use crate::common::{content, now_ns, run_id, source_ip, wait_for, BenchError, Mode, WaitEnd};
-use crate::conn::{AckOnly, SendPlan};
+use crate::conn::{AckOnly, SendPlan, SendStats};
 use crate::report::{round3, Report};
-use crate::stats::Latency;
 use crate::{secs, Common};
 
 /// Options of `durable`.
@@ -101,23 +100,20 @@ pub async fn run(a: &DurableArgs) -> Result<Report, BenchError> {
     stop.cancel();
     let done = join_all(tasks).await?;
 
-    let mut lat = Latency::default();
-    let (mut first_ns, mut last_ns) = (u64::MAX, 0);
-    let (mut sent, mut acked, mut nacked) = (0, 0, 0);
-    let mut first_error = None;
+    let mut total = SendStats::default();
     for f in &done {
-        lat.merge(&f.sent.ack_latency);
-        if let Some(t) = f.sent.first_send_ns {
-            first_ns = first_ns.min(t);
-        }
-        last_ns = last_ns.max(f.sent.last_ack_ns);
-        sent += f.sent.sent;
-        acked += f.sent.acked;
-        nacked += f.sent.nacked;
-        if first_error.is_none() {
-            first_error = f.sent.first_error.clone();
-        }
+        total.absorb(&f.sent);
     }
+    let SendStats {
+        sent,
+        acked,
+        nacked,
+        first_error,
+        first_send_ns,
+        last_ack_ns: last_ns,
+        ack_latency: lat,
+    } = total;
+    let first_ns = first_send_ns.unwrap_or(u64::MAX);
     let (dropped_n, first_drop) = dropped(&done);
     report
         .result("sent", sent)

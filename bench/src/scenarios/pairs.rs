@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::fanout::check;
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
 use crate::common::{content, frame_type, now_ns, run_id, source_ip, wait_for, BenchError, Mode};
-use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan};
+use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan, SendStats};
 use crate::report::{round3, Report};
 use crate::stats::{Delivery, Latency, Tracker};
 use crate::{secs, Common};
@@ -176,27 +176,19 @@ pub async fn run(a: &PairsArgs) -> Result<Report, BenchError> {
 
     let mut delivery = Delivery::default();
     let mut latency = Latency::default();
-    let mut ack_latency = Latency::default();
-    let (mut first_ns, mut last_ns) = (u64::MAX, 0);
-    let (mut sent_total, mut acked, mut nacked, mut errors) = (0, 0, 0, 0);
-    let mut first_error = None;
+    let mut sent = SendStats::default();
+    let (mut last_ns, mut errors) = (0, 0);
     for (j, f) in done.iter().enumerate() {
         let partner_sent = done[j ^ 1].sent.sent;
         delivery.add(&f.recv.tracker, partner_sent);
         latency.merge(&f.recv.tracker.latency);
-        ack_latency.merge(&f.sent.ack_latency);
         last_ns = last_ns.max(f.recv.tracker.last_ns);
-        if let Some(t) = f.sent.first_send_ns {
-            first_ns = first_ns.min(t);
-        }
-        sent_total += f.sent.sent;
-        acked += f.sent.acked;
-        nacked += f.sent.nacked;
         errors += f.recv.errors;
-        if first_error.is_none() {
-            first_error = f.sent.first_error.clone();
-        }
+        sent.absorb(&f.sent);
     }
+    let first_ns = sent.first_send_ns.unwrap_or(u64::MAX);
+    let (sent_total, acked, nacked) = (sent.sent, sent.acked, sent.nacked);
+    let (ack_latency, first_error) = (sent.ack_latency, sent.first_error);
     let (dropped_n, first_drop) = dropped(&done);
     report
         .result("messages_sent", sent_total)
