@@ -223,20 +223,20 @@ impl ChannelActor {
     }
 
     fn deliver(&mut self, item: Outbound, skip_conn: Option<ConnId>, skip_user: Option<UserId>) {
-        if let Some(users) = self.recipients() {
-            self.deps.router.do_send(FanOut {
-                users,
-                skip_conn,
-                skip_user,
-                item: item.clone(),
-            });
-        }
         if !self.subs.is_empty() {
             self.subs
                 .retain(|c, h| Some(*c) == skip_conn || h.push(item.clone()));
             self.deps
                 .subscribers
                 .store(self.subs.len(), Ordering::Relaxed);
+        }
+        if let Some(users) = self.recipients() {
+            self.deps.router.do_send(FanOut {
+                users,
+                skip_conn,
+                skip_user,
+                item,
+            });
         }
     }
 
