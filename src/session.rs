@@ -21,13 +21,17 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use switchboard_actors::channel::{typing_frame, Join, Leave, Publish, Receipt, Sender, Typing};
+use switchboard_actors::channel::{
+    typing_frame, Join, Leave, Publish, Receipt, Reply, Sender, Typing,
+};
 use switchboard_actors::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
 use switchboard_actors::protocol::{
     delivery_frame, encode, error_frame, parse_client_frame, ClientFrame, ErrorCode, ErrorPayload,
     ParsedFrame, TypingTarget,
 };
-use switchboard_actors::router::{Arrived, Connect, Disconnect, FanOut, Route, RouteIfActive};
+use switchboard_actors::router::{
+    Arrived, Connect, Disconnect, FanOut, Forward, Route, RouteIfActive,
+};
 use switchboard_actors::session_handle::{Outbound, SessionHandle};
 use switchboard_actors::store::queries::{self, Page};
 use switchboard_actors::store::NewMessage;
@@ -64,7 +68,8 @@ enum AuthState {
     Pending,
     /// Authenticated and registered with the router.
     Ready {
-        handle: SessionHandle,
+        /// Shared with every publish in flight, which answers through it.
+        handle: Arc<SessionHandle>,
         ticket: UserTicket,
     },
 }
@@ -218,6 +223,7 @@ impl SessionActor {
         self.app.tree.router.do_send(Connect {
             handle: handle.clone(),
         });
+        let handle = Arc::new(handle);
         self.schedule_expiry(claims.exp, ctx);
         ctx.text(encode(
             "connected",
@@ -331,18 +337,11 @@ impl SessionActor {
             )),
             ClientFrame::Chat { target, payload } => {
                 let channel = Channel::dm(&user, &target);
-                self.publish(
-                    channel,
-                    "chat_message",
-                    target.to_string(),
-                    &payload,
-                    id,
-                    ctx,
-                )
+                self.publish(channel, "chat_message", target.to_string(), &payload, id)
             }
             ClientFrame::Group { channel, payload } => {
                 let target = channel.name.to_string();
-                self.publish(channel, "group_message", target, &payload, id, ctx)
+                self.publish(channel, "group_message", target, &payload, id)
             }
             ClientFrame::Typing { target, typing } => self.typing(user, target, typing, id, ctx),
             ClientFrame::ReadReceipt { channel, up_to_seq } => {
@@ -407,11 +406,11 @@ impl SessionActor {
         target_id: String,
         payload: &RawValue,
         id: Option<String>,
-        ctx: &mut Ctx,
     ) {
-        let Some(user) = self.user().cloned() else {
+        let AuthState::Ready { handle, .. } = &self.auth else {
             return;
         };
+        let user = handle.user.clone();
         let msg = NewMessage {
             channel: channel.name.to_string(),
             kind: kind.to_owned(),
@@ -424,23 +423,15 @@ impl SessionActor {
         let publish = Publish {
             msg,
             sender: Sender::User(user),
-            origin: Some(self.conn),
-            ref_id: id.clone(),
+            reply: Reply::session(handle.clone(), id),
         };
-        let req = self.app.tree.router.send(Route {
+        // The ack (or error) comes back through the outbound queue; no future waits here.
+        // Refused when the router's queue is full: dropping the publish answers it
+        // `unavailable`, and the client retries.
+        let _ = self.app.tree.router.try_send(Forward {
             channel,
             msg: publish,
         });
-        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(Ok(ack))) => ctx.text(encode("ack", None, ack)),
-            Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
-            _ => act.error(
-                ErrorCode::Unavailable,
-                "broker busy, retry",
-                id.as_deref(),
-                ctx,
-            ),
-        }));
     }
 
     fn typing(
@@ -502,7 +493,7 @@ impl SessionActor {
         let req = self.app.tree.router.send(Route {
             channel,
             msg: Join {
-                handle: handle.clone(),
+                handle: (**handle).clone(),
             },
         });
         ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {

@@ -2,10 +2,14 @@
 //! and fans out in seq order.
 //!
 //! Owns the channel's member list (loaded from the store when it starts), its highest
-//! committed seq, and its explicit subscribers. Receives `Publish`, `Join`, `Leave`,
-//! `Typing`, `Receipt`, `ReloadMembers` and `Stop` (from the router when idle). Sends
-//! `Persist` to the write batcher, and deliveries either to the router's `FanOut` (channels
-//! addressed to users: DMs, groups, `user:*`) or straight to its subscribers (`broadcast:*`).
+//! committed seq, and its explicit subscribers. Receives `Publish`, `Committed` (from the
+//! write batcher), `Join`, `Leave`, `Typing`, `Receipt`, `ReloadMembers` and `Stop` (from the
+//! router when idle). Sends `PersistFor` to the write batcher, acks straight to the
+//! publishing session, and deliveries either to the router's `FanOut` (channels addressed to
+//! users: DMs, groups, `user:*`) or straight to its subscribers (`broadcast:*`).
+//!
+//! The publish path holds no future and no oneshot per message: a `Publish` carries where its
+//! answer goes ([`Reply`]), the batcher answers with one `Committed` per batch.
 //!
 //! A restart reloads members and head seq from the store; subscribers are kept.
 
@@ -18,10 +22,10 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
-use crate::protocol::{delivery_frame, encode, Ack, ErrorCode};
+use crate::protocol::{delivery_frame, encode, error_frame, Ack, ErrorCode};
 use crate::router::{FanOut, Router};
 use crate::session_handle::{Outbound, SessionHandle};
-use crate::store::batcher::{Persist, WriteBatcher};
+use crate::store::batcher::{Committed, Persist, PersistFor, WriteBatcher};
 use crate::store::reader::Reads;
 use crate::store::writer::{WriteOp, WriteOutcome};
 use crate::store::{queries, NewMessage, StoreError, StoredMessage};
@@ -99,6 +103,85 @@ pub enum Sender {
     Privileged,
 }
 
+/// Most messages waiting in a channel actor's mailbox; a publish beyond it is refused with
+/// `unavailable` (retry) rather than queued without bound.
+pub const MAILBOX_CAPACITY: usize = 4096;
+
+/// Where the answer to a [`Publish`] goes. Dropped unanswered (its mailbox closed, the actor
+/// restarted), it answers `unavailable`, so no publisher waits forever.
+pub struct Reply {
+    to: Option<ReplyTo>,
+    /// The client frame id answered.
+    ref_id: Option<String>,
+}
+
+enum ReplyTo {
+    /// The publishing session gets an `ack` (or `error`) frame in its outbound queue.
+    Session(Arc<SessionHandle>),
+    /// A caller awaits the result (REST publish).
+    Caller(oneshot::Sender<Result<Ack, ChannelError>>),
+}
+
+impl Reply {
+    /// Answer the session with frames, for client frame `ref_id`.
+    pub fn session(handle: Arc<SessionHandle>, ref_id: Option<String>) -> Self {
+        Reply {
+            to: Some(ReplyTo::Session(handle)),
+            ref_id,
+        }
+    }
+
+    /// Answer a caller, for idempotency key `ref_id`; the caller awaits the receiver.
+    pub fn caller(ref_id: Option<String>) -> (Self, oneshot::Receiver<Result<Ack, ChannelError>>) {
+        let (tx, rx) = oneshot::channel();
+        let reply = Reply {
+            to: Some(ReplyTo::Caller(tx)),
+            ref_id,
+        };
+        (reply, rx)
+    }
+
+    /// The publishing connection, which gets the ack instead of the delivery.
+    fn origin(&self) -> Option<ConnId> {
+        match &self.to {
+            Some(ReplyTo::Session(h)) => Some(h.conn),
+            _ => None,
+        }
+    }
+
+    /// The client frame id (the dedupe key with the sender).
+    pub fn ref_id(&self) -> Option<&str> {
+        self.ref_id.as_deref()
+    }
+
+    /// Sends the answer.
+    pub fn answer(mut self, res: Result<Ack, ChannelError>) {
+        self.send(res);
+    }
+
+    fn send(&mut self, res: Result<Ack, ChannelError>) {
+        match self.to.take() {
+            Some(ReplyTo::Session(h)) => {
+                let frame = match res {
+                    Ok(ack) => encode("ack", None, ack),
+                    Err(e) => error_frame(e.code(), &e.to_string(), self.ref_id.as_deref()),
+                };
+                h.push(Outbound::Frame(frame));
+            }
+            Some(ReplyTo::Caller(tx)) => {
+                let _ = tx.send(res);
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        self.send(Err(ChannelError::Unavailable));
+    }
+}
+
 /// The channel actor.
 pub struct ChannelActor {
     channel: Channel,
@@ -109,19 +192,19 @@ pub struct ChannelActor {
     in_flight: VecDeque<InFlight>,
     /// Tag of the next publish; tags in `in_flight` are consecutive.
     next_tag: u64,
+    /// Where the batcher answers this actor's writes (made once, shared by every write).
+    committed_to: Option<Arc<Recipient<Committed>>>,
     subs: HashMap<ConnId, SessionHandle>,
 }
 
-type CommitResult = Result<Result<WriteOutcome, StoreError>, MailboxError>;
+type CommitResult = Result<WriteOutcome, StoreError>;
 
-/// A publish between `Persist` and its commit.
+/// A publish between `PersistFor` and its commit.
 struct InFlight {
     tag: u64,
     /// Filled in when the batcher answers.
     commit: Option<CommitResult>,
-    origin: Option<ConnId>,
-    ref_id: Option<String>,
-    reply: oneshot::Sender<Result<Ack, ChannelError>>,
+    reply: Reply,
 }
 
 impl ChannelActor {
@@ -134,6 +217,7 @@ impl ChannelActor {
             head: 0,
             in_flight: VecDeque::new(),
             next_tag: 0,
+            committed_to: None,
             subs: HashMap::new(),
         }
     }
@@ -274,7 +358,7 @@ impl ChannelActor {
         slot.commit = Some(res);
         while self.in_flight.front().is_some_and(|f| f.commit.is_some()) {
             if let Some(mut f) = self.in_flight.pop_front() {
-                let res = f.commit.take().unwrap_or(Err(MailboxError::Closed));
+                let res = f.commit.take().unwrap_or(Err(StoreError::WriterGone));
                 self.committed(f, res);
             }
         }
@@ -283,26 +367,25 @@ impl ChannelActor {
     /// One publish's commit (or failure): fan out, then answer the publisher with its ack.
     fn committed(&mut self, f: InFlight, res: CommitResult) {
         let answer = match res {
-            Ok(Ok(WriteOutcome::Stored { msg, duplicate })) => {
-                let ack = Ack::of(&msg, f.ref_id.as_deref());
+            Ok(WriteOutcome::Stored { msg, duplicate }) => {
+                let ack = Ack::of(&msg, f.reply.ref_id());
                 if !duplicate {
-                    self.fan_out(msg, f.origin);
+                    self.fan_out(msg, f.reply.origin());
                 }
                 Ok(ack)
             }
-            Ok(Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done)) => {
-                Err(ChannelError::Unavailable)
-            }
-            Ok(Err(e)) => Err(e.into()),
-            Err(_) => Err(ChannelError::Unavailable),
+            Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done) => Err(ChannelError::Unavailable),
+            Err(e) => Err(e.into()),
         };
-        let _ = f.reply.send(answer);
+        f.reply.answer(answer);
     }
 }
 
 impl Actor for ChannelActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.committed_to = Some(Arc::new(ctx.address().recipient()));
         self.load(ctx);
     }
 }
@@ -312,50 +395,57 @@ impl Supervised for ChannelActor {
         log::warn!("channel {}: restarting", self.channel.name);
         self.members = Members::Unknown;
         // Dropping the replies answers their publishers `unavailable`; a resend is deduped.
+        // Later answers for their tags find no slot and are ignored.
         self.in_flight.clear();
     }
 }
 
-/// Store a message in this channel; answered with its ack after commit.
+/// Store a message in this channel; `reply` gets its ack after commit (or the error).
 #[derive(Message)]
-#[rtype(result = "Result<Ack, ChannelError>")]
+#[rtype(result = "()")]
 pub struct Publish {
     /// The message.
     pub msg: NewMessage,
     /// Who writes it.
     pub sender: Sender,
-    /// The sending connection (it gets the ack, not the delivery).
-    pub origin: Option<ConnId>,
-    /// The client frame id.
-    pub ref_id: Option<String>,
+    /// Where the answer goes; a session's connection gets the ack, not the delivery.
+    pub reply: Reply,
 }
 
 impl Handler<Publish> for ChannelActor {
-    type Result = ResponseFuture<Result<Ack, ChannelError>>;
+    type Result = ();
 
-    fn handle(&mut self, p: Publish, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, p: Publish, ctx: &mut Context<Self>) {
         if let Err(e) = self.check_write(&p.sender) {
             if matches!(self.members, Members::Unknown) {
                 self.load(ctx);
             }
-            return Box::pin(async move { Err(e) });
+            return p.reply.answer(Err(e));
         }
-        let (reply, answer) = oneshot::channel();
+        let Some(to) = self.committed_to.clone() else {
+            return p.reply.answer(Err(ChannelError::Unavailable));
+        };
         let tag = self.next_tag;
         self.next_tag += 1;
         self.in_flight.push_back(InFlight {
             tag,
             commit: None,
-            origin: p.origin,
-            ref_id: p.ref_id,
-            reply,
+            reply: p.reply,
         });
-        let req = self.deps.batcher.send(Persist(WriteOp::Message(p.msg)));
-        ctx.spawn(
-            req.into_actor(self)
-                .map(move |res, act, _| act.answered(tag, res)),
-        );
-        Box::pin(async move { answer.await.unwrap_or(Err(ChannelError::Unavailable)) })
+        self.deps.batcher.do_send(PersistFor {
+            op: WriteOp::Message(p.msg),
+            tag,
+            to,
+        });
+    }
+}
+
+impl Handler<Committed> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, c: Committed, _: &mut Context<Self>) {
+        for (tag, res) in c.results {
+            self.answered(tag, res);
+        }
     }
 }
 

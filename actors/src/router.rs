@@ -34,6 +34,10 @@ struct ChannelEntry {
     subscribers: Arc<AtomicUsize>,
 }
 
+/// Most messages waiting in the router's mailbox for senders that do not wait (sessions'
+/// publishes); beyond it they are refused and their publishers told to retry.
+pub const MAILBOX_CAPACITY: usize = 16_384;
+
 /// Router settings.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
@@ -129,6 +133,7 @@ impl Actor for Router {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.health.started();
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         let every = (self.cfg.channel_idle / 4).max(Duration::from_millis(250));
         ctx.run_interval(every, |act, _| act.sweep_idle());
     }
@@ -306,6 +311,32 @@ where
         self.health.handled();
         let req = self.channel(&r.channel, ctx).send(r.msg);
         Box::pin(req)
+    }
+}
+
+/// A message for the actor of `channel` (started if it is not running), queued without
+/// waiting for an answer. Refused (dropped) when that actor's mailbox is full, so `M` must
+/// answer its sender when dropped, as [`crate::channel::Publish`] does.
+pub struct Forward<M> {
+    /// Target channel.
+    pub channel: Channel,
+    /// The message.
+    pub msg: M,
+}
+
+impl<M: Message + Send + 'static> Message for Forward<M> {
+    type Result = ();
+}
+
+impl<M> Handler<Forward<M>> for Router
+where
+    M: Message<Result = ()> + Send + 'static,
+    ChannelActor: Handler<M>,
+{
+    type Result = ();
+    fn handle(&mut self, f: Forward<M>, ctx: &mut Context<Self>) {
+        self.health.handled();
+        let _ = self.channel(&f.channel, ctx).try_send(f.msg);
     }
 }
 

@@ -4,9 +4,9 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
-use switchboard_actors::channel::{Publish, Sender};
+use switchboard_actors::channel::{ChannelError, Publish, Reply, Sender};
 use switchboard_actors::ids::{Channel, ChannelKind};
-use switchboard_actors::router::Route;
+use switchboard_actors::router::Forward;
 use switchboard_actors::store::NewMessage;
 
 use crate::auth::Caller;
@@ -93,19 +93,21 @@ pub async fn publish(
         client_msg_id: r.id.clone(),
         payload: r.payload.get().to_owned(),
     };
-    let ack = app
-        .tree
+    let (reply, answer) = Reply::caller(r.id);
+    app.tree
         .router
-        .send(Route {
+        .send(Forward {
             channel,
             msg: Publish {
                 msg,
                 sender: Sender::Privileged,
-                origin: None,
-                ref_id: r.id,
+                reply,
             },
         })
-        .await??
+        .await?;
+    let ack = answer
+        .await
+        .unwrap_or(Err(ChannelError::Unavailable))
         .map_err(ApiError::from)?;
     Ok(HttpResponse::Ok().json(ack))
 }

@@ -6,10 +6,13 @@
 //! in flight, so batches commit in the order they were formed and every channel's seqs reach
 //! the channel actor in order.
 //!
-//! Receives [`Persist`] (answered after commit) and [`Drain`] (answered once nothing is
-//! pending). A restart drops what was pending and in flight: those writers get
-//! `StoreError::WriterGone`, and the client's resend is deduplicated.
+//! Receives [`PersistFor`] (the hot path: answered with one [`Committed`] message per channel
+//! per batch, no future or oneshot per write), [`Persist`] (answered after commit, for the
+//! occasional write that awaits its result) and [`Drain`] (answered once nothing is pending).
+//! A restart answers what was pending and in flight with `StoreError::WriterGone`, and the
+//! client's resend is deduplicated.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,7 +23,45 @@ use super::writer::{MessageWriter, WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
 use crate::health::ActorHealth;
 
-type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+type WriteResult = Result<WriteOutcome, StoreError>;
+type Tagged = (u64, WriteResult);
+
+/// Who waits for a write.
+enum Waiter {
+    /// A caller awaiting [`Persist`].
+    Reply(oneshot::Sender<WriteResult>),
+    /// A channel actor, told with [`Committed`] under its own tag.
+    Tagged {
+        tag: u64,
+        to: Arc<Recipient<Committed>>,
+    },
+}
+
+/// Answers `waiters` with `results` (same order): oneshots one by one, channel actors with
+/// one [`Committed`] each, holding their writes in the order they were sent.
+fn answer(waiters: Vec<Waiter>, results: impl Iterator<Item = WriteResult>) {
+    let mut groups: Vec<(Arc<Recipient<Committed>>, Vec<Tagged>)> = Vec::new();
+    // Batches usually hold writes of a few channels; a map keeps many channels linear too.
+    let mut index: HashMap<usize, usize> = HashMap::new();
+    for (w, r) in waiters.into_iter().zip(results) {
+        match w {
+            Waiter::Reply(tx) => {
+                let _ = tx.send(r);
+            }
+            Waiter::Tagged { tag, to } => {
+                let key = Arc::as_ptr(&to) as usize;
+                let i = *index.entry(key).or_insert_with(|| {
+                    groups.push((to, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[i].1.push((tag, r));
+            }
+        }
+    }
+    for (to, results) in groups {
+        to.do_send(Committed { results });
+    }
+}
 
 /// Batching limits.
 #[derive(Debug, Clone)]
@@ -74,8 +115,10 @@ impl BatchStats {
 pub struct WriteBatcher {
     writer: Addr<MessageWriter>,
     cfg: BatchConfig,
-    pending: Vec<(WriteOp, Reply)>,
-    in_flight: bool,
+    pending: Vec<(WriteOp, Waiter)>,
+    /// Waiters of the batch being committed (kept here, not in the future, so that a
+    /// restart can answer them).
+    in_flight: Option<Vec<Waiter>>,
     drained: Vec<oneshot::Sender<()>>,
     stats: Arc<BatchStats>,
     /// Health reported by `/status`.
@@ -94,7 +137,7 @@ impl WriteBatcher {
             writer,
             cfg,
             pending: Vec::new(),
-            in_flight: false,
+            in_flight: None,
             drained: Vec::new(),
             stats,
             health,
@@ -102,7 +145,7 @@ impl WriteBatcher {
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight {
+        if self.in_flight.is_some() {
             return;
         }
         if self.pending.is_empty() {
@@ -112,30 +155,36 @@ impl WriteBatcher {
             return;
         }
         let n = self.pending.len().min(self.cfg.max_batch);
-        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = self.pending.drain(..n).unzip();
-        self.in_flight = true;
+        let (ops, waiters): (Vec<WriteOp>, Vec<Waiter>) = self.pending.drain(..n).unzip();
+        self.in_flight = Some(waiters);
         self.stats.record(ops.len());
         let req = self.writer.send(WriteBatch {
             ops,
             dedupe_window_ms: self.cfg.dedupe_window_ms,
         });
         ctx.spawn(req.into_actor(self).map(move |res, act, ctx| {
+            let waiters = act.in_flight.take().unwrap_or_default();
             match res {
-                Ok(results) => {
-                    for (reply, r) in replies.into_iter().zip(results) {
-                        let _ = reply.send(r);
-                    }
-                }
+                Ok(results) => answer(waiters, results.into_iter()),
                 Err(_) => {
                     act.health.failed("writer thread gone");
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::WriterGone));
-                    }
+                    answer(
+                        waiters,
+                        std::iter::repeat_with(|| Err(StoreError::WriterGone)),
+                    );
                 }
             }
-            act.in_flight = false;
             act.flush(ctx);
         }));
+    }
+
+    fn enqueue(&mut self, op: WriteOp, waiter: Waiter, ctx: &mut Context<Self>) {
+        self.health.handled();
+        if self.pending.len() >= self.cfg.max_pending {
+            return answer(vec![waiter], std::iter::once(Err(StoreError::Overloaded)));
+        }
+        self.pending.push((op, waiter));
+        self.flush(ctx);
     }
 }
 
@@ -149,9 +198,45 @@ impl Actor for WriteBatcher {
 impl Supervised for WriteBatcher {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.health.restarting();
-        // Dropping the replies tells every waiting writer `WriterGone`.
-        self.pending.clear();
-        self.in_flight = false;
+        // The in-flight batch's future is gone with the old context; its writes may still
+        // commit, and the resends they cause are deduplicated.
+        let mut waiters: Vec<Waiter> = self.in_flight.take().unwrap_or_default();
+        waiters.extend(self.pending.drain(..).map(|(_, w)| w));
+        answer(
+            waiters,
+            std::iter::repeat_with(|| Err(StoreError::WriterGone)),
+        );
+    }
+}
+
+/// A channel actor's writes of one batch, with their tags, in the order it sent them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    /// `(tag, outcome)` per write.
+    pub results: Vec<Tagged>,
+}
+
+/// Store one write and tell `to` under `tag` once its transaction commits (or fails).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PersistFor {
+    /// The write.
+    pub op: WriteOp,
+    /// The sender's tag for it.
+    pub tag: u64,
+    /// Where the outcome goes (shared, so sending costs no allocation).
+    pub to: Arc<Recipient<Committed>>,
+}
+
+impl Handler<PersistFor> for WriteBatcher {
+    type Result = ();
+    fn handle(&mut self, msg: PersistFor, ctx: &mut Context<Self>) {
+        let waiter = Waiter::Tagged {
+            tag: msg.tag,
+            to: msg.to,
+        };
+        self.enqueue(msg.op, waiter, ctx);
     }
 }
 
@@ -164,13 +249,8 @@ impl Handler<Persist> for WriteBatcher {
     type Result = ResponseFuture<Result<WriteOutcome, StoreError>>;
 
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
-        self.health.handled();
-        if self.pending.len() >= self.cfg.max_pending {
-            return Box::pin(async { Err(StoreError::Overloaded) });
-        }
         let (tx, rx) = oneshot::channel();
-        self.pending.push((msg.0, tx));
-        self.flush(ctx);
+        self.enqueue(msg.0, Waiter::Reply(tx), ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(StoreError::WriterGone)) })
     }
 }
