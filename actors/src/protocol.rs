@@ -417,34 +417,42 @@ struct DeliveryMeta<'a> {
     seq: i64,
 }
 
-#[derive(Serialize)]
-struct DeliveryFrame<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    id: &'a str,
-    payload: &'a RawValue,
-    meta: DeliveryMeta<'a>,
-}
-
-/// The delivery frame of a stored message, exactly as sessions and history return it.
+/// The delivery frame of a stored message, exactly as sessions and history return it:
+/// `{"type":…,"id":…,"payload":…,"meta":{…}}`.
+///
+/// Written piece by piece into one buffer sized up front. The payload goes in as stored,
+/// without parsing it again: the `payload` column is only ever written from a payload that
+/// was parsed as JSON when it arrived.
 pub fn delivery_frame(m: &StoredMessage) -> ByteString {
-    let null = RawValue::NULL;
-    let payload: &RawValue = serde_json::from_str(&m.payload).unwrap_or(null);
-    let frame = DeliveryFrame {
-        kind: &m.kind,
-        id: &m.id,
-        payload,
-        meta: DeliveryMeta {
-            timestamp: m.created_at,
-            sender_id: &m.sender_id,
-            target_id: &m.target_id,
-            client_id: m.client_id.as_deref(),
-            channel: &m.channel,
-            seq: m.seq,
-        },
+    let meta = DeliveryMeta {
+        timestamp: m.created_at,
+        sender_id: &m.sender_id,
+        target_id: &m.target_id,
+        client_id: m.client_id.as_deref(),
+        channel: &m.channel,
+        seq: m.seq,
     };
-    let v = serde_json::to_vec(&frame).unwrap_or_default();
-    ByteString::try_from(v).unwrap_or_default()
+    let strings = m.kind.len() + m.id.len() + m.sender_id.len() + m.target_id.len();
+    let extra = m.client_id.as_ref().map_or(0, String::len) + m.channel.len();
+    let mut out = Vec::with_capacity(160 + strings + extra + m.payload.len());
+    out.extend_from_slice(b"{\"type\":");
+    let ok = serde_json::to_writer(&mut out, &m.kind).is_ok();
+    out.extend_from_slice(b",\"id\":");
+    let ok = ok && serde_json::to_writer(&mut out, &m.id).is_ok();
+    out.extend_from_slice(b",\"payload\":");
+    if m.payload.is_empty() {
+        out.extend_from_slice(b"null");
+    } else {
+        out.extend_from_slice(m.payload.as_bytes());
+    }
+    out.extend_from_slice(b",\"meta\":");
+    let ok = ok && serde_json::to_writer(&mut out, &meta).is_ok();
+    out.push(b'}');
+    if !ok {
+        return ByteString::new();
+    }
+    // Every piece is UTF-8: JSON from serde_json and the payload, which is a `String`.
+    ByteString::try_from(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -468,6 +476,39 @@ mod tests {
         )
         .expect("valid");
         assert!(matches!(ok.frame, ClientFrame::Chat { .. }));
+    }
+
+    #[test]
+    fn delivery_frame_is_the_json_of_the_message() {
+        let m = StoredMessage {
+            id: "0190-id".into(),
+            channel: "dm:alice:bob".into(),
+            seq: 7,
+            kind: "chat_message".into(),
+            sender_id: "alice".into(),
+            target_id: "bob \"quoted\"".into(),
+            client_id: None,
+            client_msg_id: Some("c1".into()),
+            payload: r#"{"content":"hi","n":[1,2]}"#.into(),
+            created_at: 1_700_000_000_000,
+        };
+        let frame = delivery_frame(&m);
+        let v: serde_json::Value = serde_json::from_str(&frame).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "chat_message",
+                "id": "0190-id",
+                "payload": {"content": "hi", "n": [1, 2]},
+                "meta": {
+                    "timestamp": 1_700_000_000_000_i64,
+                    "sender_id": "alice",
+                    "target_id": "bob \"quoted\"",
+                    "channel": "dm:alice:bob",
+                    "seq": 7
+                }
+            })
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Direct messages, typing, read receipts, heartbeat (contract sections 5 and 7).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::{chat, spawn_app};
 
@@ -78,6 +78,36 @@ async fn resending_an_acked_id_returns_the_original_ack_and_stores_nothing_new()
     let mut carol = app.ws("carol").await;
     let other = carol.dm("bob", "same-id", "mine").await;
     assert_ne!(other["message_id"], first["message_id"]);
+}
+
+#[actix_web::test]
+async fn a_resend_pipelined_behind_its_original_is_acked_alike_and_delivered_once() {
+    let app = spawn_app_fast().await;
+    let mut alice = app.ws("alice").await;
+    let mut bob = app.ws("bob").await;
+    // Without waiting in between, so that originals and resends share write batches.
+    for i in 0..10 {
+        for _ in 0..2 {
+            alice.send(chat("bob", &format!("p{i}"), "twice")).await;
+        }
+    }
+    let mut acks: HashMap<String, Vec<Value>> = HashMap::new();
+    while acks.values().map(Vec::len).sum::<usize>() < 20 {
+        let f = alice.recv_type("ack").await;
+        let id = f["payload"]["ref_id"].as_str().expect("ref_id").to_owned();
+        acks.entry(id).or_default().push(f["payload"].clone());
+    }
+    assert_eq!(acks.len(), 10);
+    for (id, pair) in &acks {
+        assert_eq!(pair[0], pair[1], "both acks of {id} name the same message");
+    }
+    let mut seqs = HashSet::new();
+    for _ in 0..10 {
+        let m = bob.recv_type("chat_message").await;
+        assert!(seqs.insert(m["meta"]["seq"].as_u64().expect("seq")));
+    }
+    bob.silent_for(Duration::from_millis(300)).await;
+    assert_eq!(seqs, (1..=10).collect::<HashSet<_>>());
 }
 
 #[actix_web::test]

@@ -7,7 +7,7 @@ use super::schema::{groups, messages};
 /// A persisted message: one row of `messages`.
 // `None` is written as NULL, not DEFAULT: that lets SQLite take a batch as one multi-row
 // INSERT instead of one statement per row.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = messages, treat_none_as_default_value = false)]
 pub struct StoredMessage {
     /// UUID v7.
@@ -49,6 +49,25 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
     /// Payload JSON.
     pub payload: String,
+}
+
+impl NewMessage {
+    /// The message as a row, to be stored as `id` and `seq` at `created_at` (its strings are
+    /// moved, not copied).
+    pub fn stored(self, id: String, seq: i64, created_at: i64) -> StoredMessage {
+        StoredMessage {
+            id,
+            channel: self.channel,
+            seq,
+            kind: self.kind,
+            sender_id: self.sender_id,
+            target_id: self.target_id,
+            client_id: self.client_id,
+            client_msg_id: self.client_msg_id,
+            payload: self.payload,
+            created_at,
+        }
+    }
 }
 
 /// A group row.

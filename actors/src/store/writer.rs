@@ -4,7 +4,6 @@
 //! senders retry, and dedupe makes the retry safe). Seqs are given out here, inside the
 //! transaction, so a rolled-back batch leaves no gap.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -101,21 +100,27 @@ impl Handler<WriteBatch> for MessageWriter {
             }
         };
         let window = batch.dedupe_window_ms;
-        match conn.immediate_transaction(|c| apply(c, &batch.ops, window)) {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        let mut staged = Staged::from(batch.ops);
+        match conn.immediate_transaction(|c| apply(c, &mut staged, window)) {
+            Ok(slots) => staged.outcomes(slots),
             Err(e) => {
                 // One bad row must not fail its neighbours: retry each on its own.
                 log::warn!(
                     "batch of {} failed ({e}); retrying row by row",
-                    batch.ops.len()
+                    staged.writes.len()
                 );
                 self.health.failed(e.to_string());
-                batch
-                    .ops
-                    .iter()
-                    .map(|op| {
-                        conn.immediate_transaction(|c| apply(c, std::slice::from_ref(op), window))
-                            .map(|mut v| v.remove(0))
+                staged
+                    .into_singles()
+                    .map(|mut one| {
+                        conn.immediate_transaction(|c| apply(c, &mut one, window))
+                            .and_then(|slots| {
+                                one.outcomes(slots)
+                                    .pop()
+                                    .unwrap_or(Err(StoreError::Invariant(
+                                        "a write without an outcome",
+                                    )))
+                            })
                     })
                     .collect()
             }
@@ -130,84 +135,163 @@ impl Handler<Probe> for MessageWriter {
     }
 }
 
-/// Where one op's outcome will come from once the batch's rows are inserted.
+/// A batch with its messages already in row form, so that rows are inserted and then
+/// answered without copying their strings.
+struct Staged {
+    /// Every message of the batch, in order; `apply` sets their id, seq and time.
+    rows: Vec<StoredMessage>,
+    /// Per write, in order: `None` for a message (the next of `rows`), else the write.
+    writes: Vec<Option<WriteOp>>,
+}
+
+impl From<Vec<WriteOp>> for Staged {
+    fn from(ops: Vec<WriteOp>) -> Self {
+        let mut rows = Vec::with_capacity(ops.len());
+        let writes = ops
+            .into_iter()
+            .map(|op| match op {
+                WriteOp::Message(m) => {
+                    rows.push(m.stored(String::new(), 0, 0));
+                    None
+                }
+                other => Some(other),
+            })
+            .collect();
+        Staged { rows, writes }
+    }
+}
+
+impl Staged {
+    /// The batch as batches of one write each, in order.
+    fn into_singles(self) -> impl Iterator<Item = Staged> {
+        let mut rows = self.rows.into_iter();
+        self.writes.into_iter().map(move |w| match w {
+            None => Staged {
+                rows: rows.next().into_iter().collect(),
+                writes: vec![None],
+            },
+            other => Staged {
+                rows: Vec::new(),
+                writes: vec![other],
+            },
+        })
+    }
+
+    /// The outcome of each committed write, in order, moving the rows into them.
+    fn outcomes(mut self, slots: Vec<Slot>) -> Vec<Result<WriteOutcome, StoreError>> {
+        let mut out: Vec<Result<WriteOutcome, StoreError>> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            let r = match slot {
+                Slot::New(i) => match self.rows.get_mut(i) {
+                    Some(row) => Ok(WriteOutcome::Stored {
+                        msg: std::mem::take(row),
+                        duplicate: false,
+                    }),
+                    None => Err(StoreError::Invariant("a new row out of range")),
+                },
+                Slot::SameAs(j) => match out.get(j) {
+                    Some(Ok(WriteOutcome::Stored { msg, .. })) => Ok(WriteOutcome::Stored {
+                        msg: msg.clone(),
+                        duplicate: true,
+                    }),
+                    _ => Err(StoreError::Invariant(
+                        "a resend of a write that was not stored",
+                    )),
+                },
+                Slot::Duplicate(msg) => Ok(WriteOutcome::Stored {
+                    msg,
+                    duplicate: true,
+                }),
+                Slot::Done(outcome) => Ok(outcome),
+            };
+            out.push(r);
+        }
+        out
+    }
+}
+
+/// Where one write's outcome comes from once its batch has committed.
 enum Slot {
-    /// The next of the rows this batch inserts (rows are pushed in op order).
-    New,
+    /// Inserted by this batch: row `i` of [`Staged::rows`].
+    New(usize),
+    /// A resend of an earlier write of the same batch (its position).
+    SameAs(usize),
     /// A resend: the earlier copy.
     Duplicate(StoredMessage),
     /// A finished non-message write.
     Done(WriteOutcome),
 }
 
-/// Applies `ops` inside the caller's transaction.
+/// Applies the batch inside the caller's transaction; answers a slot per write.
 ///
 /// Per batch, not per message: one dedupe query per sender, one seq read and one seq write
-/// per channel, and one multi-row insert.
-fn apply(
-    c: &mut DbConn,
-    ops: &[WriteOp],
-    dedupe_window_ms: i64,
-) -> Result<Vec<WriteOutcome>, StoreError> {
+/// per channel, and multi-row inserts.
+fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Slot>, StoreError> {
     let now = now_ms();
-    let mut earlier = find_resends(c, ops, now - dedupe_window_ms)?;
+    let mut earlier = find_resends(c, &b.rows, now - dedupe_window_ms)?;
     // Seq counters touched by this batch: channel -> (last seq given, existed before).
-    let mut seqs: HashMap<&str, (i64, bool)> = HashMap::new();
-    // Frames of this batch by (sender, client id), to catch a resend inside one batch.
+    let mut seqs: HashMap<String, (i64, bool)> = HashMap::new();
+    // Messages of this batch by (sender, client id) -> write position, to catch a resend
+    // inside one batch.
     let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut rows: Vec<StoredMessage> = Vec::with_capacity(ops.len());
-    let mut slots = Vec::with_capacity(ops.len());
+    let mut slots = Vec::with_capacity(b.writes.len());
+    let mut new_rows = 0;
+    let mut rows = b.rows.iter_mut().enumerate();
 
-    for op in ops {
-        let slot = match op {
-            WriteOp::Message(m) => {
+    for write in &b.writes {
+        let slot = match write {
+            None => {
+                let Some((i, m)) = rows.next() else {
+                    return Err(StoreError::Invariant("fewer rows than messages"));
+                };
                 if let Some(cmid) = m.client_msg_id.as_deref() {
-                    let key = (m.sender_id.as_str(), cmid);
-                    if let Some(&i) = in_batch.get(&key) {
-                        slots.push(Slot::Duplicate(rows[i].clone()));
+                    if let Some(&j) = in_batch.get(&(m.sender_id.as_str(), cmid)) {
+                        slots.push(Slot::SameAs(j));
                         continue;
                     }
-                    if let Some(old) = earlier.remove(&(key.0.to_owned(), key.1.to_owned())) {
+                    let key = || (m.sender_id.clone(), cmid.to_owned());
+                    if let Some(old) = (!earlier.is_empty())
+                        .then(|| earlier.remove(&key()))
+                        .flatten()
+                    {
                         slots.push(Slot::Duplicate(old));
                         continue;
                     }
-                    in_batch.insert(key, rows.len());
                 }
-                let entry = match seqs.entry(m.channel.as_str()) {
-                    Entry::Occupied(o) => o.into_mut(),
-                    Entry::Vacant(v) => {
-                        let found = queries::last_seq(c, v.key())?;
-                        v.insert((found.unwrap_or(0), found.is_some()))
+                let entry = match seqs.get_mut(m.channel.as_str()) {
+                    Some(e) => e,
+                    None => {
+                        let found = queries::last_seq(c, &m.channel)?;
+                        seqs.entry(m.channel.clone())
+                            .or_insert((found.unwrap_or(0), found.is_some()))
                     }
                 };
                 entry.0 += 1;
-                rows.push(StoredMessage {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    channel: m.channel.clone(),
-                    seq: entry.0,
-                    kind: m.kind.clone(),
-                    sender_id: m.sender_id.clone(),
-                    target_id: m.target_id.clone(),
-                    client_id: m.client_id.clone(),
-                    client_msg_id: m.client_msg_id.clone(),
-                    payload: m.payload.clone(),
-                    created_at: now,
-                });
-                Slot::New
+                m.id = uuid::Uuid::now_v7().to_string();
+                m.seq = entry.0;
+                m.created_at = now;
+                new_rows += 1;
+                if let Some(cmid) = m.client_msg_id.as_deref() {
+                    in_batch.insert((m.sender_id.as_str(), cmid), slots.len());
+                }
+                Slot::New(i)
             }
-            WriteOp::ReadCursor {
+            Some(WriteOp::Message(_)) => {
+                return Err(StoreError::Invariant("a message outside the rows"));
+            }
+            Some(WriteOp::ReadCursor {
                 user_id,
                 channel,
                 up_to_seq,
-            } => {
+            }) => {
                 let up_to_seq = queries::advance_read_cursor(c, user_id, channel, *up_to_seq, now)?;
                 Slot::Done(WriteOutcome::Cursor { up_to_seq })
             }
-            WriteOp::TouchDevice {
+            Some(WriteOp::TouchDevice {
                 user_id,
                 client_id,
                 device,
-            } => {
+            }) => {
                 queries::touch_device(c, user_id, client_id, device.as_deref(), now)?;
                 Slot::Done(WriteOutcome::Done)
             }
@@ -221,43 +305,36 @@ fn apply(
             queries::insert_channel(c, channel, *last, now)?;
         }
     }
-    queries::insert_messages(c, &rows)?;
-    let mut rows = rows.into_iter();
-    slots
-        .into_iter()
-        .map(|slot| match slot {
-            Slot::New => rows
-                .next()
-                .map(|msg| WriteOutcome::Stored {
-                    msg,
-                    duplicate: false,
-                })
-                .ok_or(StoreError::Invariant("fewer rows than new messages")),
-            Slot::Duplicate(msg) => Ok(WriteOutcome::Stored {
-                msg,
-                duplicate: true,
-            }),
-            Slot::Done(outcome) => Ok(outcome),
-        })
-        .collect()
+    if new_rows == b.rows.len() {
+        queries::insert_messages(c, &b.rows)?;
+    } else {
+        // Resends are rare: copy just the new rows rather than the whole batch.
+        let fresh: Vec<StoredMessage> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::New(i) => b.rows.get(*i).cloned(),
+                _ => None,
+            })
+            .collect();
+        queries::insert_messages(c, &fresh)?;
+    }
+    Ok(slots)
 }
 
 /// Messages of this batch's senders already stored under the batch's client frame ids
 /// since `since`, by (sender, client frame id): one query per sender.
 fn find_resends(
     c: &mut DbConn,
-    ops: &[WriteOp],
+    rows: &[StoredMessage],
     since: i64,
 ) -> Result<HashMap<(String, String), StoredMessage>, StoreError> {
     let mut by_sender: HashMap<&str, Vec<&str>> = HashMap::new();
-    for op in ops {
-        if let WriteOp::Message(m) = op {
-            if let Some(cmid) = m.client_msg_id.as_deref() {
-                by_sender
-                    .entry(m.sender_id.as_str())
-                    .or_default()
-                    .push(cmid);
-            }
+    for m in rows {
+        if let Some(cmid) = m.client_msg_id.as_deref() {
+            by_sender
+                .entry(m.sender_id.as_str())
+                .or_default()
+                .push(cmid);
         }
     }
     let mut found = HashMap::new();
