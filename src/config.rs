@@ -148,6 +148,8 @@ pub struct DatabaseSettings {
     pub reader_threads: usize,
     /// SQLite `synchronous`: `full` or `normal`.
     pub sqlite_synchronous: Synchronous,
+    /// SQLite WAL pages written before a commit also checkpoints them into the database.
+    pub sqlite_wal_autocheckpoint: u32,
     /// Most writes per transaction.
     pub batch_max: usize,
     /// Most writes waiting for a transaction before new ones are refused.
@@ -165,7 +167,8 @@ impl Default for DatabaseSettings {
             writer_threads: 1,
             reader_threads: 4,
             sqlite_synchronous: Synchronous::Full,
-            batch_max: 512,
+            sqlite_wal_autocheckpoint: 10_000,
+            batch_max: 2048,
             max_pending_writes: 50_000,
             dedupe_window: Duration::from_secs(24 * 3600),
         }

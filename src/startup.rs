@@ -65,6 +65,7 @@ pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
         url: settings.database_url(),
         pool_size: settings.database.pool_size,
         synchronous: settings.database.sqlite_synchronous,
+        wal_autocheckpoint: settings.database.sqlite_wal_autocheckpoint,
     };
     let pool = store::open_pool(&cfg)?;
     let applied = store::run_migrations(&pool)?;

@@ -91,11 +91,14 @@ pub struct StoreConfig {
     pub pool_size: u32,
     /// SQLite `synchronous` pragma.
     pub synchronous: Synchronous,
+    /// SQLite `wal_autocheckpoint` pragma, in pages.
+    pub wal_autocheckpoint: u32,
 }
 
 #[derive(Debug)]
 struct SqlitePragmas {
     synchronous: Synchronous,
+    wal_autocheckpoint: u32,
 }
 
 impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
@@ -104,9 +107,12 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
             Synchronous::Full => "FULL",
             Synchronous::Normal => "NORMAL",
         };
+        // A checkpoint runs inside the commit that crosses the threshold; a larger WAL means
+        // fewer of them, and a page changed by many batches is copied back once per checkpoint.
         conn.batch_execute(&format!(
             "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-             PRAGMA foreign_keys = ON;"
+             PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = ON;",
+            self.wal_autocheckpoint
         ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -137,6 +143,7 @@ pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
         .connection_timeout(Duration::from_secs(5))
         .connection_customizer(Box::new(SqlitePragmas {
             synchronous: cfg.synchronous,
+            wal_autocheckpoint: cfg.wal_autocheckpoint,
         }))
         .build(ConnectionManager::<DbConn>::new(path))
         .map_err(|e| StoreError::Setup(format!("cannot open database `{path}`: {e}")))

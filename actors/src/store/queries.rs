@@ -1,4 +1,8 @@
 //! Every query, as a function of a connection. Transactions are the caller's.
+//!
+//! Queries on the write path avoid `LIMIT ?` (`.first()`): SQLite marks a statement whose
+//! LIMIT is a bound parameter for re-preparing whenever that parameter is bound again, so
+//! such a statement is parsed anew on every use despite the statement cache.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -12,7 +16,7 @@ pub fn last_seq(c: &mut DbConn, channel: &str) -> QueryResult<Option<i64>> {
     channels::table
         .find(channel)
         .select(channels::last_seq)
-        .first(c)
+        .get_result(c)
         .optional()
 }
 
@@ -36,25 +40,24 @@ pub fn set_last_seq(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<()> 
         .map(drop)
 }
 
-/// Messages `sender` already stored under any of the client frame ids `ids` since `since`.
-pub fn find_duplicates(
+/// The message `sender` already stored under client frame id `cmid` since `since`, if any.
+///
+/// One id per query, so that the statement has one shape and comes from the statement cache
+/// (an `IN (…)` list would be parsed anew for every batch).
+pub fn find_duplicate(
     c: &mut DbConn,
     sender: &str,
-    ids: &[&str],
+    cmid: &str,
     since: i64,
-) -> QueryResult<Vec<StoredMessage>> {
-    let mut found = Vec::new();
-    for chunk in ids.chunks(500) {
-        found.extend(
-            messages::table
-                .filter(messages::sender_id.eq(sender))
-                .filter(messages::client_msg_id.eq_any(chunk))
-                .filter(messages::created_at.ge(since))
-                .select(StoredMessage::as_select())
-                .load(c)?,
-        );
-    }
-    Ok(found)
+) -> QueryResult<Option<StoredMessage>> {
+    // At most one row matches: the writer never stores a second copy within the window.
+    let found: Vec<StoredMessage> = messages::table
+        .filter(messages::sender_id.eq(sender))
+        .filter(messages::client_msg_id.eq(cmid))
+        .filter(messages::created_at.ge(since))
+        .select(StoredMessage::as_select())
+        .load(c)?;
+    Ok(found.into_iter().next())
 }
 
 /// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows). A statement of

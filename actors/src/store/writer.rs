@@ -224,8 +224,8 @@ enum Slot {
 
 /// Applies the batch inside the caller's transaction; answers a slot per write.
 ///
-/// Per batch, not per message: one dedupe query per sender, one seq read and one seq write
-/// per channel, and multi-row inserts.
+/// Per batch, not per message: one seq read and one seq write per channel, and multi-row
+/// inserts; the dedupe look-ups are one cached statement per message.
 fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Slot>, StoreError> {
     let now = now_ms();
     let mut earlier = find_resends(c, &b.rows, now - dedupe_window_ms)?;
@@ -321,30 +321,19 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
     Ok(slots)
 }
 
-/// Messages of this batch's senders already stored under the batch's client frame ids
-/// since `since`, by (sender, client frame id): one query per sender.
+/// Messages already stored under the batch's (sender, client frame id) pairs since
+/// `since`, by that pair.
 fn find_resends(
     c: &mut DbConn,
     rows: &[StoredMessage],
     since: i64,
 ) -> Result<HashMap<(String, String), StoredMessage>, StoreError> {
-    let mut by_sender: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut found = HashMap::new();
     for m in rows {
         if let Some(cmid) = m.client_msg_id.as_deref() {
-            by_sender
-                .entry(m.sender_id.as_str())
-                .or_default()
-                .push(cmid);
-        }
-    }
-    let mut found = HashMap::new();
-    for (sender, ids) in by_sender {
-        for old in queries::find_duplicates(c, sender, &ids, since)? {
-            let key = (
-                old.sender_id.clone(),
-                old.client_msg_id.clone().unwrap_or_default(),
-            );
-            found.insert(key, old);
+            if let Some(old) = queries::find_duplicate(c, &m.sender_id, cmid, since)? {
+                found.insert((m.sender_id.clone(), cmid.to_owned()), old);
+            }
         }
     }
     Ok(found)
