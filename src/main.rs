@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 use switchboard::auth::Authority;
 use switchboard::{startup, Application, Settings};
 
+// Many small allocations freed on other threads, with large ones in between: glibc's malloc
+// spends much of its time consolidating free lists there, jemalloc does not.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Switchboard: a real-time messaging broker.
 #[derive(Parser)]
 #[command(version, about)]
