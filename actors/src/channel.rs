@@ -635,3 +635,26 @@ impl Handler<Stop> for ChannelActor {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_dropped_unanswered_tells_its_caller_unavailable() {
+        let (reply, mut answer) = Reply::caller(Some("f1".into()));
+        assert_eq!(reply.ref_id(), Some("f1"));
+        drop(reply);
+        assert!(matches!(
+            answer.try_recv(),
+            Ok(Err(ChannelError::Unavailable))
+        ));
+    }
+
+    #[test]
+    fn a_reply_answers_once() {
+        let (reply, mut answer) = Reply::caller(None);
+        reply.answer(Err(ChannelError::NotFound));
+        assert!(matches!(answer.try_recv(), Ok(Err(ChannelError::NotFound))));
+    }
+}
