@@ -2,22 +2,28 @@
 //!
 //! Owns the connection: its authentication state, heartbeat, rate-limit bookkeeping, explicit
 //! subscriptions and any replay in progress. Receives client frames from the socket and
-//! [`Outbound`] from the engine (its mailbox, bounded to `limits.outbound_queue`, is the
-//! connection's outbound queue). Sends `Connect`/`Disconnect` and `Route<…>` to the router.
+//! [`Outbound`] from the engine (its mailbox is bounded to `limits.outbound_queue`). Sends
+//! `Connect`/`Disconnect`, `Forward<Publish>` and `Route<…>` to the router.
 //! Not supervised: when it stops, the client reconnects and resumes by `subscribe`/`sync`.
 //!
-//! All use of the deprecated `actix-web-actors` crate stays in this module.
+//! The session owns its socket (handed over by the upgrade service, `routes::ws`): frames
+//! are read with actix-http's WebSocket codec through a small read buffer, and written from
+//! one outgoing buffer that is released when it empties. An idle connection thus holds no
+//! large buffer. The outgoing buffer is bounded by `limits.outbound_queue` frames: a client
+//! that does not read is closed with 1013 and never slows anyone else.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws::{self, CloseCode, CloseReason, ProtocolError};
-use bytes::BytesMut;
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, Message, ProtocolError};
+use actix_web::web;
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -35,6 +41,10 @@ use switchboard_actors::router::{
 use switchboard_actors::session_handle::{Outbound, SessionHandle};
 use switchboard_actors::store::queries::{self, Page};
 use switchboard_actors::store::NewMessage;
+use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio_util::codec::{Encoder, FramedRead};
 
 use crate::auth::{Claims, DEVICES};
 use crate::gate::{GateError, NodeTicket, TokenBucket, UserTicket};
@@ -62,6 +72,78 @@ pub mod close {
 
 /// Rate-limited frames are counted over this window for the 1008 close.
 const REJECT_WINDOW_S: u64 = 10;
+
+/// Initial size of a session's read buffer: enough for a typical frame; it grows for larger
+/// ones.
+const READ_BUFFER: usize = 512;
+
+/// An outgoing buffer larger than this is released once it has been written out, so that a
+/// burst (a replay, say) does not leave an idle session holding memory.
+const KEEP_WRITE_BUFFER: usize = 4 * 1024;
+
+/// How long a closing session waits for its close frame to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A session's outgoing frames on their way to the socket.
+struct Outgoing {
+    writer: OwnedWriteHalf,
+    codec: Codec,
+    buf: BytesMut,
+    /// Frames encoded since `buf` was last empty (the outbound queue's length).
+    frames: usize,
+    /// A [`Flush`] is running.
+    flushing: bool,
+    /// A close frame is queued: once it is written, the socket's write side is shut down and
+    /// the session waits for the client to close its side (or for `CLOSE_GRACE`), so that
+    /// what the client still sends does not turn into a reset that could destroy the close
+    /// frame before the client reads it.
+    closing: bool,
+    /// The client's side has ended.
+    read_done: bool,
+}
+
+/// Writes a session's outgoing buffer to its socket; finishes when the buffer is empty.
+/// Spawned when the first frame after an empty buffer is queued, so the frames of one
+/// wake-up go out in one write.
+struct Flush;
+
+impl ActorFuture<SessionActor> for Flush {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut SessionActor,
+        ctx: &mut Ctx,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let out = &mut act.out;
+        while !out.buf.is_empty() {
+            match Pin::new(&mut out.writer).poll_write(task, &out.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    out.flushing = false;
+                    ctx.stop();
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(n)) => out.buf.advance(n),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if out.closing {
+            if Pin::new(&mut out.writer).poll_shutdown(task).is_pending() {
+                return Poll::Pending;
+            }
+            if out.read_done {
+                ctx.stop();
+            }
+        }
+        out.flushing = false;
+        out.frames = 0;
+        if out.buf.capacity() > KEEP_WRITE_BUFFER {
+            out.buf = BytesMut::new();
+        }
+        Poll::Ready(())
+    }
+}
 
 enum AuthState {
     /// Waiting for an `auth` frame.
@@ -98,6 +180,9 @@ pub struct SessionActor {
     muted: HashSet<Arc<str>>,
     replaying: HashMap<Arc<str>, Vec<(u64, ByteString)>>,
     fragments: Option<(bool, BytesMut)>,
+    out: Outgoing,
+    /// Already taken out of the router (see `leave`).
+    left: bool,
 }
 
 /// How a connection arrived: what the upgrade request established.
@@ -112,40 +197,52 @@ pub struct Upgrade {
     pub node: NodeTicket,
 }
 
-/// Starts a session for an upgrade request.
-pub fn start(
-    app: web::Data<AppState>,
-    up: Upgrade,
-    req: &HttpRequest,
-    stream: web::Payload,
-) -> Result<HttpResponse, actix_web::Error> {
+/// Starts a session on an upgraded connection; `early` holds bytes the client sent right
+/// after its upgrade request (already read by the HTTP layer).
+pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes) {
+    // Frames are small and latency matters more than packet count.
+    let _ = io.set_nodelay(true);
     let limits = &app.settings.limits;
-    let (max, pending_bucket) = (
-        limits.max_frame_bytes,
-        TokenBucket::new(limits.frames_per_second, limits.frames_burst),
-    );
-    let actor = SessionActor {
-        conn: ConnId::next(),
-        client_id: up.client_id,
-        device: up.device,
-        app,
-        auth: AuthState::Pending,
-        upgrade_auth: up.auth,
-        _node: up.node,
-        last_heard: Instant::now(),
-        expires_at_ms: i64::MAX,
-        expiry_timer: None,
-        overflowed: Arc::new(AtomicBool::new(false)),
-        rejected: (Instant::now(), 0),
-        pending_bucket,
-        subscriptions: HashSet::new(),
-        muted: HashSet::new(),
-        replaying: HashMap::new(),
-        fragments: None,
-    };
-    ws::WsResponseBuilder::new(actor, req, stream)
-        .frame_size(max)
-        .start()
+    let max = limits.max_frame_bytes;
+    let pending_bucket = TokenBucket::new(limits.frames_per_second, limits.frames_burst);
+    let (reader, writer) = io.into_split();
+    let reader = AsyncReadExt::chain(Cursor::new(early), reader);
+    SessionActor::create(move |ctx| {
+        ctx.add_stream(FramedRead::with_capacity(
+            reader,
+            Codec::new().max_size(max),
+            READ_BUFFER,
+        ));
+        SessionActor {
+            conn: ConnId::next(),
+            client_id: up.client_id,
+            device: up.device,
+            app,
+            auth: AuthState::Pending,
+            upgrade_auth: up.auth,
+            _node: up.node,
+            last_heard: Instant::now(),
+            expires_at_ms: i64::MAX,
+            expiry_timer: None,
+            overflowed: Arc::new(AtomicBool::new(false)),
+            rejected: (Instant::now(), 0),
+            pending_bucket,
+            subscriptions: HashSet::new(),
+            muted: HashSet::new(),
+            replaying: HashMap::new(),
+            fragments: None,
+            out: Outgoing {
+                writer,
+                codec: Codec::new().max_size(max),
+                buf: BytesMut::new(),
+                frames: 0,
+                flushing: false,
+                closing: false,
+                read_done: false,
+            },
+            left: false,
+        }
+    });
 }
 
 #[derive(Serialize)]
@@ -180,7 +277,7 @@ struct IdOnly {
     id: Option<String>,
 }
 
-type Ctx = ws::WebsocketContext<SessionActor>;
+type Ctx = Context<SessionActor>;
 
 impl SessionActor {
     fn user(&self) -> Option<&UserId> {
@@ -190,16 +287,72 @@ impl SessionActor {
         }
     }
 
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Ctx) {
-        ctx.close(Some(CloseReason {
-            code: CloseCode::from(code),
-            description: Some(reason.to_owned()),
-        }));
-        ctx.stop();
+    /// Queues a frame for the socket. Beyond `limits.outbound_queue` frames not yet written,
+    /// the client is not reading: close with 1013.
+    fn send(&mut self, msg: Message, ctx: &mut Ctx) {
+        let out = &mut self.out;
+        if out.closing {
+            return;
+        }
+        if out.codec.encode(msg, &mut out.buf).is_err() {
+            return ctx.stop();
+        }
+        out.frames += 1;
+        self.flush_soon(ctx);
+        if self.out.frames > self.app.settings.limits.outbound_queue {
+            self.close(
+                close::TRY_AGAIN_LATER,
+                "outbound queue full; reconnect and resume",
+                ctx,
+            );
+        }
     }
 
-    fn error(&self, code: ErrorCode, message: &str, ref_id: Option<&str>, ctx: &mut Ctx) {
-        ctx.text(error_frame(code, message, ref_id));
+    /// Queues a text frame.
+    fn text(&mut self, text: ByteString, ctx: &mut Ctx) {
+        self.send(Message::Text(text), ctx);
+    }
+
+    /// Queues a close frame; the session stops once it is written and the client has closed
+    /// its side (or after `CLOSE_GRACE`).
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Ctx) {
+        self.close_with(
+            Some(CloseReason {
+                code: CloseCode::from(code),
+                description: Some(reason.to_owned()),
+            }),
+            ctx,
+        );
+    }
+
+    fn close_with(&mut self, reason: Option<CloseReason>, ctx: &mut Ctx) {
+        let out = &mut self.out;
+        if out.closing {
+            return;
+        }
+        out.closing = true;
+        if out
+            .codec
+            .encode(Message::Close(reason), &mut out.buf)
+            .is_err()
+        {
+            return ctx.stop();
+        }
+        self.flush_soon(ctx);
+        self.leave();
+        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
+    }
+
+    /// Makes sure a [`Flush`] runs once this wake-up's messages are handled.
+    fn flush_soon(&mut self, ctx: &mut Ctx) {
+        if !self.out.flushing {
+            self.out.flushing = true;
+            ctx.spawn(Flush);
+        }
+    }
+
+    fn error(&mut self, code: ErrorCode, message: &str, ref_id: Option<&str>, ctx: &mut Ctx) {
+        self.text(error_frame(code, message, ref_id), ctx);
     }
 
     fn authenticate(&mut self, claims: Claims, ticket: UserTicket, ctx: &mut Ctx) {
@@ -225,17 +378,20 @@ impl SessionActor {
         });
         let handle = Arc::new(handle);
         self.schedule_expiry(claims.exp, ctx);
-        ctx.text(encode(
-            "connected",
-            None,
-            Connected {
-                conn_id: self.conn.to_string(),
-                client_id: &self.client_id,
-                user_id: user.as_str(),
-                heartbeat_interval_s: self.app.settings.session.heartbeat_interval.as_secs(),
-                server_time: now_ms(),
-            },
-        ));
+        self.text(
+            encode(
+                "connected",
+                None,
+                Connected {
+                    conn_id: self.conn.to_string(),
+                    client_id: &self.client_id,
+                    user_id: user.as_str(),
+                    heartbeat_interval_s: self.app.settings.session.heartbeat_interval.as_secs(),
+                    server_time: now_ms(),
+                },
+            ),
+            ctx,
+        );
         self.auth = AuthState::Ready { handle, ticket };
     }
 
@@ -280,16 +436,19 @@ impl SessionActor {
         let ref_id = text
             .and_then(|t| serde_json::from_str::<IdOnly>(t).ok())
             .and_then(|f| f.id);
-        ctx.text(encode(
-            "error",
-            None,
-            ErrorPayload {
-                code: ErrorCode::RateLimited,
-                message: "rate limit exceeded".into(),
-                ref_id,
-                retry_after_ms: Some(retry_after_ms),
-            },
-        ));
+        self.text(
+            encode(
+                "error",
+                None,
+                ErrorPayload {
+                    code: ErrorCode::RateLimited,
+                    message: "rate limit exceeded".into(),
+                    ref_id,
+                    retry_after_ms: Some(retry_after_ms),
+                },
+            ),
+            ctx,
+        );
         let (since, n) = &mut self.rejected;
         if since.elapsed().as_secs() >= REJECT_WINDOW_S {
             *since = Instant::now();
@@ -328,13 +487,16 @@ impl SessionActor {
                 ),
                 Err(e) => self.error(ErrorCode::Unauthorized, &e.to_string(), id.as_deref(), ctx),
             },
-            ClientFrame::Heartbeat => ctx.text(encode(
-                "heartbeat",
-                id.as_deref(),
-                ServerTime {
-                    server_time: now_ms(),
-                },
-            )),
+            ClientFrame::Heartbeat => self.text(
+                encode(
+                    "heartbeat",
+                    id.as_deref(),
+                    ServerTime {
+                        server_time: now_ms(),
+                    },
+                ),
+                ctx,
+            ),
             ClientFrame::Chat { target, payload } => {
                 let channel = Channel::dm(&user, &target);
                 self.publish(channel, "chat_message", target.to_string(), &payload, id)
@@ -501,15 +663,18 @@ impl SessionActor {
                 act.muted.remove(&name);
                 act.subscriptions.insert(name.clone());
                 match since {
-                    None => ctx.text(encode(
-                        "subscribed",
-                        None,
-                        Subscribed {
-                            channel: &name,
-                            seq: head,
-                            recovered: false,
-                        },
-                    )),
+                    None => act.text(
+                        encode(
+                            "subscribed",
+                            None,
+                            Subscribed {
+                                channel: &name,
+                                seq: head,
+                                recovered: false,
+                            },
+                        ),
+                        ctx,
+                    ),
                     Some(since) => act.replay(name, since, head, ctx),
                 }
             }
@@ -541,17 +706,20 @@ impl SessionActor {
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
             Ok((rows, has_more)) => {
                 let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);
-                ctx.text(encode(
-                    "subscribed",
-                    None,
-                    Subscribed {
-                        channel: &name,
-                        seq: head.max(last),
-                        recovered: !has_more,
-                    },
-                ));
+                act.text(
+                    encode(
+                        "subscribed",
+                        None,
+                        Subscribed {
+                            channel: &name,
+                            seq: head.max(last),
+                            recovered: !has_more,
+                        },
+                    ),
+                    ctx,
+                );
                 for m in &rows {
-                    ctx.text(delivery_frame(m));
+                    act.text(delivery_frame(m), ctx);
                 }
                 act.flush_replay_buffer(&name, last, ctx);
             }
@@ -570,7 +738,7 @@ impl SessionActor {
     fn flush_replay_buffer(&mut self, name: &Arc<str>, after: u64, ctx: &mut Ctx) {
         for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
             if seq > after {
-                ctx.text(frame);
+                self.text(frame, ctx);
             }
         }
     }
@@ -596,7 +764,10 @@ impl SessionActor {
                 msg: Leave { conn: self.conn },
             });
         }
-        ctx.text(encode("unsubscribed", None, ChannelOnly { channel: &name }));
+        self.text(
+            encode("unsubscribed", None, ChannelOnly { channel: &name }),
+            ctx,
+        );
     }
 
     fn on_binary(&mut self, ctx: &mut Ctx) {
@@ -664,7 +835,7 @@ impl Actor for SessionActor {
             if act.last_heard.elapsed() > timeout {
                 act.close(close::GOING_AWAY, "heartbeat timeout", ctx);
             } else {
-                ctx.ping(b"");
+                act.send(Message::Ping(Bytes::new()), ctx);
                 if matches!(act.auth, AuthState::Ready { .. }) {
                     act.arm_expiry(ctx);
                 }
@@ -691,6 +862,17 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Ctx) {
+        self.leave();
+    }
+}
+
+impl SessionActor {
+    /// Takes the connection out of the router and its channels (once): when it stops, or as
+    /// soon as it starts closing, since it will not deliver anything more.
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
         let router = &self.app.tree.router;
         let AuthState::Ready { handle, .. } = &self.auth else {
             router.do_send(Disconnect {
@@ -726,7 +908,7 @@ impl Handler<Outbound> for SessionActor {
             );
         }
         match msg {
-            Outbound::Frame(frame) => ctx.text(frame),
+            Outbound::Frame(frame) => self.text(frame, ctx),
             Outbound::Delivery {
                 channel,
                 seq,
@@ -744,31 +926,41 @@ impl Handler<Outbound> for SessionActor {
                         return;
                     }
                 }
-                ctx.text(frame)
+                self.text(frame, ctx)
             }
             Outbound::Close { code, reason } => self.close(code, reason, ctx),
         }
     }
 }
 
-impl StreamHandler<Result<ws::Message, ProtocolError>> for SessionActor {
-    fn handle(&mut self, msg: Result<ws::Message, ProtocolError>, ctx: &mut Ctx) {
+impl StreamHandler<Result<Frame, ProtocolError>> for SessionActor {
+    fn handle(&mut self, msg: Result<Frame, ProtocolError>, ctx: &mut Ctx) {
+        if self.out.closing {
+            return;
+        }
         self.last_heard = Instant::now();
         match msg {
-            Ok(ws::Message::Text(text)) => self.on_text(&text, ctx),
-            Ok(ws::Message::Binary(_)) => self.on_binary(ctx),
-            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
-            }
-            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(Frame::Text(bytes)) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => self.close(close::INVALID_DATA, "invalid UTF-8 in text frame", ctx),
+            },
+            Ok(Frame::Binary(_)) => self.on_binary(ctx),
+            Ok(Frame::Ping(p)) => self.send(Message::Pong(p), ctx),
+            Ok(Frame::Pong(_)) => {}
+            Ok(Frame::Close(reason)) => self.close_with(reason, ctx),
+            Ok(Frame::Continuation(item)) => self.on_fragment(item, ctx),
             Err(ProtocolError::Overflow) => self.close(close::TOO_BIG, "frame too large", ctx),
-            Err(ProtocolError::Io(e)) if e.to_string().contains("utf-8") => {
-                self.close(close::INVALID_DATA, "invalid UTF-8 in text frame", ctx)
-            }
+            Err(ProtocolError::Io(_)) => ctx.stop(),
             Err(e) => self.close(close::PROTOCOL, &e.to_string(), ctx),
+        }
+    }
+
+    /// The client's side ended (or a frame error ended the stream): stop, unless a close
+    /// frame is still being written, which stops the session when done.
+    fn finished(&mut self, ctx: &mut Ctx) {
+        self.out.read_done = true;
+        if !(self.out.closing && self.out.flushing) {
+            ctx.stop();
         }
     }
 }

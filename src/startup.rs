@@ -5,8 +5,11 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpServer};
+use actix_http::HttpService;
+use actix_server::{Server, ServerHandle};
+use actix_service::{fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
 use switchboard_actors::store::{self, queries, DbPool, StoreConfig, StoreError};
@@ -146,19 +149,29 @@ impl Application {
             started: Instant::now(),
         });
         let data = state.clone();
-        let server = HttpServer::new(move || {
-            App::new().configure(|cfg| routes::configure(cfg, data.clone()))
-        })
-        .workers(workers)
-        .backlog(4096)
-        .max_connections(100_000)
-        // Sessions are closed and writes flushed before the workers stop (see `shutdown`),
-        // so the workers need little time of their own.
-        .shutdown_timeout(WORKER_STOP_S)
-        .disable_signals()
-        .listen(listener)
-        .map_err(|source| StartupError::Bind { addr, source })?
-        .run();
+        // actix-web's `HttpServer` has no upgrade hook, so the HTTP service is put together
+        // here: upgrades go to `routes::ws::upgrade` (the session then owns the socket),
+        // everything else to the actix-web `App`.
+        let server = Server::build()
+            .workers(workers)
+            .backlog(4096)
+            .max_concurrent_connections(100_000)
+            // Sessions are closed and writes flushed before the workers stop (see
+            // `shutdown`), so the workers need little time of their own.
+            .shutdown_timeout(WORKER_STOP_S)
+            .disable_signals()
+            .listen("switchboard", listener, move || {
+                let app = App::new().configure(|cfg| routes::configure(cfg, data.clone()));
+                let up = data.clone();
+                HttpService::build()
+                    .upgrade(fn_service(move |(req, framed)| {
+                        routes::ws::upgrade(up.clone(), req, framed)
+                    }))
+                    .finish(map_config(app, |_| AppConfig::default()))
+                    .tcp()
+            })
+            .map_err(|source| StartupError::Bind { addr, source })?
+            .run();
         Ok(Application {
             port,
             server,

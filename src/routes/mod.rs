@@ -25,7 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(json)
         .app_data(query)
         .app_data(path)
-        .route("/ws", web::get().to(ws::upgrade))
+        .route(ws::PATH, web::get().to(ws::not_upgraded))
         .route("/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
         .route("/status", web::get().to(ops::status))

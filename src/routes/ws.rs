@@ -1,17 +1,31 @@
 //! `GET /ws`: authenticate (or defer to the `auth` frame), admit, upgrade.
+//!
+//! WebSocket upgrades do not go through the actix-web `App`: actix-http hands every upgrade
+//! request, with its connection, to [`upgrade`] (see `startup`). The session then owns the
+//! socket with buffers sized for an idle connection, instead of the HTTP dispatcher's 16 KiB
+//! that would otherwise stay allocated for the life of every connection.
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_codec::Framed;
+use actix_http::body::{self, BodySize};
+use actix_http::{h1, ws, Method, Request, Response};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpResponse, ResponseError};
+use bytes::Bytes;
+use futures_util::SinkExt;
 use serde::Deserialize;
 use switchboard_actors::ids::{valid_id, UserId};
+use tokio::net::TcpStream;
 
-use crate::auth::{bearer, DEVICES};
+use crate::auth::DEVICES;
 use crate::error::ApiError;
 use crate::gate::GateError;
 use crate::session::{self, Upgrade};
 use crate::startup::AppState;
+
+/// The path WebSocket clients connect to.
+pub const PATH: &str = "/ws";
 
 #[derive(Deserialize, Default)]
 struct WsQuery {
@@ -31,23 +45,39 @@ fn gate_error(e: GateError) -> ApiError {
     }
 }
 
-/// The WebSocket upgrade.
-pub async fn upgrade(
-    req: HttpRequest,
-    stream: web::Payload,
-    app: web::Data<AppState>,
-) -> Result<HttpResponse, actix_web::Error> {
-    let q = web::Query::<WsQuery>::from_query(req.query_string())
+/// The bearer token of an `Authorization` header.
+fn bearer(req: &Request) -> Option<&str> {
+    req.head()
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Everything the upgrade request establishes, or the error to answer it with.
+fn admit(app: &AppState, req: &Request) -> Result<Upgrade, ApiError> {
+    if req.path() != PATH {
+        return Err(ApiError::NotFound(format!(
+            "no WebSocket at `{}`",
+            req.path()
+        )));
+    }
+    if req.method() != Method::GET {
+        return Err(ApiError::BadRequest("a WebSocket upgrade is a GET".into()));
+    }
+    let q = web::Query::<WsQuery>::from_query(req.uri().query().unwrap_or(""))
         .map(|q| q.into_inner())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
-    let token = bearer(&req).map(str::to_owned).or(q.token);
+    let token = bearer(req).map(str::to_owned).or(q.token);
     let claims = match token {
-        Some(t) => Some(app.auth.verify(&t).map_err(ApiError::from)?),
+        Some(t) => Some(app.auth.verify(&t)?),
         None => None,
     };
     let client_id: Arc<str> = match q.client_id {
         Some(c) if valid_id(&c) => Arc::from(c),
-        Some(_) => return Err(ApiError::BadRequest("`client_id` is not a valid id".into()).into()),
+        Some(_) => return Err(ApiError::BadRequest("`client_id` is not a valid id".into())),
         None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
     };
     let device = match q.device {
@@ -56,8 +86,7 @@ pub async fn upgrade(
             return Err(ApiError::BadRequest(format!(
                 "`device` must be one of {}",
                 DEVICES.join(", ")
-            ))
-            .into())
+            )))
         }
         None => None,
     };
@@ -72,11 +101,67 @@ pub async fn upgrade(
         }
         None => None,
     };
-    let up = Upgrade {
+    Ok(Upgrade {
         client_id,
         device,
         auth,
         node,
+    })
+}
+
+/// Writes `res` (head and body) on the connection; the connection is closed after it.
+async fn respond(framed: &mut Framed<TcpStream, h1::Codec>, res: Response<body::BoxBody>) {
+    let (head, body) = res.into_parts();
+    let bytes = body::to_bytes(body).await.unwrap_or_default();
+    let size = BodySize::Sized(bytes.len() as u64);
+    let _ = framed
+        .send(h1::Message::Item((head.drop_body(), size)))
+        .await;
+    if !bytes.is_empty() {
+        let _ = framed.send(h1::Message::Chunk(Some(bytes))).await;
+    }
+    let _ = framed.send(h1::Message::Chunk(None)).await;
+}
+
+/// The upgrade service: answers the request, and on success hands the socket (with any
+/// bytes the client sent after its request) to a new session.
+pub async fn upgrade(
+    app: web::Data<AppState>,
+    req: Request,
+    mut framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), actix_http::Error> {
+    let up = match admit(&app, &req) {
+        Ok(up) => up,
+        Err(e) => {
+            respond(&mut framed, HttpResponse::from_error(e).into()).await;
+            return Ok(());
+        }
     };
-    session::start(app.clone(), up, &req, stream)
+    let res = match ws::handshake(req.head()) {
+        Ok(mut builder) => builder.finish(),
+        Err(e) => {
+            respond(&mut framed, e.error_response().into()).await;
+            return Ok(());
+        }
+    };
+    let (head, _) = res.into_parts();
+    if framed
+        .send(h1::Message::Item((head, BodySize::None)))
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let parts = framed.into_parts();
+    // Copied out, so that the dispatcher's 8 KiB read buffer is freed now.
+    let early = Bytes::copy_from_slice(&parts.read_buf);
+    session::start(app, up, parts.io, early);
+    Ok(())
+}
+
+/// `GET /ws` without the upgrade headers.
+pub async fn not_upgraded() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::BadRequest(
+        "this endpoint takes a WebSocket upgrade (`Upgrade: websocket`)".into(),
+    ))
 }

@@ -228,3 +228,74 @@ async fn expiry_later_than_one_heartbeat_interval_still_closes_on_time() {
         "closed after {after:?}"
     );
 }
+
+/// Upgrade request head for `path`, as a raw client would write it.
+fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A masked client text frame (payload under 126 bytes).
+fn masked_text(payload: &str) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let bytes = payload.as_bytes();
+    assert!(bytes.len() < 126);
+    let mut frame = vec![0x81, 0x80 | bytes.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(bytes.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
+}
+
+/// Reads from `s` until `needle` has been seen (or the wait runs out); returns what it read.
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+#[actix_web::test]
+async fn frames_sent_together_with_the_upgrade_request_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let path = format!("/ws?token={}", app.token("alice"));
+    // One write: the upgrade request and a first frame right behind it.
+    let mut bytes = upgrade_request(&path).into_bytes();
+    bytes.extend(masked_text(r#"{"type":"heartbeat","id":"early"}"#));
+    s.write_all(&bytes).await.expect("write");
+    let seen = read_until(&mut s, r#""id":"early""#).await;
+    assert!(seen.starts_with("HTTP/1.1 101"), "{seen}");
+    assert!(seen.contains(r#""type":"connected""#), "{seen}");
+    assert!(
+        seen.contains(r#""type":"heartbeat","id":"early""#),
+        "{seen}"
+    );
+}
+
+#[actix_web::test]
+async fn upgrades_elsewhere_than_ws_get_404_and_plain_gets_of_ws_get_400() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app().await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(upgrade_request("/elsewhere").as_bytes())
+        .await
+        .expect("write");
+    let seen = read_until(&mut s, "not_found").await;
+    assert!(seen.starts_with("HTTP/1.1 404"), "{seen}");
+    assert!(seen.contains(r#""code":"not_found""#), "{seen}");
+    let (code, body) = app.call("GET", "/ws", None, None).await;
+    assert_eq!(code, 400);
+    assert_eq!(body["error"]["code"], "bad_request");
+}
