@@ -77,9 +77,13 @@ const REJECT_WINDOW_S: u64 = 10;
 /// ones.
 const READ_BUFFER: usize = 512;
 
-/// An outgoing buffer larger than this is released once it has been written out, so that a
-/// burst (a replay, say) does not leave an idle session holding memory.
-const KEEP_WRITE_BUFFER: usize = 4 * 1024;
+/// An outgoing buffer larger than this is released as soon as it has been written out, so
+/// that a burst (a replay of large messages, say) is not kept.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// An outgoing buffer larger than this is released at a heartbeat tick that finds it empty
+/// and nothing written since the previous tick: busy sessions keep theirs, idle ones do not.
+const IDLE_WRITE_BUFFER: usize = 1024;
 
 /// How long a closing session waits for its close frame to be written.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -100,6 +104,20 @@ struct Outgoing {
     closing: bool,
     /// The client's side has ended.
     read_done: bool,
+    /// A text frame was queued since the last heartbeat tick (pings do not count).
+    wrote: bool,
+}
+
+impl Outgoing {
+    /// Releases the buffer of a session that wrote nothing since the last call.
+    fn shed_if_idle(&mut self) {
+        if !std::mem::take(&mut self.wrote)
+            && self.buf.is_empty()
+            && self.buf.capacity() > IDLE_WRITE_BUFFER
+        {
+            self.buf = BytesMut::new();
+        }
+    }
 }
 
 /// Writes a session's outgoing buffer to its socket; finishes when the buffer is empty.
@@ -239,6 +257,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
                 flushing: false,
                 closing: false,
                 read_done: false,
+                wrote: false,
             },
             left: false,
         }
@@ -310,6 +329,7 @@ impl SessionActor {
 
     /// Queues a text frame.
     fn text(&mut self, text: ByteString, ctx: &mut Ctx) {
+        self.out.wrote = true;
         self.send(Message::Text(text), ctx);
     }
 
@@ -835,6 +855,7 @@ impl Actor for SessionActor {
             if act.last_heard.elapsed() > timeout {
                 act.close(close::GOING_AWAY, "heartbeat timeout", ctx);
             } else {
+                act.out.shed_if_idle();
                 act.send(Message::Ping(Bytes::new()), ctx);
                 if matches!(act.auth, AuthState::Ready { .. }) {
                     act.arm_expiry(ctx);
