@@ -85,7 +85,8 @@ const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 /// and nothing written since the previous tick: busy sessions keep theirs, idle ones do not.
 const IDLE_WRITE_BUFFER: usize = 1024;
 
-/// How long a closing session waits for its close frame to be written.
+/// How long a closing session waits for its close frame to be written and for the client to
+/// close its side, before it drops the connection anyway.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A session's outgoing frames on their way to the socket.
