@@ -111,6 +111,25 @@ async fn a_resend_pipelined_behind_its_original_is_acked_alike_and_delivered_onc
 }
 
 #[actix_web::test]
+async fn resends_of_a_stored_frame_arriving_together_are_all_acked_with_the_original() {
+    let app = spawn_app_fast().await;
+    let mut alice = app.ws("alice").await;
+    let mut bob = app.ws("bob").await;
+    let first = alice.dm("bob", "again", "once").await;
+    bob.recv_type("chat_message").await;
+    // Without waiting in between, so that the resends share a write batch.
+    for _ in 0..4 {
+        alice.send(chat("bob", "again", "once")).await;
+    }
+    for _ in 0..4 {
+        assert_eq!(alice.recv_type("ack").await["payload"], first);
+    }
+    bob.silent_for(Duration::from_millis(300)).await;
+    let (_, page) = app.get("/api/messages/user/bob", &app.token("alice")).await;
+    assert_eq!(page["messages"].as_array().expect("list").len(), 1);
+}
+
+#[actix_web::test]
 async fn seqs_have_no_gaps_and_arrive_in_order_under_concurrent_senders() {
     let app = spawn_app_fast().await;
     let mut alice = app.ws("alice").await;

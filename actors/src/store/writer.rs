@@ -228,7 +228,7 @@ enum Slot {
 /// inserts; the dedupe look-ups are one cached statement per message.
 fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Slot>, StoreError> {
     let now = now_ms();
-    let mut earlier = find_resends(c, &b.rows, now - dedupe_window_ms)?;
+    let since = now - dedupe_window_ms;
     // Seq counters touched by this batch: channel -> (last seq given, existed before).
     let mut seqs: HashMap<String, (i64, bool)> = HashMap::new();
     // Messages of this batch by (sender, client id) -> write position, to catch a resend
@@ -249,11 +249,7 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
                         slots.push(Slot::SameAs(j));
                         continue;
                     }
-                    let key = || (m.sender_id.clone(), cmid.to_owned());
-                    if let Some(old) = (!earlier.is_empty())
-                        .then(|| earlier.remove(&key()))
-                        .flatten()
-                    {
+                    if let Some(old) = queries::find_duplicate(c, &m.sender_id, cmid, since)? {
                         slots.push(Slot::Duplicate(old));
                         continue;
                     }
@@ -319,22 +315,4 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
         queries::insert_messages(c, &fresh)?;
     }
     Ok(slots)
-}
-
-/// Messages already stored under the batch's (sender, client frame id) pairs since
-/// `since`, by that pair.
-fn find_resends(
-    c: &mut DbConn,
-    rows: &[StoredMessage],
-    since: i64,
-) -> Result<HashMap<(String, String), StoredMessage>, StoreError> {
-    let mut found = HashMap::new();
-    for m in rows {
-        if let Some(cmid) = m.client_msg_id.as_deref() {
-            if let Some(old) = queries::find_duplicate(c, &m.sender_id, cmid, since)? {
-                found.insert((m.sender_id.clone(), cmid.to_owned()), old);
-            }
-        }
-    }
-    Ok(found)
 }
