@@ -258,9 +258,9 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
     opts.open(path)?.write_all(secret.as_bytes())
 }
 
-/// The bearer token of a request, if any.
-pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
+/// The bearer token of a request's `Authorization` header, if any.
+pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
+    headers
         .get(actix_web::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?
@@ -306,7 +306,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
     let app = req
         .app_data::<web::Data<AppState>>()
         .ok_or_else(|| ApiError::Internal("app state missing".into()))?;
-    let token = bearer(req)
+    let token = bearer(req.headers())
         .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer` token".into()))?;
     let claims = app.auth.verify(token)?;
     Ok(Caller {

@@ -320,12 +320,17 @@ impl SessionActor {
         out.frames += 1;
         self.flush_soon(ctx);
         if self.out.frames > self.app.settings.limits.outbound_queue {
-            self.close(
-                close::TRY_AGAIN_LATER,
-                "outbound queue full; reconnect and resume",
-                ctx,
-            );
+            self.overflow(ctx);
         }
+    }
+
+    /// The outbound queue (mailbox or unwritten frames) is full: the client is not reading.
+    fn overflow(&mut self, ctx: &mut Ctx) {
+        self.close(
+            close::TRY_AGAIN_LATER,
+            "outbound queue full; reconnect and resume",
+            ctx,
+        );
     }
 
     /// Queues a text frame.
@@ -923,11 +928,7 @@ impl Handler<Outbound> for SessionActor {
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Ctx) {
         if self.overflowed.load(Ordering::Relaxed) {
-            return self.close(
-                close::TRY_AGAIN_LATER,
-                "outbound queue full; reconnect and resume",
-                ctx,
-            );
+            return self.overflow(ctx);
         }
         match msg {
             Outbound::Frame(frame) => self.text(frame, ctx),

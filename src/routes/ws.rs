@@ -10,7 +10,7 @@ use std::sync::Arc;
 use actix_codec::Framed;
 use actix_http::body::{self, BodySize};
 use actix_http::{h1, ws, Method, Request, Response};
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -18,7 +18,7 @@ use serde::Deserialize;
 use switchboard_actors::ids::{valid_id, UserId};
 use tokio::net::TcpStream;
 
-use crate::auth::DEVICES;
+use crate::auth::{bearer, DEVICES};
 use crate::error::ApiError;
 use crate::gate::GateError;
 use crate::session::{self, Upgrade};
@@ -45,17 +45,6 @@ fn gate_error(e: GateError) -> ApiError {
     }
 }
 
-/// The bearer token of an `Authorization` header.
-fn bearer(req: &Request) -> Option<&str> {
-    req.head()
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 /// Everything the upgrade request establishes, or the error to answer it with.
 fn admit(app: &AppState, req: &Request) -> Result<Upgrade, ApiError> {
     if req.path() != PATH {
@@ -70,7 +59,7 @@ fn admit(app: &AppState, req: &Request) -> Result<Upgrade, ApiError> {
     let q = web::Query::<WsQuery>::from_query(req.uri().query().unwrap_or(""))
         .map(|q| q.into_inner())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
-    let token = bearer(req).map(str::to_owned).or(q.token);
+    let token = bearer(req.head().headers()).map(str::to_owned).or(q.token);
     let claims = match token {
         Some(t) => Some(app.auth.verify(&t)?),
         None => None,
