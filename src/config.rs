@@ -157,6 +157,9 @@ pub struct DatabaseSettings {
     /// Resends of an acked frame id within this window return the original ack.
     #[serde(with = "duration_str")]
     pub dedupe_window: Duration,
+    /// Resend keys of new messages wait in memory and move to the database one slice of the
+    /// key space per commit; a key waits at most this many commits.
+    pub dedupe_slices: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -171,6 +174,7 @@ impl Default for DatabaseSettings {
             batch_max: 2048,
             max_pending_writes: 50_000,
             dedupe_window: Duration::from_secs(24 * 3600),
+            dedupe_slices: 64,
         }
     }
 }

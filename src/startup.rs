@@ -12,6 +12,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
+use switchboard_actors::store::dedupe::DedupeKeys;
 use switchboard_actors::store::{self, queries, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{Tree, TreeConfig};
 
@@ -98,11 +99,14 @@ impl Application {
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let pool = open_store(&settings)?;
-        {
+        let db = &settings.database;
+        let keys = {
             let mut c = pool.get().map_err(StoreError::from)?;
             let now = switchboard_actors::ids::now_ms();
             auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
-        }
+            let since = now - db.dedupe_window.as_millis() as i64;
+            DedupeKeys::load(&mut c, db.dedupe_slices, since).map_err(StoreError::from)?
+        };
         let redis = if settings.redis.url.is_empty() {
             None
         } else {
@@ -112,7 +116,6 @@ impl Application {
                     .map_err(|e| StartupError::Redis(e.to_string()))?,
             )
         };
-        let db = &settings.database;
         let tree = Tree::start(
             TreeConfig {
                 writer_threads: db.writer_threads,
@@ -126,6 +129,7 @@ impl Application {
                 presence_grace: settings.presence.offline_grace,
             },
             pool,
+            keys,
         );
         let l = &settings.limits;
         let gate = ConnectionGate::new(

@@ -11,7 +11,7 @@
 //! └── SyncArbiter ── StoreReader × reader_threads
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -21,6 +21,7 @@ use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, WriteBatcher};
+use crate::store::dedupe::DedupeKeys;
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::writer::MessageWriter;
 use crate::store::DbPool;
@@ -65,15 +66,17 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Starts the tree on the current actix system.
-    pub fn start(cfg: TreeConfig, pool: DbPool) -> Tree {
+    /// Starts the tree on the current actix system, with the dedupe keys loaded from `pool`.
+    pub fn start(cfg: TreeConfig, pool: DbPool, keys: DedupeKeys) -> Tree {
         let board = HealthBoard::new();
 
         let h = ActorHealth::new("store_writer");
         let (p, hh) = (pool.clone(), h.clone());
+        let keys = Arc::new(Mutex::new(keys));
         let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
             pool: p.clone(),
             health: hh.clone(),
+            keys: keys.clone(),
         });
         board.register(h, writers.clone().recipient());
 

@@ -324,6 +324,38 @@ pub fn truncate(s: &str, n: usize) -> &str {
 
 /// Message content of about `size` bytes that carries the message index and its send time:
 /// `"<idx> <send_ns> xxxx…"`.
+/// A bench frame id: `{prefix}{idx}`, or with `random`, `{prefix}{16 hex digits}.{idx}`
+/// where the hex digits are a bijective scramble of `idx`. Random ids spread over the key
+/// space as clients' own ids (UUIDs) do, which is what an index on them sees; the tool still
+/// reads its index back from an ack's `ref_id` ([`frame_index`]).
+pub struct FrameId<'a> {
+    /// Per-connection prefix.
+    pub prefix: &'a str,
+    /// The frame's index within its connection.
+    pub idx: u64,
+    /// Spread the ids over the key space.
+    pub random: bool,
+}
+
+impl std::fmt::Display for FrameId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.random {
+            // splitmix64's finaliser: a bijection, so ids stay unique.
+            let mut z = self.idx.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            write!(f, "{}{:016x}.{}", self.prefix, z ^ (z >> 31), self.idx)
+        } else {
+            write!(f, "{}{}", self.prefix, self.idx)
+        }
+    }
+}
+
+/// The index in what follows the prefix of a [`FrameId`].
+pub fn frame_index(rest: &str) -> Option<u64> {
+    rest.rsplit('.').next()?.parse().ok()
+}
+
 pub fn content(idx: u64, send_ns: u64, size: usize) -> String {
     let mut s = format!("{idx} {send_ns} ");
     while s.len() < size {
@@ -462,6 +494,33 @@ pub fn rss_kib(pid: u32) -> Result<u64, BenchError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frame_ids_of_both_styles_give_their_index_back() {
+        for random in [false, true] {
+            let id = super::FrameId {
+                prefix: "run-1-",
+                idx: 42,
+                random,
+            }
+            .to_string();
+            let rest = id.strip_prefix("run-1-").expect("prefix");
+            assert_eq!(super::frame_index(rest), Some(42), "{id}");
+        }
+        let a = super::FrameId {
+            prefix: "",
+            idx: 1,
+            random: true,
+        }
+        .to_string();
+        let b = super::FrameId {
+            prefix: "",
+            idx: 2,
+            random: true,
+        }
+        .to_string();
+        assert_ne!(a[..4], b[..4], "neighbours land far apart");
+    }
+
     use super::*;
 
     #[test]

@@ -135,7 +135,7 @@ pub fn classify_ack(text: &str, prefix: &str) -> Incoming {
     }
     let idx = str_field(text, "\"ref_id\":")
         .and_then(|r| r.strip_prefix(prefix))
-        .and_then(|n| n.parse::<u64>().ok());
+        .and_then(crate::common::frame_index);
     match (kind, idx) {
         (Some("ack"), Some(i)) => Incoming::Ack(i),
         (_, Some(_)) => Incoming::Nack(text.to_owned()),

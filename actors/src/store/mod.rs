@@ -5,6 +5,7 @@
 //! SQLite (bundled, WAL) is the embedded default.
 
 pub mod batcher;
+pub mod dedupe;
 pub mod models;
 pub mod queries;
 pub mod reader;

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{groups, messages};
+use super::schema::{dedupe_keys, groups, messages};
 
 /// A persisted message: one row of `messages`.
 // `None` is written as NULL, not DEFAULT: that lets SQLite take a batch as one multi-row
@@ -68,6 +68,35 @@ impl NewMessage {
             created_at,
         }
     }
+}
+
+/// Where the message stored under a dedupe key is: one row of `dedupe_keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[diesel(table_name = dedupe_keys)]
+pub struct DedupeKeyRow {
+    /// 64-bit hash of (sender, client frame id); see `store::dedupe::key_of`.
+    pub key: i64,
+    /// Channel of the message.
+    pub channel: String,
+    /// Seq of the message.
+    pub seq: i64,
+    /// When the message was stored, ms.
+    pub created_at: i64,
+}
+
+/// A stored message's dedupe key parts and place, as read back at start-up.
+#[derive(Debug, Clone, Queryable)]
+pub struct KeyedMessage {
+    /// Sender.
+    pub sender_id: String,
+    /// Client frame id.
+    pub client_msg_id: String,
+    /// Channel.
+    pub channel: String,
+    /// Seq in the channel.
+    pub seq: i64,
+    /// Storage time, ms.
+    pub created_at: i64,
 }
 
 /// A group row.

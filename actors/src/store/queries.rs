@@ -5,10 +5,14 @@
 //! such a statement is parsed anew on every use despite the statement cache.
 
 use diesel::prelude::*;
+use diesel::query_builder::InsertStatement;
+use diesel::query_dsl::methods::ExecuteDsl;
 use diesel::sql_types::{BigInt, Text};
 
-use super::models::{GroupRow, StoredMessage};
-use super::schema::{channels, devices, group_members, groups, messages, revoked_tokens};
+use super::models::{DedupeKeyRow, GroupRow, KeyedMessage, StoredMessage};
+use super::schema::{
+    channels, dedupe_keys, dedupe_state, devices, group_members, groups, messages, revoked_tokens,
+};
 use super::DbConn;
 
 /// The last seq given out in `channel`, if it ever had a message.
@@ -40,24 +44,76 @@ pub fn set_last_seq(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<()> 
         .map(drop)
 }
 
-/// The message `sender` already stored under client frame id `cmid` since `since`, if any.
-///
-/// One id per query, so that the statement has one shape and comes from the statement cache
-/// (an `IN (…)` list would be parsed anew for every batch).
-pub fn find_duplicate(
-    c: &mut DbConn,
-    sender: &str,
-    cmid: &str,
-    since: i64,
-) -> QueryResult<Option<StoredMessage>> {
-    // At most one row matches: the writer never stores a second copy within the window.
+/// The message stored as `seq` of `channel`, if any.
+pub fn message_at(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<Option<StoredMessage>> {
+    // `load`, not `first`: see the module's note on `LIMIT ?`.
     let found: Vec<StoredMessage> = messages::table
-        .filter(messages::sender_id.eq(sender))
-        .filter(messages::client_msg_id.eq(cmid))
-        .filter(messages::created_at.ge(since))
+        .filter(messages::channel.eq(channel))
+        .filter(messages::seq.eq(seq))
         .select(StoredMessage::as_select())
         .load(c)?;
     Ok(found.into_iter().next())
+}
+
+/// Where messages stored since `since` under dedupe key `key` are: (channel, seq) pairs.
+pub fn dedupe_candidates(c: &mut DbConn, key: i64, since: i64) -> QueryResult<Vec<(String, i64)>> {
+    dedupe_keys::table
+        .filter(dedupe_keys::key.eq(key))
+        .filter(dedupe_keys::created_at.ge(since))
+        .select((dedupe_keys::channel, dedupe_keys::seq))
+        .load(c)
+}
+
+/// Inserts dedupe keys, in the order given.
+pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {
+    let mut rest = rows;
+    insert_chunks::<64, _, DedupeKeyRow>(c, dedupe_keys::table, &mut rest)?;
+    insert_chunks::<1, _, DedupeKeyRow>(c, dedupe_keys::table, &mut rest)
+}
+
+/// The id through which every message's dedupe key is in `dedupe_keys` ('' for none).
+pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<String> {
+    dedupe_state::table
+        .find(1)
+        .select(dedupe_state::moved_through)
+        .get_result(c)
+}
+
+/// Records that every message with an id up to `id` has its dedupe key in `dedupe_keys`.
+pub fn set_dedupe_moved_through(c: &mut DbConn, id: &str) -> QueryResult<()> {
+    diesel::update(dedupe_state::table.find(1))
+        .set(dedupe_state::moved_through.eq(id))
+        .execute(c)
+        .map(drop)
+}
+
+/// The newest message id, if any message is stored.
+pub fn last_message_id(c: &mut DbConn) -> QueryResult<Option<String>> {
+    messages::table
+        .select(diesel::dsl::max(messages::id))
+        .get_result(c)
+}
+
+/// Messages with a client frame id, stored after message `after_id` and since `since`, in
+/// id order.
+pub fn keyed_messages_after(
+    c: &mut DbConn,
+    after_id: &str,
+    since: i64,
+) -> QueryResult<Vec<KeyedMessage>> {
+    messages::table
+        .filter(messages::id.gt(after_id))
+        .filter(messages::created_at.ge(since))
+        .filter(messages::client_msg_id.is_not_null())
+        .order(messages::id.asc())
+        .select((
+            messages::sender_id,
+            messages::client_msg_id.assume_not_null(),
+            messages::channel,
+            messages::seq,
+            messages::created_at,
+        ))
+        .load(c)
 }
 
 /// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows). A statement of
@@ -65,18 +121,26 @@ pub fn find_duplicate(
 /// statement sized to each batch would be parsed anew every time.
 pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<()> {
     let mut rest = rows;
-    insert_chunks::<64>(c, &mut rest)?;
-    insert_chunks::<16>(c, &mut rest)?;
-    insert_chunks::<4>(c, &mut rest)?;
-    insert_chunks::<1>(c, &mut rest)
+    insert_chunks::<64, _, StoredMessage>(c, messages::table, &mut rest)?;
+    insert_chunks::<16, _, StoredMessage>(c, messages::table, &mut rest)?;
+    insert_chunks::<4, _, StoredMessage>(c, messages::table, &mut rest)?;
+    insert_chunks::<1, _, StoredMessage>(c, messages::table, &mut rest)
 }
 
-/// Inserts `N` rows at a time from the front of `rest` while at least `N` are left.
-fn insert_chunks<const N: usize>(c: &mut DbConn, rest: &mut &[StoredMessage]) -> QueryResult<()> {
+/// Inserts `N` rows at a time into `table` from the front of `rest` while at least `N` are
+/// left.
+fn insert_chunks<'a, const N: usize, T, R>(
+    c: &mut DbConn,
+    table: T,
+    rest: &mut &'a [R],
+) -> QueryResult<()>
+where
+    T: Table + Copy,
+    &'a [R; N]: Insertable<T>,
+    InsertStatement<T, <&'a [R; N] as Insertable<T>>::Values>: ExecuteDsl<DbConn>,
+{
     while let Some((head, tail)) = rest.split_first_chunk::<N>() {
-        diesel::insert_into(messages::table)
-            .values(head)
-            .execute(c)?;
+        diesel::insert_into(table).values(head).execute(c)?;
         *rest = tail;
     }
     Ok(())

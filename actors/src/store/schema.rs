@@ -19,6 +19,24 @@ diesel::table! {
     }
 }
 
+// No primary key in SQL (hash collisions and keys re-moved after a restart may repeat);
+// Diesel needs one named, and these columns identify a row well enough for it.
+diesel::table! {
+    dedupe_keys (key, channel, seq) {
+        key -> BigInt,
+        channel -> Text,
+        seq -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    dedupe_state (id) {
+        id -> Integer,
+        moved_through -> Text,
+    }
+}
+
 diesel::table! {
     delivery_cursors (user_id, client_id, channel) {
         user_id -> Text,
@@ -112,6 +130,8 @@ diesel::joinable!(group_members -> groups (group_id));
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     channels,
+    dedupe_keys,
+    dedupe_state,
     delivery_cursors,
     devices,
     following,

@@ -1,14 +1,15 @@
 //! `MessageWriter`: commits one batch per transaction on a SyncArbiter thread.
 //!
-//! Owns nothing but the pool; a restart loses nothing (an unanswered batch makes its
-//! senders retry, and dedupe makes the retry safe). Seqs are given out here, inside the
-//! transaction, so a rolled-back batch leaves no gap.
+//! Owns nothing but the pool and the shared [`DedupeKeys`]; a restart loses nothing (an
+//! unanswered batch makes its senders retry, and dedupe makes the retry safe). Seqs are given
+//! out here, inside the transaction, so a rolled-back batch leaves no gap.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
 
+use super::dedupe::{key_of, DedupeKeys, SliceMoved};
 use super::models::{NewMessage, StoredMessage};
 use super::{queries, DbConn, DbPool, StoreError};
 use crate::health::{ActorHealth, Probe};
@@ -76,6 +77,9 @@ pub struct MessageWriter {
     pub pool: DbPool,
     /// Shared by every writer thread.
     pub health: Arc<ActorHealth>,
+    /// Keys of recent messages for resend detection; each thread holds the lock for the
+    /// whole of its transaction (SQLite has one writer at a time anyway).
+    pub keys: Arc<Mutex<DedupeKeys>>,
 }
 
 impl Actor for MessageWriter {
@@ -99,31 +103,45 @@ impl Handler<WriteBatch> for MessageWriter {
                     .collect();
             }
         };
-        let window = batch.dedupe_window_ms;
-        let mut staged = Staged::from(batch.ops);
-        match conn.immediate_transaction(|c| apply(c, &mut staged, window)) {
-            Ok(slots) => staged.outcomes(slots),
-            Err(e) => {
-                // One bad row must not fail its neighbours: retry each on its own.
-                log::warn!(
-                    "batch of {} failed ({e}); retrying row by row",
-                    staged.writes.len()
-                );
-                self.health.failed(e.to_string());
-                staged
-                    .into_singles()
-                    .map(|mut one| {
-                        conn.immediate_transaction(|c| apply(c, &mut one, window))
-                            .and_then(|slots| {
-                                one.outcomes(slots)
-                                    .pop()
-                                    .unwrap_or(Err(StoreError::Invariant(
-                                        "a write without an outcome",
-                                    )))
-                            })
-                    })
-                    .collect()
-            }
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        commit(&mut conn, &mut keys, batch, &self.health)
+    }
+}
+
+/// Commits `batch` in one transaction, with the next slice of dedupe keys; if that fails,
+/// commits its writes one by one so that a bad row fails alone. Answers each write in order.
+fn commit(
+    conn: &mut DbConn,
+    keys: &mut DedupeKeys,
+    batch: WriteBatch,
+    health: &ActorHealth,
+) -> Vec<Result<WriteOutcome, StoreError>> {
+    let window = batch.dedupe_window_ms;
+    let mut staged = Staged::from(batch.ops);
+    let done = conn.immediate_transaction(|c| {
+        let applied = apply(c, keys, &mut staged, window)?;
+        let moved = keys.move_slice(c)?;
+        Ok::<_, StoreError>((applied, moved))
+    });
+    match done {
+        Ok((applied, moved)) => staged.committed(applied, Some(moved), keys),
+        Err(e) => {
+            log::warn!(
+                "batch of {} failed ({e}); retrying row by row",
+                staged.writes.len()
+            );
+            health.failed(e.to_string());
+            staged
+                .into_singles()
+                .map(|mut one| {
+                    conn.immediate_transaction(|c| apply(c, keys, &mut one, window))
+                        .and_then(|applied| {
+                            one.committed(applied, None, keys)
+                                .pop()
+                                .unwrap_or(Err(StoreError::Invariant("a write without an outcome")))
+                        })
+                })
+                .collect()
         }
     }
 }
@@ -177,10 +195,27 @@ impl Staged {
         })
     }
 
-    /// The outcome of each committed write, in order, moving the rows into them.
-    fn outcomes(mut self, slots: Vec<Slot>) -> Vec<Result<WriteOutcome, StoreError>> {
-        let mut out: Vec<Result<WriteOutcome, StoreError>> = Vec::with_capacity(slots.len());
-        for slot in slots {
+    /// The outcome of each write of a committed batch, in order, moving the rows into them;
+    /// first hands the keys of the new rows (and the slice the commit moved) to `keys`.
+    fn committed(
+        mut self,
+        applied: Applied,
+        moved: Option<SliceMoved>,
+        keys: &mut DedupeKeys,
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
+        let rows = &self.rows;
+        let stored = applied
+            .keys
+            .iter()
+            .filter_map(|&(key, i)| rows.get(i).map(|row| (key, row)));
+        let last_id = applied
+            .last_new
+            .and_then(|i| rows.get(i))
+            .map(|r| r.id.as_str());
+        keys.committed(moved, stored, last_id);
+        let mut out: Vec<Result<WriteOutcome, StoreError>> =
+            Vec::with_capacity(applied.slots.len());
+        for slot in applied.slots {
             let r = match slot {
                 Slot::New(i) => match self.rows.get_mut(i) {
                     Some(row) => Ok(WriteOutcome::Stored {
@@ -210,6 +245,16 @@ impl Staged {
     }
 }
 
+/// What `apply` did to a batch.
+struct Applied {
+    /// Per write, in order: where its outcome comes from.
+    slots: Vec<Slot>,
+    /// (dedupe key, row) of each new row with a client frame id.
+    keys: Vec<(u64, usize)>,
+    /// The last new row (the newest id).
+    last_new: Option<usize>,
+}
+
 /// Where one write's outcome comes from once its batch has committed.
 enum Slot {
     /// Inserted by this batch: row `i` of [`Staged::rows`].
@@ -226,7 +271,12 @@ enum Slot {
 ///
 /// Per batch, not per message: one seq read and one seq write per channel, and multi-row
 /// inserts; the dedupe look-ups are one cached statement per message.
-fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Slot>, StoreError> {
+fn apply(
+    c: &mut DbConn,
+    keys: &DedupeKeys,
+    b: &mut Staged,
+    dedupe_window_ms: i64,
+) -> Result<Applied, StoreError> {
     let now = now_ms();
     let since = now - dedupe_window_ms;
     // Seq counters touched by this batch: channel -> (last seq given, existed before).
@@ -235,6 +285,8 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
     // inside one batch.
     let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
     let mut slots = Vec::with_capacity(b.writes.len());
+    let mut fresh_keys = Vec::new();
+    let mut last_new = None;
     let mut new_rows = 0;
     let mut rows = b.rows.iter_mut().enumerate();
 
@@ -244,15 +296,18 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
                 let Some((i, m)) = rows.next() else {
                     return Err(StoreError::Invariant("fewer rows than messages"));
                 };
+                let mut key = None;
                 if let Some(cmid) = m.client_msg_id.as_deref() {
                     if let Some(&j) = in_batch.get(&(m.sender_id.as_str(), cmid)) {
                         slots.push(Slot::SameAs(j));
                         continue;
                     }
-                    if let Some(old) = queries::find_duplicate(c, &m.sender_id, cmid, since)? {
+                    let k = key_of(&m.sender_id, cmid);
+                    if let Some(old) = keys.find(c, k, &m.sender_id, cmid, since)? {
                         slots.push(Slot::Duplicate(old));
                         continue;
                     }
+                    key = Some(k);
                 }
                 let entry = match seqs.get_mut(m.channel.as_str()) {
                     Some(e) => e,
@@ -267,8 +322,10 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
                 m.seq = entry.0;
                 m.created_at = now;
                 new_rows += 1;
-                if let Some(cmid) = m.client_msg_id.as_deref() {
+                last_new = Some(i);
+                if let (Some(k), Some(cmid)) = (key, m.client_msg_id.as_deref()) {
                     in_batch.insert((m.sender_id.as_str(), cmid), slots.len());
+                    fresh_keys.push((k, i));
                 }
                 Slot::New(i)
             }
@@ -314,5 +371,143 @@ fn apply(c: &mut DbConn, b: &mut Staged, dedupe_window_ms: i64) -> Result<Vec<Sl
             .collect();
         queries::insert_messages(c, &fresh)?;
     }
-    Ok(slots)
+    Ok(Applied {
+        slots,
+        keys: fresh_keys,
+        last_new,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::models::DedupeKeyRow;
+    use crate::store::{open_pool, run_migrations, StoreConfig, Synchronous};
+
+    const WINDOW: i64 = 3_600_000;
+
+    fn pool(dir: &tempfile::TempDir) -> DbPool {
+        let pool = open_pool(&StoreConfig {
+            url: dir.path().join("t.db").display().to_string(),
+            pool_size: 2,
+            synchronous: Synchronous::Normal,
+            wal_autocheckpoint: 1000,
+        })
+        .expect("pool");
+        run_migrations(&pool).expect("migrations");
+        pool
+    }
+
+    fn load(pool: &DbPool, slices: u32) -> DedupeKeys {
+        let mut c = pool.get().expect("conn");
+        DedupeKeys::load(&mut c, slices, now_ms() - WINDOW).expect("load")
+    }
+
+    fn dm(sender: &str, cmid: &str) -> WriteOp {
+        WriteOp::Message(NewMessage {
+            channel: format!("dm:{sender}:zed"),
+            kind: "chat_message".into(),
+            sender_id: sender.into(),
+            target_id: "zed".into(),
+            client_id: None,
+            client_msg_id: Some(cmid.into()),
+            payload: r#"{"content":"hi"}"#.into(),
+        })
+    }
+
+    /// Commits `ops` as one batch; answers (message id, duplicate) per write.
+    fn write(pool: &DbPool, keys: &mut DedupeKeys, ops: Vec<WriteOp>) -> Vec<(String, bool)> {
+        let mut c = pool.get().expect("conn");
+        let batch = WriteBatch {
+            ops,
+            dedupe_window_ms: WINDOW,
+        };
+        commit(&mut c, keys, batch, &ActorHealth::new("test"))
+            .into_iter()
+            .map(|r| match r {
+                Ok(WriteOutcome::Stored { msg, duplicate }) => (msg.id, duplicate),
+                other => panic!("not stored: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn moved_keys(pool: &DbPool) -> i64 {
+        use crate::store::schema::dedupe_keys;
+        use diesel::{QueryDsl, RunQueryDsl};
+        let mut c = pool.get().expect("conn");
+        dedupe_keys::table
+            .count()
+            .get_result(&mut c)
+            .expect("count")
+    }
+
+    #[test]
+    fn a_resend_is_found_while_its_key_waits_in_memory_after_it_moved_and_after_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pool = pool(&dir);
+        let mut keys = load(&pool, 2);
+        let first = write(&pool, &mut keys, vec![dm("alice", "m1")]);
+        assert_eq!(keys.pending(), 1);
+        assert_eq!(moved_keys(&pool), 0);
+        let again = write(&pool, &mut keys, vec![dm("alice", "m1")]);
+        assert_eq!(again, vec![(first[0].0.clone(), true)]);
+
+        // Two more commits finish the rotation after it (two slices): the key is in the table.
+        write(&pool, &mut keys, vec![dm("bob", "b1")]);
+        write(&pool, &mut keys, vec![dm("bob", "b2")]);
+        assert_eq!(moved_keys(&pool) + keys.pending() as i64, 3);
+        assert!(keys.pending() <= 2, "only bob's keys may wait");
+        let again = write(&pool, &mut keys, vec![dm("alice", "m1")]);
+        assert_eq!(again, vec![(first[0].0.clone(), true)]);
+
+        // After a restart, from the table or from the messages stored after the marker.
+        let mut keys = load(&pool, 2);
+        let again = write(&pool, &mut keys, vec![dm("alice", "m1"), dm("bob", "b2")]);
+        assert!(again.iter().all(|(_, dup)| *dup), "{again:?}");
+        assert_eq!(again[0].0, first[0].0);
+        // Another sender's frame id is another key.
+        let other = write(&pool, &mut keys, vec![dm("carol", "m1")]);
+        assert!(!other[0].1);
+    }
+
+    #[test]
+    fn every_key_reaches_the_table_within_one_rotation_and_is_not_read_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pool = pool(&dir);
+        let mut keys = load(&pool, 4);
+        let ops = (0..200).map(|i| dm("alice", &format!("f{i}"))).collect();
+        write(&pool, &mut keys, ops);
+        assert_eq!(keys.pending(), 200);
+        assert_eq!(load(&pool, 4).pending(), 200, "read back after a restart");
+        for i in 0..7 {
+            write(&pool, &mut keys, vec![dm("bob", &format!("g{i}"))]);
+        }
+        // Four commits after the batch, every slice has been moved once.
+        assert_eq!(moved_keys(&pool) + keys.pending() as i64, 207);
+        assert!(keys.pending() <= 7, "only bob's keys may wait");
+        // The eighth commit finished the rotation that began after g2: a restart reads back
+        // the keys of g3..g6 only.
+        assert_eq!(load(&pool, 4).pending(), 4);
+    }
+
+    #[test]
+    fn a_key_shared_with_another_message_is_checked_against_the_message() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pool = pool(&dir);
+        let mut keys = load(&pool, 1);
+        let bobs = write(&pool, &mut keys, vec![dm("bob", "b1")]);
+        // A row under alice's key pointing at bob's message: what a hash collision looks like.
+        let mut c = pool.get().expect("conn");
+        let row = DedupeKeyRow {
+            key: key_of("alice", "m1") as i64,
+            channel: "dm:bob:zed".into(),
+            seq: 1,
+            created_at: now_ms(),
+        };
+        queries::insert_dedupe_keys(&mut c, &[row]).expect("insert");
+        drop(c);
+        let alices = write(&pool, &mut keys, vec![dm("alice", "m1")]);
+        assert!(!alices[0].1, "not taken for bob's message");
+        assert_ne!(alices[0].0, bobs[0].0);
+    }
 }

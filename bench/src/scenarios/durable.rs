@@ -9,7 +9,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
-use crate::common::{content, now_ns, run_id, source_ip, wait_for, BenchError, Mode, WaitEnd};
+use crate::common::{
+    content, now_ns, run_id, source_ip, wait_for, BenchError, FrameId, Mode, WaitEnd,
+};
 use crate::conn::{AckOnly, SendPlan, SendStats};
 use crate::report::{round3, Report};
 use crate::{secs, Common};
@@ -68,7 +70,7 @@ pub async fn run(a: &DurableArgs) -> Result<Report, BenchError> {
     for (i, ws) in opened.conns.into_iter().enumerate() {
         let ws = ws.ok_or("connection missing")?;
         let prefix = format!("{}-{i}-", run_id());
-        let (fp, size) = (prefix.clone(), a.load.size);
+        let (fp, size, random) = (prefix.clone(), a.load.size, a.load.random_ids);
         let plan = SendPlan {
             total: m,
             window,
@@ -77,7 +79,12 @@ pub async fn run(a: &DurableArgs) -> Result<Report, BenchError> {
             credit: None,
             frame: Box::new(move |idx, t| {
                 Message::text(format!(
-                    r#"{{"type":"chat_message","id":"{fp}{idx}","payload":{{"content":"{}"}},"meta":{{"target_id":"dur-sink"}}}}"#,
+                    r#"{{"type":"chat_message","id":"{}","payload":{{"content":"{}"}},"meta":{{"target_id":"dur-sink"}}}}"#,
+                    FrameId {
+                        prefix: &fp,
+                        idx,
+                        random
+                    },
                     content(idx, t, size)
                 ))
             }),

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
 use crate::common::{
-    content, frame_type, http_request, now_ns, run_id, source_ip, wait_for, BenchError, Mode,
+    content, frame_type, http_request, now_ns, run_id, source_ip, wait_for, BenchError, FrameId,
+    Mode,
 };
 use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan};
 use crate::report::Report;
@@ -194,6 +195,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
     let prefix = format!("{}-", run_id());
     let (size, target) = (a.load.size, format!("group:{group}"));
     let frame_prefix = prefix.clone();
+    let random = a.load.random_ids;
     let plan = SendPlan {
         total: m,
         window,
@@ -205,7 +207,12 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
         credit: credit.clone(),
         frame: Box::new(move |idx, t| {
             Message::text(format!(
-                r#"{{"type":"group_message","id":"{frame_prefix}{idx}","payload":{{"content":"{}"}},"meta":{{"target_id":"{target}"}}}}"#,
+                r#"{{"type":"group_message","id":"{}","payload":{{"content":"{}"}},"meta":{{"target_id":"{target}"}}}}"#,
+                FrameId {
+                    prefix: &frame_prefix,
+                    idx,
+                    random
+                },
                 content(idx, t, size)
             ))
         }),

@@ -34,6 +34,10 @@ pub struct Load {
     /// Stop sending after this many seconds even if the message count is not reached.
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Frame ids spread over the key space, as clients' random ids (UUIDs) are, instead of
+    /// counting up (`{prefix}{n}`).
+    #[arg(long)]
+    pub random_ids: bool,
 }
 
 impl Load {

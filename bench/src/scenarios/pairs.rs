@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::fanout::check;
 use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
-use crate::common::{content, frame_type, now_ns, run_id, source_ip, wait_for, BenchError, Mode};
+use crate::common::{
+    content, frame_type, now_ns, run_id, source_ip, wait_for, BenchError, FrameId, Mode,
+};
 use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan, SendStats};
 use crate::report::{round3, Report};
 use crate::stats::{Delivery, Latency, Tracker};
@@ -128,6 +130,7 @@ pub async fn run(a: &PairsArgs) -> Result<Report, BenchError> {
         let partner = j ^ 1;
         let prefix = format!("{}-{}-", run_id(), user(j));
         let (frame_prefix, to, size) = (prefix.clone(), user(partner), a.load.size);
+        let random = a.load.random_ids;
         let floor = a.mode == Mode::Floor;
         let plan = SendPlan {
             total: m,
@@ -138,7 +141,12 @@ pub async fn run(a: &PairsArgs) -> Result<Report, BenchError> {
             credit: floor.then(|| credits[partner].clone()),
             frame: Box::new(move |idx, t| {
                 Message::text(format!(
-                    r#"{{"type":"chat_message","id":"{frame_prefix}{idx}","payload":{{"content":"{}"}},"meta":{{"target_id":"{to}"}}}}"#,
+                    r#"{{"type":"chat_message","id":"{}","payload":{{"content":"{}"}},"meta":{{"target_id":"{to}"}}}}"#,
+                    FrameId {
+                        prefix: &frame_prefix,
+                        idx,
+                        random
+                    },
                     content(idx, t, size)
                 ))
             }),

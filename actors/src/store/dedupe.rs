@@ -1,0 +1,220 @@
+//! `DedupeKeys`: finds the stored copy of a resent frame (contract guarantee 2) without a
+//! B-tree index on random client ids.
+//!
+//! Client frame ids are random, so an index on (sender, client id) takes each insert to a
+//! random page: every stored message dirtied a page of its own, which SQLite wrote to the WAL
+//! and again at the next checkpoint, the largest cost of storing a message
+//! (docs/BENCHMARKS.md). Here the key of each new message (a 64-bit hash of sender and client
+//! id) is kept in memory first. Every commit also moves the pending keys of one slice of the
+//! key space into `dedupe_keys`, sorted, so they land together on a few pages; after
+//! `slices` commits every slice has been moved once, so a key waits at most `slices` commits
+//! and memory holds at most `slices` × `batch_max` keys (plus those read back at start-up).
+//!
+//! Crash safety: `dedupe_state.moved_through` names a message id up to which every key is
+//! in the table; it is written in the commit that finishes a rotation. At start-up the keys
+//! of later messages are read back from `messages` (by id, which is time-ordered: a wall
+//! clock set back while keys wait could leave a few of them unread after a crash). A look-up
+//! confirms each candidate against the message row, so hash collisions cost a read, never a
+//! wrong answer.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use sha2::{Digest, Sha256};
+
+use super::models::{DedupeKeyRow, StoredMessage};
+use super::{queries, DbConn};
+
+/// The dedupe key of a frame: the first 8 bytes of SHA-256 over the sender's length, the
+/// sender and the client frame id. A stable function (it is stored), and one a client cannot
+/// steer onto another user's key.
+pub fn key_of(sender: &str, client_msg_id: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update((sender.len() as u64).to_le_bytes());
+    h.update(sender.as_bytes());
+    h.update(client_msg_id.as_bytes());
+    let digest = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
+
+/// A pending key: (key, arrival number).
+type Arrival = (u64, u64);
+
+/// Where a message with a pending key is.
+#[derive(Debug, Clone)]
+struct PendingKey {
+    channel: String,
+    seq: i64,
+    created_at: i64,
+}
+
+/// A slice moved inside a commit; applied to memory once that commit succeeded.
+#[derive(Debug)]
+pub struct SliceMoved {
+    slice: u32,
+    finished_rotation: bool,
+}
+
+/// Keys of stored messages not yet in `dedupe_keys`, and the rotation that moves them there.
+/// One per database, shared by the writer threads (which hold it across a transaction).
+#[derive(Debug)]
+pub struct DedupeKeys {
+    /// (key, arrival number) -> where the message is. The arrival number lets two messages
+    /// share a key (a collision) without one hiding the other.
+    pending: BTreeMap<Arrival, PendingKey>,
+    arrivals: u64,
+    slices: u32,
+    /// The slice the next commit moves.
+    cursor: u32,
+    /// The newest message id when the current rotation began: once the rotation ends, every
+    /// key up to it is in the table.
+    rotation_start: String,
+    /// The newest message id committed.
+    last_id: String,
+}
+
+impl DedupeKeys {
+    /// Loads the keys of messages stored since the last finished rotation, within the dedupe
+    /// window (`since`, ms). `slices` is clamped to 1..=4096.
+    pub fn load(c: &mut DbConn, slices: u32, since: i64) -> diesel::QueryResult<Self> {
+        let moved = queries::dedupe_moved_through(c)?;
+        let last_id = queries::last_message_id(c)?.unwrap_or_default();
+        let mut keys = DedupeKeys {
+            pending: BTreeMap::new(),
+            arrivals: 0,
+            slices: slices.clamp(1, 4096),
+            cursor: 0,
+            rotation_start: last_id.clone(),
+            last_id,
+        };
+        for m in queries::keyed_messages_after(c, &moved, since)? {
+            keys.add(
+                key_of(&m.sender_id, &m.client_msg_id),
+                PendingKey {
+                    channel: m.channel,
+                    seq: m.seq,
+                    created_at: m.created_at,
+                },
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Keys held in memory.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn add(&mut self, key: u64, at: PendingKey) {
+        self.pending.insert((key, self.arrivals), at);
+        self.arrivals += 1;
+    }
+
+    /// The message `sender` stored under client frame id `cmid` since `since`, if any.
+    /// `key` is `key_of(sender, cmid)`.
+    pub fn find(
+        &self,
+        c: &mut DbConn,
+        key: u64,
+        sender: &str,
+        cmid: &str,
+        since: i64,
+    ) -> diesel::QueryResult<Option<StoredMessage>> {
+        let held = self
+            .pending
+            .range((key, 0)..=(key, u64::MAX))
+            .filter(|(_, p)| p.created_at >= since)
+            .map(|(_, p)| (p.channel.clone(), p.seq));
+        let candidates: Vec<(String, i64)> = held
+            .chain(queries::dedupe_candidates(c, key as i64, since)?)
+            .collect();
+        for (channel, seq) in candidates {
+            if let Some(m) = queries::message_at(c, &channel, seq)? {
+                if m.sender_id == sender && m.client_msg_id.as_deref() == Some(cmid) {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The key range of slice `s` (the last slice runs to the top of the key space).
+    fn bounds(&self, s: u32) -> (Bound<Arrival>, Bound<Arrival>) {
+        let edge = |s: u32| ((u128::from(s) << 64) / u128::from(self.slices)) as u64;
+        let lo = Bound::Included((edge(s), 0));
+        let hi = if s + 1 >= self.slices {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded((edge(s + 1), 0))
+        };
+        (lo, hi)
+    }
+
+    /// Inside a commit: writes the pending keys of the next slice to `dedupe_keys` and, when
+    /// that finishes a rotation, moves `moved_through` up. Memory changes only in
+    /// [`DedupeKeys::committed`], once the commit succeeded.
+    pub fn move_slice(&self, c: &mut DbConn) -> diesel::QueryResult<SliceMoved> {
+        let slice = self.cursor;
+        let rows: Vec<DedupeKeyRow> = self
+            .pending
+            .range(self.bounds(slice))
+            .map(|(&(key, _), p)| DedupeKeyRow {
+                key: key as i64,
+                channel: p.channel.clone(),
+                seq: p.seq,
+                created_at: p.created_at,
+            })
+            .collect();
+        queries::insert_dedupe_keys(c, &rows)?;
+        let finished_rotation = slice + 1 >= self.slices;
+        if finished_rotation {
+            queries::set_dedupe_moved_through(c, &self.rotation_start)?;
+        }
+        Ok(SliceMoved {
+            slice,
+            finished_rotation,
+        })
+    }
+
+    /// After a commit: forgets the keys it moved (if it moved a slice) and holds the keys of
+    /// the messages it stored, `(key, row)`; `last_id` is the newest id it stored.
+    pub fn committed<'a>(
+        &mut self,
+        moved: Option<SliceMoved>,
+        stored: impl Iterator<Item = (u64, &'a StoredMessage)>,
+        last_id: Option<&str>,
+    ) {
+        let mut rotation_over = false;
+        if let Some(m) = moved {
+            let doomed: Vec<Arrival> = self
+                .pending
+                .range(self.bounds(m.slice))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in doomed {
+                self.pending.remove(&k);
+            }
+            self.cursor = if m.finished_rotation { 0 } else { m.slice + 1 };
+            rotation_over = m.finished_rotation;
+        }
+        for (key, row) in stored {
+            self.add(
+                key,
+                PendingKey {
+                    channel: row.channel.clone(),
+                    seq: row.seq,
+                    created_at: row.created_at,
+                },
+            );
+        }
+        if let Some(id) = last_id {
+            self.last_id = id.to_owned();
+        }
+        if rotation_over {
+            // The next commit starts a rotation, and every key stored so far is pending.
+            self.rotation_start = self.last_id.clone();
+        }
+    }
+}
