@@ -105,7 +105,13 @@ impl Application {
             let now = switchboard_actors::ids::now_ms();
             auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
             let since = now - db.dedupe_window.as_millis() as i64;
-            DedupeKeys::load(&mut c, db.dedupe_slices, since).map_err(StoreError::from)?
+            let keys =
+                DedupeKeys::load(&mut c, db.dedupe_slices, since).map_err(StoreError::from)?;
+            log::info!(
+                "resend keys read back from recent messages: {}",
+                keys.pending()
+            );
+            keys
         };
         let redis = if settings.redis.url.is_empty() {
             None
