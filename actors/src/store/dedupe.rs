@@ -6,9 +6,10 @@
 //! and again at the next checkpoint, the largest cost of storing a message
 //! (docs/BENCHMARKS.md). Here the key of each new message (a 64-bit hash of sender and client
 //! id) is kept in memory first. Every commit also moves the pending keys of one slice of the
-//! key space into `dedupe_keys`, sorted, so they land together on a few pages; after
-//! `slices` commits every slice has been moved once, so a key waits at most `slices` commits
-//! and memory holds at most `slices` × `batch_max` keys (plus those read back at start-up).
+//! key space into `dedupe_keys`, sorted, so they land together on a few pages (a slice with
+//! only a few keys may wait up to [`MOVE_WAIT`] commits for more). Under load a rotation
+//! through all `slices` takes `slices` commits; memory holds about `slices` × `batch_max`
+//! keys at most (plus those read back at start-up).
 //!
 //! Crash safety: `dedupe_state.moved_through` names a message id up to which every key is
 //! in the table; it is written in the commit that finishes a rotation. At start-up the keys
@@ -39,6 +40,13 @@ pub fn key_of(sender: &str, client_msg_id: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
+/// A slice moves once it holds this many keys...
+const MOVE_AT: usize = 32;
+/// ...or after this many commits passed it by. Moving a handful of keys costs a commit the
+/// same pages as moving many (the table's last page and an index page), so under small
+/// batches a slice waits for keys to gather rather than write two pages per commit.
+const MOVE_WAIT: u32 = 16;
+
 /// A pending key: (key, arrival number).
 type Arrival = (u64, u64);
 
@@ -68,6 +76,11 @@ pub struct DedupeKeys {
     slices: u32,
     /// The slice the next commit moves.
     cursor: u32,
+    /// Commits since a slice was last moved.
+    waited: u32,
+    /// [`MOVE_AT`] and [`MOVE_WAIT`] (tests set others).
+    move_at: usize,
+    move_wait: u32,
     /// The newest message id when the current rotation began: once the rotation ends, every
     /// key up to it is in the table.
     rotation_start: String,
@@ -86,6 +99,9 @@ impl DedupeKeys {
             arrivals: 0,
             slices: slices.clamp(1, 4096),
             cursor: 0,
+            waited: 0,
+            move_at: MOVE_AT,
+            move_wait: MOVE_WAIT,
             rotation_start: last_id.clone(),
             last_id,
         };
@@ -100,6 +116,17 @@ impl DedupeKeys {
             );
         }
         Ok(keys)
+    }
+
+    /// The same keys, with a slice moved once it holds `move_at` keys or `move_wait` commits
+    /// passed it by.
+    #[cfg(test)]
+    pub(crate) fn paced(self, move_at: usize, move_wait: u32) -> Self {
+        DedupeKeys {
+            move_at,
+            move_wait,
+            ..self
+        }
     }
 
     /// Keys held in memory.
@@ -152,11 +179,20 @@ impl DedupeKeys {
         (lo, hi)
     }
 
-    /// Inside a commit: writes the pending keys of the next slice to `dedupe_keys` and, when
-    /// that finishes a rotation, moves `moved_through` up. Memory changes only in
-    /// [`DedupeKeys::committed`], once the commit succeeded.
-    pub fn move_slice(&self, c: &mut DbConn) -> diesel::QueryResult<SliceMoved> {
+    /// Inside a commit: writes the pending keys of the next slice to `dedupe_keys` if it is
+    /// due ([`MOVE_AT`], [`MOVE_WAIT`]) and, when that finishes a rotation, moves
+    /// `moved_through` up. Memory changes only in [`DedupeKeys::committed`], once the commit
+    /// succeeded.
+    pub fn move_slice(&self, c: &mut DbConn) -> diesel::QueryResult<Option<SliceMoved>> {
         let slice = self.cursor;
+        let full = self
+            .pending
+            .range(self.bounds(slice))
+            .nth(self.move_at.max(1) - 1)
+            .is_some();
+        if !full && self.waited + 1 < self.move_wait {
+            return Ok(None);
+        }
         let rows: Vec<DedupeKeyRow> = self
             .pending
             .range(self.bounds(slice))
@@ -172,10 +208,10 @@ impl DedupeKeys {
         if finished_rotation {
             queries::set_dedupe_moved_through(c, &self.rotation_start)?;
         }
-        Ok(SliceMoved {
+        Ok(Some(SliceMoved {
             slice,
             finished_rotation,
-        })
+        }))
     }
 
     /// After a commit: forgets the keys it moved (if it moved a slice) and holds the keys of
@@ -187,7 +223,9 @@ impl DedupeKeys {
         last_id: Option<&str>,
     ) {
         let mut rotation_over = false;
+        self.waited += 1;
         if let Some(m) = moved {
+            self.waited = 0;
             let doomed: Vec<Arrival> = self
                 .pending
                 .range(self.bounds(m.slice))

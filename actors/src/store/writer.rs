@@ -124,7 +124,7 @@ fn commit(
         Ok::<_, StoreError>((applied, moved))
     });
     match done {
-        Ok((applied, moved)) => staged.committed(applied, Some(moved), keys),
+        Ok((applied, moved)) => staged.committed(applied, moved, keys),
         Err(e) => {
             log::warn!(
                 "batch of {} failed ({e}); retrying row by row",
@@ -403,6 +403,11 @@ mod tests {
         DedupeKeys::load(&mut c, slices, now_ms() - WINDOW).expect("load")
     }
 
+    /// Keys whose slices move on every commit, however few keys they hold.
+    fn load_eager(pool: &DbPool, slices: u32) -> DedupeKeys {
+        load(pool, slices).paced(1, 1)
+    }
+
     fn dm(sender: &str, cmid: &str) -> WriteOp {
         WriteOp::Message(NewMessage {
             channel: format!("dm:{sender}:zed"),
@@ -445,7 +450,7 @@ mod tests {
     fn a_resend_is_found_while_its_key_waits_in_memory_after_it_moved_and_after_a_restart() {
         let dir = tempfile::tempdir().expect("dir");
         let pool = pool(&dir);
-        let mut keys = load(&pool, 2);
+        let mut keys = load_eager(&pool, 2);
         let first = write(&pool, &mut keys, vec![dm("alice", "m1")]);
         assert_eq!(keys.pending(), 1);
         assert_eq!(moved_keys(&pool), 0);
@@ -461,7 +466,7 @@ mod tests {
         assert_eq!(again, vec![(first[0].0.clone(), true)]);
 
         // After a restart, from the table or from the messages stored after the marker.
-        let mut keys = load(&pool, 2);
+        let mut keys = load_eager(&pool, 2);
         let again = write(&pool, &mut keys, vec![dm("alice", "m1"), dm("bob", "b2")]);
         assert!(again.iter().all(|(_, dup)| *dup), "{again:?}");
         assert_eq!(again[0].0, first[0].0);
@@ -474,11 +479,15 @@ mod tests {
     fn every_key_reaches_the_table_within_one_rotation_and_is_not_read_back() {
         let dir = tempfile::tempdir().expect("dir");
         let pool = pool(&dir);
-        let mut keys = load(&pool, 4);
+        let mut keys = load_eager(&pool, 4);
         let ops = (0..200).map(|i| dm("alice", &format!("f{i}"))).collect();
         write(&pool, &mut keys, ops);
         assert_eq!(keys.pending(), 200);
-        assert_eq!(load(&pool, 4).pending(), 200, "read back after a restart");
+        assert_eq!(
+            load_eager(&pool, 4).pending(),
+            200,
+            "read back after a restart"
+        );
         for i in 0..7 {
             write(&pool, &mut keys, vec![dm("bob", &format!("g{i}"))]);
         }
@@ -487,7 +496,28 @@ mod tests {
         assert!(keys.pending() <= 7, "only bob's keys may wait");
         // The eighth commit finished the rotation that began after g2: a restart reads back
         // the keys of g3..g6 only.
-        assert_eq!(load(&pool, 4).pending(), 4);
+        assert_eq!(load_eager(&pool, 4).pending(), 4);
+    }
+
+    #[test]
+    fn a_slice_with_few_keys_waits_for_more_or_for_sixteen_commits() {
+        let dir = tempfile::tempdir().expect("dir");
+        let pool = pool(&dir);
+        let mut keys = load(&pool, 4);
+        for i in 0..15 {
+            write(&pool, &mut keys, vec![dm("bob", &format!("g{i}"))]);
+        }
+        assert_eq!(moved_keys(&pool), 0, "a few keys wait");
+        // The sixteenth commit moves the slice it waited on.
+        write(&pool, &mut keys, vec![dm("bob", "g15")]);
+        assert!(keys.pending() < 16);
+        assert_eq!(moved_keys(&pool) + keys.pending() as i64, 16);
+        // A batch fills every slice past 32 keys: the next commit moves its slice.
+        let ops = (0..200).map(|i| dm("alice", &format!("f{i}"))).collect();
+        write(&pool, &mut keys, ops);
+        let before = moved_keys(&pool);
+        write(&pool, &mut keys, vec![dm("bob", "g16")]);
+        assert!(moved_keys(&pool) >= before + 32);
     }
 
     #[test]
