@@ -11,10 +11,9 @@
 //! through all `slices` takes `slices` commits; memory holds about `slices` × `batch_max`
 //! keys at most (plus those read back at start-up).
 //!
-//! Crash safety: `dedupe_state.moved_through` names a message id up to which every key is
-//! in the table; it is written in the commit that finishes a rotation. At start-up the keys
-//! of later messages are read back from `messages` (by id, which is time-ordered: a wall
-//! clock set back while keys wait could leave a few of them unread after a crash). A look-up
+//! Crash safety: `dedupe_state.moved_through` names a message position up to which every
+//! key is in the table; it is written in the commit that finishes a rotation. At start-up
+//! the keys of later messages are read back from `messages` (a range of positions). A look-up
 //! confirms each candidate against the message row, so hash collisions cost a read, never a
 //! wrong answer.
 
@@ -62,7 +61,8 @@ struct PendingKey {
 #[derive(Debug)]
 pub struct SliceMoved {
     slice: u32,
-    finished_rotation: bool,
+    /// When the move finished a rotation: the newest position, where the next one begins.
+    next_rotation: Option<i64>,
 }
 
 /// Keys of stored messages not yet in `dedupe_keys`, and the rotation that moves them there.
@@ -81,11 +81,9 @@ pub struct DedupeKeys {
     /// [`MOVE_AT`] and [`MOVE_WAIT`] (tests set others).
     move_at: usize,
     move_wait: u32,
-    /// The newest message id when the current rotation began: once the rotation ends, every
-    /// key up to it is in the table.
-    rotation_start: String,
-    /// The newest message id committed.
-    last_id: String,
+    /// The newest message position when the current rotation began: once the rotation
+    /// ends, every key up to it is in the table.
+    rotation_start: i64,
 }
 
 impl DedupeKeys {
@@ -93,7 +91,7 @@ impl DedupeKeys {
     /// window (`since`, ms). `slices` is clamped to 1..=4096.
     pub fn load(c: &mut DbConn, slices: u32, since: i64) -> diesel::QueryResult<Self> {
         let moved = queries::dedupe_moved_through(c)?;
-        let last_id = queries::last_message_id(c)?.unwrap_or_default();
+        let newest = queries::last_position(c)?;
         let mut keys = DedupeKeys {
             pending: BTreeMap::new(),
             arrivals: 0,
@@ -102,10 +100,9 @@ impl DedupeKeys {
             waited: 0,
             move_at: MOVE_AT,
             move_wait: MOVE_WAIT,
-            rotation_start: last_id.clone(),
-            last_id,
+            rotation_start: newest,
         };
-        for m in queries::keyed_messages_after(c, &moved, since)? {
+        for m in queries::keyed_messages_after(c, moved, since)? {
             keys.add(
                 key_of(&m.sender_id, &m.client_msg_id),
                 PendingKey {
@@ -204,25 +201,25 @@ impl DedupeKeys {
             })
             .collect();
         queries::insert_dedupe_keys(c, &rows)?;
-        let finished_rotation = slice + 1 >= self.slices;
-        if finished_rotation {
-            queries::set_dedupe_moved_through(c, &self.rotation_start)?;
+        let mut next_rotation = None;
+        if slice + 1 >= self.slices {
+            queries::set_dedupe_moved_through(c, self.rotation_start)?;
+            // Read after this commit's inserts: its keys are pending when the next begins.
+            next_rotation = Some(queries::last_position(c)?);
         }
         Ok(Some(SliceMoved {
             slice,
-            finished_rotation,
+            next_rotation,
         }))
     }
 
     /// After a commit: forgets the keys it moved (if it moved a slice) and holds the keys of
-    /// the messages it stored, `(key, row)`; `last_id` is the newest id it stored.
+    /// the messages it stored, `(key, row)`.
     pub fn committed<'a>(
         &mut self,
         moved: Option<SliceMoved>,
         stored: impl Iterator<Item = (u64, &'a StoredMessage)>,
-        last_id: Option<&str>,
     ) {
-        let mut rotation_over = false;
         self.waited += 1;
         if let Some(m) = moved {
             self.waited = 0;
@@ -234,8 +231,13 @@ impl DedupeKeys {
             for k in doomed {
                 self.pending.remove(&k);
             }
-            self.cursor = if m.finished_rotation { 0 } else { m.slice + 1 };
-            rotation_over = m.finished_rotation;
+            match m.next_rotation {
+                Some(start) => {
+                    self.cursor = 0;
+                    self.rotation_start = start;
+                }
+                None => self.cursor = m.slice + 1,
+            }
         }
         for (key, row) in stored {
             self.add(
@@ -246,13 +248,6 @@ impl DedupeKeys {
                     created_at: row.created_at,
                 },
             );
-        }
-        if let Some(id) = last_id {
-            self.last_id = id.to_owned();
-        }
-        if rotation_over {
-            // The next commit starts a rotation, and every key stored so far is pending.
-            self.rotation_start = self.last_id.clone();
         }
     }
 }

@@ -71,41 +71,42 @@ pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<
     insert_chunks::<1, _, DedupeKeyRow>(c, dedupe_keys::table, &mut rest)
 }
 
-/// The id through which every message's dedupe key is in `dedupe_keys` ('' for none).
-pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<String> {
+/// The position through which every message's dedupe key is in `dedupe_keys` (0: none).
+pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {
     dedupe_state::table
         .find(1)
         .select(dedupe_state::moved_through)
         .get_result(c)
 }
 
-/// Records that every message with an id up to `id` has its dedupe key in `dedupe_keys`.
-pub fn set_dedupe_moved_through(c: &mut DbConn, id: &str) -> QueryResult<()> {
+/// Records that every message up to position `pos` has its dedupe key in `dedupe_keys`.
+pub fn set_dedupe_moved_through(c: &mut DbConn, pos: i64) -> QueryResult<()> {
     diesel::update(dedupe_state::table.find(1))
-        .set(dedupe_state::moved_through.eq(id))
+        .set(dedupe_state::moved_through.eq(pos))
         .execute(c)
         .map(drop)
 }
 
-/// The newest message id, if any message is stored.
-pub fn last_message_id(c: &mut DbConn) -> QueryResult<Option<String>> {
+/// The position of the newest message (0 when none is stored).
+pub fn last_position(c: &mut DbConn) -> QueryResult<i64> {
     messages::table
-        .select(diesel::dsl::max(messages::id))
-        .get_result(c)
+        .select(diesel::dsl::max(messages::pos))
+        .get_result::<Option<i64>>(c)
+        .map(Option::unwrap_or_default)
 }
 
-/// Messages with a client frame id, stored after message `after_id` and since `since`, in
-/// id order.
+/// Messages with a client frame id, stored after position `after` and since `since`, in
+/// the order they were stored.
 pub fn keyed_messages_after(
     c: &mut DbConn,
-    after_id: &str,
+    after: i64,
     since: i64,
 ) -> QueryResult<Vec<KeyedMessage>> {
     messages::table
-        .filter(messages::id.gt(after_id))
+        .filter(messages::pos.gt(after))
         .filter(messages::created_at.ge(since))
         .filter(messages::client_msg_id.is_not_null())
-        .order(messages::id.asc())
+        .order(messages::pos.asc())
         .select((
             messages::sender_id,
             messages::client_msg_id.assume_not_null(),

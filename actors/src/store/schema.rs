@@ -33,7 +33,7 @@ diesel::table! {
 diesel::table! {
     dedupe_state (id) {
         id -> Integer,
-        moved_through -> Text,
+        moved_through -> BigInt,
     }
 }
 
@@ -82,7 +82,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    messages (id) {
+    messages (pos) {
+        pos -> BigInt,
         id -> Text,
         channel -> Text,
         seq -> BigInt,

@@ -208,11 +208,7 @@ impl Staged {
             .keys
             .iter()
             .filter_map(|&(key, i)| rows.get(i).map(|row| (key, row)));
-        let last_id = applied
-            .last_new
-            .and_then(|i| rows.get(i))
-            .map(|r| r.id.as_str());
-        keys.committed(moved, stored, last_id);
+        keys.committed(moved, stored);
         let mut out: Vec<Result<WriteOutcome, StoreError>> =
             Vec::with_capacity(applied.slots.len());
         for slot in applied.slots {
@@ -251,8 +247,6 @@ struct Applied {
     slots: Vec<Slot>,
     /// (dedupe key, row) of each new row with a client frame id.
     keys: Vec<(u64, usize)>,
-    /// The last new row (the newest id).
-    last_new: Option<usize>,
 }
 
 /// Where one write's outcome comes from once its batch has committed.
@@ -286,7 +280,6 @@ fn apply(
     let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
     let mut slots = Vec::with_capacity(b.writes.len());
     let mut fresh_keys = Vec::new();
-    let mut last_new = None;
     let mut new_rows = 0;
     let mut rows = b.rows.iter_mut().enumerate();
 
@@ -322,7 +315,6 @@ fn apply(
                 m.seq = entry.0;
                 m.created_at = now;
                 new_rows += 1;
-                last_new = Some(i);
                 if let (Some(k), Some(cmid)) = (key, m.client_msg_id.as_deref()) {
                     in_batch.insert((m.sender_id.as_str(), cmid), slots.len());
                     fresh_keys.push((k, i));
@@ -374,7 +366,6 @@ fn apply(
     Ok(Applied {
         slots,
         keys: fresh_keys,
-        last_new,
     })
 }
 
