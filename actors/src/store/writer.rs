@@ -377,7 +377,9 @@ mod tests {
 
     const WINDOW: i64 = 3_600_000;
 
-    fn pool(dir: &tempfile::TempDir) -> DbPool {
+    /// A database without migrations in a directory of its own (removed with the `TempDir`).
+    fn empty() -> (tempfile::TempDir, DbPool) {
+        let dir = tempfile::tempdir().expect("dir");
         let pool = open_pool(&StoreConfig {
             url: dir.path().join("t.db").display().to_string(),
             pool_size: 2,
@@ -385,8 +387,14 @@ mod tests {
             wal_autocheckpoint: 1000,
         })
         .expect("pool");
+        (dir, pool)
+    }
+
+    /// A migrated database.
+    fn fresh() -> (tempfile::TempDir, DbPool) {
+        let (dir, pool) = empty();
         run_migrations(&pool).expect("migrations");
-        pool
+        (dir, pool)
     }
 
     fn load(pool: &DbPool, slices: u32) -> DedupeKeys {
@@ -439,8 +447,7 @@ mod tests {
 
     #[test]
     fn a_resend_is_found_while_its_key_waits_in_memory_after_it_moved_and_after_a_restart() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool = pool(&dir);
+        let (_dir, pool) = fresh();
         let mut keys = load_eager(&pool, 2);
         let first = write(&pool, &mut keys, vec![dm("alice", "m1")]);
         assert_eq!(keys.pending(), 1);
@@ -468,8 +475,7 @@ mod tests {
 
     #[test]
     fn every_key_reaches_the_table_within_one_rotation_and_is_not_read_back() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool = pool(&dir);
+        let (_dir, pool) = fresh();
         let mut keys = load_eager(&pool, 4);
         let ops = (0..200).map(|i| dm("alice", &format!("f{i}"))).collect();
         write(&pool, &mut keys, ops);
@@ -492,8 +498,7 @@ mod tests {
 
     #[test]
     fn a_slice_with_few_keys_waits_for_more_or_for_sixteen_commits() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool = pool(&dir);
+        let (_dir, pool) = fresh();
         let mut keys = load(&pool, 4);
         for i in 0..15 {
             write(&pool, &mut keys, vec![dm("bob", &format!("g{i}"))]);
@@ -512,9 +517,43 @@ mod tests {
     }
 
     #[test]
+    fn a_database_from_before_migration_3_keeps_its_messages_and_their_resend_keys() {
+        use crate::store::MIGRATIONS;
+        use diesel::connection::SimpleConnection;
+        use diesel_migrations::MigrationHarness;
+
+        let (_dir, pool) = empty();
+        let mut c = pool.get().expect("conn");
+        for _ in 0..2 {
+            c.run_next_migration(MIGRATIONS)
+                .expect("migrations 1 and 2");
+        }
+        c.batch_execute(&format!(
+            "INSERT INTO messages (id, channel, seq, kind, sender_id, target_id, client_id, \
+             client_msg_id, payload, created_at) VALUES \
+             ('0190-a', 'dm:alice:zed', 1, 'chat_message', 'alice', 'zed', NULL, 'm1', '{{}}', {0}), \
+             ('0190-b', 'dm:alice:zed', 2, 'chat_message', 'alice', 'zed', NULL, 'm2', '{{}}', {0}); \
+             INSERT INTO channels (name, last_seq, created_at) VALUES ('dm:alice:zed', 2, {0});",
+            now_ms()
+        ))
+        .expect("rows of the old schema");
+        drop(c);
+        run_migrations(&pool).expect("the rest");
+
+        let mut keys = load(&pool, 64);
+        assert_eq!(keys.pending(), 2, "keys read back from the old rows");
+        let again = write(&pool, &mut keys, vec![dm("alice", "m2"), dm("alice", "m3")]);
+        assert_eq!(again[0], ("0190-b".to_owned(), true));
+        assert!(!again[1].1);
+        // The new message continues the channel's seqs after the old rows.
+        let mut c = pool.get().expect("conn");
+        let m3 = queries::message_at(&mut c, "dm:alice:zed", 3).expect("read");
+        assert_eq!(m3.map(|m| m.client_msg_id), Some(Some("m3".to_owned())));
+    }
+
+    #[test]
     fn a_key_shared_with_another_message_is_checked_against_the_message() {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool = pool(&dir);
+        let (_dir, pool) = fresh();
         let mut keys = load(&pool, 1);
         let bobs = write(&pool, &mut keys, vec![dm("bob", "b1")]);
         // A row under alice's key pointing at bob's message: what a hash collision looks like.
