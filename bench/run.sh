@@ -208,7 +208,7 @@ if [ "$SCENARIO" = smoke ]; then
     run_smoke fanout floor --subscribers 5 --messages 50
     run_smoke conns contract --conns 20 --hold 2 --heartbeat 1
     run_smoke conns floor --conns 20 --hold 2 --heartbeat 1
-    run_smoke pairs contract --pairs 3 --messages 50
+    run_smoke pairs contract --pairs 3 --messages 50 --random-ids
     run_smoke pairs floor --pairs 3 --messages 50
     run_smoke durable contract --publishers 2 --messages 200
     run_smoke storm contract --clients 10 --messages 3 --away 2
