@@ -11,6 +11,7 @@
 //! └── SyncArbiter ── StoreReader × reader_threads
 //! ```
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub struct Tree {
     pub health: Arc<HealthBoard>,
     /// What the write batcher committed.
     pub batch_stats: Arc<BatchStats>,
+    /// Resend keys held in memory, not yet moved to `dedupe_keys` (`store::dedupe`).
+    pub resend_keys_held: Arc<AtomicU64>,
 }
 
 impl Tree {
@@ -72,11 +75,14 @@ impl Tree {
 
         let h = ActorHealth::new("store_writer");
         let (p, hh) = (pool.clone(), h.clone());
+        let resend_keys_held = Arc::new(AtomicU64::new(keys.pending() as u64));
         let keys = Arc::new(Mutex::new(keys));
+        let held = resend_keys_held.clone();
         let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
             pool: p.clone(),
             health: hh.clone(),
             keys: keys.clone(),
+            keys_held: held.clone(),
         });
         board.register(h, writers.clone().recipient());
 
@@ -134,6 +140,7 @@ impl Tree {
             pool,
             health: board,
             batch_stats,
+            resend_keys_held,
         }
     }
 

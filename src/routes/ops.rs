@@ -1,5 +1,6 @@
 //! Operations: `/health`, `/ready`, `/status` (contract section 9).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -88,6 +89,7 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "backend": "sqlite",
             "pool": { "size": pool.connections, "idle": pool.idle_connections },
             "writes": app.tree.batch_stats.snapshot(),
+            "resend_keys_in_memory": app.tree.resend_keys_held.load(Ordering::Relaxed),
         },
         "redis": { "configured": app.redis.is_some() },
     }))

@@ -168,6 +168,9 @@ async fn writes_that_arrive_together_are_committed_together() {
         batches < writes && w["largest_batch"].as_u64() > Some(1),
         "no group commit: {w}"
     );
+    // The resend keys of those messages are in memory or already moved to the database.
+    let held = status["database"]["resend_keys_in_memory"].as_u64();
+    assert!(held.is_some_and(|k| k <= n), "{}", status["database"]);
 }
 
 #[actix_web::test]

@@ -5,6 +5,7 @@
 //! out here, inside the transaction, so a rolled-back batch leaves no gap.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
@@ -80,6 +81,8 @@ pub struct MessageWriter {
     /// Keys of recent messages for resend detection; each thread holds the lock for the
     /// whole of its transaction (SQLite has one writer at a time anyway).
     pub keys: Arc<Mutex<DedupeKeys>>,
+    /// How many of those keys are held in memory, for `/status`.
+    pub keys_held: Arc<AtomicU64>,
 }
 
 impl Actor for MessageWriter {
@@ -104,7 +107,10 @@ impl Handler<WriteBatch> for MessageWriter {
             }
         };
         let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
-        commit(&mut conn, &mut keys, batch, &self.health)
+        let out = commit(&mut conn, &mut keys, batch, &self.health);
+        self.keys_held
+            .store(keys.pending() as u64, Ordering::Relaxed);
+        out
     }
 }
 
