@@ -195,7 +195,7 @@ impl DedupeKeys {
             .range(self.bounds(slice))
             .map(|(&(key, _), p)| DedupeKeyRow {
                 key: key as i64,
-                channel: p.channel.clone(),
+                channel: &p.channel,
                 seq: p.seq,
                 created_at: p.created_at,
             })

@@ -73,11 +73,11 @@ impl NewMessage {
 /// Where the message stored under a dedupe key is: one row of `dedupe_keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Insertable)]
 #[diesel(table_name = dedupe_keys)]
-pub struct DedupeKeyRow {
+pub struct DedupeKeyRow<'a> {
     /// 64-bit hash of (sender, client frame id); see `store::dedupe::key_of`.
     pub key: i64,
-    /// Channel of the message.
-    pub channel: String,
+    /// Channel of the message (borrowed from the pending key: no copy per moved key).
+    pub channel: &'a str,
     /// Seq of the message.
     pub seq: i64,
     /// When the message was stored, ms.

@@ -65,10 +65,10 @@ pub fn dedupe_candidates(c: &mut DbConn, key: i64, since: i64) -> QueryResult<Ve
 }
 
 /// Inserts dedupe keys, in the order given.
-pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {
+pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow<'_>]) -> QueryResult<()> {
     let mut rest = rows;
-    insert_chunks::<64, _, DedupeKeyRow>(c, dedupe_keys::table, &mut rest)?;
-    insert_chunks::<1, _, DedupeKeyRow>(c, dedupe_keys::table, &mut rest)
+    insert_chunks::<64, _, DedupeKeyRow<'_>>(c, dedupe_keys::table, &mut rest)?;
+    insert_chunks::<1, _, DedupeKeyRow<'_>>(c, dedupe_keys::table, &mut rest)
 }
 
 /// The position through which every message's dedupe key is in `dedupe_keys` (0: none).

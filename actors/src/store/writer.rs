@@ -566,7 +566,7 @@ mod tests {
         let mut c = pool.get().expect("conn");
         let row = DedupeKeyRow {
             key: key_of("alice", "m1") as i64,
-            channel: "dm:bob:zed".into(),
+            channel: "dm:bob:zed",
             seq: 1,
             created_at: now_ms(),
         };
