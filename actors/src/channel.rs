@@ -229,7 +229,7 @@ impl ChannelActor {
             _ => None,
         };
         let fut = self.deps.reads.run(move |c| {
-            let head = queries::last_seq(c, &name)?.unwrap_or(0);
+            let (head, _) = queries::head_seq(c, &name)?;
             let members = match group {
                 Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
                 None => None,

@@ -24,7 +24,7 @@ use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, WriteBatcher};
 use crate::store::dedupe::DedupeKeys;
 use crate::store::reader::{Reads, StoreReader};
-use crate::store::writer::MessageWriter;
+use crate::store::writer::{MessageWriter, WriterMemory};
 use crate::store::DbPool;
 use crate::sync_engine::SyncEngine;
 
@@ -76,12 +76,12 @@ impl Tree {
         let h = ActorHealth::new("store_writer");
         let (p, hh) = (pool.clone(), h.clone());
         let resend_keys_held = Arc::new(AtomicU64::new(keys.pending() as u64));
-        let keys = Arc::new(Mutex::new(keys));
+        let memory = Arc::new(Mutex::new(WriterMemory::new(keys)));
         let held = resend_keys_held.clone();
         let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
             pool: p.clone(),
             health: hh.clone(),
-            keys: keys.clone(),
+            memory: memory.clone(),
             keys_held: held.clone(),
         });
         board.register(h, writers.clone().recipient());

@@ -12,6 +12,7 @@ pub mod reader;
 /// Diesel table definitions: the shape of `migrations/` (what `diesel print-schema` prints).
 #[allow(missing_docs)]
 pub mod schema;
+pub mod seqs;
 pub mod writer;
 
 use std::path::Path;

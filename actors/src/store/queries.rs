@@ -15,13 +15,23 @@ use super::schema::{
 };
 use super::DbConn;
 
-/// The last seq given out in `channel`, if it ever had a message.
-pub fn last_seq(c: &mut DbConn, channel: &str) -> QueryResult<Option<i64>> {
-    channels::table
+/// The last seq given out in `channel` (0: none), and whether it has its `channels` row.
+///
+/// The counter is the larger of `channels.last_seq` (written when the channel got its first
+/// message, a floor under the counter) and the highest seq stored in `messages`: the writer
+/// keeps counters in memory and no longer rewrites the row on every commit
+/// (`store::seqs`). Both are single index look-ups.
+pub fn head_seq(c: &mut DbConn, channel: &str) -> QueryResult<(i64, bool)> {
+    let floor: Option<i64> = channels::table
         .find(channel)
         .select(channels::last_seq)
         .get_result(c)
-        .optional()
+        .optional()?;
+    let stored: Option<i64> = messages::table
+        .filter(messages::channel.eq(channel))
+        .select(diesel::dsl::max(messages::seq))
+        .get_result(c)?;
+    Ok((floor.unwrap_or(0).max(stored.unwrap_or(0)), floor.is_some()))
 }
 
 /// Records a new channel whose seq counter stands at `last_seq`.
@@ -32,14 +42,6 @@ pub fn insert_channel(c: &mut DbConn, channel: &str, last_seq: i64, now: i64) ->
             channels::last_seq.eq(last_seq),
             channels::created_at.eq(now),
         ))
-        .execute(c)
-        .map(drop)
-}
-
-/// Moves a channel's seq counter.
-pub fn set_last_seq(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<()> {
-    diesel::update(channels::table.find(channel))
-        .set(channels::last_seq.eq(seq))
         .execute(c)
         .map(drop)
 }
