@@ -11,11 +11,14 @@
 //! through all `slices` takes `slices` commits; memory holds about `slices` × `batch_max`
 //! keys at most (plus those read back at start-up).
 //!
+//! A key points at its message's position (`messages.pos`); the table is one B-tree of
+//! (key, pos) pairs (migration 000004).
+//!
 //! Crash safety: `dedupe_state.moved_through` names a message position up to which every
 //! key is in the table; it is written in the commit that finishes a rotation. At start-up
 //! the keys of later messages are read back from `messages` (a range of positions). A look-up
-//! confirms each candidate against the message row, so hash collisions cost a read, never a
-//! wrong answer.
+//! confirms each candidate against the message row (sender, frame id, dedupe window), so hash
+//! collisions cost a read, never a wrong answer.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -50,10 +53,11 @@ const MOVE_WAIT: u32 = 16;
 type Arrival = (u64, u64);
 
 /// Where a message with a pending key is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct PendingKey {
-    channel: String,
-    seq: i64,
+    /// The message's position.
+    pos: i64,
+    /// When it was stored, ms (keys past the dedupe window are not candidates).
     created_at: i64,
 }
 
@@ -106,8 +110,7 @@ impl DedupeKeys {
             keys.add(
                 key_of(&m.sender_id, &m.client_msg_id),
                 PendingKey {
-                    channel: m.channel,
-                    seq: m.seq,
+                    pos: m.pos,
                     created_at: m.created_at,
                 },
             );
@@ -150,13 +153,16 @@ impl DedupeKeys {
             .pending
             .range((key, 0)..=(key, u64::MAX))
             .filter(|(_, p)| p.created_at >= since)
-            .map(|(_, p)| (p.channel.clone(), p.seq));
-        let candidates: Vec<(String, i64)> = held
-            .chain(queries::dedupe_candidates(c, key as i64, since)?)
+            .map(|(_, p)| p.pos);
+        let candidates: Vec<i64> = held
+            .chain(queries::dedupe_candidates(c, key as i64)?)
             .collect();
-        for (channel, seq) in candidates {
-            if let Some(m) = queries::message_at(c, &channel, seq)? {
-                if m.sender_id == sender && m.client_msg_id.as_deref() == Some(cmid) {
+        for pos in candidates {
+            if let Some(m) = queries::message_by_pos(c, pos)? {
+                if m.created_at >= since
+                    && m.sender_id == sender
+                    && m.client_msg_id.as_deref() == Some(cmid)
+                {
                     return Ok(Some(m));
                 }
             }
@@ -195,9 +201,7 @@ impl DedupeKeys {
             .range(self.bounds(slice))
             .map(|(&(key, _), p)| DedupeKeyRow {
                 key: key as i64,
-                channel: &p.channel,
-                seq: p.seq,
-                created_at: p.created_at,
+                pos: p.pos,
             })
             .collect();
         queries::insert_dedupe_keys(c, &rows)?;
@@ -214,11 +218,11 @@ impl DedupeKeys {
     }
 
     /// After a commit: forgets the keys it moved (if it moved a slice) and holds the keys of
-    /// the messages it stored, `(key, row)`.
-    pub fn committed<'a>(
+    /// the messages it stored, `(key, position, stored at)`.
+    pub fn committed(
         &mut self,
         moved: Option<SliceMoved>,
-        stored: impl Iterator<Item = (u64, &'a StoredMessage)>,
+        stored: impl Iterator<Item = (u64, i64, i64)>,
     ) {
         self.waited += 1;
         if let Some(m) = moved {
@@ -239,15 +243,8 @@ impl DedupeKeys {
                 None => self.cursor = m.slice + 1,
             }
         }
-        for (key, row) in stored {
-            self.add(
-                key,
-                PendingKey {
-                    channel: row.channel.clone(),
-                    seq: row.seq,
-                    created_at: row.created_at,
-                },
-            );
+        for (key, pos, created_at) in stored {
+            self.add(key, PendingKey { pos, created_at });
         }
     }
 }

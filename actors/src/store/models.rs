@@ -71,17 +71,13 @@ impl NewMessage {
 }
 
 /// Where the message stored under a dedupe key is: one row of `dedupe_keys`.
-#[derive(Debug, Clone, PartialEq, Eq, Insertable)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Insertable)]
 #[diesel(table_name = dedupe_keys)]
-pub struct DedupeKeyRow<'a> {
+pub struct DedupeKeyRow {
     /// 64-bit hash of (sender, client frame id); see `store::dedupe::key_of`.
     pub key: i64,
-    /// Channel of the message (borrowed from the pending key: no copy per moved key).
-    pub channel: &'a str,
-    /// Seq of the message.
-    pub seq: i64,
-    /// When the message was stored, ms.
-    pub created_at: i64,
+    /// The message's position (`messages.pos`).
+    pub pos: i64,
 }
 
 /// A stored message's dedupe key parts and place, as read back at start-up.
@@ -91,10 +87,8 @@ pub struct KeyedMessage {
     pub sender_id: String,
     /// Client frame id.
     pub client_msg_id: String,
-    /// Channel.
-    pub channel: String,
-    /// Seq in the channel.
-    pub seq: i64,
+    /// Position (`messages.pos`).
+    pub pos: i64,
     /// Storage time, ms.
     pub created_at: i64,
 }

@@ -57,20 +57,46 @@ pub fn message_at(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<Option
     Ok(found.into_iter().next())
 }
 
-/// Where messages stored since `since` under dedupe key `key` are: (channel, seq) pairs.
-pub fn dedupe_candidates(c: &mut DbConn, key: i64, since: i64) -> QueryResult<Vec<(String, i64)>> {
+/// The message stored at position `pos`, if any.
+pub fn message_by_pos(c: &mut DbConn, pos: i64) -> QueryResult<Option<StoredMessage>> {
+    // `load`, not `first`: see the module's note on `LIMIT ?`.
+    let found: Vec<StoredMessage> = messages::table
+        .find(pos)
+        .select(StoredMessage::as_select())
+        .load(c)?;
+    Ok(found.into_iter().next())
+}
+
+/// Positions of the messages stored under dedupe key `key` (the caller checks the window
+/// and the sender on each message: keys may collide).
+pub fn dedupe_candidates(c: &mut DbConn, key: i64) -> QueryResult<Vec<i64>> {
     dedupe_keys::table
         .filter(dedupe_keys::key.eq(key))
-        .filter(dedupe_keys::created_at.ge(since))
-        .select((dedupe_keys::channel, dedupe_keys::seq))
+        .select(dedupe_keys::pos)
         .load(c)
 }
 
-/// Inserts dedupe keys, in the order given.
-pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow<'_>]) -> QueryResult<()> {
+/// Inserts dedupe keys, in the order given; a key already there (moved again after a
+/// restart) is skipped.
+pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {
     let mut rest = rows;
-    insert_chunks::<64, _, DedupeKeyRow<'_>>(c, dedupe_keys::table, &mut rest)?;
-    insert_chunks::<1, _, DedupeKeyRow<'_>>(c, dedupe_keys::table, &mut rest)
+    insert_keys_chunks::<64>(c, &mut rest)?;
+    insert_keys_chunks::<1>(c, &mut rest)
+}
+
+/// `INSERT OR IGNORE`s `N` keys at a time from the front of `rest` while at least `N` are
+/// left (fixed shapes, served from the statement cache, as in [`insert_messages`]).
+fn insert_keys_chunks<const N: usize>(
+    c: &mut DbConn,
+    rest: &mut &[DedupeKeyRow],
+) -> QueryResult<()> {
+    while let Some((head, tail)) = rest.split_first_chunk::<N>() {
+        diesel::insert_or_ignore_into(dedupe_keys::table)
+            .values(head)
+            .execute(c)?;
+        *rest = tail;
+    }
+    Ok(())
 }
 
 /// The position through which every message's dedupe key is in `dedupe_keys` (0: none).
@@ -112,22 +138,31 @@ pub fn keyed_messages_after(
         .select((
             messages::sender_id,
             messages::client_msg_id.assume_not_null(),
-            messages::channel,
-            messages::seq,
+            messages::pos,
             messages::created_at,
         ))
         .load(c)
 }
 
-/// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows). A statement of
-/// fixed shape is prepared once and then served from the connection's statement cache; a
-/// statement sized to each batch would be parsed anew every time.
-pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<()> {
+/// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows) and answers the
+/// position given to the first (`None` for no rows). A statement of fixed shape is prepared once and then served
+/// from the connection's statement cache; a statement sized to each batch would be parsed
+/// anew every time.
+///
+/// Positions are the rowids SQLite gives out: one above the largest in the table, so the
+/// rows of one transaction (the writer is alone in it) get consecutive ones, in order.
+pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<Option<i64>> {
+    if rows.is_empty() {
+        return Ok(None);
+    }
     let mut rest = rows;
     insert_chunks::<64, _, StoredMessage>(c, messages::table, &mut rest)?;
     insert_chunks::<16, _, StoredMessage>(c, messages::table, &mut rest)?;
     insert_chunks::<4, _, StoredMessage>(c, messages::table, &mut rest)?;
-    insert_chunks::<1, _, StoredMessage>(c, messages::table, &mut rest)
+    insert_chunks::<1, _, StoredMessage>(c, messages::table, &mut rest)?;
+    let last: i64 =
+        diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()")).get_result(c)?;
+    Ok(Some(last - rows.len() as i64 + 1))
 }
 
 /// Inserts `N` rows at a time into `table` from the front of `rest` while at least `N` are

@@ -19,14 +19,10 @@ diesel::table! {
     }
 }
 
-// No primary key in SQL (hash collisions and keys re-moved after a restart may repeat);
-// Diesel needs one named, and these columns identify a row well enough for it.
 diesel::table! {
-    dedupe_keys (key, channel, seq) {
+    dedupe_keys (key, pos) {
         key -> BigInt,
-        channel -> Text,
-        seq -> BigInt,
-        created_at -> BigInt,
+        pos -> BigInt,
     }
 }
 

@@ -235,10 +235,11 @@ impl Staged {
         memory: &mut WriterMemory,
     ) -> Vec<Result<WriteOutcome, StoreError>> {
         let rows = &self.rows;
-        let stored = applied
-            .keys
-            .iter()
-            .filter_map(|&(key, i)| rows.get(i).map(|row| (key, row)));
+        let first_pos = applied.first_pos.unwrap_or_default();
+        let stored = applied.keys.iter().filter_map(|&(key, i, nth)| {
+            rows.get(i)
+                .map(|row| (key, first_pos + nth as i64, row.created_at))
+        });
         memory.keys.committed(moved, stored);
         memory.seqs.committed(
             applied
@@ -282,8 +283,11 @@ impl Staged {
 struct Applied {
     /// Per write, in order: where its outcome comes from.
     slots: Vec<Slot>,
-    /// (dedupe key, row) of each new row with a client frame id.
-    keys: Vec<(u64, usize)>,
+    /// (dedupe key, row, how many new rows were inserted before it) of each new row with a
+    /// client frame id.
+    keys: Vec<(u64, usize, usize)>,
+    /// The position of the first new row (they are consecutive); `None` if none is new.
+    first_pos: Option<i64>,
     /// The counters of the channels this batch gave seqs in, after it.
     seqs: HashMap<String, Counter>,
 }
@@ -356,7 +360,7 @@ fn apply(
                 new_rows += 1;
                 if let (Some(k), Some(cmid)) = (key, m.client_msg_id.as_deref()) {
                     in_batch.insert((m.sender_id.as_str(), cmid), slots.len());
-                    fresh_keys.push((k, i));
+                    fresh_keys.push((k, i, new_rows - 1));
                 }
                 Slot::New(i)
             }
@@ -388,8 +392,8 @@ fn apply(
             counter.has_row = true;
         }
     }
-    if new_rows == b.rows.len() {
-        queries::insert_messages(c, &b.rows)?;
+    let first_pos = if new_rows == b.rows.len() {
+        queries::insert_messages(c, &b.rows)?
     } else {
         // Resends are rare: copy just the new rows rather than the whole batch.
         let fresh: Vec<StoredMessage> = slots
@@ -399,11 +403,12 @@ fn apply(
                 _ => None,
             })
             .collect();
-        queries::insert_messages(c, &fresh)?;
-    }
+        queries::insert_messages(c, &fresh)?
+    };
     Ok(Applied {
         slots,
         keys: fresh_keys,
+        first_pos,
         seqs,
     })
 }
@@ -604,15 +609,74 @@ mod tests {
         let mut c = pool.get().expect("conn");
         let row = DedupeKeyRow {
             key: key_of("alice", "m1") as i64,
-            channel: "dm:bob:zed",
-            seq: 1,
-            created_at: now_ms(),
+            pos: 1,
         };
         queries::insert_dedupe_keys(&mut c, &[row]).expect("insert");
         drop(c);
         let alices = write(&pool, &mut mem, vec![dm("alice", "m1")]);
         assert!(!alices[0].1, "not taken for bob's message");
         assert_ne!(alices[0].0, bobs[0].0);
+    }
+
+    #[test]
+    fn keys_of_a_batch_with_resends_in_it_point_at_their_own_messages() {
+        let (_dir, pool) = fresh();
+        let mut mem = load_eager(&pool, 1);
+        let first = write(&pool, &mut mem, vec![dm("alice", "m1")]);
+        // A resend first, then two new messages: the new rows are not the batch's first.
+        let mixed = write(
+            &pool,
+            &mut mem,
+            vec![dm("alice", "m1"), dm("alice", "m2"), dm("bob", "b1")],
+        );
+        assert_eq!(mixed[0], (first[0].0.clone(), true));
+        // One more commit moves every key; after a restart they come from the table alone.
+        write(&pool, &mut mem, vec![dm("carol", "c1")]);
+        assert!(moved_keys(&pool) >= 3);
+        let mut mem = load_eager(&pool, 1);
+        let again = write(&pool, &mut mem, vec![dm("bob", "b1"), dm("alice", "m2")]);
+        assert_eq!(
+            again,
+            vec![(mixed[2].0.clone(), true), (mixed[1].0.clone(), true)]
+        );
+    }
+
+    #[test]
+    fn a_database_from_before_migration_4_keeps_its_moved_resend_keys() {
+        use crate::store::MIGRATIONS;
+        use diesel::connection::SimpleConnection;
+        use diesel_migrations::MigrationHarness;
+
+        let (_dir, pool) = empty();
+        let mut c = pool.get().expect("conn");
+        for _ in 0..3 {
+            c.run_next_migration(MIGRATIONS).expect("migrations 1 to 3");
+        }
+        // A message whose key had moved (rows of the old shape), so that nothing reads it
+        // back from `messages` at start-up.
+        c.batch_execute(&format!(
+            "INSERT INTO messages (pos, id, channel, seq, kind, sender_id, target_id, client_id, \
+             client_msg_id, payload, created_at) VALUES \
+             (7, '0190-a', 'dm:alice:zed', 1, 'chat_message', 'alice', 'zed', NULL, 'm1', '{{}}', {0}); \
+             INSERT INTO channels (name, last_seq, created_at) VALUES ('dm:alice:zed', 1, {0}); \
+             INSERT INTO dedupe_keys (key, channel, seq, created_at) VALUES ({1}, 'dm:alice:zed', 1, {0}); \
+             UPDATE dedupe_state SET moved_through = 7;",
+            now_ms(),
+            key_of("alice", "m1") as i64
+        ))
+        .expect("rows of the old schema");
+        drop(c);
+        run_migrations(&pool).expect("migration 4");
+        assert_eq!(moved_keys(&pool), 1);
+
+        let mut mem = load(&pool, 64);
+        assert_eq!(
+            mem.keys.pending(),
+            0,
+            "nothing read back: the key is in the table"
+        );
+        let again = write(&pool, &mut mem, vec![dm("alice", "m1")]);
+        assert_eq!(again, vec![("0190-a".to_owned(), true)]);
     }
 
     /// The seq each message of `channel` is stored as, in seq order.
