@@ -932,24 +932,32 @@ impl Handler<Outbound> for SessionActor {
         }
         match msg {
             Outbound::Frame(frame) => self.text(frame, ctx),
-            Outbound::Delivery {
-                channel,
-                seq,
-                frame,
-            } => {
+            Outbound::Deliveries { channel, items } => {
                 if !self.muted.is_empty() && self.muted.contains(&channel) {
                     return;
                 }
-                if !self.replaying.is_empty() {
-                    if let Some(buf) = self.replaying.get_mut(&channel) {
-                        if buf.len() >= self.app.settings.limits.outbound_queue {
-                            return self.close(close::TRY_AGAIN_LATER, "replay buffer full", ctx);
-                        }
-                        buf.push((seq, frame));
+                for d in items.iter() {
+                    if d.skip_conn == Some(self.conn) {
+                        continue;
+                    }
+                    if self.out.closing {
                         return;
                     }
+                    if !self.replaying.is_empty() {
+                        if let Some(buf) = self.replaying.get_mut(&channel) {
+                            if buf.len() >= self.app.settings.limits.outbound_queue {
+                                return self.close(
+                                    close::TRY_AGAIN_LATER,
+                                    "replay buffer full",
+                                    ctx,
+                                );
+                            }
+                            buf.push((d.seq, d.frame.clone()));
+                            continue;
+                        }
+                    }
+                    self.text(d.frame.clone(), ctx)
                 }
-                self.text(frame, ctx)
             }
             Outbound::Close { code, reason } => self.close(code, reason, ctx),
         }

@@ -22,9 +22,9 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
-use crate::protocol::{delivery_frame, encode, error_frame, Ack, ErrorCode};
+use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, ErrorCode};
 use crate::router::{FanOut, Router};
-use crate::session_handle::{Outbound, SessionHandle};
+use crate::session_handle::{Delivery, Outbound, SessionHandle};
 use crate::store::batcher::{Committed, Persist, PersistFor, WriteBatcher};
 use crate::store::reader::Reads;
 use crate::store::writer::{WriteOp, WriteOutcome};
@@ -159,6 +159,20 @@ impl Reply {
         self.send(res);
     }
 
+    /// Answers with the ack of stored message `m`; a session's is encoded straight from the
+    /// message (the publish path's common case).
+    pub fn acked(mut self, m: &StoredMessage) {
+        match self.to.take() {
+            Some(ReplyTo::Session(h)) => {
+                h.push(Outbound::Frame(ack_frame(m, self.ref_id.as_deref())));
+            }
+            Some(ReplyTo::Caller(tx)) => {
+                let _ = tx.send(Ok(Ack::of(m, self.ref_id.as_deref())));
+            }
+            None => {}
+        }
+    }
+
     fn send(&mut self, res: Result<Ack, ChannelError>) {
         match self.to.take() {
             Some(ReplyTo::Session(h)) => {
@@ -194,6 +208,8 @@ pub struct ChannelActor {
     next_tag: u64,
     /// Where the batcher answers this actor's writes (made once, shared by every write).
     committed_to: Option<Arc<Recipient<Committed>>>,
+    /// Deliveries of the commit being handled, sent together once it is.
+    outgoing: Vec<Delivery>,
     subs: HashMap<ConnId, SessionHandle>,
 }
 
@@ -218,6 +234,7 @@ impl ChannelActor {
             in_flight: VecDeque::new(),
             next_tag: 0,
             committed_to: None,
+            outgoing: Vec::new(),
             subs: HashMap::new(),
         }
     }
@@ -324,7 +341,7 @@ impl ChannelActor {
         }
     }
 
-    fn fan_out(&mut self, msg: StoredMessage, origin: Option<ConnId>) {
+    fn fan_out(&mut self, msg: &StoredMessage, origin: Option<ConnId>) {
         let seq = msg.seq as u64;
         if seq <= self.head {
             log::error!(
@@ -334,12 +351,24 @@ impl ChannelActor {
             );
         }
         self.head = self.head.max(seq);
-        let item = Outbound::Delivery {
-            channel: self.channel.name.clone(),
+        self.outgoing.push(Delivery {
             seq,
-            frame: delivery_frame(&msg),
+            frame: delivery_frame(msg),
+            skip_conn: origin,
+        });
+    }
+
+    /// Sends the deliveries gathered while handling one commit, as one item to every
+    /// recipient (each skips what it published itself).
+    fn send_outgoing(&mut self) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        let item = Outbound::Deliveries {
+            channel: self.channel.name.clone(),
+            items: Arc::from(std::mem::take(&mut self.outgoing)),
         };
-        self.deliver(item, origin, None);
+        self.deliver(item, None, None);
     }
 
     /// Records the batcher's answer for publish `tag`, then handles every answered publish
@@ -364,20 +393,21 @@ impl ChannelActor {
         }
     }
 
-    /// One publish's commit (or failure): fan out, then answer the publisher with its ack.
+    /// One publish's commit (or failure): queue its delivery, then answer the publisher with
+    /// its ack. The deliveries go out once the whole commit is handled (`send_outgoing`).
     fn committed(&mut self, f: InFlight, res: CommitResult) {
-        let answer = match res {
+        match res {
             Ok(WriteOutcome::Stored { msg, duplicate }) => {
-                let ack = Ack::of(&msg, f.reply.ref_id());
                 if !duplicate {
-                    self.fan_out(msg, f.reply.origin());
+                    self.fan_out(&msg, f.reply.origin());
                 }
-                Ok(ack)
+                f.reply.acked(&msg);
             }
-            Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done) => Err(ChannelError::Unavailable),
-            Err(e) => Err(e.into()),
-        };
-        f.reply.answer(answer);
+            Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done) => {
+                f.reply.answer(Err(ChannelError::Unavailable))
+            }
+            Err(e) => f.reply.answer(Err(e.into())),
+        }
     }
 }
 
@@ -446,6 +476,7 @@ impl Handler<Committed> for ChannelActor {
         for (tag, res) in c.results {
             self.answered(tag, res);
         }
+        self.send_outgoing();
     }
 }
 

@@ -344,7 +344,11 @@ struct OutFrame<'a, P: Serialize> {
 
 /// Encodes a server frame `{type, id?, payload}`.
 pub fn encode<P: Serialize>(kind: &str, id: Option<&str>, payload: P) -> ByteString {
-    let v = serde_json::to_vec(&OutFrame { kind, id, payload }).unwrap_or_default();
+    // Most frames fit: no reallocation while serde_json writes.
+    let mut v = Vec::with_capacity(192);
+    if serde_json::to_writer(&mut v, &OutFrame { kind, id, payload }).is_err() {
+        return ByteString::new();
+    }
     // serde_json writes valid UTF-8 only.
     ByteString::try_from(v).unwrap_or_default()
 }
@@ -404,6 +408,30 @@ impl Ack {
             timestamp: m.created_at,
         }
     }
+}
+
+/// The `ack` frame of a stored message, answering client frame `ref_id`: the JSON of
+/// `encode("ack", None, Ack::of(m, ref_id))`, written into one buffer without copying the
+/// message's strings into an [`Ack`] first (one of these per message on the publish path).
+pub fn ack_frame(m: &StoredMessage, ref_id: Option<&str>) -> ByteString {
+    let strings = ref_id.map_or(4, str::len) + m.id.len() + m.channel.len();
+    let mut out = Vec::with_capacity(112 + strings);
+    out.extend_from_slice(b"{\"type\":\"ack\",\"payload\":{\"ref_id\":");
+    let ok = serde_json::to_writer(&mut out, &ref_id).is_ok();
+    out.extend_from_slice(b",\"message_id\":");
+    let ok = ok && serde_json::to_writer(&mut out, &m.id).is_ok();
+    out.extend_from_slice(b",\"channel\":");
+    let ok = ok && serde_json::to_writer(&mut out, &m.channel).is_ok();
+    out.extend_from_slice(b",\"seq\":");
+    let ok = ok && serde_json::to_writer(&mut out, &(m.seq as u64)).is_ok();
+    out.extend_from_slice(b",\"timestamp\":");
+    let ok = ok && serde_json::to_writer(&mut out, &m.created_at).is_ok();
+    out.extend_from_slice(b"}}");
+    if !ok {
+        return ByteString::new();
+    }
+    // Every piece is JSON from serde_json: UTF-8.
+    ByteString::try_from(out).unwrap_or_default()
 }
 
 #[derive(Serialize)]
@@ -509,6 +537,25 @@ mod tests {
                 }
             })
         );
+    }
+
+    #[test]
+    fn ack_frame_is_the_encoded_ack() {
+        let m = StoredMessage {
+            id: "0190-id".into(),
+            channel: "dm:alice:bob".into(),
+            seq: 7,
+            created_at: 1_700_000_000_000,
+            ..StoredMessage::default()
+        };
+        for ref_id in [Some("f-1 \"q\" \u{e9}"), None] {
+            let fast: serde_json::Value =
+                serde_json::from_str(&ack_frame(&m, ref_id)).expect("valid JSON");
+            let slow: serde_json::Value =
+                serde_json::from_str(&encode("ack", None, Ack::of(&m, ref_id))).expect("JSON");
+            assert_eq!(fast, slow);
+            assert_eq!(fast["payload"]["seq"], 7);
+        }
     }
 
     #[test]

@@ -14,20 +14,32 @@ use bytestring::ByteString;
 
 use crate::ids::{ConnId, UserId};
 
+/// One committed message as its channel fans it out.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Seq of the message (the session orders replays by it).
+    pub seq: u64,
+    /// The encoded delivery frame, shared by every recipient.
+    pub frame: ByteString,
+    /// The publishing connection: it got an ack instead, so it skips this one.
+    pub skip_conn: Option<ConnId>,
+}
+
 /// What the engine sends a session.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub enum Outbound {
     /// A frame to write as it is.
     Frame(ByteString),
-    /// A delivery of message `seq` of `channel` (the session orders replays by it).
-    Delivery {
+    /// The messages of `channel` that one commit stored, in seq order. One mailbox slot
+    /// and one wake-up per session for a whole commit, not one per message: the list is
+    /// shared by every recipient, and each session skips what it published itself. A slot
+    /// thus holds at most one batch (`database.batch_max`) of one channel.
+    Deliveries {
         /// Channel name.
         channel: Arc<str>,
-        /// Seq of the message.
-        seq: u64,
-        /// The encoded delivery frame, shared by every recipient.
-        frame: ByteString,
+        /// The messages, in seq order.
+        items: Arc<[Delivery]>,
     },
     /// Close the connection with this WebSocket close code.
     Close {

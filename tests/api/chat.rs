@@ -164,6 +164,41 @@ async fn seqs_have_no_gaps_and_arrive_in_order_under_concurrent_senders() {
     }
 }
 
+#[actix_web::test]
+async fn each_party_gets_the_others_messages_of_a_commit_and_acks_for_its_own() {
+    // Both write into one channel at once, so commits hold messages of both senders: each
+    // connection gets an ack for its own frames and a delivery for each of the other's,
+    // in order, and never a delivery of its own.
+    let app = spawn_app_fast().await;
+    let mut alice = app.ws("alice").await;
+    let mut bob = app.ws("bob").await;
+    let n = 40;
+    for i in 0..n {
+        alice
+            .send(chat("bob", &format!("a{i}"), "from alice"))
+            .await;
+        bob.send(chat("alice", &format!("b{i}"), "from bob")).await;
+    }
+    for (conn, me, other) in [(&mut alice, "alice", "bob"), (&mut bob, "bob", "alice")] {
+        let (mut acks, mut got, mut last) = (0, 0, 0);
+        while acks < n || got < n {
+            let f = conn.recv().await;
+            match f["type"].as_str() {
+                Some("ack") => acks += 1,
+                Some("chat_message") => {
+                    assert_eq!(f["meta"]["sender_id"], other, "{me} got its own message");
+                    let seq = f["meta"]["seq"].as_u64().expect("seq");
+                    assert!(seq > last, "{me}: seq {seq} after {last}");
+                    last = seq;
+                    got += 1;
+                }
+                _ => {}
+            }
+        }
+        conn.silent_for(Duration::from_millis(200)).await;
+    }
+}
+
 async fn spawn_app_fast() -> crate::helpers::TestApp {
     crate::helpers::spawn_app_with(crate::helpers::without_rate_limit).await
 }
