@@ -21,7 +21,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, Message, ProtocolError};
+use actix_http::ws::{
+    CloseCode, CloseReason, Codec, Frame, Item, Message, OpCode, Parser, ProtocolError,
+};
 use actix_web::web;
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
@@ -317,7 +319,13 @@ impl SessionActor {
         if out.codec.encode(msg, &mut out.buf).is_err() {
             return ctx.stop();
         }
-        out.frames += 1;
+        self.queued(ctx);
+    }
+
+    /// A frame went into the write buffer: flush it soon, and close with 1013 beyond
+    /// `limits.outbound_queue` frames not yet written.
+    fn queued(&mut self, ctx: &mut Ctx) {
+        self.out.frames += 1;
         self.flush_soon(ctx);
         if self.out.frames > self.app.settings.limits.outbound_queue {
             self.overflow(ctx);
@@ -333,10 +341,17 @@ impl SessionActor {
         );
     }
 
-    /// Queues a text frame.
-    fn text(&mut self, text: ByteString, ctx: &mut Ctx) {
-        self.out.wrote = true;
-        self.send(Message::Text(text), ctx);
+    /// Queues a text frame. Written straight into the buffer (a server's frames are not
+    /// masked), so a delivery shared by many sessions is copied once into each socket buffer
+    /// and never cloned or handed to the codec.
+    fn text(&mut self, text: &str, ctx: &mut Ctx) {
+        let out = &mut self.out;
+        if out.closing {
+            return;
+        }
+        out.wrote = true;
+        Parser::write_message(&mut out.buf, text, OpCode::Text, true, false);
+        self.queued(ctx);
     }
 
     /// Queues a close frame; the session stops once it is written and the client has closed
@@ -378,7 +393,7 @@ impl SessionActor {
     }
 
     fn error(&mut self, code: ErrorCode, message: &str, ref_id: Option<&str>, ctx: &mut Ctx) {
-        self.text(error_frame(code, message, ref_id), ctx);
+        self.text(&error_frame(code, message, ref_id), ctx);
     }
 
     fn authenticate(&mut self, claims: Claims, ticket: UserTicket, ctx: &mut Ctx) {
@@ -405,7 +420,7 @@ impl SessionActor {
         let handle = Arc::new(handle);
         self.schedule_expiry(claims.exp, ctx);
         self.text(
-            encode(
+            &encode(
                 "connected",
                 None,
                 Connected {
@@ -463,7 +478,7 @@ impl SessionActor {
             .and_then(|t| serde_json::from_str::<IdOnly>(t).ok())
             .and_then(|f| f.id);
         self.text(
-            encode(
+            &encode(
                 "error",
                 None,
                 ErrorPayload {
@@ -514,7 +529,7 @@ impl SessionActor {
                 Err(e) => self.error(ErrorCode::Unauthorized, &e.to_string(), id.as_deref(), ctx),
             },
             ClientFrame::Heartbeat => self.text(
-                encode(
+                &encode(
                     "heartbeat",
                     id.as_deref(),
                     ServerTime {
@@ -690,7 +705,7 @@ impl SessionActor {
                 act.subscriptions.insert(name.clone());
                 match since {
                     None => act.text(
-                        encode(
+                        &encode(
                             "subscribed",
                             None,
                             Subscribed {
@@ -733,7 +748,7 @@ impl SessionActor {
             Ok((rows, has_more)) => {
                 let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);
                 act.text(
-                    encode(
+                    &encode(
                         "subscribed",
                         None,
                         Subscribed {
@@ -745,7 +760,7 @@ impl SessionActor {
                     ctx,
                 );
                 for m in &rows {
-                    act.text(delivery_frame(m), ctx);
+                    act.text(&delivery_frame(m), ctx);
                 }
                 act.flush_replay_buffer(&name, last, ctx);
             }
@@ -764,7 +779,7 @@ impl SessionActor {
     fn flush_replay_buffer(&mut self, name: &Arc<str>, after: u64, ctx: &mut Ctx) {
         for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
             if seq > after {
-                self.text(frame, ctx);
+                self.text(&frame, ctx);
             }
         }
     }
@@ -791,7 +806,7 @@ impl SessionActor {
             });
         }
         self.text(
-            encode("unsubscribed", None, ChannelOnly { channel: &name }),
+            &encode("unsubscribed", None, ChannelOnly { channel: &name }),
             ctx,
         );
     }
@@ -931,7 +946,7 @@ impl Handler<Outbound> for SessionActor {
             return self.overflow(ctx);
         }
         match msg {
-            Outbound::Frame(frame) => self.text(frame, ctx),
+            Outbound::Frame(frame) => self.text(&frame, ctx),
             Outbound::Deliveries { channel, items } => {
                 if !self.muted.is_empty() && self.muted.contains(&channel) {
                     return;
@@ -956,7 +971,7 @@ impl Handler<Outbound> for SessionActor {
                             continue;
                         }
                     }
-                    self.text(d.frame.clone(), ctx)
+                    self.text(&d.frame, ctx)
                 }
             }
             Outbound::Close { code, reason } => self.close(code, reason, ctx),
