@@ -12,10 +12,9 @@
 //! large buffer. The outgoing buffer is bounded by `limits.outbound_queue` frames: a client
 //! that does not read is closed with 1013 and never slows anyone else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Cursor;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -40,7 +39,7 @@ use switchboard_actors::protocol::{
 use switchboard_actors::router::{
     Arrived, Connect, Disconnect, FanOut, Forward, Route, RouteIfActive,
 };
-use switchboard_actors::session_handle::{Outbound, SessionHandle};
+use switchboard_actors::session_handle::{Outbound, OutboundGauge, SessionHandle};
 use switchboard_actors::store::queries::{self, Page};
 use switchboard_actors::store::NewMessage;
 use tokio::io::{AsyncReadExt, AsyncWrite};
@@ -96,8 +95,12 @@ struct Outgoing {
     writer: OwnedWriteHalf,
     codec: Codec,
     buf: BytesMut,
-    /// Frames encoded since `buf` was last empty (the outbound queue's length).
-    frames: usize,
+    /// Bytes the socket has taken since the session began.
+    written: u64,
+    /// Where each frame still (partly) in `buf` ends, counted like `written`: its length is
+    /// the outbound queue's length. A client that reads keeps it short even when `buf`
+    /// never quite empties under steady load.
+    ends: VecDeque<u64>,
     /// A [`Flush`] is running.
     flushing: bool,
     /// A close frame is queued: once it is written, the socket's write side is shut down and
@@ -119,6 +122,7 @@ impl Outgoing {
             && self.buf.capacity() > IDLE_WRITE_BUFFER
         {
             self.buf = BytesMut::new();
+            self.ends = VecDeque::new();
         }
     }
 }
@@ -145,7 +149,13 @@ impl ActorFuture<SessionActor> for Flush {
                     ctx.stop();
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(n)) => out.buf.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    out.buf.advance(n);
+                    out.written += n as u64;
+                    while out.ends.front().is_some_and(|&end| end <= out.written) {
+                        out.ends.pop_front();
+                    }
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -158,9 +168,10 @@ impl ActorFuture<SessionActor> for Flush {
             }
         }
         out.flushing = false;
-        out.frames = 0;
+        out.ends.clear();
         if out.buf.capacity() > KEEP_WRITE_BUFFER {
             out.buf = BytesMut::new();
+            out.ends = VecDeque::new();
         }
         Poll::Ready(())
     }
@@ -193,7 +204,8 @@ pub struct SessionActor {
     /// The close at `expires_at_ms`, armed only once it is within one heartbeat interval, so
     /// an idle session carries no timer but its heartbeat.
     expiry_timer: Option<SpawnHandle>,
-    overflowed: Arc<AtomicBool>,
+    /// Frames waiting in this session's mailbox, counted by every handle that pushes.
+    gauge: Arc<OutboundGauge>,
     rejected: (Instant, u32),
     /// Rate limit before authentication (the user's shared bucket applies after).
     pending_bucket: TokenBucket,
@@ -226,6 +238,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
     let limits = &app.settings.limits;
     let max = limits.max_frame_bytes;
     let pending_bucket = TokenBucket::new(limits.frames_per_second, limits.frames_burst);
+    let gauge = Arc::new(OutboundGauge::new(limits.outbound_queue));
     let (reader, writer) = io.into_split();
     let reader = AsyncReadExt::chain(Cursor::new(early), reader);
     SessionActor::create(move |ctx| {
@@ -245,7 +258,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             last_heard: Instant::now(),
             expires_at_ms: i64::MAX,
             expiry_timer: None,
-            overflowed: Arc::new(AtomicBool::new(false)),
+            gauge,
             rejected: (Instant::now(), 0),
             pending_bucket,
             subscriptions: HashSet::new(),
@@ -256,7 +269,8 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
                 writer,
                 codec: Codec::new().max_size(max),
                 buf: BytesMut::new(),
-                frames: 0,
+                written: 0,
+                ends: VecDeque::new(),
                 flushing: false,
                 closing: false,
                 read_done: false,
@@ -325,9 +339,10 @@ impl SessionActor {
     /// A frame went into the write buffer: flush it soon, and close with 1013 beyond
     /// `limits.outbound_queue` frames not yet written.
     fn queued(&mut self, ctx: &mut Ctx) {
-        self.out.frames += 1;
+        let out = &mut self.out;
+        out.ends.push_back(out.written + out.buf.len() as u64);
         self.flush_soon(ctx);
-        if self.out.frames > self.app.settings.limits.outbound_queue {
+        if self.out.ends.len() > self.app.settings.limits.outbound_queue {
             self.overflow(ctx);
         }
     }
@@ -412,7 +427,7 @@ impl SessionActor {
             self.client_id.clone(),
             self.device.clone(),
             ctx.address().recipient(),
-            self.overflowed.clone(),
+            self.gauge.clone(),
         );
         self.app.tree.router.do_send(Connect {
             handle: handle.clone(),
@@ -942,7 +957,8 @@ impl Handler<Outbound> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Ctx) {
-        if self.overflowed.load(Ordering::Relaxed) {
+        self.gauge.taken(msg.frames());
+        if self.gauge.overflowed() {
             return self.overflow(ctx);
         }
         match msg {

@@ -2,11 +2,13 @@
 //!
 //! The session actor (in the server crate) implements `Handler<Outbound>`; the engine keeps a
 //! [`SessionHandle`] per connection. Every push is a `try_send` into the session's bounded
-//! mailbox, which is the connection's outbound queue: a full mailbox means the client is not
+//! mailbox, which is the connection's outbound queue. The queue is bounded in frames, not
+//! only in mailbox slots (one slot may carry a whole commit's deliveries): an
+//! [`OutboundGauge`] counts the frames waiting. A full queue means the client is not
 //! reading, so the handle flags it overflowed and the session closes with 1013 instead of
 //! slowing anyone else down.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -50,6 +52,67 @@ pub enum Outbound {
     },
 }
 
+impl Outbound {
+    /// How many frames this puts in the outbound queue.
+    pub fn frames(&self) -> usize {
+        match self {
+            Outbound::Frame(_) => 1,
+            Outbound::Deliveries { items, .. } => items.len(),
+            Outbound::Close { .. } => 0,
+        }
+    }
+}
+
+/// The frames waiting in one session's mailbox, shared by the session (which takes them
+/// out) and every handle to it (which puts them in).
+#[derive(Debug)]
+pub struct OutboundGauge {
+    queued: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+}
+
+impl OutboundGauge {
+    /// A gauge admitting at most `limit` frames at once (`limits.outbound_queue`).
+    pub fn new(limit: usize) -> Self {
+        OutboundGauge {
+            queued: AtomicUsize::new(0),
+            limit: limit.max(1),
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
+    /// Admits `n` more frames, unless that would pass the limit.
+    fn admit(&self, n: usize) -> bool {
+        let before = self.queued.fetch_add(n, Ordering::Relaxed);
+        if before + n > self.limit {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The session took `n` frames out of its mailbox. Saturating: a frame that reached the
+    /// mailbox without a handle (none does today) cannot wrap the count around.
+    pub fn taken(&self, n: usize) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                Some(q.saturating_sub(n))
+            });
+    }
+
+    /// Flags the queue overflowed; true the first time.
+    fn overflow(&self) -> bool {
+        !self.overflowed.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether a push was refused: the session closes with 1013.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+}
+
 /// A connection as the engine sees it.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -62,7 +125,7 @@ pub struct SessionHandle {
     /// Device kind (`web`, `mobile`…), if the client said.
     pub device: Option<Arc<str>>,
     recipient: Recipient<Outbound>,
-    overflowed: Arc<AtomicBool>,
+    gauge: Arc<OutboundGauge>,
 }
 
 impl SessionHandle {
@@ -73,7 +136,7 @@ impl SessionHandle {
         client_id: Arc<str>,
         device: Option<Arc<str>>,
         recipient: Recipient<Outbound>,
-        overflowed: Arc<AtomicBool>,
+        gauge: Arc<OutboundGauge>,
     ) -> Self {
         SessionHandle {
             conn,
@@ -81,22 +144,35 @@ impl SessionHandle {
             client_id,
             device,
             recipient,
-            overflowed,
+            gauge,
         }
     }
 
     /// Queues `msg` without waiting. False if the session is gone or its queue is full; in
     /// that case the caller forgets the handle and the session closes itself with 1013.
     pub fn push(&self, msg: Outbound) -> bool {
+        let n = msg.frames();
+        if !self.gauge.admit(n) {
+            self.overflowed();
+            return false;
+        }
         match self.recipient.try_send(msg) {
             Ok(()) => true,
             Err(SendError::Full(_)) => {
-                if !self.overflowed.swap(true, Ordering::Relaxed) {
-                    log::info!("{}: outbound queue full, closing with 1013", self.conn);
-                }
+                self.gauge.taken(n);
+                self.overflowed();
                 false
             }
-            Err(SendError::Closed(_)) => false,
+            Err(SendError::Closed(_)) => {
+                self.gauge.taken(n);
+                false
+            }
+        }
+    }
+
+    fn overflowed(&self) {
+        if self.gauge.overflow() {
+            log::info!("{}: outbound queue full, closing with 1013", self.conn);
         }
     }
 
@@ -107,6 +183,34 @@ impl SessionHandle {
 
     /// Whether the session is still there to receive.
     pub fn alive(&self) -> bool {
-        self.recipient.connected() && !self.overflowed.load(Ordering::Relaxed)
+        self.recipient.connected() && !self.gauge.overflowed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gauge_counts_frames_and_refuses_past_its_limit() {
+        let g = OutboundGauge::new(10);
+        assert!(g.admit(4));
+        assert!(g.admit(6), "exactly at the limit");
+        assert!(!g.admit(1), "one frame past it");
+        g.taken(6);
+        assert!(
+            !g.admit(7),
+            "a commit's worth that does not fit is refused whole"
+        );
+        assert!(g.admit(6));
+        assert!(!g.overflowed());
+        assert!(g.overflow(), "the first overflow is reported");
+        assert!(!g.overflow());
+        assert!(g.overflowed());
+        g.taken(100);
+        assert!(
+            g.admit(10),
+            "taking more than was queued does not wrap around"
+        );
     }
 }

@@ -65,3 +65,65 @@ async fn a_stuck_reader_is_closed_with_1013_and_others_get_everything() {
     let (_, status) = app.call("GET", "/status", None, None).await;
     assert_eq!(status["connections"]["total"], 2, "{status}");
 }
+
+#[actix_web::test]
+async fn a_stuck_reader_is_closed_with_1013_when_whole_commits_arrive_at_once() {
+    // Pipelined sends: commits hold many messages, and each recipient gets a commit's
+    // messages as one item. The queue bound still counts frames.
+    let app = spawn_app_with(|s| {
+        s.limits.outbound_queue = 32;
+        crate::helpers::without_rate_limit(s);
+    })
+    .await;
+    app.group("room", "alice", &["stuck", "fast"]).await;
+    let mut alice = app.ws("alice").await;
+    let mut fast = app.ws("fast").await;
+    let mut stuck = app.ws("stuck").await;
+
+    let body = "y".repeat(20_000);
+    let total: u64 = 600;
+    let run = async {
+        let (mut next, mut acked) = (1, 0);
+        for i in 0..total {
+            alice.send(group_msg("room", &format!("p{i}"), &body)).await;
+            // Read while sending, in slices, so that neither the fast reader nor the sender
+            // (its acks) ever falls 32 frames behind.
+            if i % 16 == 15 {
+                while next <= i + 1 - 8 {
+                    let m = fast.recv_type("group_message").await;
+                    assert_eq!(
+                        m["meta"]["seq"].as_u64(),
+                        Some(next),
+                        "fast reader saw a gap"
+                    );
+                    next += 1;
+                }
+                while acked < i + 1 - 8 {
+                    if alice.recv().await["type"] == "ack" {
+                        acked += 1;
+                    }
+                }
+            }
+        }
+        while next <= total {
+            let m = fast.recv_type("group_message").await;
+            assert_eq!(
+                m["meta"]["seq"].as_u64(),
+                Some(next),
+                "fast reader saw a gap"
+            );
+            next += 1;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("sender and fast reader were slowed down by the stuck one");
+
+    let ended = loop {
+        match stuck.try_recv_or_end(Duration::from_secs(10)).await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(ended, Ended::Closed(1013));
+}
