@@ -79,6 +79,10 @@ pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// HTTP worker threads (0: one per core).
     pub workers: usize,
+    /// Linux: run the engine's thread (router, channels, write batcher) and the WebSocket
+    /// worker threads in the SCHED_BATCH class; the database threads keep the default
+    /// class (`startup::enter_batch_scheduling`).
+    pub batch_scheduling: bool,
     /// How long a graceful shutdown may take.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
@@ -91,6 +95,7 @@ impl Default for ServerSettings {
             port: 8080,
             data_dir: PathBuf::from("data"),
             workers: 0,
+            batch_scheduling: true,
             shutdown_timeout: Duration::from_secs(10),
         }
     }

@@ -85,6 +85,13 @@ fn serve(settings: Settings) -> Result<(), String> {
         let app = Application::build(settings.clone())
             .await
             .map_err(|e| e.to_string())?;
+        // The database threads have started and the WebSocket workers have not: the
+        // workers inherit this thread's class (`startup::enter_batch_scheduling`).
+        if settings.server.batch_scheduling {
+            if let Err(e) = startup::enter_batch_scheduling() {
+                log::warn!("threads stay in the default scheduling class: {e}");
+            }
+        }
         log::info!(
             "switchboard listening on {}:{} (database {})",
             settings.server.host,

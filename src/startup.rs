@@ -63,6 +63,32 @@ pub struct AppState {
     pub started: Instant,
 }
 
+/// Puts the calling thread in Linux's SCHED_BATCH scheduling class
+/// (`server.batch_scheduling`). Threads inherit the class of the thread that creates them:
+/// `serve` calls this on the engine's thread after the database threads have started and
+/// before the WebSocket workers do, so the engine and the workers are SCHED_BATCH and the
+/// database threads are not.
+///
+/// Why: every publish crosses from a session's thread to the engine's, and every delivery
+/// back. In the default class a woken thread preempts the running one at once, so on a
+/// busy core they switch about once per message. A SCHED_BATCH thread is not favoured on
+/// wake-up: it runs when the other yields, and then handles everything that arrived
+/// meanwhile. The writer, whose commit every ack waits for, keeps the default class and so
+/// still runs as soon as its sync returns. Elsewhere than Linux this does nothing.
+pub fn enter_batch_scheduling() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `param` is a valid sched_param that outlives the call, which only reads
+        // it; pid 0 names the calling thread.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Opens the database and applies pending migrations.
 pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
     let cfg = StoreConfig {
@@ -259,4 +285,35 @@ async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
     // Let the close frames reach the sockets before the workers stop.
     tokio::time::sleep(close_grace).await;
     handle.stop(true).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The scheduling policy of the calling thread, from `/proc/thread-self/stat` (field 41).
+    #[cfg(target_os = "linux")]
+    fn policy_of_this_thread() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("stat");
+        // The command name (field 2) is in parentheses and may hold spaces: count after it.
+        let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+        after_name
+            .split(' ')
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .expect("policy field")
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_engine_thread_moves_to_sched_batch_and_no_other_thread_does() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_BATCH: u32 = 3;
+        let other = std::thread::spawn(policy_of_this_thread);
+        let engine = std::thread::spawn(|| {
+            super::enter_batch_scheduling().expect("sched_setscheduler");
+            policy_of_this_thread()
+        });
+        assert_eq!(engine.join().expect("engine thread"), SCHED_BATCH);
+        assert_eq!(other.join().expect("other thread"), SCHED_OTHER);
+        assert_eq!(policy_of_this_thread(), SCHED_OTHER);
+    }
 }
