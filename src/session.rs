@@ -957,7 +957,7 @@ impl Handler<Outbound> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Ctx) {
-        self.gauge.taken(msg.frames());
+        self.gauge.taken(msg.frames_for(self.conn));
         if self.gauge.overflowed() {
             return self.overflow(ctx);
         }

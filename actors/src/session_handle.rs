@@ -53,11 +53,14 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// How many frames this puts in the outbound queue.
-    pub fn frames(&self) -> usize {
+    /// How many frames this puts in connection `conn`'s outbound queue (not the deliveries
+    /// it published itself, which it skips).
+    pub fn frames_for(&self, conn: ConnId) -> usize {
         match self {
             Outbound::Frame(_) => 1,
-            Outbound::Deliveries { items, .. } => items.len(),
+            Outbound::Deliveries { items, .. } => {
+                items.iter().filter(|d| d.skip_conn != Some(conn)).count()
+            }
             Outbound::Close { .. } => 0,
         }
     }
@@ -151,7 +154,7 @@ impl SessionHandle {
     /// Queues `msg` without waiting. False if the session is gone or its queue is full; in
     /// that case the caller forgets the handle and the session closes itself with 1013.
     pub fn push(&self, msg: Outbound) -> bool {
-        let n = msg.frames();
+        let n = msg.frames_for(self.conn);
         if !self.gauge.admit(n) {
             self.overflowed();
             return false;
@@ -190,6 +193,23 @@ impl SessionHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_is_charged_only_for_the_deliveries_it_will_write() {
+        let (me, other) = (ConnId::next(), ConnId::next());
+        let d = |skip_conn| Delivery {
+            seq: 1,
+            frame: ByteString::from_static("{}"),
+            skip_conn,
+        };
+        let msg = Outbound::Deliveries {
+            channel: Arc::from("dm:a:b"),
+            items: Arc::from(vec![d(Some(me)), d(Some(other)), d(None), d(Some(me))]),
+        };
+        assert_eq!(msg.frames_for(me), 2, "its own two are skipped");
+        assert_eq!(msg.frames_for(other), 3);
+        assert_eq!(Outbound::Frame(ByteString::new()).frames_for(me), 1);
+    }
 
     #[test]
     fn the_gauge_counts_frames_and_refuses_past_its_limit() {
