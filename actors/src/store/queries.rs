@@ -46,17 +46,6 @@ pub fn insert_channel(c: &mut DbConn, channel: &str, last_seq: i64, now: i64) ->
         .map(drop)
 }
 
-/// The message stored as `seq` of `channel`, if any.
-pub fn message_at(c: &mut DbConn, channel: &str, seq: i64) -> QueryResult<Option<StoredMessage>> {
-    // `load`, not `first`: see the module's note on `LIMIT ?`.
-    let found: Vec<StoredMessage> = messages::table
-        .filter(messages::channel.eq(channel))
-        .filter(messages::seq.eq(seq))
-        .select(StoredMessage::as_select())
-        .load(c)?;
-    Ok(found.into_iter().next())
-}
-
 /// The message stored at position `pos`, if any.
 pub fn message_by_pos(c: &mut DbConn, pos: i64) -> QueryResult<Option<StoredMessage>> {
     // `load`, not `first`: see the module's note on `LIMIT ?`.

@@ -595,9 +595,8 @@ mod tests {
         assert_eq!(again[0], ("0190-b".to_owned(), true));
         assert!(!again[1].1);
         // The new message continues the channel's seqs after the old rows.
-        let mut c = pool.get().expect("conn");
-        let m3 = queries::message_at(&mut c, "dm:alice:zed", 3).expect("read");
-        assert_eq!(m3.map(|m| m.client_msg_id), Some(Some("m3".to_owned())));
+        let stored = seqs_of(&pool, "dm:alice:zed");
+        assert_eq!(stored.last(), Some(&(3, Some("m3".to_owned()))));
     }
 
     #[test]
