@@ -288,7 +288,8 @@ struct Applied {
     keys: Vec<(u64, usize, usize)>,
     /// The position of the first new row (they are consecutive); `None` if none is new.
     first_pos: Option<i64>,
-    /// The counters of the channels this batch gave seqs in, after it.
+    /// The counters of the channels this batch gave seqs in, after it (`has_row` as it was
+    /// before: the commit inserted the missing rows).
     seqs: HashMap<String, Counter>,
 }
 
@@ -386,10 +387,9 @@ fn apply(
         };
         slots.push(slot);
     }
-    for (channel, counter) in &mut seqs {
+    for (channel, counter) in &seqs {
         if !counter.has_row {
             queries::insert_channel(c, channel, counter.last, now)?;
-            counter.has_row = true;
         }
     }
     let first_pos = if new_rows == b.rows.len() {
