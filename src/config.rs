@@ -165,6 +165,8 @@ pub struct DatabaseSettings {
     /// Resend keys of new messages wait in memory and move to the database one slice of the
     /// key space per commit; a key waits at most this many commits.
     pub dedupe_slices: u32,
+    /// Memory for the filter that lets most resend look-ups skip the database, MiB (0: off).
+    pub resend_filter_mib: u32,
 }
 
 impl Default for DatabaseSettings {
@@ -180,6 +182,7 @@ impl Default for DatabaseSettings {
             max_pending_writes: 50_000,
             dedupe_window: Duration::from_secs(24 * 3600),
             dedupe_slices: 64,
+            resend_filter_mib: 32,
         }
     }
 }

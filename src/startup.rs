@@ -12,7 +12,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
-use switchboard_actors::store::dedupe::DedupeKeys;
+use switchboard_actors::store::dedupe::{DedupeKeys, DedupeSettings};
 use switchboard_actors::store::{self, queries, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{Tree, TreeConfig};
 
@@ -130,9 +130,12 @@ impl Application {
             let mut c = pool.get().map_err(StoreError::from)?;
             let now = switchboard_actors::ids::now_ms();
             auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
-            let since = now - db.dedupe_window.as_millis() as i64;
-            let keys =
-                DedupeKeys::load(&mut c, db.dedupe_slices, since).map_err(StoreError::from)?;
+            let settings = DedupeSettings {
+                slices: db.dedupe_slices,
+                window_ms: db.dedupe_window.as_millis() as i64,
+                filter_bytes: (db.resend_filter_mib as usize) << 20,
+            };
+            let keys = DedupeKeys::load(&mut c, settings, now).map_err(StoreError::from)?;
             log::info!(
                 "resend keys read back from recent messages: {}",
                 keys.pending()

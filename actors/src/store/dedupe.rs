@@ -20,12 +20,12 @@
 //! confirms each candidate against the message row (sender, frame id, dedupe window), so hash
 //! collisions cost a read, never a wrong answer.
 
-use std::collections::BTreeMap;
-use std::ops::Bound;
+use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
 use super::models::{DedupeKeyRow, StoredMessage};
+use super::resend_filter::ResendFilter;
 use super::{queries, DbConn};
 
 /// The dedupe key of a frame: the first 8 bytes of SHA-256 over the sender's length, the
@@ -42,15 +42,18 @@ pub fn key_of(sender: &str, client_msg_id: &str) -> u64 {
     u64::from_le_bytes(first)
 }
 
+/// The slice of the key space `key` is in: slice `s` of `slices` holds the keys from
+/// `s / slices` of the space up to `(s + 1) / slices`.
+fn slice_of(key: u64, slices: u32) -> u32 {
+    ((u128::from(key) * u128::from(slices)) >> 64) as u32
+}
+
 /// A slice moves once it holds this many keys...
 const MOVE_AT: usize = 32;
 /// ...or after this many commits passed it by. Moving a handful of keys costs a commit the
 /// same pages as moving many (the table's last page and an index page), so under small
 /// batches a slice waits for keys to gather rather than write two pages per commit.
 const MOVE_WAIT: u32 = 16;
-
-/// A pending key: (key, arrival number).
-type Arrival = (u64, u64);
 
 /// Where a message with a pending key is.
 #[derive(Debug, Clone, Copy)]
@@ -69,14 +72,30 @@ pub struct SliceMoved {
     next_rotation: Option<i64>,
 }
 
+/// How resend keys are kept; part of the broker's config.
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeSettings {
+    /// Slices of the key space, one moved per commit (clamped to 1..=4096).
+    pub slices: u32,
+    /// How far back a resend is recognised, ms.
+    pub window_ms: i64,
+    /// Memory for the [`ResendFilter`], bytes (0: off, every look-up queries).
+    pub filter_bytes: usize,
+}
+
 /// Keys of stored messages not yet in `dedupe_keys`, and the rotation that moves them there.
 /// One per database, shared by the writer threads (which hold it across a transaction).
 #[derive(Debug)]
 pub struct DedupeKeys {
-    /// (key, arrival number) -> where the message is. The arrival number lets two messages
-    /// share a key (a collision) without one hiding the other.
-    pending: BTreeMap<Arrival, PendingKey>,
-    arrivals: u64,
+    /// Pending key -> where its message is (the newest, if two share the key).
+    pending: HashMap<u64, PendingKey>,
+    /// Older messages under a key that is in `pending` too: a collision, or a frame id
+    /// used again after the window. Almost always empty.
+    shadowed: Vec<(u64, PendingKey)>,
+    /// The keys of `pending` and `shadowed` by slice, in arrival order.
+    by_slice: Vec<Vec<(u64, PendingKey)>>,
+    /// Every key stored within the window, for look-ups that skip the table.
+    filter: ResendFilter,
     slices: u32,
     /// The slice the next commit moves.
     cursor: u32,
@@ -92,20 +111,31 @@ pub struct DedupeKeys {
 
 impl DedupeKeys {
     /// Loads the keys of messages stored since the last finished rotation, within the dedupe
-    /// window (`since`, ms). `slices` is clamped to 1..=4096.
-    pub fn load(c: &mut DbConn, slices: u32, since: i64) -> diesel::QueryResult<Self> {
+    /// window, and fills the filter with the keys already in the table. `now` in ms.
+    pub fn load(c: &mut DbConn, settings: DedupeSettings, now: i64) -> diesel::QueryResult<Self> {
         let moved = queries::dedupe_moved_through(c)?;
         let newest = queries::last_position(c)?;
+        let slices = settings.slices.clamp(1, 4096);
+        let mut filter = ResendFilter::new(settings.filter_bytes, settings.window_ms);
+        if filter.is_on() {
+            let capacity = filter.startup_capacity();
+            let moved_keys = queries::dedupe_keys_upto(c, capacity + 1)?;
+            let complete = moved_keys.len() <= capacity;
+            filter.load_startup(moved_keys.into_iter().map(|k| k as u64), complete, now);
+        }
         let mut keys = DedupeKeys {
-            pending: BTreeMap::new(),
-            arrivals: 0,
-            slices: slices.clamp(1, 4096),
+            pending: HashMap::new(),
+            shadowed: Vec::new(),
+            by_slice: (0..slices).map(|_| Vec::new()).collect(),
+            filter,
+            slices,
             cursor: 0,
             waited: 0,
             move_at: MOVE_AT,
             move_wait: MOVE_WAIT,
             rotation_start: newest,
         };
+        let since = now - settings.window_ms;
         for m in queries::keyed_messages_after(c, moved, since)? {
             keys.add(
                 key_of(&m.sender_id, &m.client_msg_id),
@@ -131,12 +161,17 @@ impl DedupeKeys {
 
     /// Keys held in memory.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.shadowed.len()
     }
 
     fn add(&mut self, key: u64, at: PendingKey) {
-        self.pending.insert((key, self.arrivals), at);
-        self.arrivals += 1;
+        if let Some(older) = self.pending.insert(key, at) {
+            self.shadowed.push((key, older));
+        }
+        if let Some(keys) = self.by_slice.get_mut(slice_of(key, self.slices) as usize) {
+            keys.push((key, at));
+        }
+        self.filter.insert(key, at.created_at);
     }
 
     /// The message `sender` stored under client frame id `cmid` since `since`, if any.
@@ -151,35 +186,36 @@ impl DedupeKeys {
     ) -> diesel::QueryResult<Option<StoredMessage>> {
         let held = self
             .pending
-            .range((key, 0)..=(key, u64::MAX))
-            .filter(|(_, p)| p.created_at >= since)
-            .map(|(_, p)| p.pos);
-        let candidates: Vec<i64> = held
-            .chain(queries::dedupe_candidates(c, key as i64)?)
-            .collect();
-        for pos in candidates {
-            if let Some(m) = queries::message_by_pos(c, pos)? {
-                if m.created_at >= since
-                    && m.sender_id == sender
-                    && m.client_msg_id.as_deref() == Some(cmid)
-                {
-                    return Ok(Some(m));
-                }
+            .get(&key)
+            .into_iter()
+            .chain(
+                self.shadowed
+                    .iter()
+                    .filter(|(k, _)| *k == key)
+                    .map(|(_, p)| p),
+            )
+            .filter(|p| p.created_at >= since)
+            .map(|p| p.pos);
+        let matches = |m: &StoredMessage| {
+            m.created_at >= since
+                && m.sender_id == sender
+                && m.client_msg_id.as_deref() == Some(cmid)
+        };
+        for pos in held {
+            if let Some(m) = queries::message_by_pos(c, pos)?.filter(matches) {
+                return Ok(Some(m));
+            }
+        }
+        // Nearly every key is new: the filter saves the query for most of them.
+        if !self.filter.may_hold(key, since) {
+            return Ok(None);
+        }
+        for pos in queries::dedupe_candidates(c, key as i64)? {
+            if let Some(m) = queries::message_by_pos(c, pos)?.filter(matches) {
+                return Ok(Some(m));
             }
         }
         Ok(None)
-    }
-
-    /// The key range of slice `s` (the last slice runs to the top of the key space).
-    fn bounds(&self, s: u32) -> (Bound<Arrival>, Bound<Arrival>) {
-        let edge = |s: u32| ((u128::from(s) << 64) / u128::from(self.slices)) as u64;
-        let lo = Bound::Included((edge(s), 0));
-        let hi = if s + 1 >= self.slices {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded((edge(s + 1), 0))
-        };
-        (lo, hi)
     }
 
     /// Inside a commit: writes the pending keys of the next slice to `dedupe_keys` if it is
@@ -188,22 +224,23 @@ impl DedupeKeys {
     /// succeeded.
     pub fn move_slice(&self, c: &mut DbConn) -> diesel::QueryResult<Option<SliceMoved>> {
         let slice = self.cursor;
-        let full = self
-            .pending
-            .range(self.bounds(slice))
-            .nth(self.move_at.max(1) - 1)
-            .is_some();
+        let waiting = self
+            .by_slice
+            .get(slice as usize)
+            .map_or(&[][..], Vec::as_slice);
+        let full = waiting.len() >= self.move_at.max(1);
         if !full && self.waited + 1 < self.move_wait {
             return Ok(None);
         }
-        let rows: Vec<DedupeKeyRow> = self
-            .pending
-            .range(self.bounds(slice))
-            .map(|(&(key, _), p)| DedupeKeyRow {
+        // Sorted, so that the keys of a slice land together on a few pages.
+        let mut rows: Vec<DedupeKeyRow> = waiting
+            .iter()
+            .map(|&(key, p)| DedupeKeyRow {
                 key: key as i64,
                 pos: p.pos,
             })
             .collect();
+        rows.sort_unstable_by_key(|r| (r.key as u64, r.pos));
         queries::insert_dedupe_keys(c, &rows)?;
         let mut next_rotation = None;
         if slice + 1 >= self.slices {
@@ -227,14 +264,14 @@ impl DedupeKeys {
         self.waited += 1;
         if let Some(m) = moved {
             self.waited = 0;
-            let doomed: Vec<Arrival> = self
-                .pending
-                .range(self.bounds(m.slice))
-                .map(|(k, _)| *k)
-                .collect();
-            for k in doomed {
-                self.pending.remove(&k);
+            if let Some(keys) = self.by_slice.get_mut(m.slice as usize) {
+                for (key, _) in keys.drain(..) {
+                    self.pending.remove(&key);
+                }
             }
+            let slices = self.slices;
+            self.shadowed
+                .retain(|(k, _)| slice_of(*k, slices) != m.slice);
             match m.next_rotation {
                 Some(start) => {
                     self.cursor = 0;

@@ -9,6 +9,7 @@ pub mod dedupe;
 pub mod models;
 pub mod queries;
 pub mod reader;
+pub mod resend_filter;
 /// Diesel table definitions: the shape of `migrations/` (what `diesel print-schema` prints).
 #[allow(missing_docs)]
 pub mod schema;

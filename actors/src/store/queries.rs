@@ -65,6 +65,14 @@ pub fn dedupe_candidates(c: &mut DbConn, key: i64) -> QueryResult<Vec<i64>> {
         .load(c)
 }
 
+/// Up to `limit` keys of `dedupe_keys` (read once, at start-up).
+pub fn dedupe_keys_upto(c: &mut DbConn, limit: usize) -> QueryResult<Vec<i64>> {
+    dedupe_keys::table
+        .select(dedupe_keys::key)
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .load(c)
+}
+
 /// Inserts dedupe keys, in the order given; a key already there (moved again after a
 /// restart) is skipped.
 pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {

@@ -416,6 +416,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::dedupe::DedupeSettings;
     use crate::store::models::DedupeKeyRow;
     use crate::store::{open_pool, run_migrations, StoreConfig, Synchronous};
 
@@ -443,7 +444,12 @@ mod tests {
 
     fn load_keys(pool: &DbPool, slices: u32) -> DedupeKeys {
         let mut c = pool.get().expect("conn");
-        DedupeKeys::load(&mut c, slices, now_ms() - WINDOW).expect("load")
+        let settings = DedupeSettings {
+            slices,
+            window_ms: WINDOW,
+            filter_bytes: 1 << 20,
+        };
+        DedupeKeys::load(&mut c, settings, now_ms()).expect("load")
     }
 
     /// Writer memory as at start-up.
@@ -612,6 +618,8 @@ mod tests {
         };
         queries::insert_dedupe_keys(&mut c, &[row]).expect("insert");
         drop(c);
+        // Read back at start-up, so that the look-up does not skip the table.
+        let mut mem = load(&pool, 1);
         let alices = write(&pool, &mut mem, vec![dm("alice", "m1")]);
         assert!(!alices[0].1, "not taken for bob's message");
         assert_ne!(alices[0].0, bobs[0].0);

@@ -1,0 +1,295 @@
+//! `ResendFilter`: a Bloom filter over the resend keys of the dedupe window, so that the
+//! look-up for a frame id never stored (nearly every look-up) costs no query.
+//!
+//! Every message with a client frame id is looked up before it is stored (contract
+//! guarantee 2). Keys still in memory are found there; keys already moved to `dedupe_keys`
+//! took one indexed `SELECT` each, about a tenth of the broker's work in `pairs`
+//! (docs/BENCHMARKS.md). The filter answers "certainly not stored" for most new keys; only
+//! a "maybe" (a resend, or a false positive) queries the table. It never answers "not
+//! stored" for a key that is: every key the writer stores goes in, and the keys already in
+//! the table at start-up are read in (or, when there are too many to hold, every look-up
+//! queries until they are out of the window).
+//!
+//! Keys expire with the window: the filter is cut into parts by storage time (a window
+//! spans [`PARTS_PER_WINDOW`] of them), and a part is dropped once all it holds is older
+//! than the window. Memory is bounded: each part has a fixed size, so a part that takes in
+//! more keys than it was sized for answers "maybe" more often (more queries), never wrong.
+//!
+//! A part is a split-block Bloom filter: a key sets one bit in each of the eight words of
+//! one 64-byte block, so a look-up touches one cache line.
+
+use std::collections::VecDeque;
+
+/// One 512-bit block: a key sets one bit in each word.
+type Block = [u64; 8];
+
+/// Parts per dedupe window: a part is dropped at most a window and one part after its
+/// first key was stored.
+pub const PARTS_PER_WINDOW: i64 = 8;
+
+/// Bits per key a part is sized for (about 1–2 % false positives at that load).
+const BITS_PER_KEY: usize = 10;
+
+/// The keys stored in one span of time.
+#[derive(Debug)]
+struct Part {
+    /// Start of the span, ms; keys stored from then until `start + span` are here.
+    start: i64,
+    blocks: Vec<Block>,
+    keys: u64,
+}
+
+/// The keys already in `dedupe_keys` when the broker started.
+#[derive(Debug)]
+enum Startup {
+    /// None, or they have left the window.
+    Gone,
+    /// Read into `blocks`; stored before `before` (ms).
+    Held { blocks: Vec<Block>, before: i64 },
+    /// Too many to hold: any key may be among them until they leave the window.
+    Unknown { before: i64 },
+}
+
+/// A Bloom filter over the resend keys stored within the dedupe window.
+#[derive(Debug)]
+pub struct ResendFilter {
+    /// Blocks per part; 0: the filter is off and answers "maybe" to everything.
+    blocks: usize,
+    window_ms: i64,
+    span_ms: i64,
+    /// Oldest first.
+    parts: VecDeque<Part>,
+    startup: Startup,
+}
+
+impl ResendFilter {
+    /// A filter using about `bytes` of memory over a dedupe window of `window_ms`; `bytes`
+    /// 0 turns it off. Memory is taken as parts fill, not up front.
+    pub fn new(bytes: usize, window_ms: i64) -> Self {
+        // The parts alive at once (a window's and the current one), plus two shares for
+        // the keys read at start-up.
+        let shares = PARTS_PER_WINDOW as usize + 3;
+        let blocks = bytes / shares / std::mem::size_of::<Block>();
+        ResendFilter {
+            blocks,
+            window_ms: window_ms.max(1),
+            span_ms: (window_ms / PARTS_PER_WINDOW).max(1),
+            parts: VecDeque::new(),
+            startup: Startup::Gone,
+        }
+    }
+
+    /// Whether the filter is on.
+    pub fn is_on(&self) -> bool {
+        self.blocks > 0
+    }
+
+    /// How many keys the start-up share holds without answering "maybe" too often.
+    pub fn startup_capacity(&self) -> usize {
+        2 * self.blocks * 512 / BITS_PER_KEY
+    }
+
+    /// Takes the keys found in the table at start-up (`now`, ms), all of them; `complete`
+    /// false says there were more than [`ResendFilter::startup_capacity`] and only some are
+    /// given, so look-ups query until the rest are out of the window.
+    pub fn load_startup(&mut self, keys: impl Iterator<Item = u64>, complete: bool, now: i64) {
+        if !self.is_on() {
+            return;
+        }
+        if !complete {
+            self.startup = Startup::Unknown { before: now };
+            return;
+        }
+        let mut blocks = vec![[0u64; 8]; 2 * self.blocks];
+        let mut any = false;
+        for key in keys {
+            set(&mut blocks, key);
+            any = true;
+        }
+        self.startup = if any {
+            Startup::Held {
+                blocks,
+                before: now,
+            }
+        } else {
+            Startup::Gone
+        };
+    }
+
+    /// False only if no key `key` was stored since `since` (ms): the look-up can skip the
+    /// table.
+    pub fn may_hold(&self, key: u64, since: i64) -> bool {
+        if !self.is_on() {
+            return true;
+        }
+        let at_startup = match &self.startup {
+            Startup::Gone => false,
+            Startup::Held { blocks, before } => *before > since && has(blocks, key),
+            Startup::Unknown { before } => *before > since,
+        };
+        at_startup
+            || self
+                .parts
+                .iter()
+                .rev()
+                .take_while(|p| p.start + self.span_ms > since)
+                .any(|p| has(&p.blocks, key))
+    }
+
+    /// Adds the key of a message stored at `stored_at` (ms), and drops what has left the
+    /// window.
+    pub fn insert(&mut self, key: u64, stored_at: i64) {
+        if !self.is_on() {
+            return;
+        }
+        let start = stored_at - stored_at.rem_euclid(self.span_ms);
+        // A key goes in the newest part unless it belongs to a later span. (A clock that
+        // stepped back puts it in a later part than its time: dropped later, never sooner.)
+        let newest = self.parts.back().map(|p| p.start);
+        if newest.is_none_or(|n| n < start) {
+            self.parts.push_back(Part {
+                start,
+                blocks: vec![[0u64; 8]; self.blocks],
+                keys: 0,
+            });
+            self.expire(stored_at - self.window_ms);
+        }
+        if let Some(p) = self.parts.back_mut() {
+            set(&mut p.blocks, key);
+            p.keys += 1;
+        }
+    }
+
+    /// Drops the parts, and the start-up keys, stored wholly before `since`.
+    fn expire(&mut self, since: i64) {
+        while self
+            .parts
+            .front()
+            .is_some_and(|p| p.start + self.span_ms <= since)
+        {
+            self.parts.pop_front();
+        }
+        let gone = match self.startup {
+            Startup::Held { before, .. } | Startup::Unknown { before } => before <= since,
+            Startup::Gone => false,
+        };
+        if gone {
+            self.startup = Startup::Gone;
+        }
+    }
+
+    /// Keys held in the parts of the window (not counting those read at start-up).
+    pub fn keys(&self) -> u64 {
+        self.parts.iter().map(|p| p.keys).sum()
+    }
+}
+
+/// The block of `key` and the bit it sets in each word. Keys are SHA-256 bits, so they are
+/// uniform already: the high bits choose the block, the low 48 the bits.
+fn place(blocks: usize, key: u64) -> (usize, [u64; 8]) {
+    let block = ((u128::from(key) * blocks as u128) >> 64) as usize;
+    let mut bits = [0u64; 8];
+    for (i, b) in bits.iter_mut().enumerate() {
+        *b = 1 << ((key >> (6 * i)) & 63);
+    }
+    (block, bits)
+}
+
+fn set(blocks: &mut [Block], key: u64) {
+    let (i, bits) = place(blocks.len(), key);
+    if let Some(block) = blocks.get_mut(i) {
+        for (w, b) in block.iter_mut().zip(bits) {
+            *w |= b;
+        }
+    }
+}
+
+fn has(blocks: &[Block], key: u64) -> bool {
+    let (i, bits) = place(blocks.len(), key);
+    blocks
+        .get(i)
+        .is_some_and(|block| block.iter().zip(bits).all(|(w, b)| w & b != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    /// Uniform 64-bit keys, as `dedupe::key_of` gives (splitmix64).
+    fn keys(from: u64, n: u64) -> impl Iterator<Item = u64> {
+        (from..from + n).map(|i| {
+            let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        })
+    }
+
+    #[test]
+    fn every_stored_key_may_be_held_and_most_others_are_certainly_not() {
+        let mut f = ResendFilter::new(1 << 20, 24 * HOUR);
+        let now = 100 * HOUR;
+        for k in keys(0, 5_000) {
+            f.insert(k, now);
+        }
+        assert!(keys(0, 5_000).all(|k| f.may_hold(k, now - 24 * HOUR)));
+        let false_positives = keys(1_000_000, 100_000)
+            .filter(|&k| f.may_hold(k, now - 24 * HOUR))
+            .count();
+        assert!(false_positives < 1_000, "{false_positives} of 100,000");
+        assert_eq!(f.keys(), 5_000);
+    }
+
+    #[test]
+    fn keys_leave_with_the_window_and_not_before() {
+        let window = 8 * HOUR;
+        let mut f = ResendFilter::new(1 << 20, window);
+        let t0 = 100 * HOUR;
+        f.insert(7, t0);
+        // Still within the window an hour short of its end.
+        f.insert(8, t0 + window - HOUR);
+        assert!(f.may_hold(7, t0 + window - HOUR - window));
+        // Once the window has passed the part, it is dropped.
+        f.insert(9, t0 + window + HOUR);
+        assert!(!f.may_hold(7, t0 + HOUR + 1));
+        assert!(f.may_hold(8, t0 + HOUR + 1));
+        assert_eq!(f.parts.len(), 2);
+    }
+
+    #[test]
+    fn keys_found_at_start_up_count_until_they_leave_the_window() {
+        let now = 100 * HOUR;
+        let mut f = ResendFilter::new(1 << 20, HOUR);
+        f.load_startup(keys(0, 100), true, now);
+        assert!(keys(0, 100).all(|k| f.may_hold(k, now - HOUR)));
+        let others = keys(1_000_000, 10_000)
+            .filter(|&k| f.may_hold(k, now - HOUR))
+            .count();
+        assert!(others < 100, "{others} of 10,000");
+        // Stored before the start: gone once the window has passed the start.
+        f.insert(1, now + 2 * HOUR);
+        assert!(keys(0, 100).all(|k| !f.may_hold(k, now + HOUR)));
+
+        let mut unknown = ResendFilter::new(1 << 20, HOUR);
+        unknown.load_startup(keys(0, 100), false, now);
+        assert!(
+            unknown.may_hold(12345, now - HOUR),
+            "too many: every look-up queries"
+        );
+        unknown.insert(1, now + 2 * HOUR);
+        assert!(
+            !unknown.may_hold(12345, now + HOUR),
+            "until they left the window"
+        );
+    }
+
+    #[test]
+    fn a_filter_without_memory_is_off_and_answers_maybe() {
+        let mut f = ResendFilter::new(0, HOUR);
+        f.insert(1, 0);
+        assert!(!f.is_on());
+        assert!(f.may_hold(2, 0));
+    }
+}
