@@ -21,6 +21,7 @@
 //! collisions cost a read, never a wrong answer.
 
 use std::collections::HashMap;
+use std::hash::Hasher;
 
 use sha2::{Digest, Sha256};
 
@@ -40,6 +41,27 @@ pub fn key_of(sender: &str, client_msg_id: &str) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(first)
+}
+
+/// Hashes a dedupe key as itself: keys are SHA-256 bits already. Only for maps that live
+/// within one batch (bounded, so a client that ground out colliding keys gains little).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 /// The slice of the key space `key` is in: slice `s` of `slices` holds the keys from

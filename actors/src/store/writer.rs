@@ -5,13 +5,15 @@
 //! out here, inside the transaction, from counters kept in memory ([`SeqCounters`]); memory
 //! moves only once the transaction committed, so a rolled-back batch leaves no gap.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
 
-use super::dedupe::{key_of, DedupeKeys, SliceMoved};
+use super::dedupe::{key_of, DedupeKeys, KeyHasher, SliceMoved};
 use super::models::{NewMessage, StoredMessage};
 use super::seqs::{Counter, SeqCounters};
 use super::{queries, DbConn, DbPool, StoreError};
@@ -320,9 +322,12 @@ fn apply(
     let keys = &memory.keys;
     // Seq counters touched by this batch, as they stand after it.
     let mut seqs: HashMap<String, Counter> = HashMap::new();
-    // Messages of this batch by (sender, client id) -> write position, to catch a resend
-    // inside one batch.
-    let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+    // Messages of this batch by dedupe key -> (write position, sender, client id), to catch
+    // a resend inside one batch; a second message under a key already there (a collision)
+    // waits in `collided`.
+    let mut in_batch: HashMap<u64, (usize, &str, &str), BuildHasherDefault<KeyHasher>> =
+        HashMap::default();
+    let mut collided: Vec<(u64, (usize, &str, &str))> = Vec::new();
     let mut slots = Vec::with_capacity(b.writes.len());
     let mut fresh_keys = Vec::new();
     let mut new_rows = 0;
@@ -336,11 +341,20 @@ fn apply(
                 };
                 let mut key = None;
                 if let Some(cmid) = m.client_msg_id.as_deref() {
-                    if let Some(&j) = in_batch.get(&(m.sender_id.as_str(), cmid)) {
+                    let k = key_of(&m.sender_id, cmid);
+                    let same = |&(_, sender, id): &(usize, &str, &str)| {
+                        sender == m.sender_id && id == cmid
+                    };
+                    let earlier = in_batch.get(&k).copied().filter(same).or_else(|| {
+                        collided
+                            .iter()
+                            .find(|(key, e)| *key == k && same(e))
+                            .map(|(_, e)| *e)
+                    });
+                    if let Some((j, _, _)) = earlier {
                         slots.push(Slot::SameAs(j));
                         continue;
                     }
-                    let k = key_of(&m.sender_id, cmid);
                     if let Some(old) = keys.find(c, k, &m.sender_id, cmid, since)? {
                         slots.push(Slot::Duplicate(old));
                         continue;
@@ -360,7 +374,13 @@ fn apply(
                 m.created_at = now;
                 new_rows += 1;
                 if let (Some(k), Some(cmid)) = (key, m.client_msg_id.as_deref()) {
-                    in_batch.insert((m.sender_id.as_str(), cmid), slots.len());
+                    let entry = (slots.len(), m.sender_id.as_str(), cmid);
+                    match in_batch.entry(k) {
+                        Entry::Vacant(v) => {
+                            v.insert(entry);
+                        }
+                        Entry::Occupied(_) => collided.push((k, entry)),
+                    }
                     fresh_keys.push((k, i, new_rows - 1));
                 }
                 Slot::New(i)
@@ -603,6 +623,21 @@ mod tests {
         // The new message continues the channel's seqs after the old rows.
         let stored = seqs_of(&pool, "dm:alice:zed");
         assert_eq!(stored.last(), Some(&(3, Some("m3".to_owned()))));
+    }
+
+    #[test]
+    fn a_resend_inside_one_batch_gets_the_first_copy() {
+        let (_dir, pool) = fresh();
+        let mut mem = load(&pool, 4);
+        let out = write(
+            &pool,
+            &mut mem,
+            vec![dm("alice", "m1"), dm("bob", "m1"), dm("alice", "m1")],
+        );
+        assert_eq!(out[2], (out[0].0.clone(), true));
+        assert!(!out[0].1 && !out[1].1);
+        assert_ne!(out[0].0, out[1].0, "another sender's id is another frame");
+        assert_eq!(seqs_of(&pool, "dm:alice:zed").len(), 1, "stored once");
     }
 
     #[test]
