@@ -143,6 +143,18 @@ impl DedupeKeys {
             let capacity = filter.startup_capacity();
             let moved_keys = queries::dedupe_keys_upto(c, capacity + 1)?;
             let complete = moved_keys.len() <= capacity;
+            if complete {
+                log::info!(
+                    "resend filter: {} keys read from dedupe_keys",
+                    moved_keys.len()
+                );
+            } else {
+                log::warn!(
+                    "resend filter: more than {capacity} keys in dedupe_keys; every resend \
+                     look-up queries the table until they are out of dedupe_window \
+                     (raise database.resend_filter_mib to hold them)"
+                );
+            }
             filter.load_startup(moved_keys.into_iter().map(|k| k as u64), complete, now);
         }
         let mut keys = DedupeKeys {
