@@ -140,22 +140,18 @@ impl DedupeKeys {
         let slices = settings.slices.clamp(1, 4096);
         let mut filter = ResendFilter::new(settings.filter_bytes, settings.window_ms);
         if filter.is_on() {
-            let capacity = filter.startup_capacity();
-            let moved_keys = queries::dedupe_keys_upto(c, capacity + 1)?;
-            let complete = moved_keys.len() <= capacity;
-            if complete {
-                log::info!(
-                    "resend filter: {} keys read from dedupe_keys",
-                    moved_keys.len()
+            let rows = queries::dedupe_keys_iter(c)?.map(|k| k.map(|k| k as u64));
+            let read = filter.load_startup(rows, now)?;
+            if filter.startup_overflowed() {
+                log::warn!(
+                    "resend filter: more than {} keys in dedupe_keys; every resend look-up \
+                     queries the table until they are out of dedupe_window (raise \
+                     database.resend_filter_mib to hold them)",
+                    filter.startup_capacity()
                 );
             } else {
-                log::warn!(
-                    "resend filter: more than {capacity} keys in dedupe_keys; every resend \
-                     look-up queries the table until they are out of dedupe_window \
-                     (raise database.resend_filter_mib to hold them)"
-                );
+                log::info!("resend filter: {read} keys read from dedupe_keys");
             }
-            filter.load_startup(moved_keys.into_iter().map(|k| k as u64), complete, now);
         }
         let mut keys = DedupeKeys {
             pending: HashMap::new(),

@@ -4,6 +4,7 @@
 //! LIMIT is a bound parameter for re-preparing whenever that parameter is bound again, so
 //! such a statement is parsed anew on every use despite the statement cache.
 
+use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Nullable, Text};
@@ -65,12 +66,13 @@ pub fn dedupe_candidates(c: &mut DbConn, key: i64) -> QueryResult<Vec<i64>> {
         .load(c)
 }
 
-/// Up to `limit` keys of `dedupe_keys` (read once, at start-up).
-pub fn dedupe_keys_upto(c: &mut DbConn, limit: usize) -> QueryResult<Vec<i64>> {
+/// The keys of `dedupe_keys`, streamed (read once, at start-up).
+pub fn dedupe_keys_iter(
+    c: &mut DbConn,
+) -> QueryResult<impl Iterator<Item = QueryResult<i64>> + '_> {
     dedupe_keys::table
         .select(dedupe_keys::key)
-        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-        .load(c)
+        .load_iter::<i64, DefaultLoadingMode>(c)
 }
 
 /// Inserts dedupe keys, in the order given; a key already there (moved again after a

@@ -89,24 +89,28 @@ impl ResendFilter {
         2 * self.blocks * 512 / BITS_PER_KEY
     }
 
-    /// Takes the keys found in the table at start-up (`now`, ms), all of them; `complete`
-    /// false says there were more than [`ResendFilter::startup_capacity`] and only some are
-    /// given, so look-ups query until the rest are out of the window.
-    pub fn load_startup(&mut self, keys: impl Iterator<Item = u64>, complete: bool, now: i64) {
+    /// Reads the keys found in the table at start-up (`now`, ms) from `keys`, taking at
+    /// most one more than [`ResendFilter::startup_capacity`]; answers how many it took. With
+    /// more than the capacity it holds none of them, and every look-up queries until they
+    /// are out of the window.
+    pub fn load_startup<E>(
+        &mut self,
+        keys: impl Iterator<Item = Result<u64, E>>,
+        now: i64,
+    ) -> Result<usize, E> {
         if !self.is_on() {
-            return;
+            return Ok(0);
         }
-        if !complete {
-            self.startup = Startup::Unknown { before: now };
-            return;
-        }
+        let capacity = self.startup_capacity();
         let mut blocks = vec![[0u64; 8]; 2 * self.blocks];
-        let mut any = false;
-        for key in keys {
-            set(&mut blocks, key);
-            any = true;
+        let mut read = 0;
+        for key in keys.take(capacity + 1) {
+            set(&mut blocks, key?);
+            read += 1;
         }
-        self.startup = if any {
+        self.startup = if read > capacity {
+            Startup::Unknown { before: now }
+        } else if read > 0 {
             Startup::Held {
                 blocks,
                 before: now,
@@ -114,6 +118,13 @@ impl ResendFilter {
         } else {
             Startup::Gone
         };
+        Ok(read)
+    }
+
+    /// Whether the keys read at start-up were too many to hold (see
+    /// [`ResendFilter::load_startup`]) and still within the window.
+    pub fn startup_overflowed(&self) -> bool {
+        matches!(self.startup, Startup::Unknown { .. })
     }
 
     /// False only if no key `key` was stored since `since` (ms): the look-up can skip the
@@ -262,7 +273,8 @@ mod tests {
     fn keys_found_at_start_up_count_until_they_leave_the_window() {
         let now = 100 * HOUR;
         let mut f = ResendFilter::new(1 << 20, HOUR);
-        f.load_startup(keys(0, 100), true, now);
+        let read = f.load_startup(keys(0, 100).map(Ok::<_, ()>), now);
+        assert_eq!(read, Ok(100));
         assert!(keys(0, 100).all(|k| f.may_hold(k, now - HOUR)));
         let others = keys(1_000_000, 10_000)
             .filter(|&k| f.may_hold(k, now - HOUR))
@@ -272,8 +284,12 @@ mod tests {
         f.insert(1, now + 2 * HOUR);
         assert!(keys(0, 100).all(|k| !f.may_hold(k, now + HOUR)));
 
-        let mut unknown = ResendFilter::new(1 << 20, HOUR);
-        unknown.load_startup(keys(0, 100), false, now);
+        // A start-up share of 22 blocks holds about 1,100 keys.
+        let mut unknown = ResendFilter::new(11 * 64 * 11, HOUR);
+        let capacity = unknown.startup_capacity();
+        let read = unknown.load_startup(keys(0, 10_000).map(Ok::<_, ()>), now);
+        assert_eq!(read, Ok(capacity + 1), "stops one past what it can hold");
+        assert!(unknown.startup_overflowed());
         assert!(
             unknown.may_hold(12345, now - HOUR),
             "too many: every look-up queries"
