@@ -5,9 +5,8 @@
 //! out here, inside the transaction, from counters kept in memory ([`SeqCounters`]); memory
 //! moves only once the transaction committed, so a rolled-back batch leaves no gap.
 
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -295,6 +294,21 @@ struct Applied {
     seqs: HashMap<String, Counter>,
 }
 
+/// A message of a batch as the in-batch resend check sees it: equal when sender and frame
+/// id are, hashed by its dedupe key (computed anyway, and a function of both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FrameRef<'a> {
+    key: u64,
+    sender: &'a str,
+    id: &'a str,
+}
+
+impl Hash for FrameRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.key);
+    }
+}
+
 /// Where one write's outcome comes from once its batch has committed.
 enum Slot {
     /// Inserted by this batch: row `i` of [`Staged::rows`].
@@ -322,12 +336,8 @@ fn apply(
     let keys = &memory.keys;
     // Seq counters touched by this batch, as they stand after it.
     let mut seqs: HashMap<String, Counter> = HashMap::new();
-    // Messages of this batch by dedupe key -> (write position, sender, client id), to catch
-    // a resend inside one batch; a second message under a key already there (a collision)
-    // waits in `collided`.
-    let mut in_batch: HashMap<u64, (usize, &str, &str), BuildHasherDefault<KeyHasher>> =
-        HashMap::default();
-    let mut collided: Vec<(u64, (usize, &str, &str))> = Vec::new();
+    // Messages of this batch -> write position, to catch a resend inside one batch.
+    let mut in_batch: HashMap<FrameRef, usize, BuildHasherDefault<KeyHasher>> = HashMap::default();
     let mut slots = Vec::with_capacity(b.writes.len());
     let mut fresh_keys = Vec::new();
     let mut new_rows = 0;
@@ -342,16 +352,12 @@ fn apply(
                 let mut key = None;
                 if let Some(cmid) = m.client_msg_id.as_deref() {
                     let k = key_of(&m.sender_id, cmid);
-                    let same = |&(_, sender, id): &(usize, &str, &str)| {
-                        sender == m.sender_id && id == cmid
+                    let frame = FrameRef {
+                        key: k,
+                        sender: &m.sender_id,
+                        id: cmid,
                     };
-                    let earlier = in_batch.get(&k).copied().filter(same).or_else(|| {
-                        collided
-                            .iter()
-                            .find(|(key, e)| *key == k && same(e))
-                            .map(|(_, e)| *e)
-                    });
-                    if let Some((j, _, _)) = earlier {
+                    if let Some(&j) = in_batch.get(&frame) {
                         slots.push(Slot::SameAs(j));
                         continue;
                     }
@@ -374,13 +380,12 @@ fn apply(
                 m.created_at = now;
                 new_rows += 1;
                 if let (Some(k), Some(cmid)) = (key, m.client_msg_id.as_deref()) {
-                    let entry = (slots.len(), m.sender_id.as_str(), cmid);
-                    match in_batch.entry(k) {
-                        Entry::Vacant(v) => {
-                            v.insert(entry);
-                        }
-                        Entry::Occupied(_) => collided.push((k, entry)),
-                    }
+                    let frame = FrameRef {
+                        key: k,
+                        sender: &m.sender_id,
+                        id: cmid,
+                    };
+                    in_batch.insert(frame, slots.len());
                     fresh_keys.push((k, i, new_rows - 1));
                 }
                 Slot::New(i)
