@@ -80,6 +80,8 @@ pub fn dedupe_keys_iter(
 pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {
     let mut rest = rows;
     insert_keys_chunks::<64>(c, &mut rest)?;
+    insert_keys_chunks::<16>(c, &mut rest)?;
+    insert_keys_chunks::<4>(c, &mut rest)?;
     insert_keys_chunks::<1>(c, &mut rest)
 }
 
@@ -90,13 +92,40 @@ fn insert_keys_chunks<const N: usize>(
     rest: &mut &[DedupeKeyRow],
 ) -> QueryResult<()> {
     while let Some((head, tail)) = rest.split_first_chunk::<N>() {
-        diesel::insert_or_ignore_into(dedupe_keys::table)
-            .values(head)
-            .execute(c)?;
+        InsertDedupeKeys(head).execute(c)?;
         *rest = tail;
     }
     Ok(())
 }
+
+/// `INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES (…), …` for `N` rows.
+///
+/// Written by hand because Diesel inserts a slice on SQLite one row at a time, each in its
+/// own savepoint and with its SQL looked up in the statement cache by text: that was most
+/// of what moving keys cost.
+#[derive(Debug, Clone, Copy)]
+struct InsertDedupeKeys<'a, const N: usize>(&'a [DedupeKeyRow; N]);
+
+impl<const N: usize> QueryId for InsertDedupeKeys<'_, N> {
+    type QueryId = InsertDedupeKeys<'static, N>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<const N: usize> QueryFragment<Sqlite> for InsertDedupeKeys<'_, N> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES ");
+        for (i, k) in self.0.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            out.push_bind_param::<BigInt, _>(&k.key)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&k.pos)?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+impl<const N: usize> RunQueryDsl<DbConn> for InsertDedupeKeys<'_, N> {}
 
 /// The position through which every message's dedupe key is in `dedupe_keys` (0: none).
 pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {

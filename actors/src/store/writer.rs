@@ -577,6 +577,24 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_inserted_in_every_chunk_size_and_a_key_moved_twice_is_kept_once() {
+        let (_dir, pool) = fresh();
+        let mut c = pool.get().expect("conn");
+        // 64 + 16 + 4 + 1 + 1 + … : every statement shape is used.
+        let rows: Vec<DedupeKeyRow> = (0..87).map(|i| DedupeKeyRow { key: i, pos: i }).collect();
+        queries::insert_dedupe_keys(&mut c, &rows).expect("insert");
+        assert_eq!(moved_keys(&pool), 87);
+        // A restart moves some keys again, among new ones.
+        let again: Vec<DedupeKeyRow> = (80..100).map(|i| DedupeKeyRow { key: i, pos: i }).collect();
+        queries::insert_dedupe_keys(&mut c, &again).expect("insert again");
+        assert_eq!(moved_keys(&pool), 100);
+        assert_eq!(
+            queries::dedupe_candidates(&mut c, 86).expect("look-up"),
+            vec![86]
+        );
+    }
+
+    #[test]
     fn a_slice_with_few_keys_waits_for_more_or_for_sixteen_commits() {
         let (_dir, pool) = fresh();
         let mut mem = load(&pool, 4);
