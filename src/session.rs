@@ -12,9 +12,11 @@
 //! large buffer. The outgoing buffer is bounded by `limits.outbound_queue` frames: a client
 //! that does not read is closed with 1013 and never slows anyone else.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Cursor;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -74,9 +76,13 @@ pub mod close {
 /// Rate-limited frames are counted over this window for the 1008 close.
 const REJECT_WINDOW_S: u64 = 10;
 
-/// Initial size of a session's read buffer: enough for a typical frame; it grows for larger
-/// ones.
+/// Size of an idle session's read buffer: enough for a typical frame (it grows for larger
+/// ones, see [`ReadCodec`]).
 const READ_BUFFER: usize = 512;
+
+/// Most a busy session's read buffer grows to, so that a client sending fast is read several
+/// frames per system call (the floor's actix-http reads 8 KiB at a time).
+const READ_BUFFER_BUSY: usize = 8 * 1024;
 
 /// An outgoing buffer larger than this is released as soon as it has been written out, so
 /// that a burst (a replay of large messages, say) is not kept.
@@ -124,6 +130,50 @@ impl Outgoing {
             self.buf = BytesMut::new();
             self.ends = VecDeque::new();
         }
+    }
+}
+
+/// actix-http's WebSocket codec, sizing the read buffer to the traffic as it decodes.
+///
+/// `FramedRead` reads into what is free in its buffer and grows it only for a frame that
+/// does not fit, so with an idle-sized buffer a busy client would cost a `recv` per frame or
+/// two. A read that fills the buffer doubles it (up to [`READ_BUFFER_BUSY`]). The session's
+/// heartbeat tick asks for a grown buffer back ([`ReadCodec::shed`]): it is replaced by an
+/// idle-sized one the next time it is empty (an idle client answers every ping, so that
+/// comes within one heartbeat interval).
+struct ReadCodec {
+    inner: Codec,
+    /// Bytes left in the buffer after the previous decode: more now means a read happened.
+    left: usize,
+    /// Set by the heartbeat tick: release a grown buffer once it is empty.
+    shed: Rc<Cell<bool>>,
+}
+
+impl ReadCodec {
+    fn new(max_frame: usize, shed: Rc<Cell<bool>>) -> Self {
+        ReadCodec {
+            inner: Codec::new().max_size(max_frame),
+            left: 0,
+            shed,
+        }
+    }
+}
+
+impl tokio_util::codec::Decoder for ReadCodec {
+    type Item = Frame;
+    type Error = ProtocolError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        let filled = src.len() > self.left && src.len() == src.capacity();
+        if filled && src.capacity() < READ_BUFFER_BUSY {
+            src.reserve(src.capacity().min(READ_BUFFER_BUSY - src.capacity()));
+        }
+        let frame = self.inner.decode(src);
+        if src.is_empty() && src.capacity() > READ_BUFFER && self.shed.take() {
+            *src = BytesMut::with_capacity(READ_BUFFER);
+        }
+        self.left = src.len();
+        frame
     }
 }
 
@@ -213,6 +263,8 @@ pub struct SessionActor {
     muted: HashSet<Arc<str>>,
     replaying: HashMap<Arc<str>, Vec<(u64, ByteString)>>,
     fragments: Option<(bool, BytesMut)>,
+    /// Shared with the [`ReadCodec`]: asks it to release a grown read buffer.
+    shed_read: Rc<Cell<bool>>,
     out: Outgoing,
     /// Already taken out of the router (see `leave`).
     left: bool,
@@ -241,10 +293,11 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
     let gauge = Arc::new(OutboundGauge::new(limits.outbound_queue));
     let (reader, writer) = io.into_split();
     let reader = AsyncReadExt::chain(Cursor::new(early), reader);
+    let shed_read = Rc::new(Cell::new(false));
     SessionActor::create(move |ctx| {
         ctx.add_stream(FramedRead::with_capacity(
             reader,
-            Codec::new().max_size(max),
+            ReadCodec::new(max, shed_read.clone()),
             READ_BUFFER,
         ));
         SessionActor {
@@ -265,6 +318,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             muted: HashSet::new(),
             replaying: HashMap::new(),
             fragments: None,
+            shed_read,
             out: Outgoing {
                 writer,
                 codec: Codec::new().max_size(max),
@@ -892,6 +946,7 @@ impl Actor for SessionActor {
                 act.close(close::GOING_AWAY, "heartbeat timeout", ctx);
             } else {
                 act.out.shed_if_idle();
+                act.shed_read.set(true);
                 act.send(Message::Ping(Bytes::new()), ctx);
                 if matches!(act.auth, AuthState::Ready { .. }) {
                     act.arm_expiry(ctx);
@@ -1024,5 +1079,60 @@ impl StreamHandler<Result<Frame, ProtocolError>> for SessionActor {
         if !(self.out.closing && self.out.flushing) {
             ctx.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::codec::Decoder;
+
+    /// `n` masked client text frames of `len` bytes each, as a client sends them.
+    fn client_frames(n: usize, len: usize) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        for _ in 0..n {
+            Parser::write_message(&mut buf, "x".repeat(len), OpCode::Text, true, true);
+        }
+        buf.to_vec()
+    }
+
+    /// Reads `bytes` into `buf` as `FramedRead` does (reserves one byte, reads into what is
+    /// free) and decodes every whole frame.
+    fn read_and_decode(codec: &mut ReadCodec, buf: &mut BytesMut, bytes: &mut &[u8]) -> usize {
+        buf.reserve(1);
+        let free = buf.capacity() - buf.len();
+        let (now, later) = bytes.split_at(free.min(bytes.len()));
+        buf.extend_from_slice(now);
+        *bytes = later;
+        let mut frames = 0;
+        while let Some(f) = codec.decode(buf).expect("valid frames") {
+            assert!(matches!(f, Frame::Text(_)));
+            frames += 1;
+        }
+        frames
+    }
+
+    #[test]
+    fn the_read_buffer_grows_for_a_fast_client_and_is_shed_when_idle() {
+        let shed = Rc::new(Cell::new(false));
+        let mut codec = ReadCodec::new(64 * 1024, shed.clone());
+        let mut buf = BytesMut::with_capacity(READ_BUFFER);
+        let burst = client_frames(200, 100);
+        let mut rest = &burst[..];
+        let mut frames = 0;
+        while !rest.is_empty() {
+            frames += read_and_decode(&mut codec, &mut buf, &mut rest);
+        }
+        assert_eq!(frames, 200);
+        assert!(buf.capacity() >= READ_BUFFER_BUSY, "{}", buf.capacity());
+
+        // Not shed while the client is busy, only after a heartbeat tick asked for it.
+        let one = client_frames(1, 20);
+        assert_eq!(read_and_decode(&mut codec, &mut buf, &mut &one[..]), 1);
+        assert!(buf.capacity() >= READ_BUFFER_BUSY);
+        shed.set(true);
+        assert_eq!(read_and_decode(&mut codec, &mut buf, &mut &one[..]), 1);
+        assert_eq!(buf.capacity(), READ_BUFFER);
+        assert!(!shed.get());
     }
 }
