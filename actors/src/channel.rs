@@ -13,7 +13,7 @@
 //!
 //! A restart reloads members and head seq from the store; subscribers are kept.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +21,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::fast_map::FastMap;
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
 use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, ErrorCode};
 use crate::router::{FanOut, Router};
@@ -210,7 +211,7 @@ pub struct ChannelActor {
     committed_to: Option<Arc<Recipient<Committed>>>,
     /// Deliveries of the commit being handled, sent together once it is.
     outgoing: Vec<Delivery>,
-    subs: HashMap<ConnId, SessionHandle>,
+    subs: FastMap<ConnId, SessionHandle>,
 }
 
 type CommitResult = Result<WriteOutcome, StoreError>;
@@ -235,7 +236,7 @@ impl ChannelActor {
             next_tag: 0,
             committed_to: None,
             outgoing: Vec::new(),
-            subs: HashMap::new(),
+            subs: FastMap::default(),
         }
     }
 

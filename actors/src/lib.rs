@@ -10,6 +10,7 @@
 //! [`store::writer`] (commit) → [`channel`] (ack, then fan-out in seq order) → sessions.
 //!
 //! - [`ids`], [`protocol`]: names and frames of the wire contract.
+//! - [`fast_map`]: the hash maps of the message path.
 //! - [`session_handle`]: how the engine reaches a session (bounded, never blocking).
 //! - [`router`]: session registry and channel registry.
 //! - [`channel`]: one actor per active channel.
@@ -18,6 +19,7 @@
 //! - [`health`]: what `/status` reports; [`tree`]: starts and supervises all of it.
 
 pub mod channel;
+pub mod fast_map;
 pub mod health;
 pub mod ids;
 pub mod offline_queue;

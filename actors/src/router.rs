@@ -9,7 +9,7 @@
 //! A restart keeps the registries (they describe live connections, which a restart does not
 //! end); channel actors it forgot are started again on next use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +18,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::channel::{ChannelActor, ChannelDeps, Stop};
+use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::{Channel, ConnId, UserId};
 use crate::offline_queue::{DeviceSeen, OfflineQueue};
@@ -47,10 +48,10 @@ pub struct RouterConfig {
 
 /// The registry actor.
 pub struct Router {
-    sessions: HashMap<UserId, Vec<SessionHandle>>,
+    sessions: FastMap<UserId, Vec<SessionHandle>>,
     /// Connections still waiting for their `auth` frame (closed on shutdown too).
-    pending: HashMap<ConnId, Recipient<Outbound>>,
-    channels: HashMap<Arc<str>, ChannelEntry>,
+    pending: FastMap<ConnId, Recipient<Outbound>>,
+    channels: FastMap<Arc<str>, ChannelEntry>,
     batcher: Addr<WriteBatcher>,
     reads: Reads,
     presence: Addr<PresenceTracker>,
@@ -71,9 +72,9 @@ impl Router {
         health: Arc<ActorHealth>,
     ) -> Self {
         Router {
-            sessions: HashMap::new(),
-            pending: HashMap::new(),
-            channels: HashMap::new(),
+            sessions: FastMap::default(),
+            pending: FastMap::default(),
+            channels: FastMap::default(),
             batcher,
             reads,
             presence,

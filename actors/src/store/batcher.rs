@@ -12,7 +12,6 @@
 //! A restart answers what was pending and in flight with `StoreError::WriterGone`, and the
 //! client's resend is deduplicated.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::writer::{MessageWriter, WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
+use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 
 type WriteResult = Result<WriteOutcome, StoreError>;
@@ -42,7 +42,7 @@ enum Waiter {
 fn answer(waiters: Vec<Waiter>, results: impl Iterator<Item = WriteResult>) {
     let mut groups: Vec<(Arc<Recipient<Committed>>, Vec<Tagged>)> = Vec::new();
     // Batches usually hold writes of a few channels; a map keeps many channels linear too.
-    let mut index: HashMap<usize, usize> = HashMap::new();
+    let mut index: FastMap<usize, usize> = FastMap::default();
     for (w, r) in waiters.into_iter().zip(results) {
         match w {
             Waiter::Reply(tx) => {

@@ -20,7 +20,6 @@
 //! confirms each candidate against the message row (sender, frame id, dedupe window), so hash
 //! collisions cost a read, never a wrong answer.
 
-use std::collections::HashMap;
 use std::hash::Hasher;
 
 use sha2::{Digest, Sha256};
@@ -28,6 +27,7 @@ use sha2::{Digest, Sha256};
 use super::models::{DedupeKeyRow, StoredMessage};
 use super::resend_filter::ResendFilter;
 use super::{queries, DbConn};
+use crate::fast_map::FastMap;
 
 /// The dedupe key of a frame: the first 8 bytes of SHA-256 over the sender's length, the
 /// sender and the client frame id. A stable function (it is stored), and one a client cannot
@@ -110,7 +110,7 @@ pub struct DedupeSettings {
 #[derive(Debug)]
 pub struct DedupeKeys {
     /// Pending key -> where its message is (the newest, if two share the key).
-    pending: HashMap<u64, PendingKey>,
+    pending: FastMap<u64, PendingKey>,
     /// Older messages under a key that is in `pending` too: a collision, or a frame id
     /// used again after the window. Almost always empty.
     shadowed: Vec<(u64, PendingKey)>,
@@ -154,7 +154,7 @@ impl DedupeKeys {
             }
         }
         let mut keys = DedupeKeys {
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             shadowed: Vec::new(),
             by_slice: (0..slices).map(|_| Vec::new()).collect(),
             filter,

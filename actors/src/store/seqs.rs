@@ -15,9 +15,8 @@
 //! clears everything ([`SeqCounters::forget`]), so that its row-by-row retry, or a counter
 //! moved by another process on the same file, is read from the store again.
 
-use std::collections::HashMap;
-
 use super::{queries, DbConn};
+use crate::fast_map::FastMap;
 
 /// Most channels whose counter is held; past it the cache starts again empty (a miss costs
 /// two index look-ups), so memory stays bounded however many channels are written to.
@@ -37,7 +36,7 @@ pub struct Counter {
 /// writer threads under the lock they hold across a transaction.
 #[derive(Debug)]
 pub struct SeqCounters {
-    last: HashMap<String, i64>,
+    last: FastMap<String, i64>,
     max_held: usize,
 }
 
@@ -51,7 +50,7 @@ impl SeqCounters {
     /// An empty cache holding at most `max_held` channels (at least 1).
     pub fn new(max_held: usize) -> Self {
         SeqCounters {
-            last: HashMap::new(),
+            last: FastMap::default(),
             max_held: max_held.max(1),
         }
     }

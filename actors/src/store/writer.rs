@@ -16,6 +16,7 @@ use super::dedupe::{key_of, DedupeKeys, KeyHasher, SliceMoved};
 use super::models::{NewMessage, StoredMessage};
 use super::seqs::{Counter, SeqCounters};
 use super::{queries, DbConn, DbPool, StoreError};
+use crate::fast_map::FastMap;
 use crate::health::{ActorHealth, Probe};
 use crate::ids::now_ms;
 
@@ -291,7 +292,7 @@ struct Applied {
     first_pos: Option<i64>,
     /// The counters of the channels this batch gave seqs in, after it (`has_row` as it was
     /// before: the commit inserted the missing rows).
-    seqs: HashMap<String, Counter>,
+    seqs: FastMap<String, Counter>,
 }
 
 /// A message of a batch as the in-batch resend check sees it: equal when sender and frame
@@ -335,7 +336,7 @@ fn apply(
     let since = now - dedupe_window_ms;
     let keys = &memory.keys;
     // Seq counters touched by this batch, as they stand after it.
-    let mut seqs: HashMap<String, Counter> = HashMap::new();
+    let mut seqs: FastMap<String, Counter> = FastMap::default();
     // Messages of this batch -> write position, to catch a resend inside one batch.
     let mut in_batch: HashMap<FrameRef, usize, BuildHasherDefault<KeyHasher>> = HashMap::default();
     let mut slots = Vec::with_capacity(b.writes.len());
