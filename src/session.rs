@@ -29,7 +29,6 @@ use actix_web::web;
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use switchboard_actors::channel::{
     typing_frame, Join, Leave, Publish, Receipt, Reply, Sender, Typing,
 };
@@ -609,11 +608,11 @@ impl SessionActor {
             ),
             ClientFrame::Chat { target, payload } => {
                 let channel = Channel::dm(&user, &target);
-                self.publish(channel, "chat_message", target.to_string(), &payload, id)
+                self.publish(channel, "chat_message", target.to_string(), payload, id)
             }
             ClientFrame::Group { channel, payload } => {
                 let target = channel.name.to_string();
-                self.publish(channel, "group_message", target, &payload, id)
+                self.publish(channel, "group_message", target, payload, id)
             }
             ClientFrame::Typing { target, typing } => self.typing(user, target, typing, id, ctx),
             ClientFrame::ReadReceipt { channel, up_to_seq } => {
@@ -676,7 +675,7 @@ impl SessionActor {
         channel: Channel,
         kind: &str,
         target_id: String,
-        payload: &RawValue,
+        payload: String,
         id: Option<String>,
     ) {
         let AuthState::Ready { handle, .. } = &self.auth else {
@@ -690,7 +689,7 @@ impl SessionActor {
             target_id,
             client_id: Some(self.client_id.to_string()),
             client_msg_id: id.clone(),
-            payload: payload.get().to_owned(),
+            payload,
         };
         let publish = Publish {
             msg,

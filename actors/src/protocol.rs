@@ -5,9 +5,11 @@
 //! delivery's bytes are shared by every session that receives it.
 
 use bytestring::ByteString;
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::ids::{valid_id, Channel, UserId};
 use crate::store::StoredMessage;
@@ -79,23 +81,25 @@ impl FrameError {
     }
 }
 
-/// The envelope of a client frame, before its payload is checked.
+/// The envelope of a client frame, before its payload is checked. Borrowed from the frame's
+/// text where it can be (strings without escapes, the payload), so that parsing copies only
+/// what the frame keeps.
 #[derive(Deserialize)]
-struct Envelope {
-    #[serde(rename = "type")]
-    kind: String,
-    #[serde(default)]
-    id: Option<String>,
-    #[serde(default)]
-    payload: Option<Box<RawValue>>,
-    #[serde(default)]
-    meta: Option<EnvelopeMeta>,
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    meta: Option<EnvelopeMeta<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-struct EnvelopeMeta {
-    #[serde(default)]
-    target_id: Option<String>,
+struct EnvelopeMeta<'a> {
+    #[serde(default, borrow)]
+    target_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -103,12 +107,15 @@ struct AuthPayload {
     token: String,
 }
 
-/// Body of a `chat_message` or `group_message`: `content` is required, the rest is kept.
+/// Body of a `chat_message` or `group_message`: `content` is required, the rest is kept (the
+/// payload is stored as sent; this only checks its shape, copying nothing).
 #[derive(Deserialize)]
-struct MessagePayload {
-    content: String,
-    #[serde(default)]
-    attachments: Option<Vec<Value>>,
+struct MessagePayload<'a> {
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    /// A list of anything; its items are not looked at here.
+    #[serde(default, rename = "attachments")]
+    _attachments: Option<Vec<IgnoredAny>>,
 }
 
 #[derive(Deserialize)]
@@ -157,15 +164,15 @@ pub enum ClientFrame {
     Chat {
         /// The other user.
         target: UserId,
-        /// The payload as sent, as JSON text.
-        payload: Box<RawValue>,
+        /// The payload as sent (checked to hold a non-empty `content`).
+        payload: String,
     },
     /// A group message.
     Group {
         /// `group:{id}`.
         channel: Channel,
-        /// The payload as sent, as JSON text.
-        payload: Box<RawValue>,
+        /// The payload as sent (checked to hold a non-empty `content`).
+        payload: String,
     },
     /// Ephemeral typing state.
     Typing {
@@ -217,32 +224,35 @@ fn bad(message: impl Into<String>, ref_id: &Option<String>) -> FrameError {
 }
 
 fn payload_of<'a, T: Deserialize<'a>>(
-    raw: &'a Option<Box<RawValue>>,
+    raw: Option<&'a RawValue>,
     kind: &str,
     id: &Option<String>,
 ) -> Result<T, FrameError> {
-    let text = raw.as_deref().map(RawValue::get).unwrap_or("null");
+    let text = raw.map(RawValue::get).unwrap_or("null");
     serde_json::from_str(text).map_err(|e| bad(format!("invalid `{kind}` payload: {e}"), id))
 }
 
-fn target_of(meta: &Option<EnvelopeMeta>, id: &Option<String>) -> Result<String, FrameError> {
+fn target_of<'m>(
+    meta: &'m Option<EnvelopeMeta>,
+    id: &Option<String>,
+) -> Result<&'m str, FrameError> {
     match meta.as_ref().and_then(|m| m.target_id.as_deref()) {
-        Some(t) => Ok(t.to_owned()),
+        Some(t) => Ok(t),
         None => Err(bad("missing `meta.target_id`", id)),
     }
 }
 
 fn user_target(meta: &Option<EnvelopeMeta>, id: &Option<String>) -> Result<UserId, FrameError> {
     let t = target_of(meta, id)?;
-    if !valid_id(&t) {
+    if !valid_id(t) {
         return Err(bad("`meta.target_id` is not a valid user id", id));
     }
-    Ok(UserId::new(&t))
+    Ok(UserId::new(t))
 }
 
 fn group_target(meta: &Option<EnvelopeMeta>, id: &Option<String>) -> Result<Channel, FrameError> {
     let t = target_of(meta, id)?;
-    let gid = t.strip_prefix("group:").unwrap_or(&t);
+    let gid = t.strip_prefix("group:").unwrap_or(t);
     if !valid_id(gid) {
         return Err(bad("`meta.target_id` is not a valid group id", id));
     }
@@ -259,21 +269,21 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
         message: format!("not a valid frame: {e}"),
         ref_id: None,
     })?;
-    let id = env.id;
-    let frame = match env.kind.as_str() {
+    let id = env.id.map(Cow::into_owned);
+    let frame = match &*env.kind {
         "auth" => {
-            let p: AuthPayload = payload_of(&env.payload, "auth", &id)?;
+            let p: AuthPayload = payload_of(env.payload, "auth", &id)?;
             ClientFrame::Auth { token: p.token }
         }
         "heartbeat" => ClientFrame::Heartbeat,
         "chat_message" | "group_message" => {
             // Check the shape, keep the payload exactly as sent (unknown fields included).
-            let p: MessagePayload = payload_of(&env.payload, &env.kind, &id)?;
-            drop(p.attachments);
+            let p: MessagePayload = payload_of(env.payload, &env.kind, &id)?;
             if p.content.is_empty() {
                 return Err(bad("`content` must not be empty", &id));
             }
             let payload = env.payload.ok_or_else(|| bad("missing payload", &id))?;
+            let payload = String::from(payload.get());
             if env.kind == "chat_message" {
                 ClientFrame::Chat {
                     target: user_target(&env.meta, &id)?,
@@ -287,12 +297,12 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
             }
         }
         "typing_indicator" => {
-            let p: TypingPayload = payload_of(&env.payload, "typing_indicator", &id)?;
+            let p: TypingPayload = payload_of(env.payload, "typing_indicator", &id)?;
             let t = target_of(&env.meta, &id)?;
             let target = if t.starts_with("group:") {
                 TypingTarget::Group(group_target(&env.meta, &id)?)
-            } else if valid_id(&t) {
-                TypingTarget::User(UserId::new(&t))
+            } else if valid_id(t) {
+                TypingTarget::User(UserId::new(t))
             } else {
                 return Err(bad("`meta.target_id` is not a valid user or group", &id));
             };
@@ -302,30 +312,32 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
             }
         }
         "read_receipt" => {
-            let p: ChannelSeqPayload = payload_of(&env.payload, "read_receipt", &id)?;
+            let p: ChannelSeqPayload = payload_of(env.payload, "read_receipt", &id)?;
             ClientFrame::ReadReceipt {
                 channel: channel_named(&p.channel, &id)?,
                 up_to_seq: p.up_to_seq,
             }
         }
         "subscribe" => {
-            let p: SubscribePayload = payload_of(&env.payload, "subscribe", &id)?;
+            let p: SubscribePayload = payload_of(env.payload, "subscribe", &id)?;
             ClientFrame::Subscribe {
                 channel: channel_named(&p.channel, &id)?,
                 since_seq: p.since_seq,
             }
         }
         "unsubscribe" => {
-            let p: ChannelPayload = payload_of(&env.payload, "unsubscribe", &id)?;
+            let p: ChannelPayload = payload_of(env.payload, "unsubscribe", &id)?;
             ClientFrame::Unsubscribe {
                 channel: channel_named(&p.channel, &id)?,
             }
         }
         "status_update" | "presence_subscribe" | "sync" | "delivered" | "state_sync"
-        | "command" => ClientFrame::NotYetServed { kind: env.kind },
+        | "command" => ClientFrame::NotYetServed {
+            kind: env.kind.into_owned(),
+        },
         _ => {
             return Err(FrameError::UnknownType {
-                kind: env.kind,
+                kind: env.kind.into_owned(),
                 ref_id: id,
             })
         }
@@ -344,13 +356,10 @@ struct OutFrame<'a, P: Serialize> {
 
 /// Encodes a server frame `{type, id?, payload}`.
 pub fn encode<P: Serialize>(kind: &str, id: Option<&str>, payload: P) -> ByteString {
-    // Most frames fit: no reallocation while serde_json writes.
-    let mut v = Vec::with_capacity(192);
-    if serde_json::to_writer(&mut v, &OutFrame { kind, id, payload }).is_err() {
-        return ByteString::new();
-    }
-    // serde_json writes valid UTF-8 only.
-    ByteString::try_from(v).unwrap_or_default()
+    // `to_string` knows its output is UTF-8: no check before it becomes a `ByteString`.
+    serde_json::to_string(&OutFrame { kind, id, payload })
+        .map(ByteString::from)
+        .unwrap_or_default()
 }
 
 /// Payload of an `error` frame.
@@ -415,23 +424,22 @@ impl Ack {
 /// message's strings into an [`Ack`] first (one of these per message on the publish path).
 pub fn ack_frame(m: &StoredMessage, ref_id: Option<&str>) -> ByteString {
     let strings = ref_id.map_or(4, str::len) + m.id.len() + m.channel.len();
-    let mut out = Vec::with_capacity(112 + strings);
-    out.extend_from_slice(b"{\"type\":\"ack\",\"payload\":{\"ref_id\":");
+    let mut out = String::with_capacity(112 + strings);
+    out.push_str("{\"type\":\"ack\",\"payload\":{\"ref_id\":");
     match ref_id {
         Some(r) => push_json_str(&mut out, r),
-        None => out.extend_from_slice(b"null"),
+        None => out.push_str("null"),
     }
-    out.extend_from_slice(b",\"message_id\":");
+    out.push_str(",\"message_id\":");
     push_json_str(&mut out, &m.id);
-    out.extend_from_slice(b",\"channel\":");
+    out.push_str(",\"channel\":");
     push_json_str(&mut out, &m.channel);
-    out.extend_from_slice(b",\"seq\":");
+    out.push_str(",\"seq\":");
     push_json_int(&mut out, m.seq);
-    out.extend_from_slice(b",\"timestamp\":");
+    out.push_str(",\"timestamp\":");
     push_json_int(&mut out, m.created_at);
-    out.extend_from_slice(b"}}");
-    // Every piece is UTF-8: JSON strings written from `&str`s, numbers, punctuation.
-    ByteString::try_from(out).unwrap_or_default()
+    out.push_str("}}");
+    ByteString::from(out)
 }
 
 /// The delivery frame of a stored message, exactly as sessions and history return it:
@@ -443,64 +451,95 @@ pub fn ack_frame(m: &StoredMessage, ref_id: Option<&str>) -> ByteString {
 pub fn delivery_frame(m: &StoredMessage) -> ByteString {
     let strings = m.kind.len() + m.id.len() + m.sender_id.len() + m.target_id.len();
     let extra = m.client_id.as_ref().map_or(0, String::len) + m.channel.len();
-    let mut out = Vec::with_capacity(160 + strings + extra + m.payload.len());
-    out.extend_from_slice(b"{\"type\":");
+    let mut out = String::with_capacity(160 + strings + extra + m.payload.len());
+    out.push_str("{\"type\":");
     push_json_str(&mut out, &m.kind);
-    out.extend_from_slice(b",\"id\":");
+    out.push_str(",\"id\":");
     push_json_str(&mut out, &m.id);
-    out.extend_from_slice(b",\"payload\":");
+    out.push_str(",\"payload\":");
     if m.payload.is_empty() {
-        out.extend_from_slice(b"null");
+        out.push_str("null");
     } else {
-        out.extend_from_slice(m.payload.as_bytes());
+        out.push_str(&m.payload);
     }
-    out.extend_from_slice(b",\"meta\":{\"timestamp\":");
+    out.push_str(",\"meta\":{\"timestamp\":");
     push_json_int(&mut out, m.created_at);
-    out.extend_from_slice(b",\"sender_id\":");
+    out.push_str(",\"sender_id\":");
     push_json_str(&mut out, &m.sender_id);
-    out.extend_from_slice(b",\"target_id\":");
+    out.push_str(",\"target_id\":");
     push_json_str(&mut out, &m.target_id);
     if let Some(client_id) = &m.client_id {
-        out.extend_from_slice(b",\"client_id\":");
+        out.push_str(",\"client_id\":");
         push_json_str(&mut out, client_id);
     }
-    out.extend_from_slice(b",\"channel\":");
+    out.push_str(",\"channel\":");
     push_json_str(&mut out, &m.channel);
-    out.extend_from_slice(b",\"seq\":");
+    out.push_str(",\"seq\":");
     push_json_int(&mut out, m.seq);
-    out.extend_from_slice(b"}}");
-    // Every piece is UTF-8: JSON from `&str`s and numbers, and the payload, a `String`.
-    ByteString::try_from(out).unwrap_or_default()
+    out.push_str("}}");
+    ByteString::from(out)
 }
 
 /// Appends `s` as a JSON string. Ids, names and channels almost never need escaping, so
 /// they are copied as they are; anything else goes through serde_json. (Its general
 /// escaper was about 4 % of the broker in `pairs`, for a handful of short strings per
 /// message.)
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // A fold without early exit, so that the compiler checks many bytes at a time.
-    let plain = !s.bytes().fold(false, |bad, b| {
-        bad | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if plain {
+fn push_json_str(out: &mut String, s: &str) {
+    if !needs_escape(s.as_bytes()) {
         out.reserve(s.len() + 2);
-        out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, s).is_err() {
-        // Writing into a Vec cannot fail; keep the frame valid JSON regardless.
-        out.extend_from_slice(b"null");
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serialising a `&str` cannot fail; keep the frame valid JSON regardless.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "null".into()));
     }
 }
 
+/// Whether `s` holds a byte JSON must escape: a control character, `"` or `\\`.
+///
+/// Eight bytes at a time (a byte-wise loop was the larger part of writing a frame): with
+/// `ones` = 0x0101…01, `(x - ones * n) & !x & 0x8080…80` is non-zero exactly when some byte
+/// of `x` is below `n`, and a byte equal to `c` is a zero byte of `x ^ ones * c`.
+fn needs_escape(s: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH;
+    let (words, tail) = s.as_chunks::<8>();
+    let mut found = 0;
+    for w in words {
+        let x = u64::from_le_bytes(*w);
+        found |= below(x, 0x20) | below(x ^ (ONES * b'"' as u64), 1);
+        found |= below(x ^ (ONES * b'\\' as u64), 1);
+    }
+    found != 0 || tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// Appends `n` in decimal.
-fn push_json_int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+fn push_json_int(out: &mut String, n: i64) {
+    out.push_str(itoa::Buffer::new().format(n));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn needs_escape_finds_every_byte_json_escapes_at_every_place() {
+        for len in 0..20 {
+            assert!(!needs_escape("a".repeat(len).as_bytes()));
+            for at in 0..len {
+                for b in 0..=0x7fu8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    let expected = b < 0x20 || b == b'"' || b == b'\\';
+                    assert_eq!(needs_escape(&s), expected, "byte {b:#x} at {at} of {len}");
+                }
+            }
+        }
+        // Bytes of multi-byte UTF-8 characters are never escaped.
+        assert!(!needs_escape("héllo wörld — ünïcode".as_bytes()));
+    }
 
     #[test]
     fn chat_needs_target_and_content() {
@@ -566,18 +605,14 @@ mod tests {
             "caf\u{e9} \u{1F600}",
             "\u{7f}\u{2028}",
         ] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             push_json_str(&mut out, s);
-            assert_eq!(
-                String::from_utf8(out).expect("utf-8"),
-                serde_json::to_string(s).expect("json"),
-                "{s:?}"
-            );
+            assert_eq!(out, serde_json::to_string(s).expect("json"), "{s:?}");
         }
         for n in [0, 7, -1, 10, 1_700_000_000_000, i64::MIN, i64::MAX] {
-            let mut out = Vec::new();
+            let mut out = String::new();
             push_json_int(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(out, n.to_string());
         }
     }
 
