@@ -1017,6 +1017,11 @@ impl Handler<Outbound> for SessionActor {
         }
         match msg {
             Outbound::Frame(frame) => self.text(&frame, ctx),
+            Outbound::Frames(frames) => {
+                for frame in &frames {
+                    self.text(frame, ctx);
+                }
+            }
             Outbound::Deliveries { channel, items } => {
                 if !self.muted.is_empty() && self.muted.contains(&channel) {
                     return;

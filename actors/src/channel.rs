@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use bytestring::ByteString;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -161,11 +162,13 @@ impl Reply {
     }
 
     /// Answers with the ack of stored message `m`; a session's is encoded straight from the
-    /// message (the publish path's common case).
-    pub fn acked(mut self, m: &StoredMessage) {
+    /// message (the publish path's common case) and waits in `acks` until the commit has
+    /// been handled.
+    fn acked(mut self, m: &StoredMessage, acks: &mut AckBatch) {
         match self.to.take() {
             Some(ReplyTo::Session(h)) => {
-                h.push(Outbound::Frame(ack_frame(m, self.ref_id.as_deref())));
+                let frame = ack_frame(m, self.ref_id.as_deref());
+                acks.0.push((h, frame));
             }
             Some(ReplyTo::Caller(tx)) => {
                 let _ = tx.send(Ok(Ack::of(m, self.ref_id.as_deref())));
@@ -197,6 +200,36 @@ impl Drop for Reply {
     }
 }
 
+/// The acks of the commit being handled, in the order they were given.
+///
+/// Sent once the commit is handled, before its deliveries: each session gets its acks in one
+/// mailbox slot ([`Outbound::Frames`]) rather than one slot, one envelope and one wake-up
+/// per message.
+#[derive(Default)]
+struct AckBatch(Vec<(Arc<SessionHandle>, ByteString)>);
+
+impl AckBatch {
+    /// Pushes every session's acks, in order, and empties the batch.
+    fn send(&mut self) {
+        // A channel's publishers in one commit are few: a scan per session is cheap.
+        while let Some(conn) = self.0.first().map(|(h, _)| h.conn) {
+            let mut mine = self.0.extract_if(.., |(h, _)| h.conn == conn);
+            let Some((handle, first)) = mine.next() else {
+                break;
+            };
+            let rest: Vec<ByteString> = mine.map(|(_, f)| f).collect();
+            if rest.is_empty() {
+                handle.push(Outbound::Frame(first));
+            } else {
+                let mut frames = Vec::with_capacity(rest.len() + 1);
+                frames.push(first);
+                frames.extend(rest);
+                handle.push(Outbound::Frames(frames));
+            }
+        }
+    }
+}
+
 /// The channel actor.
 pub struct ChannelActor {
     channel: Channel,
@@ -209,6 +242,8 @@ pub struct ChannelActor {
     next_tag: u64,
     /// Where the batcher answers this actor's writes (made once, shared by every write).
     committed_to: Option<Arc<Recipient<Committed>>>,
+    /// Acks of the commit being handled, sent per session once it is.
+    acks: AckBatch,
     /// Deliveries of the commit being handled, sent together once it is.
     outgoing: Vec<Delivery>,
     subs: FastMap<ConnId, SessionHandle>,
@@ -235,6 +270,7 @@ impl ChannelActor {
             in_flight: VecDeque::new(),
             next_tag: 0,
             committed_to: None,
+            acks: AckBatch::default(),
             outgoing: Vec::new(),
             subs: FastMap::default(),
         }
@@ -394,15 +430,15 @@ impl ChannelActor {
         }
     }
 
-    /// One publish's commit (or failure): queue its delivery, then answer the publisher with
-    /// its ack. The deliveries go out once the whole commit is handled (`send_outgoing`).
+    /// One publish's commit (or failure): queue its delivery and its ack. Both go out once
+    /// the whole commit is handled, acks first (`AckBatch::send`, then `send_outgoing`).
     fn committed(&mut self, f: InFlight, res: CommitResult) {
         match res {
             Ok(WriteOutcome::Stored { msg, duplicate }) => {
                 if !duplicate {
                     self.fan_out(&msg, f.reply.origin());
                 }
-                f.reply.acked(&msg);
+                f.reply.acked(&msg, &mut self.acks);
             }
             Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done) => {
                 f.reply.answer(Err(ChannelError::Unavailable))
@@ -477,6 +513,7 @@ impl Handler<Committed> for ChannelActor {
         for (tag, res) in c.results {
             self.answered(tag, res);
         }
+        self.acks.send();
         self.send_outgoing();
     }
 }
@@ -560,8 +597,11 @@ pub fn typing_frame(from: &UserId, target: &str, channel: &str, typing: bool) ->
             channel,
         },
     };
-    let bytes = serde_json::to_vec(&frame).unwrap_or_default();
-    Outbound::Frame(bytestring::ByteString::try_from(bytes).unwrap_or_default())
+    Outbound::Frame(
+        serde_json::to_string(&frame)
+            .map(ByteString::from)
+            .unwrap_or_default(),
+    )
 }
 
 /// A member is (or stopped) typing in this group.
@@ -681,6 +721,73 @@ mod tests {
             answer.try_recv(),
             Ok(Err(ChannelError::Unavailable))
         ));
+    }
+
+    /// A stand-in session that records what it is sent.
+    struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<Outbound>>>);
+
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Outbound> for Recorder {
+        type Result = ();
+        fn handle(&mut self, msg: Outbound, _: &mut Context<Self>) {
+            self.0.lock().expect("recorder").push(msg);
+        }
+    }
+
+    /// Answered once everything sent to the recorder before it has been handled.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Handled;
+
+    impl Handler<Handled> for Recorder {
+        type Result = ();
+        fn handle(&mut self, _: Handled, _: &mut Context<Self>) {}
+    }
+
+    fn texts(msg: &Outbound) -> Vec<&str> {
+        match msg {
+            Outbound::Frame(f) => vec![&**f],
+            Outbound::Frames(fs) => fs.iter().map(|f| &**f).collect(),
+            other => panic!("not frames: {other:?}"),
+        }
+    }
+
+    #[actix::test]
+    async fn a_commits_acks_reach_each_session_in_one_slot_and_in_order() {
+        let (mut seen, mut handles, mut addrs) = (Vec::new(), Vec::new(), Vec::new());
+        for user in ["alice", "bob"] {
+            let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let addr = Recorder(log.clone()).start();
+            handles.push(Arc::new(SessionHandle::new(
+                ConnId::next(),
+                UserId::new(user),
+                Arc::from(user),
+                None,
+                addr.clone().recipient(),
+                Arc::new(crate::session_handle::OutboundGauge::new(64)),
+            )));
+            seen.push(log);
+            addrs.push(addr);
+        }
+        let mut acks = AckBatch::default();
+        for (who, frame) in [(0, "a1"), (1, "b1"), (0, "a2"), (0, "a3"), (1, "b2")] {
+            acks.0
+                .push((handles[who].clone(), ByteString::from_static(frame)));
+        }
+        acks.send();
+        assert!(acks.0.is_empty());
+        for addr in &addrs {
+            addr.send(Handled).await.expect("recorder running");
+        }
+        let alice = seen[0].lock().expect("alice");
+        let bob = seen[1].lock().expect("bob");
+        assert_eq!(alice.len(), 1, "one mailbox slot");
+        assert_eq!(texts(&alice[0]), ["a1", "a2", "a3"]);
+        assert_eq!(bob.len(), 1);
+        assert_eq!(texts(&bob[0]), ["b1", "b2"]);
     }
 
     #[test]

@@ -33,6 +33,9 @@ pub struct Delivery {
 pub enum Outbound {
     /// A frame to write as it is.
     Frame(ByteString),
+    /// Frames to write as they are, in order: the acks one commit gave this session's
+    /// publishes in one channel, in one mailbox slot rather than one each.
+    Frames(Vec<ByteString>),
     /// The messages of `channel` that one commit stored, in seq order. One mailbox slot
     /// and one wake-up per session for a whole commit, not one per message: the list is
     /// shared by every recipient, and each session skips what it published itself. A slot
@@ -58,6 +61,7 @@ impl Outbound {
     pub fn frames_for(&self, conn: ConnId) -> usize {
         match self {
             Outbound::Frame(_) => 1,
+            Outbound::Frames(frames) => frames.len(),
             Outbound::Deliveries { items, .. } => {
                 items.iter().filter(|d| d.skip_conn != Some(conn)).count()
             }
@@ -209,6 +213,8 @@ mod tests {
         assert_eq!(msg.frames_for(me), 2, "its own two are skipped");
         assert_eq!(msg.frames_for(other), 3);
         assert_eq!(Outbound::Frame(ByteString::new()).frames_for(me), 1);
+        let acks = Outbound::Frames(vec![ByteString::new(), ByteString::new()]);
+        assert_eq!(acks.frames_for(me), 2);
     }
 
     #[test]
