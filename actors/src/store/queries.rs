@@ -78,54 +78,22 @@ pub fn dedupe_keys_iter(
 /// Inserts dedupe keys, in the order given; a key already there (moved again after a
 /// restart) is skipped.
 pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {
-    let mut rest = rows;
-    insert_keys_chunks::<64>(c, &mut rest)?;
-    insert_keys_chunks::<16>(c, &mut rest)?;
-    insert_keys_chunks::<4>(c, &mut rest)?;
-    insert_keys_chunks::<1>(c, &mut rest)
+    insert_rows(c, rows)
 }
 
-/// `INSERT OR IGNORE`s `N` keys at a time from the front of `rest` while at least `N` are
-/// left (fixed shapes, served from the statement cache, as in [`insert_messages`]).
-fn insert_keys_chunks<const N: usize>(
-    c: &mut DbConn,
-    rest: &mut &[DedupeKeyRow],
-) -> QueryResult<()> {
-    while let Some((head, tail)) = rest.split_first_chunk::<N>() {
-        InsertDedupeKeys(head).execute(c)?;
-        *rest = tail;
-    }
-    Ok(())
-}
+/// `INSERT OR IGNORE`: a key moved again after a restart is already there. Written by hand
+/// (see [`MultiInsert`]) because Diesel inserts a slice on SQLite one row at a time, each in
+/// its own savepoint and with its SQL looked up in the statement cache by its text: that was
+/// most of what moving keys cost.
+impl InsertRow for DedupeKeyRow {
+    const HEAD: &'static str = "INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES ";
 
-/// `INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES (…), …` for `N` rows.
-///
-/// Written by hand because Diesel inserts a slice on SQLite one row at a time, each in its
-/// own savepoint and with its SQL looked up in the statement cache by text: that was most
-/// of what moving keys cost.
-#[derive(Debug, Clone, Copy)]
-struct InsertDedupeKeys<'a, const N: usize>(&'a [DedupeKeyRow; N]);
-
-impl<const N: usize> QueryId for InsertDedupeKeys<'_, N> {
-    type QueryId = InsertDedupeKeys<'static, N>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl<const N: usize> QueryFragment<Sqlite> for InsertDedupeKeys<'_, N> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES ");
-        for (i, k) in self.0.iter().enumerate() {
-            out.push_sql(if i == 0 { "(" } else { ", (" });
-            out.push_bind_param::<BigInt, _>(&k.key)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&k.pos)?;
-            out.push_sql(")");
-        }
-        Ok(())
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_bind_param::<BigInt, _>(&self.key)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.pos)
     }
 }
-
-impl<const N: usize> RunQueryDsl<DbConn> for InsertDedupeKeys<'_, N> {}
 
 /// The position through which every message's dedupe key is in `dedupe_keys` (0: none).
 pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {
@@ -172,10 +140,8 @@ pub fn keyed_messages_after(
         .load(c)
 }
 
-/// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows) and answers the
-/// position given to the first (`None` for no rows). A statement of fixed shape is prepared
-/// once and then served from the connection's statement cache; a statement sized to each
-/// batch would be parsed anew every time.
+/// Inserts messages in order ([`insert_rows`]) and answers the position given to the first
+/// (`None` for no rows).
 ///
 /// Positions are the rowids SQLite gives out: one above the largest in the table, so the
 /// rows of one transaction (the writer is alone in it) get consecutive ones, in order.
@@ -183,77 +149,95 @@ pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<Op
     if rows.is_empty() {
         return Ok(None);
     }
-    let mut rest = rows;
-    insert_message_chunks::<64>(c, &mut rest)?;
-    insert_message_chunks::<16>(c, &mut rest)?;
-    insert_message_chunks::<4>(c, &mut rest)?;
-    insert_message_chunks::<1>(c, &mut rest)?;
+    insert_rows(c, rows)?;
     let last: i64 =
         diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()")).get_result(c)?;
     Ok(Some(last - rows.len() as i64 + 1))
 }
 
+/// `INSERT OR FAIL`: Diesel's own `insert_into` writes a plain `INSERT`, which may abort
+/// halfway through its rows (a constraint), so SQLite keeps a statement journal for it: a
+/// copy of every page the statement changes, about a tenth of the writer's time with large
+/// batches. `OR FAIL` keeps the rows before a failing one instead, so no journal is needed;
+/// a failure fails the whole transaction anyway (the writer then retries row by row).
+impl InsertRow for StoredMessage {
+    const HEAD: &'static str = "INSERT OR FAIL INTO messages (id, channel, seq, kind, \
+        sender_id, target_id, client_id, client_msg_id, payload, created_at) VALUES ";
+
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_bind_param::<Text, _>(&self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.channel)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.seq)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.kind)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.sender_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.target_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.client_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.client_msg_id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&self.payload)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.created_at)
+    }
+}
+
+/// A row written on the write path with multi-row `INSERT`s of fixed shapes.
+trait InsertRow: Sized + 'static {
+    /// The statement up to its rows: `INSERT … INTO table (columns) VALUES `.
+    const HEAD: &'static str;
+
+    /// Pushes this row's values, comma separated, without the parentheses.
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()>;
+}
+
+/// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows), in order. A
+/// statement of fixed shape is prepared once and then served from the connection's
+/// statement cache (by type, not by SQL text); one sized to each batch would be parsed anew
+/// every time.
+fn insert_rows<R: InsertRow>(c: &mut DbConn, rows: &[R]) -> QueryResult<()> {
+    let mut rest = rows;
+    insert_chunks::<R, 64>(c, &mut rest)?;
+    insert_chunks::<R, 16>(c, &mut rest)?;
+    insert_chunks::<R, 4>(c, &mut rest)?;
+    insert_chunks::<R, 1>(c, &mut rest)
+}
+
 /// Inserts `N` rows at a time from the front of `rest` while at least `N` are left.
-fn insert_message_chunks<const N: usize>(
-    c: &mut DbConn,
-    rest: &mut &[StoredMessage],
-) -> QueryResult<()> {
+fn insert_chunks<R: InsertRow, const N: usize>(c: &mut DbConn, rest: &mut &[R]) -> QueryResult<()> {
     while let Some((head, tail)) = rest.split_first_chunk::<N>() {
-        InsertMessages(head).execute(c)?;
+        MultiInsert(head).execute(c)?;
         *rest = tail;
     }
     Ok(())
 }
 
-/// `INSERT OR FAIL INTO messages … VALUES (…), …` for `N` rows.
-///
-/// Diesel's own `insert_into` writes a plain `INSERT`, which may abort halfway through its
-/// rows (a constraint), so SQLite keeps a statement journal for it: a copy of every page
-/// the statement changes, about a tenth of the writer's time with large batches. `OR FAIL`
-/// keeps the rows before a failing one instead, so no journal is needed; a failure fails
-/// the whole transaction anyway (the writer then retries row by row).
-#[derive(Debug, Clone, Copy)]
-struct InsertMessages<'a, const N: usize>(&'a [StoredMessage; N]);
+/// `R::HEAD (…), (…), …` for `N` rows of `R`.
+struct MultiInsert<'a, R, const N: usize>(&'a [R; N]);
 
-impl<const N: usize> QueryId for InsertMessages<'_, N> {
-    type QueryId = InsertMessages<'static, N>;
+impl<R: InsertRow, const N: usize> QueryId for MultiInsert<'_, R, N> {
+    type QueryId = MultiInsert<'static, R, N>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<const N: usize> QueryFragment<Sqlite> for InsertMessages<'_, N> {
+impl<R: InsertRow, const N: usize> QueryFragment<Sqlite> for MultiInsert<'_, R, N> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql(
-            "INSERT OR FAIL INTO messages (id, channel, seq, kind, sender_id, target_id, \
-             client_id, client_msg_id, payload, created_at) VALUES ",
-        );
-        for (i, m) in self.0.iter().enumerate() {
+        out.push_sql(R::HEAD);
+        for (i, row) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
-            out.push_bind_param::<Text, _>(&m.id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&m.channel)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&m.seq)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&m.kind)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&m.sender_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&m.target_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&m.client_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(&m.client_msg_id)?;
-            out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&m.payload)?;
-            out.push_sql(", ");
-            out.push_bind_param::<BigInt, _>(&m.created_at)?;
+            row.push_values(&mut out)?;
             out.push_sql(")");
         }
         Ok(())
     }
 }
 
-impl<const N: usize> RunQueryDsl<DbConn> for InsertMessages<'_, N> {}
+impl<R: InsertRow, const N: usize> RunQueryDsl<DbConn> for MultiInsert<'_, R, N> {}
 
 /// Moves a user's read cursor forward (never back); returns the cursor after the write.
 pub fn advance_read_cursor(
