@@ -137,7 +137,7 @@ impl Outgoing {
 /// `FramedRead` reads into what is free in its buffer and grows it only for a frame that
 /// does not fit, so with an idle-sized buffer a busy client would cost a `recv` per frame or
 /// two. A read that fills the buffer doubles it (up to [`READ_BUFFER_BUSY`]). The session's
-/// heartbeat tick asks for a grown buffer back ([`ReadCodec::shed`]): it is replaced by an
+/// heartbeat tick asks for a grown buffer back (the `shed` flag): it is replaced by an
 /// idle-sized one the next time it is empty (an idle client answers every ping, so that
 /// comes within one heartbeat interval).
 struct ReadCodec {

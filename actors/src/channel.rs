@@ -212,20 +212,14 @@ impl AckBatch {
     /// Pushes every session's acks, in order, and empties the batch.
     fn send(&mut self) {
         // A channel's publishers in one commit are few: a scan per session is cheap.
-        while let Some(conn) = self.0.first().map(|(h, _)| h.conn) {
-            let mut mine = self.0.extract_if(.., |(h, _)| h.conn == conn);
-            let Some((handle, first)) = mine.next() else {
-                break;
-            };
-            let rest: Vec<ByteString> = mine.map(|(_, f)| f).collect();
-            if rest.is_empty() {
-                handle.push(Outbound::Frame(first));
-            } else {
-                let mut frames = Vec::with_capacity(rest.len() + 1);
-                frames.push(first);
-                frames.extend(rest);
-                handle.push(Outbound::Frames(frames));
-            }
+        while let Some(first) = self.0.first() {
+            let (conn, handle) = (first.0.conn, first.0.clone());
+            let frames = self
+                .0
+                .extract_if(.., |(h, _)| h.conn == conn)
+                .map(|(_, f)| f)
+                .collect();
+            handle.push(Outbound::Frames(frames));
         }
     }
 }
