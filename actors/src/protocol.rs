@@ -4,9 +4,9 @@
 //! `error` frame to answer with. Encoding builds server frames as [`ByteString`]s once, so a
 //! delivery's bytes are shared by every session that receives it.
 
-use bytestring::ByteString;
 use std::borrow::Cow;
 
+use bytestring::ByteString;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
