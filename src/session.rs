@@ -608,10 +608,16 @@ impl SessionActor {
             ),
             ClientFrame::Chat { target, payload } => {
                 let channel = Channel::dm(&user, &target);
-                self.publish(channel, "chat_message", target.to_string(), payload, id)
+                self.publish(
+                    channel,
+                    "chat_message",
+                    target.as_str().to_owned(),
+                    payload,
+                    id,
+                )
             }
             ClientFrame::Group { channel, payload } => {
-                let target = channel.name.to_string();
+                let target = String::from(&*channel.name);
                 self.publish(channel, "group_message", target, payload, id)
             }
             ClientFrame::Typing { target, typing } => self.typing(user, target, typing, id, ctx),
@@ -683,11 +689,11 @@ impl SessionActor {
         };
         let user = handle.user.clone();
         let msg = NewMessage {
-            channel: channel.name.to_string(),
+            channel: String::from(&*channel.name),
             kind: kind.to_owned(),
-            sender_id: user.to_string(),
+            sender_id: user.as_str().to_owned(),
             target_id,
-            client_id: Some(self.client_id.to_string()),
+            client_id: Some(String::from(&*self.client_id)),
             client_msg_id: id.clone(),
             payload,
         };

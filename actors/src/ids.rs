@@ -100,8 +100,14 @@ impl Channel {
     /// The DM channel between two users; order of the arguments does not matter.
     pub fn dm(a: &UserId, b: &UserId) -> Self {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        // Once per direct message: built without the formatting machinery.
+        let mut name = String::with_capacity(4 + lo.0.len() + hi.0.len());
+        name.push_str("dm:");
+        name.push_str(&lo.0);
+        name.push(':');
+        name.push_str(&hi.0);
         Channel {
-            name: Arc::from(format!("dm:{lo}:{hi}")),
+            name: Arc::from(name),
             kind: ChannelKind::Dm(lo.clone(), hi.clone()),
         }
     }

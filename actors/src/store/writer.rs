@@ -376,7 +376,12 @@ fn apply(
                     }
                 };
                 counter.last += 1;
-                m.id = uuid::Uuid::now_v7().to_string();
+                // Encoded into a buffer: `to_string` would go through `Display` and grow.
+                let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
+                m.id = uuid::Uuid::now_v7()
+                    .hyphenated()
+                    .encode_lower(&mut id)
+                    .to_owned();
                 m.seq = counter.last;
                 m.created_at = now;
                 new_rows += 1;
