@@ -5,6 +5,7 @@
 //! delivery's bytes are shared by every session that receives it.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use bytestring::ByteString;
 use serde::de::IgnoredAny;
@@ -420,64 +421,85 @@ impl Ack {
 }
 
 /// The `ack` frame of a stored message, answering client frame `ref_id`: the JSON of
-/// `encode("ack", None, Ack::of(m, ref_id))`, written into one buffer without copying the
-/// message's strings into an [`Ack`] first (one of these per message on the publish path).
+/// `encode("ack", None, Ack::of(m, ref_id))`, written piece by piece ([`in_scratch`])
+/// without copying the message's strings into an [`Ack`] first (one of these per message on
+/// the publish path).
 pub fn ack_frame(m: &StoredMessage, ref_id: Option<&str>) -> ByteString {
-    let strings = ref_id.map_or(4, str::len) + m.id.len() + m.channel.len();
-    let mut out = String::with_capacity(112 + strings);
-    out.push_str("{\"type\":\"ack\",\"payload\":{\"ref_id\":");
-    match ref_id {
-        Some(r) => push_json_str(&mut out, r),
-        None => out.push_str("null"),
-    }
-    out.push_str(",\"message_id\":");
-    push_json_str(&mut out, &m.id);
-    out.push_str(",\"channel\":");
-    push_json_str(&mut out, &m.channel);
-    out.push_str(",\"seq\":");
-    push_json_int(&mut out, m.seq);
-    out.push_str(",\"timestamp\":");
-    push_json_int(&mut out, m.created_at);
-    out.push_str("}}");
-    ByteString::from(out)
+    in_scratch(|out| {
+        out.push_str("{\"type\":\"ack\",\"payload\":{\"ref_id\":");
+        match ref_id {
+            Some(r) => push_json_str(out, r),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"message_id\":");
+        push_json_str(out, &m.id);
+        out.push_str(",\"channel\":");
+        push_json_str(out, &m.channel);
+        out.push_str(",\"seq\":");
+        push_json_int(out, m.seq);
+        out.push_str(",\"timestamp\":");
+        push_json_int(out, m.created_at);
+        out.push_str("}}");
+    })
 }
 
 /// The delivery frame of a stored message, exactly as sessions and history return it:
 /// `{"type":…,"id":…,"payload":…,"meta":{…}}`.
 ///
-/// Written piece by piece into one buffer sized up front. The payload goes in as stored,
+/// Written piece by piece ([`in_scratch`]). The payload goes in as stored,
 /// without parsing it again: the `payload` column is only ever written from a payload that
 /// was parsed as JSON when it arrived.
 pub fn delivery_frame(m: &StoredMessage) -> ByteString {
-    let strings = m.kind.len() + m.id.len() + m.sender_id.len() + m.target_id.len();
-    let extra = m.client_id.as_ref().map_or(0, String::len) + m.channel.len();
-    let mut out = String::with_capacity(160 + strings + extra + m.payload.len());
-    out.push_str("{\"type\":");
-    push_json_str(&mut out, &m.kind);
-    out.push_str(",\"id\":");
-    push_json_str(&mut out, &m.id);
-    out.push_str(",\"payload\":");
-    if m.payload.is_empty() {
-        out.push_str("null");
-    } else {
-        out.push_str(&m.payload);
+    in_scratch(|out| {
+        out.push_str("{\"type\":");
+        push_json_str(out, &m.kind);
+        out.push_str(",\"id\":");
+        push_json_str(out, &m.id);
+        out.push_str(",\"payload\":");
+        if m.payload.is_empty() {
+            out.push_str("null");
+        } else {
+            out.push_str(&m.payload);
+        }
+        out.push_str(",\"meta\":{\"timestamp\":");
+        push_json_int(out, m.created_at);
+        out.push_str(",\"sender_id\":");
+        push_json_str(out, &m.sender_id);
+        out.push_str(",\"target_id\":");
+        push_json_str(out, &m.target_id);
+        if let Some(client_id) = &m.client_id {
+            out.push_str(",\"client_id\":");
+            push_json_str(out, client_id);
+        }
+        out.push_str(",\"channel\":");
+        push_json_str(out, &m.channel);
+        out.push_str(",\"seq\":");
+        push_json_int(out, m.seq);
+        out.push_str("}}");
+    })
+}
+
+/// A scratch buffer kept beyond this is released after use (a frame of a large payload).
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+/// Builds a frame in this thread's scratch buffer, then copies it out at its exact size.
+///
+/// A `Bytes` made from a `String` with room to spare gets a separately allocated shared
+/// header, which costs an allocation and makes every drop an atomic update; one copied from
+/// a slice of exact size has neither, and copying a few hundred bytes costs less.
+fn in_scratch(build: impl FnOnce(&mut String)) -> ByteString {
+    thread_local! {
+        static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
     }
-    out.push_str(",\"meta\":{\"timestamp\":");
-    push_json_int(&mut out, m.created_at);
-    out.push_str(",\"sender_id\":");
-    push_json_str(&mut out, &m.sender_id);
-    out.push_str(",\"target_id\":");
-    push_json_str(&mut out, &m.target_id);
-    if let Some(client_id) = &m.client_id {
-        out.push_str(",\"client_id\":");
-        push_json_str(&mut out, client_id);
-    }
-    out.push_str(",\"channel\":");
-    push_json_str(&mut out, &m.channel);
-    out.push_str(",\"seq\":");
-    push_json_int(&mut out, m.seq);
-    out.push_str("}}");
-    ByteString::from(out)
+    SCRATCH.with_borrow_mut(|out| {
+        out.clear();
+        build(out);
+        let frame = ByteString::from(out.as_str());
+        if out.capacity() > SCRATCH_KEEP {
+            *out = String::new();
+        }
+        frame
+    })
 }
 
 /// Appends `s` as a JSON string. Ids, names and channels almost never need escaping, so
@@ -614,6 +636,35 @@ mod tests {
             push_json_int(&mut out, n);
             assert_eq!(out, n.to_string());
         }
+    }
+
+    #[test]
+    fn frames_after_a_large_one_are_whole_and_of_their_own_size() {
+        let mut m = StoredMessage {
+            id: "0190-id".into(),
+            channel: "group:team".into(),
+            seq: 1,
+            kind: "group_message".into(),
+            sender_id: "alice".into(),
+            target_id: "group:team".into(),
+            client_id: Some("dev-1".into()),
+            client_msg_id: None,
+            payload: format!(r#"{{"content":"{}"}}"#, "x".repeat(100_000)),
+            created_at: 1,
+        };
+        let big = delivery_frame(&m);
+        assert!(big.len() > 100_000);
+        m.payload = r#"{"content":"small"}"#.into();
+        let small = delivery_frame(&m);
+        let v: serde_json::Value = serde_json::from_str(&small).expect("valid JSON");
+        assert_eq!(v["payload"]["content"], "small");
+        assert!(small.len() < 300, "{}", small.len());
+        // The large frame is untouched by what was built after it.
+        let v: serde_json::Value = serde_json::from_str(&big).expect("valid JSON");
+        assert_eq!(
+            v["payload"]["content"].as_str().map(str::len),
+            Some(100_000)
+        );
     }
 
     #[test]
