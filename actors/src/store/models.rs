@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{dedupe_keys, groups, messages};
+use super::schema::{groups, messages};
 
 /// A persisted message: one row of `messages`.
 // `None` is written as NULL, not DEFAULT: that lets SQLite take a batch as one multi-row
@@ -70,9 +70,10 @@ impl NewMessage {
     }
 }
 
-/// Where the message stored under a dedupe key is: one row of `dedupe_keys`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Insertable)]
-#[diesel(table_name = dedupe_keys)]
+/// Where the message stored under a dedupe key is: one row of `dedupe_keys`. Written only by
+/// `queries::insert_dedupe_keys` (multi-row statements; Diesel's own slice insert goes one
+/// row and one savepoint at a time on SQLite).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DedupeKeyRow {
     /// 64-bit hash of (sender, client frame id); see `store::dedupe::key_of`.
     pub key: i64,
