@@ -267,6 +267,9 @@ pub struct SessionActor {
     out: Outgoing,
     /// Already taken out of the router (see `leave`).
     left: bool,
+    /// The DM channel this session last wrote to: people write to the same person several
+    /// times in a row, and its name need not be built again for each message.
+    last_dm: Option<Channel>,
 }
 
 /// How a connection arrived: what the upgrade request established.
@@ -330,6 +333,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
                 wrote: false,
             },
             left: false,
+            last_dm: None,
         }
     });
 }
@@ -607,7 +611,7 @@ impl SessionActor {
                 ctx,
             ),
             ClientFrame::Chat { target, payload } => {
-                let channel = Channel::dm(&user, &target);
+                let channel = self.dm_channel(&user, &target);
                 self.publish(
                     channel,
                     "chat_message",
@@ -644,6 +648,18 @@ impl SessionActor {
                 id.as_deref(),
                 ctx,
             ),
+        }
+    }
+
+    /// The DM channel between this session's `user` and `to`.
+    fn dm_channel(&mut self, user: &UserId, to: &UserId) -> Channel {
+        match &self.last_dm {
+            Some(c) if c.is_dm_of(user, to) => c.clone(),
+            _ => {
+                let c = Channel::dm(user, to);
+                self.last_dm = Some(c.clone());
+                c
+            }
         }
     }
 

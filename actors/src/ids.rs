@@ -112,6 +112,14 @@ impl Channel {
         }
     }
 
+    /// Whether this is the DM channel between `a` and `b` (in either order).
+    pub fn is_dm_of(&self, a: &UserId, b: &UserId) -> bool {
+        match &self.kind {
+            ChannelKind::Dm(lo, hi) => (lo == a && hi == b) || (lo == b && hi == a),
+            _ => false,
+        }
+    }
+
     /// The channel of group `id`.
     pub fn group(id: &str) -> Self {
         Channel {

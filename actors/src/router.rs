@@ -9,6 +9,7 @@
 //! A restart keeps the registries (they describe live connections, which a restart does not
 //! end); channel actors it forgot are started again on next use.
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -84,32 +85,41 @@ impl Router {
         }
     }
 
-    fn channel(&mut self, channel: &Channel, ctx: &mut Context<Self>) -> Addr<ChannelActor> {
+    /// The running actor of `channel`, started if there is none. Lent, not cloned: a
+    /// cloned `Addr` allocates two `Arc`s (actix gives each sender its own task slot), once
+    /// per routed message.
+    fn channel(&mut self, channel: &Channel, ctx: &mut Context<Self>) -> &Addr<ChannelActor> {
         let now = Instant::now();
-        if let Some(e) = self.channels.get_mut(&channel.name) {
-            if e.addr.connected() {
-                e.last_routed = now;
-                return e.addr.clone();
-            }
-        }
-        let subscribers = Arc::new(AtomicUsize::new(0));
-        let deps = ChannelDeps {
-            router: ctx.address(),
-            batcher: self.batcher.clone(),
-            reads: self.reads.clone(),
-            subscribers: subscribers.clone(),
-        };
-        let ch = channel.clone();
-        let addr = Supervisor::start(move |_| ChannelActor::new(ch, deps));
-        self.channels.insert(
-            channel.name.clone(),
+        let start = || {
+            let subscribers = Arc::new(AtomicUsize::new(0));
+            let deps = ChannelDeps {
+                router: ctx.address(),
+                batcher: self.batcher.clone(),
+                reads: self.reads.clone(),
+                subscribers: subscribers.clone(),
+            };
+            let ch = channel.clone();
             ChannelEntry {
-                addr: addr.clone(),
+                // The capacity is set before the address is out: the actor's own `started`
+                // runs only once it is first polled, after this burst is forwarded to it.
+                addr: Supervisor::start(move |ctx: &mut Context<ChannelActor>| {
+                    ctx.set_mailbox_capacity(crate::channel::MAILBOX_CAPACITY);
+                    ChannelActor::new(ch, deps)
+                }),
                 last_routed: now,
                 subscribers,
-            },
-        );
-        addr
+            }
+        };
+        let entry = match self.channels.entry(channel.name.clone()) {
+            Entry::Occupied(e) if e.get().addr.connected() => e.into_mut(),
+            Entry::Occupied(mut e) => {
+                e.insert(start());
+                e.into_mut()
+            }
+            Entry::Vacant(e) => e.insert(start()),
+        };
+        entry.last_routed = now;
+        &entry.addr
     }
 
     fn sweep_idle(&mut self) {
