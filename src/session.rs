@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -235,6 +236,13 @@ enum AuthState {
         handle: Arc<SessionHandle>,
         ticket: UserTicket,
     },
+}
+
+thread_local! {
+    /// Frame types of client publishes, one `Arc` per thread shared by every message
+    /// (a string each would be an allocation per message, freed on another thread).
+    static CHAT_MESSAGE: Arc<str> = Arc::from("chat_message");
+    static GROUP_MESSAGE: Arc<str> = Arc::from("group_message");
 }
 
 /// The WebSocket session actor.
@@ -612,17 +620,11 @@ impl SessionActor {
             ),
             ClientFrame::Chat { target, payload } => {
                 let channel = self.dm_channel(&user, &target);
-                self.publish(
-                    channel,
-                    "chat_message",
-                    target.as_str().to_owned(),
-                    payload,
-                    id,
-                )
+                self.publish(channel, &CHAT_MESSAGE, target.0, payload, id)
             }
             ClientFrame::Group { channel, payload } => {
-                let target = String::from(&*channel.name);
-                self.publish(channel, "group_message", target, payload, id)
+                let target = channel.name.clone();
+                self.publish(channel, &GROUP_MESSAGE, target, payload, id)
             }
             ClientFrame::Typing { target, typing } => self.typing(user, target, typing, id, ctx),
             ClientFrame::ReadReceipt { channel, up_to_seq } => {
@@ -695,8 +697,8 @@ impl SessionActor {
     fn publish(
         &mut self,
         channel: Channel,
-        kind: &str,
-        target_id: String,
+        kind: &'static LocalKey<Arc<str>>,
+        target_id: Arc<str>,
         payload: String,
         id: Option<String>,
     ) {
@@ -705,11 +707,11 @@ impl SessionActor {
         };
         let user = handle.user.clone();
         let msg = NewMessage {
-            channel: String::from(&*channel.name),
-            kind: kind.to_owned(),
-            sender_id: user.as_str().to_owned(),
+            channel: channel.name.clone(),
+            kind: kind.with(Arc::clone),
+            sender_id: user.0.clone(),
             target_id,
-            client_id: Some(String::from(&*self.client_id)),
+            client_id: Some(self.client_id.clone()),
             client_msg_id: id.clone(),
             payload,
         };

@@ -413,7 +413,7 @@ impl Ack {
         Ack {
             ref_id: ref_id.map(str::to_owned),
             message_id: m.id.clone(),
-            channel: m.channel.clone(),
+            channel: String::from(&*m.channel),
             seq: m.seq as u64,
             timestamp: m.created_at,
         }

@@ -1,5 +1,7 @@
 //! Admin API: server-side publish and fault drills.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -81,13 +83,13 @@ pub async fn publish(
         ));
     }
     let target_id = match &channel.kind {
-        ChannelKind::User(u) => u.to_string(),
-        _ => channel.name.to_string(),
+        ChannelKind::User(u) => u.0.clone(),
+        _ => channel.name.clone(),
     };
     let msg = NewMessage {
-        channel: channel.name.to_string(),
-        kind: r.kind,
-        sender_id: caller.user.to_string(),
+        channel: channel.name.clone(),
+        kind: Arc::from(r.kind),
+        sender_id: caller.user.0.clone(),
         target_id,
         client_id: None,
         client_msg_id: r.id.clone(),

@@ -228,7 +228,7 @@ impl DedupeKeys {
             .map(|p| p.pos);
         let matches = |m: &StoredMessage| {
             m.created_at >= since
-                && m.sender_id == sender
+                && &*m.sender_id == sender
                 && m.client_msg_id.as_deref() == Some(cmid)
         };
         for pos in held {

@@ -1,29 +1,42 @@
 //! Rows as Rust structs.
 
+use std::sync::Arc;
+
+use diesel::backend::Backend;
+use diesel::deserialize::{self, FromSql, Queryable};
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Text};
 
 use super::schema::{groups, messages};
 
 /// A persisted message: one row of `messages`.
-// `None` is written as NULL, not DEFAULT: that lets SQLite take a batch as one multi-row
-// INSERT instead of one statement per row.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = messages, treat_none_as_default_value = false)]
+///
+/// The names it shares with other messages (channel, kind, sender, target, device) are
+/// `Arc<str>`s: a session hands the same ones to every message it publishes, where a
+/// `String` each would cost an allocation per name per message, freed on another thread.
+/// Rows are written by `queries::insert_messages` (multi-row statements), read with Diesel.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = messages)]
 pub struct StoredMessage {
     /// UUID v7.
     pub id: String,
     /// Channel name.
-    pub channel: String,
+    #[diesel(deserialize_as = String)]
+    pub channel: Arc<str>,
     /// Seq within the channel.
     pub seq: i64,
     /// Frame type it is delivered as (`chat_message`, `group_message`, `notification`…).
-    pub kind: String,
+    #[diesel(deserialize_as = String)]
+    pub kind: Arc<str>,
     /// Who sent it (a user id, or the admin/API key that published it).
-    pub sender_id: String,
+    #[diesel(deserialize_as = String)]
+    pub sender_id: Arc<str>,
     /// `meta.target_id` as addressed.
-    pub target_id: String,
+    #[diesel(deserialize_as = String)]
+    pub target_id: Arc<str>,
     /// Sender's device.
-    pub client_id: Option<String>,
+    #[diesel(deserialize_as = NullableText)]
+    pub client_id: Option<Arc<str>>,
     /// The client frame id, for idempotent resends.
     pub client_msg_id: Option<String>,
     /// Payload JSON as sent.
@@ -32,19 +45,40 @@ pub struct StoredMessage {
     pub created_at: i64,
 }
 
+/// Reads a nullable text column into an `Option<Arc<str>>` (Diesel has no `FromSql` for
+/// `Arc<str>`; a field declares `deserialize_as = NullableText`).
+#[derive(Debug)]
+pub struct NullableText(Option<String>);
+
+impl<DB: Backend> Queryable<Nullable<Text>, DB> for NullableText
+where
+    Option<String>: FromSql<Nullable<Text>, DB>,
+{
+    type Row = Option<String>;
+    fn build(row: Option<String>) -> deserialize::Result<Self> {
+        Ok(NullableText(row))
+    }
+}
+
+impl From<NullableText> for Option<Arc<str>> {
+    fn from(t: NullableText) -> Self {
+        t.0.map(Arc::from)
+    }
+}
+
 /// A message to store; the writer gives it an id, a seq and a timestamp.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     /// Channel name.
-    pub channel: String,
+    pub channel: Arc<str>,
     /// Delivery frame type.
-    pub kind: String,
+    pub kind: Arc<str>,
     /// Sender.
-    pub sender_id: String,
+    pub sender_id: Arc<str>,
     /// Addressed target.
-    pub target_id: String,
+    pub target_id: Arc<str>,
     /// Sender's device.
-    pub client_id: Option<String>,
+    pub client_id: Option<Arc<str>>,
     /// Client frame id (dedupe key with `sender_id`).
     pub client_msg_id: Option<String>,
     /// Payload JSON.

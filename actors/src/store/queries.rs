@@ -167,17 +167,21 @@ impl InsertRow for StoredMessage {
     fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         out.push_bind_param::<Text, _>(&self.id)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&self.channel)?;
+        out.push_bind_param::<Text, str>(&self.channel)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.seq)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&self.kind)?;
+        out.push_bind_param::<Text, str>(&self.kind)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&self.sender_id)?;
+        out.push_bind_param::<Text, str>(&self.sender_id)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&self.target_id)?;
+        out.push_bind_param::<Text, str>(&self.target_id)?;
         out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.client_id)?;
+        // A placeholder either way: the statement's text is cached by its type.
+        match &self.client_id {
+            Some(device) => out.push_bind_param::<Nullable<Text>, str>(device)?,
+            None => out.push_bind_param::<Nullable<Text>, Option<String>>(&None)?,
+        }
         out.push_sql(", ");
         out.push_bind_param::<Nullable<Text>, _>(&self.client_msg_id)?;
         out.push_sql(", ");

@@ -247,7 +247,7 @@ impl Staged {
             applied
                 .seqs
                 .iter()
-                .map(|(channel, counter)| (channel.as_str(), counter.last)),
+                .map(|(channel, counter)| (&**channel, counter.last)),
         );
         let mut out: Vec<Result<WriteOutcome, StoreError>> =
             Vec::with_capacity(applied.slots.len());
@@ -292,7 +292,7 @@ struct Applied {
     first_pos: Option<i64>,
     /// The counters of the channels this batch gave seqs in, after it (`has_row` as it was
     /// before: the commit inserted the missing rows).
-    seqs: FastMap<String, Counter>,
+    seqs: FastMap<Arc<str>, Counter>,
 }
 
 /// A message of a batch as the in-batch resend check sees it: equal when sender and frame
@@ -336,7 +336,7 @@ fn apply(
     let since = now - dedupe_window_ms;
     let keys = &memory.keys;
     // Seq counters touched by this batch, as they stand after it.
-    let mut seqs: FastMap<String, Counter> = FastMap::default();
+    let mut seqs: FastMap<Arc<str>, Counter> = FastMap::default();
     // Messages of this batch -> write position, to catch a resend inside one batch.
     let mut in_batch: HashMap<FrameRef, usize, BuildHasherDefault<KeyHasher>> = HashMap::default();
     let mut slots = Vec::with_capacity(b.writes.len());
@@ -368,7 +368,7 @@ fn apply(
                     }
                     key = Some(k);
                 }
-                let counter = match seqs.get_mut(m.channel.as_str()) {
+                let counter = match seqs.get_mut(&*m.channel) {
                     Some(counter) => counter,
                     None => {
                         let counter = memory.seqs.get(c, &m.channel)?;
@@ -495,7 +495,7 @@ mod tests {
 
     fn dm(sender: &str, cmid: &str) -> WriteOp {
         WriteOp::Message(NewMessage {
-            channel: format!("dm:{sender}:zed"),
+            channel: format!("dm:{sender}:zed").into(),
             kind: "chat_message".into(),
             sender_id: sender.into(),
             target_id: "zed".into(),
