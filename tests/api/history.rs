@@ -117,3 +117,38 @@ async fn group_history_is_for_members() {
         404
     );
 }
+
+#[actix_web::test]
+async fn stored_messages_read_back_name_their_sender_and_device_as_sent() {
+    // One from a connection with a device id, one published by an admin (no device): the
+    // history frame carries `client_id` for the first only, and every name as sent.
+    let app = spawn_app().await;
+    app.group("g", "alice", &["bob"]).await;
+    let mut laptop = app.ws_as("alice", "client_id=laptop").await;
+    laptop
+        .request(group_msg("g", "m1", "from the laptop"))
+        .await;
+    let (code, _) = app
+        .post(
+            "/api/admin/publish",
+            &app.admin_token(),
+            serde_json::json!({"channel": "group:g", "type": "group_message", "payload": {"content": "from ops"}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, page) = app.get("/api/messages/group/g", &app.token("bob")).await;
+    assert_eq!((code, seqs(&page)), (200, vec![1, 2]));
+    let (first, second) = (&page["messages"][0], &page["messages"][1]);
+    assert_eq!(first["type"], "group_message");
+    assert_eq!(first["meta"]["sender_id"], "alice");
+    assert_eq!(first["meta"]["target_id"], "group:g");
+    assert_eq!(first["meta"]["channel"], "group:g");
+    assert_eq!(first["meta"]["client_id"], "laptop");
+    assert_eq!(second["type"], "group_message");
+    assert_eq!(second["payload"]["content"], "from ops");
+    assert_eq!(second["meta"]["channel"], "group:g");
+    assert!(
+        second["meta"].get("client_id").is_none(),
+        "an admin publish has no device: {second}"
+    );
+}
