@@ -200,13 +200,16 @@ trait InsertRow: Sized + 'static {
     fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()>;
 }
 
-/// Inserts rows with multi-row `INSERT`s of fixed sizes (64, 16, 4, 1 rows), in order. A
+/// Inserts rows with multi-row `INSERT`s of fixed sizes (32, 16, 4, 1 rows), in order. A
 /// statement of fixed shape is prepared once and then served from the connection's
 /// statement cache (by type, not by SQL text); one sized to each batch would be parsed anew
-/// every time.
+/// every time. 32 rows rather than 64: Diesel gathers a statement's values in a vector
+/// that grows by doubling, and at 64 message rows (640 values) it outgrows jemalloc's small
+/// size classes and is moved as a large allocation. Callgrind, broker in `pairs`: about
+/// 1.5 % fewer instructions with 32 than with 64, and 16 costs more again.
 fn insert_rows<R: InsertRow>(c: &mut DbConn, rows: &[R]) -> QueryResult<()> {
     let mut rest = rows;
-    insert_chunks::<R, 64>(c, &mut rest)?;
+    insert_chunks::<R, 32>(c, &mut rest)?;
     insert_chunks::<R, 16>(c, &mut rest)?;
     insert_chunks::<R, 4>(c, &mut rest)?;
     insert_chunks::<R, 1>(c, &mut rest)

@@ -586,7 +586,7 @@ mod tests {
     fn keys_are_inserted_in_every_chunk_size_and_a_key_moved_twice_is_kept_once() {
         let (_dir, pool) = fresh();
         let mut c = pool.get().expect("conn");
-        // 64 + 16 + 4 + 1 + 1 + … : every statement shape is used.
+        // 32 + 32 + 16 + 4 + 1 + 1 + 1: every statement shape is used.
         let rows: Vec<DedupeKeyRow> = (0..87).map(|i| DedupeKeyRow { key: i, pos: i }).collect();
         queries::insert_dedupe_keys(&mut c, &rows).expect("insert");
         assert_eq!(moved_keys(&pool), 87);
