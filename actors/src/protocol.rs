@@ -522,19 +522,38 @@ fn push_json_str(out: &mut String, s: &str) {
 ///
 /// Eight bytes at a time (a byte-wise loop was the larger part of writing a frame): with
 /// `ones` = 0x0101…01, `(x - ones * n) & !x & 0x8080…80` is non-zero exactly when some byte
-/// of `x` is below `n`, and a byte equal to `c` is a zero byte of `x ^ ones * c`.
+/// of `x` is below `n`, and a byte equal to `c` is a zero byte of `x ^ ones * c`. What does
+/// not fill a word is read as overlapping pieces (the last eight bytes; or the first and
+/// last four, or two) padded with spaces: most ids and names are shorter than a word, and
+/// their bytes one by one were a quarter of writing a frame's strings (callgrind, `pairs`).
 fn needs_escape(s: &[u8]) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte that needs no escape, to fill a word past a short string.
+    const SPACES: u64 = ONES * b' ' as u64;
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * n as u64) & !x & HIGH;
-    let (words, tail) = s.as_chunks::<8>();
-    let mut found = 0;
-    for w in words {
-        let x = u64::from_le_bytes(*w);
-        found |= below(x, 0x20) | below(x ^ (ONES * b'"' as u64), 1);
-        found |= below(x ^ (ONES * b'\\' as u64), 1);
-    }
-    found != 0 || tail.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    let escapes = |x: u64| {
+        below(x, 0x20) | below(x ^ (ONES * b'"' as u64), 1) | below(x ^ (ONES * b'\\' as u64), 1)
+    };
+    let found = if let Some(last) = s.last_chunk::<8>() {
+        let (words, _) = s.as_chunks::<8>();
+        words
+            .iter()
+            .fold(escapes(u64::from_le_bytes(*last)), |f, w| {
+                f | escapes(u64::from_le_bytes(*w))
+            })
+    } else if let (Some(a), Some(b)) = (s.first_chunk::<4>(), s.last_chunk::<4>()) {
+        let (a, b) = (u32::from_le_bytes(*a), u32::from_le_bytes(*b));
+        escapes(u64::from(a) | u64::from(b) << 32)
+    } else if let (Some(a), Some(b)) = (s.first_chunk::<2>(), s.last_chunk::<2>()) {
+        let (a, b) = (u16::from_le_bytes(*a), u16::from_le_bytes(*b));
+        escapes(u64::from(a) | u64::from(b) << 16 | SPACES << 32)
+    } else if let Some(&b) = s.first() {
+        escapes(u64::from(b) | SPACES << 8)
+    } else {
+        0
+    };
+    found != 0
 }
 
 /// Appends `n` in decimal.
@@ -551,7 +570,7 @@ mod tests {
         for len in 0..20 {
             assert!(!needs_escape("a".repeat(len).as_bytes()));
             for at in 0..len {
-                for b in 0..=0x7fu8 {
+                for b in 0..=0xffu8 {
                     let mut s = vec![b'a'; len];
                     s[at] = b;
                     let expected = b < 0x20 || b == b'"' || b == b'\\';
@@ -559,8 +578,10 @@ mod tests {
                 }
             }
         }
-        // Bytes of multi-byte UTF-8 characters are never escaped.
-        assert!(!needs_escape("héllo wörld — ünïcode".as_bytes()));
+        // Bytes of multi-byte UTF-8 characters are never escaped, in words or in pieces.
+        for s in ["héllo wörld — ünïcode", "é", "ü!", "日本", "日本語"] {
+            assert!(!needs_escape(s.as_bytes()), "{s}");
+        }
     }
 
     #[test]
