@@ -412,7 +412,7 @@ impl Ack {
     pub fn of(m: &StoredMessage, ref_id: Option<&str>) -> Self {
         Ack {
             ref_id: ref_id.map(str::to_owned),
-            message_id: m.id.clone(),
+            message_id: String::from(m.id.as_str()),
             channel: String::from(&*m.channel),
             seq: m.seq as u64,
             timestamp: m.created_at,
@@ -564,6 +564,7 @@ fn push_json_int(out: &mut String, n: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::MessageId;
 
     #[test]
     fn needs_escape_finds_every_byte_json_escapes_at_every_place() {
@@ -606,7 +607,7 @@ mod tests {
     #[test]
     fn delivery_frame_is_the_json_of_the_message() {
         let m = StoredMessage {
-            id: "0190-id".into(),
+            id: MessageId::parse("0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b").expect("a uuid"),
             channel: "dm:alice:bob".into(),
             seq: 7,
             kind: "chat_message".into(),
@@ -623,7 +624,7 @@ mod tests {
             v,
             serde_json::json!({
                 "type": "chat_message",
-                "id": "0190-id",
+                "id": "0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b",
                 "payload": {"content": "hi", "n": [1, 2]},
                 "meta": {
                     "timestamp": 1_700_000_000_000_i64,
@@ -662,7 +663,7 @@ mod tests {
     #[test]
     fn frames_after_a_large_one_are_whole_and_of_their_own_size() {
         let mut m = StoredMessage {
-            id: "0190-id".into(),
+            id: MessageId::parse("0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b").expect("a uuid"),
             channel: "group:team".into(),
             seq: 1,
             kind: "group_message".into(),
@@ -691,7 +692,7 @@ mod tests {
     #[test]
     fn ack_frame_is_the_encoded_ack() {
         let m = StoredMessage {
-            id: "0190-id".into(),
+            id: MessageId::parse("0190a1b2-c3d4-7e5f-8a6b-7c8d9e0f1a2b").expect("a uuid"),
             channel: "dm:alice:bob".into(),
             seq: 7,
             created_at: 1_700_000_000_000,

@@ -8,6 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 
 use super::schema::{groups, messages};
+use crate::ids::MessageId;
 
 /// A persisted message: one row of `messages`.
 ///
@@ -19,7 +20,7 @@ use super::schema::{groups, messages};
 #[diesel(table_name = messages)]
 pub struct StoredMessage {
     /// UUID v7.
-    pub id: String,
+    pub id: MessageId,
     /// Channel name.
     #[diesel(deserialize_as = String)]
     pub channel: Arc<str>,
@@ -66,6 +67,18 @@ impl From<NullableText> for Option<Arc<str>> {
     }
 }
 
+/// Reads a message id; a row whose id is not a hyphenated UUID is an error (the broker writes
+/// no other).
+impl<DB: Backend> Queryable<Text, DB> for MessageId
+where
+    String: FromSql<Text, DB>,
+{
+    type Row = String;
+    fn build(text: String) -> deserialize::Result<Self> {
+        MessageId::parse(&text).ok_or_else(|| format!("message id `{text}` is not a UUID").into())
+    }
+}
+
 /// A message to store; the writer gives it an id, a seq and a timestamp.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -88,7 +101,7 @@ pub struct NewMessage {
 impl NewMessage {
     /// The message as a row, to be stored as `id` and `seq` at `created_at` (its strings are
     /// moved, not copied).
-    pub fn stored(self, id: String, seq: i64, created_at: i64) -> StoredMessage {
+    pub fn stored(self, id: MessageId, seq: i64, created_at: i64) -> StoredMessage {
         StoredMessage {
             id,
             channel: self.channel,

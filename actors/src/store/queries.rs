@@ -88,7 +88,7 @@ pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<
 impl InsertRow for DedupeKeyRow {
     const HEAD: &'static str = "INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES ";
 
-    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>, _: bool) -> QueryResult<()> {
         out.push_bind_param::<BigInt, _>(&self.key)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.pos)
@@ -160,12 +160,25 @@ pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<Op
 /// copy of every page the statement changes, about a tenth of the writer's time with large
 /// batches. `OR FAIL` keeps the rows before a failing one instead, so no journal is needed;
 /// a failure fails the whole transaction anyway (the writer then retries row by row).
+///
+/// The rows of a batch are stored at one time, so a statement binds `created_at` once: the
+/// rows after its first name the first row's parameter ([`CREATED_AT_OF_FIRST`]) instead of
+/// binding it again. Binding is most of what Diesel costs per row (each value is collected,
+/// bound, and bound to NULL again after the statement ran).
 impl InsertRow for StoredMessage {
     const HEAD: &'static str = "INSERT OR FAIL INTO messages (id, channel, seq, kind, \
         sender_id, target_id, client_id, client_msg_id, payload, created_at) VALUES ";
 
-    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_bind_param::<Text, _>(&self.id)?;
+    fn fits_with(&self, first: &Self) -> bool {
+        self.created_at == first.created_at
+    }
+
+    fn push_values<'b>(
+        &'b self,
+        out: &mut AstPass<'_, 'b, Sqlite>,
+        later: bool,
+    ) -> QueryResult<()> {
+        out.push_bind_param::<Text, str>(&self.id)?;
         out.push_sql(", ");
         out.push_bind_param::<Text, str>(&self.channel)?;
         out.push_sql(", ");
@@ -187,17 +200,37 @@ impl InsertRow for StoredMessage {
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(&self.payload)?;
         out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&self.created_at)
+        if later {
+            out.push_sql(CREATED_AT_OF_FIRST);
+            Ok(())
+        } else {
+            out.push_bind_param::<BigInt, _>(&self.created_at)
+        }
     }
 }
+
+/// The parameter that holds the first row's `created_at`: its tenth value. A plain `?` is
+/// numbered one above the largest number given so far, so naming an earlier parameter by its
+/// number leaves the numbering of the `?`s after it (and Diesel's binding in order) as is.
+const CREATED_AT_OF_FIRST: &str = "?10";
 
 /// A row written on the write path with multi-row `INSERT`s of fixed shapes.
 trait InsertRow: Sized + 'static {
     /// The statement up to its rows: `INSERT … INTO table (columns) VALUES `.
     const HEAD: &'static str;
 
-    /// Pushes this row's values, comma separated, without the parentheses.
-    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>) -> QueryResult<()>;
+    /// Pushes this row's values, comma separated, without the parentheses. `later` is true
+    /// for every row after a statement's first: such a row may name a value of the first
+    /// row by its parameter number rather than bind it again, where [`InsertRow::fits_with`]
+    /// promised the two are equal.
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>, later: bool)
+        -> QueryResult<()>;
+
+    /// Whether this row may follow `first` in one statement (the values it would take from
+    /// `first` are equal to its own).
+    fn fits_with(&self, _first: &Self) -> bool {
+        true
+    }
 }
 
 /// Inserts rows with multi-row `INSERT`s of fixed sizes (32, 16, 4, 1 rows), in order. A
@@ -218,7 +251,13 @@ fn insert_rows<R: InsertRow>(c: &mut DbConn, rows: &[R]) -> QueryResult<()> {
 /// Inserts `N` rows at a time from the front of `rest` while at least `N` are left.
 fn insert_chunks<R: InsertRow, const N: usize>(c: &mut DbConn, rest: &mut &[R]) -> QueryResult<()> {
     while let Some((head, tail)) = rest.split_first_chunk::<N>() {
-        MultiInsert(head).execute(c)?;
+        if head.iter().all(|row| row.fits_with(&head[0])) {
+            MultiInsert(head).execute(c)?;
+        } else {
+            for row in head {
+                MultiInsert(std::array::from_ref(row)).execute(c)?;
+            }
+        }
         *rest = tail;
     }
     Ok(())
@@ -237,7 +276,7 @@ impl<R: InsertRow, const N: usize> QueryFragment<Sqlite> for MultiInsert<'_, R, 
         out.push_sql(R::HEAD);
         for (i, row) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
-            row.push_values(&mut out)?;
+            row.push_values(&mut out, i > 0)?;
             out.push_sql(")");
         }
         Ok(())

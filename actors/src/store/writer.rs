@@ -18,7 +18,7 @@ use super::seqs::{Counter, SeqCounters};
 use super::{queries, DbConn, DbPool, StoreError};
 use crate::fast_map::FastMap;
 use crate::health::{ActorHealth, Probe};
-use crate::ids::now_ms;
+use crate::ids::{now_ms, MessageId, MessageIds};
 
 /// One write.
 #[derive(Debug, Clone)]
@@ -84,6 +84,8 @@ pub struct WriterMemory {
     pub keys: DedupeKeys,
     /// The last seq given out in each recently written channel.
     pub seqs: SeqCounters,
+    /// Where message ids come from.
+    pub ids: MessageIds,
 }
 
 impl WriterMemory {
@@ -92,6 +94,7 @@ impl WriterMemory {
         WriterMemory {
             keys,
             seqs: SeqCounters::default(),
+            ids: MessageIds::default(),
         }
     }
 }
@@ -201,7 +204,7 @@ impl From<Vec<WriteOp>> for Staged {
             .into_iter()
             .map(|op| match op {
                 WriteOp::Message(m) => {
-                    rows.push(m.stored(String::new(), 0, 0));
+                    rows.push(m.stored(MessageId::default(), 0, 0));
                     None
                 }
                 other => Some(other),
@@ -328,13 +331,17 @@ enum Slot {
 /// with multi-row inserts; the dedupe look-ups are one cached statement per message.
 fn apply(
     c: &mut DbConn,
-    memory: &WriterMemory,
+    memory: &mut WriterMemory,
     b: &mut Staged,
     dedupe_window_ms: i64,
 ) -> Result<Applied, StoreError> {
     let now = now_ms();
     let since = now - dedupe_window_ms;
-    let keys = &memory.keys;
+    let WriterMemory {
+        keys,
+        seqs: counters,
+        ids,
+    } = memory;
     // Seq counters touched by this batch, as they stand after it.
     let mut seqs: FastMap<Arc<str>, Counter> = FastMap::default();
     // Messages of this batch -> write position, to catch a resend inside one batch.
@@ -371,17 +378,12 @@ fn apply(
                 let counter = match seqs.get_mut(&*m.channel) {
                     Some(counter) => counter,
                     None => {
-                        let counter = memory.seqs.get(c, &m.channel)?;
+                        let counter = counters.get(c, &m.channel)?;
                         seqs.entry(m.channel.clone()).or_insert(counter)
                     }
                 };
                 counter.last += 1;
-                // Encoded into a buffer: `to_string` would go through `Display` and grow.
-                let mut id = [0; uuid::fmt::Hyphenated::LENGTH];
-                m.id = uuid::Uuid::now_v7()
-                    .hyphenated()
-                    .encode_lower(&mut id)
-                    .to_owned();
+                m.id = ids.next(now);
                 m.seq = counter.last;
                 m.created_at = now;
                 new_rows += 1;
@@ -506,7 +508,7 @@ mod tests {
     }
 
     /// Commits `ops` as one batch; answers (message id, duplicate) per write.
-    fn write(pool: &DbPool, mem: &mut WriterMemory, ops: Vec<WriteOp>) -> Vec<(String, bool)> {
+    fn write(pool: &DbPool, mem: &mut WriterMemory, ops: Vec<WriteOp>) -> Vec<(MessageId, bool)> {
         let mut c = pool.get().expect("conn");
         let batch = WriteBatch {
             ops,
@@ -531,6 +533,36 @@ mod tests {
             .expect("count")
     }
 
+    /// Rows of every statement shape (32, 16, 4 and 1 rows), as `insert_messages` is
+    /// given them: one time for all, or (never from the writer) times that differ.
+    #[test]
+    fn multi_row_inserts_store_each_rows_own_values() {
+        use crate::store::schema::messages;
+        use diesel::{QueryDsl, RunQueryDsl, SelectableHelper};
+        let (_dir, pool) = fresh();
+        let mut c = pool.get().expect("conn");
+        let row = |n: i64, at: i64| {
+            let WriteOp::Message(m) = dm(&format!("u{n}"), &format!("c{n}")) else {
+                unreachable!()
+            };
+            m.stored(MessageId::of(uuid::Uuid::from_u128(n as u128)), n, at)
+        };
+        // 53 rows at one time: a statement of each shape.
+        let same: Vec<StoredMessage> = (1..=53).map(|n| row(n, 1_000)).collect();
+        // 32 rows whose times differ: they may not share the first row's.
+        let differ: Vec<StoredMessage> = (54..=85).map(|n| row(n, 1_000 + n)).collect();
+        let first = queries::insert_messages(&mut c, &same).expect("same time");
+        let next = queries::insert_messages(&mut c, &differ).expect("times differ");
+        assert_eq!(next, first.map(|p| p + 53));
+        let stored: Vec<StoredMessage> = messages::table
+            .order(messages::pos)
+            .select(StoredMessage::as_select())
+            .load(&mut c)
+            .expect("read back");
+        let written: Vec<StoredMessage> = same.into_iter().chain(differ).collect();
+        assert_eq!(stored, written);
+    }
+
     #[test]
     fn a_resend_is_found_while_its_key_waits_in_memory_after_it_moved_and_after_a_restart() {
         let (_dir, pool) = fresh();
@@ -539,7 +571,7 @@ mod tests {
         assert_eq!(mem.keys.pending(), 1);
         assert_eq!(moved_keys(&pool), 0);
         let again = write(&pool, &mut mem, vec![dm("alice", "m1")]);
-        assert_eq!(again, vec![(first[0].0.clone(), true)]);
+        assert_eq!(again, vec![(first[0].0, true)]);
 
         // Two more commits finish the rotation after it (two slices): the key is in the table.
         write(&pool, &mut mem, vec![dm("bob", "b1")]);
@@ -547,7 +579,7 @@ mod tests {
         assert_eq!(moved_keys(&pool) + mem.keys.pending() as i64, 3);
         assert!(mem.keys.pending() <= 2, "only bob's keys may wait");
         let again = write(&pool, &mut mem, vec![dm("alice", "m1")]);
-        assert_eq!(again, vec![(first[0].0.clone(), true)]);
+        assert_eq!(again, vec![(first[0].0, true)]);
 
         // After a restart, from the table or from the messages stored after the marker.
         let mut mem = load_eager(&pool, 2);
@@ -635,8 +667,8 @@ mod tests {
         c.batch_execute(&format!(
             "INSERT INTO messages (id, channel, seq, kind, sender_id, target_id, client_id, \
              client_msg_id, payload, created_at) VALUES \
-             ('0190-a', 'dm:alice:zed', 1, 'chat_message', 'alice', 'zed', NULL, 'm1', '{{}}', {0}), \
-             ('0190-b', 'dm:alice:zed', 2, 'chat_message', 'alice', 'zed', NULL, 'm2', '{{}}', {0}); \
+             ('01900000-0000-7000-8000-00000000000a', 'dm:alice:zed', 1, 'chat_message', 'alice', 'zed', NULL, 'm1', '{{}}', {0}), \
+             ('01900000-0000-7000-8000-00000000000b', 'dm:alice:zed', 2, 'chat_message', 'alice', 'zed', NULL, 'm2', '{{}}', {0}); \
              INSERT INTO channels (name, last_seq, created_at) VALUES ('dm:alice:zed', 2, {0});",
             now_ms()
         ))
@@ -647,7 +679,13 @@ mod tests {
         let mut mem = load(&pool, 64);
         assert_eq!(mem.keys.pending(), 2, "keys read back from the old rows");
         let again = write(&pool, &mut mem, vec![dm("alice", "m2"), dm("alice", "m3")]);
-        assert_eq!(again[0], ("0190-b".to_owned(), true));
+        assert_eq!(
+            again[0],
+            (
+                MessageId::parse("01900000-0000-7000-8000-00000000000b").expect("uuid"),
+                true
+            )
+        );
         assert!(!again[1].1);
         // The new message continues the channel's seqs after the old rows.
         let stored = seqs_of(&pool, "dm:alice:zed");
@@ -663,7 +701,7 @@ mod tests {
             &mut mem,
             vec![dm("alice", "m1"), dm("bob", "m1"), dm("alice", "m1")],
         );
-        assert_eq!(out[2], (out[0].0.clone(), true));
+        assert_eq!(out[2], (out[0].0, true));
         assert!(!out[0].1 && !out[1].1);
         assert_ne!(out[0].0, out[1].0, "another sender's id is another frame");
         assert_eq!(seqs_of(&pool, "dm:alice:zed").len(), 1, "stored once");
@@ -700,7 +738,7 @@ mod tests {
             &mut mem,
             vec![dm("alice", "m1"), dm("alice", "m2"), dm("bob", "b1")],
         );
-        assert_eq!(mixed[0], (first[0].0.clone(), true));
+        assert_eq!(mixed[0], (first[0].0, true));
         // One more commit moves every key; after a restart they come from the table alone.
         write(&pool, &mut mem, vec![dm("carol", "c1")]);
         assert!(moved_keys(&pool) >= 3);
@@ -708,7 +746,7 @@ mod tests {
         let again = write(&pool, &mut mem, vec![dm("bob", "b1"), dm("alice", "m2")]);
         assert_eq!(
             again,
-            vec![(mixed[2].0.clone(), true), (mixed[1].0.clone(), true)]
+            vec![(mixed[2].0, true), (mixed[1].0, true)]
         );
     }
 
@@ -728,7 +766,7 @@ mod tests {
         c.batch_execute(&format!(
             "INSERT INTO messages (pos, id, channel, seq, kind, sender_id, target_id, client_id, \
              client_msg_id, payload, created_at) VALUES \
-             (7, '0190-a', 'dm:alice:zed', 1, 'chat_message', 'alice', 'zed', NULL, 'm1', '{{}}', {0}); \
+             (7, '01900000-0000-7000-8000-00000000000a', 'dm:alice:zed', 1, 'chat_message', 'alice', 'zed', NULL, 'm1', '{{}}', {0}); \
              INSERT INTO channels (name, last_seq, created_at) VALUES ('dm:alice:zed', 1, {0}); \
              INSERT INTO dedupe_keys (key, channel, seq, created_at) VALUES ({1}, 'dm:alice:zed', 1, {0}); \
              UPDATE dedupe_state SET moved_through = 7;",
@@ -747,7 +785,13 @@ mod tests {
             "nothing read back: the key is in the table"
         );
         let again = write(&pool, &mut mem, vec![dm("alice", "m1")]);
-        assert_eq!(again, vec![("0190-a".to_owned(), true)]);
+        assert_eq!(
+            again,
+            vec![(
+                MessageId::parse("01900000-0000-7000-8000-00000000000a").expect("uuid"),
+                true
+            )]
+        );
     }
 
     /// The seq each message of `channel` is stored as, in seq order.
