@@ -224,6 +224,17 @@ fn bad(message: impl Into<String>, ref_id: &Option<String>) -> FrameError {
     }
 }
 
+/// Whether a message payload is exactly `{"content":"…"}` with a non-empty content that
+/// holds nothing to unescape: the shape most clients send, and a valid [`MessagePayload`]
+/// without parsing it a second time. `raw` is valid JSON already (it was parsed as a
+/// [`RawValue`]), so a string that opens after `{"content":"` and holds no `"` runs to the
+/// final `"}`. Any other shape (more fields, spaces, escapes) is parsed as usual.
+fn is_plain_content(raw: &str) -> bool {
+    raw.strip_prefix(r#"{"content":""#)
+        .and_then(|rest| rest.strip_suffix(r#""}"#))
+        .is_some_and(|content| !content.is_empty() && !needs_escape(content.as_bytes()))
+}
+
 fn payload_of<'a, T: Deserialize<'a>>(
     raw: Option<&'a RawValue>,
     kind: &str,
@@ -279,11 +290,20 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
         "heartbeat" => ClientFrame::Heartbeat,
         "chat_message" | "group_message" => {
             // Check the shape, keep the payload exactly as sent (unknown fields included).
-            let p: MessagePayload = payload_of(env.payload, &env.kind, &id)?;
-            if p.content.is_empty() {
-                return Err(bad("`content` must not be empty", &id));
-            }
             let payload = env.payload.ok_or_else(|| bad("missing payload", &id))?;
+            if !payload.get().starts_with('{') {
+                // serde would take `["text"]` for a `MessagePayload` (a struct as a list).
+                return Err(bad(
+                    format!("`{}` payload must be an object", env.kind),
+                    &id,
+                ));
+            }
+            if !is_plain_content(payload.get()) {
+                let p: MessagePayload = payload_of(Some(payload), &env.kind, &id)?;
+                if p.content.is_empty() {
+                    return Err(bad("`content` must not be empty", &id));
+                }
+            }
             let payload = String::from(payload.get());
             if env.kind == "chat_message" {
                 ClientFrame::Chat {
@@ -602,6 +622,42 @@ mod tests {
         )
         .expect("valid");
         assert!(matches!(ok.frame, ClientFrame::Chat { .. }));
+    }
+
+    /// The payload is kept as sent, whether it takes the plain `{"content":"…"}` shortcut
+    /// or is parsed; what the shortcut would wrongly let through is refused either way.
+    #[test]
+    fn chat_payloads_are_checked_and_kept_as_sent() {
+        let chat = |payload: &str| {
+            parse_client_frame(&format!(
+                r#"{{"type":"chat_message","payload":{payload},"meta":{{"target_id":"bob"}}}}"#
+            ))
+        };
+        for payload in [
+            r#"{"content":"hi there"}"#,
+            r#"{"content":"say \"hi\""}"#,
+            r#"{"content":"\u00e9t\u00e9"}"#,
+            r#"{"content":"hi","attachments":[{"url":"x"}]}"#,
+            r#"{ "content" : "hi" }"#,
+            r#"{"extra":{"content":""},"content":"hi"}"#,
+        ] {
+            match chat(payload).map(|p| p.frame) {
+                Ok(ClientFrame::Chat { payload: kept, .. }) => assert_eq!(kept, payload),
+                other => panic!("{payload}: {other:?}"),
+            }
+        }
+        for payload in [
+            r#"{"content":""}"#,
+            r#"{"content":"","x":"y"}"#,
+            r#"{"content":"hi","attachments":"no"}"#,
+            r#"{"content":"a","content":"b"}"#,
+            r#"{"text":"hi"}"#,
+            r#"["content"]"#,
+            r#""hi""#,
+        ] {
+            let e = chat(payload).expect_err(payload);
+            assert_eq!(e.code(), ErrorCode::BadRequest, "{payload}");
+        }
     }
 
     #[test]
