@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arrayvec::ArrayString;
+
 /// Longest user, group, client or channel-suffix id we accept.
 pub const MAX_ID_LEN: usize = 128;
 
@@ -75,23 +77,26 @@ impl fmt::Display for ConnId {
 }
 
 /// A stored message's id: a UUID in its hyphenated lower-case form, kept inline (36 bytes)
-/// so that a message carries it without an allocation of its own.
+/// so that a message carries it without an allocation of its own, and as a string type so
+/// that reading it as `&str` (for every row bound and frame written) checks nothing again.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MessageId([u8; MessageId::LEN]);
+pub struct MessageId(ArrayString<{ MessageId::LEN }>);
 
 impl MessageId {
     /// Length of a hyphenated UUID.
-    pub const LEN: usize = 36;
+    pub const LEN: usize = uuid::fmt::Hyphenated::LENGTH;
 
     /// The id of `uuid`.
     pub fn of(uuid: uuid::Uuid) -> Self {
-        let mut text = [0; Self::LEN];
-        uuid.hyphenated().encode_lower(&mut text);
-        MessageId(text)
+        let mut buf = [0; Self::LEN];
+        let text = uuid.hyphenated().encode_lower(&mut buf);
+        let mut id = ArrayString::new();
+        id.push_str(text);
+        MessageId(id)
     }
 
-    /// An id read back from the store; `None` unless it is a hyphenated UUID (every id the
-    /// broker gives out is).
+    /// An id read back from the store; `None` unless it is a hyphenated lower-case UUID
+    /// (every id the broker gives out is).
     pub fn parse(text: &str) -> Option<Self> {
         let uuid = uuid::Uuid::try_parse(text).ok()?;
         let id = Self::of(uuid);
@@ -100,8 +105,7 @@ impl MessageId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        // Only ever written by `encode_lower`: ASCII hex digits and hyphens.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        self.0.as_str()
     }
 }
 

@@ -744,10 +744,7 @@ mod tests {
         assert!(moved_keys(&pool) >= 3);
         let mut mem = load_eager(&pool, 1);
         let again = write(&pool, &mut mem, vec![dm("bob", "b1"), dm("alice", "m2")]);
-        assert_eq!(
-            again,
-            vec![(mixed[2].0, true), (mixed[1].0, true)]
-        );
+        assert_eq!(again, vec![(mixed[2].0, true), (mixed[1].0, true)]);
     }
 
     #[test]
