@@ -504,6 +504,8 @@ impl Handler<Publish> for ChannelActor {
 impl Handler<Committed> for ChannelActor {
     type Result = ();
     fn handle(&mut self, c: Committed, _: &mut Context<Self>) {
+        // Deliveries are handed on as one shared slice per commit; sized once, not grown.
+        self.outgoing.reserve(c.results.len());
         for (tag, res) in c.results {
             self.answered(tag, res);
         }

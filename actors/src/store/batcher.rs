@@ -37,10 +37,18 @@ enum Waiter {
     },
 }
 
+/// Channels a batch's answer reserves room for at first.
+const MAX_GROUPS_RESERVED: usize = 1024;
+/// Results a channel's [`Committed`] reserves room for at first (a DM's share of a commit
+/// under load is a few messages).
+const GROUP_RESERVED: usize = 8;
+
 /// Answers `waiters` with `results` (same order): oneshots one by one, channel actors with
 /// one [`Committed`] each, holding their writes in the order they were sent.
 fn answer(waiters: Vec<Waiter>, results: impl Iterator<Item = WriteResult>) {
-    let mut groups: Vec<(Arc<Recipient<Committed>>, Vec<Tagged>)> = Vec::new();
+    // Sized up front: a commit's results are large, and growing a vector copies them.
+    let mut groups: Vec<(Arc<Recipient<Committed>>, Vec<Tagged>)> =
+        Vec::with_capacity(waiters.len().min(MAX_GROUPS_RESERVED));
     // Batches usually hold writes of a few channels; a map keeps many channels linear too.
     let mut index: FastMap<usize, usize> = FastMap::default();
     for (w, r) in waiters.into_iter().zip(results) {
@@ -51,7 +59,7 @@ fn answer(waiters: Vec<Waiter>, results: impl Iterator<Item = WriteResult>) {
             Waiter::Tagged { tag, to } => {
                 let key = Arc::as_ptr(&to) as usize;
                 let i = *index.entry(key).or_insert_with(|| {
-                    groups.push((to, Vec::new()));
+                    groups.push((to, Vec::with_capacity(GROUP_RESERVED)));
                     groups.len() - 1
                 });
                 groups[i].1.push((tag, r));
