@@ -112,9 +112,8 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
         };
         // A checkpoint runs inside the commit that crosses the threshold; a larger WAL means
         // fewer of them, and a page changed by many batches is copied back once per checkpoint.
-        let cs = std::env::var("SB_CACHE").unwrap_or_else(|_| "-2000".into());
         conn.batch_execute(&format!(
-            "PRAGMA cache_size = {cs}; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
              PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = ON;",
             self.wal_autocheckpoint
         ))
