@@ -135,12 +135,6 @@ impl fmt::Debug for MessageId {
     }
 }
 
-impl serde::Serialize for MessageId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Gives out UUID v7 message ids (RFC 9562): the millisecond, then 74 bits that start at a
 /// random value in each new millisecond and count up within it ("monotonic random", section
 /// 6.2, method 3). Ids of one generator sort in the order given; ids of two generators (or
@@ -162,6 +156,8 @@ impl MessageIds {
 
     /// The next id, at `now_ms`.
     pub fn next(&mut self, now_ms: i64) -> MessageId {
+        // `next == 0` only before the first id (or if the clock read 0, as `now_ms` answers
+        // when it cannot read it): draw a start then too.
         if now_ms != self.ms || self.next == 0 {
             self.ms = now_ms;
             // The top bit clear: 2^73 ids of headroom before the count could wrap.
