@@ -42,7 +42,7 @@ use switchboard_actors::router::{
     Arrived, Connect, Disconnect, FanOut, Forward, Route, RouteIfActive,
 };
 use switchboard_actors::session_handle::{Outbound, OutboundGauge, SessionHandle};
-use switchboard_actors::store::queries::{self, Page};
+use switchboard_actors::store::queries::Page;
 use switchboard_actors::store::NewMessage;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -831,11 +831,7 @@ impl SessionActor {
             before_seq: None,
             limit,
         };
-        let read = self
-            .app
-            .tree
-            .reads
-            .run(move |c| Ok(queries::history(c, &ch, page)?));
+        let read = self.app.tree.reads.history(ch, page);
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
             Ok((rows, has_more)) => {
                 let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);

@@ -12,8 +12,9 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
+use switchboard_actors::store::channel_index::ChannelIndex;
 use switchboard_actors::store::dedupe::{DedupeKeys, DedupeSettings};
-use switchboard_actors::store::{self, queries, DbPool, StoreConfig, StoreError};
+use switchboard_actors::store::{self, queries, DatabaseLock, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{Tree, TreeConfig};
 
 use crate::auth::{Authority, KeyError};
@@ -110,6 +111,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
+    /// Held while the server runs.
+    lock: DatabaseLock,
 }
 
 impl Application {
@@ -124,9 +127,10 @@ impl Application {
             source,
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let lock = store::lock_database(&settings.database_url())?;
         let pool = open_store(&settings)?;
         let db = &settings.database;
-        let keys = {
+        let (keys, index) = {
             let mut c = pool.get().map_err(StoreError::from)?;
             let now = switchboard_actors::ids::now_ms();
             auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
@@ -140,7 +144,12 @@ impl Application {
                 "resend keys read back from recent messages: {}",
                 keys.pending()
             );
-            keys
+            let index = ChannelIndex::load(&mut c).map_err(StoreError::from)?;
+            log::info!(
+                "channel places read back from recent messages: {}",
+                index.held()
+            );
+            (keys, index)
         };
         let redis = if settings.redis.url.is_empty() {
             None
@@ -165,6 +174,7 @@ impl Application {
             },
             pool,
             keys,
+            index,
         );
         let l = &settings.limits;
         let gate = ConnectionGate::new(
@@ -215,6 +225,7 @@ impl Application {
             port,
             server,
             state,
+            lock,
         })
     }
 
@@ -225,13 +236,20 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT (graceful shutdown) or until the server stops.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let state = self.state.clone();
+        let Application {
+            server,
+            state,
+            lock,
+            ..
+        } = self;
+        let handle = server.handle();
         actix_web::rt::spawn(async move {
             wait_for_signal().await;
             shutdown(state, handle).await;
         });
-        self.server.await
+        let stopped = server.await;
+        drop(lock);
+        stopped
     }
 }
 

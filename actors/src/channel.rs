@@ -276,8 +276,9 @@ impl ChannelActor {
             ChannelKind::Group(g) => Some(g.to_string()),
             _ => None,
         };
+        let index = self.deps.reads.index().clone();
         let fut = self.deps.reads.run(move |c| {
-            let (head, _) = queries::head_seq(c, &name)?;
+            let (head, _) = index.head_seq(c, &name)?;
             let members = match group {
                 Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
                 None => None,

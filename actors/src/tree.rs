@@ -22,6 +22,7 @@ use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, WriteBatcher};
+use crate::store::channel_index::ChannelIndex;
 use crate::store::dedupe::DedupeKeys;
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::writer::{MessageWriter, WriterMemory};
@@ -69,14 +70,15 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Starts the tree on the current actix system, with the dedupe keys loaded from `pool`.
-    pub fn start(cfg: TreeConfig, pool: DbPool, keys: DedupeKeys) -> Tree {
+    /// Starts the tree on the current actix system, with the dedupe keys and channel places
+    /// loaded from `pool`.
+    pub fn start(cfg: TreeConfig, pool: DbPool, keys: DedupeKeys, index: ChannelIndex) -> Tree {
         let board = HealthBoard::new();
 
         let h = ActorHealth::new("store_writer");
         let (p, hh) = (pool.clone(), h.clone());
         let resend_keys_held = Arc::new(AtomicU64::new(keys.pending() as u64));
-        let memory = Arc::new(Mutex::new(WriterMemory::new(keys)));
+        let memory = Arc::new(Mutex::new(WriterMemory::new(keys, index.clone())));
         let held = resend_keys_held.clone();
         let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
             pool: p.clone(),
@@ -93,7 +95,7 @@ impl Tree {
             health: hh.clone(),
         });
         board.register(h, readers.clone().recipient());
-        let reads = Reads::new(readers);
+        let reads = Reads::new(readers, index);
 
         let h = ActorHealth::new("write_batcher");
         let batch_stats = Arc::new(BatchStats::default());

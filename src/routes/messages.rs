@@ -63,11 +63,7 @@ async fn read_page(
     page: Page,
 ) -> Result<HttpResponse, ApiError> {
     let name = channel.name.to_string();
-    let (rows, has_more) = app
-        .tree
-        .reads
-        .run(move |c| Ok(queries::history(c, &name, page)?))
-        .await?;
+    let (rows, has_more) = app.tree.reads.history(name, page).await?;
     Ok(page_body(&rows, has_more))
 }
 

@@ -282,6 +282,33 @@ fn a_taken_port_is_a_clean_startup_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+#[actix_web::test]
+async fn a_second_broker_on_the_same_database_is_refused_and_the_first_serves_on() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = start_broker(dir.path());
+    let mut alice = connect(broker.port, "alice").await;
+    assert_eq!(alice.dm("bob", "m1", "one").await["seq"], 1);
+
+    let out = run_cli(
+        &["serve"],
+        &[("SWITCHBOARD__AUTH__JWT_SECRET", SECRET)],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another broker process"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    assert_eq!(alice.dm("bob", "m2", "two").await["seq"], 2);
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("reaped");
+    // The lock goes with the process, however it ended.
+    let mut broker = start_broker(dir.path());
+    assert_eq!(history(broker.port, "bob", "alice").await.len(), 2);
+    broker.child.kill().expect("SIGKILL");
+    let _ = broker.child.wait();
+}
+
 #[test]
 fn migrate_and_token_commands_work_on_a_fresh_data_dir() {
     let dir = tempfile::tempdir().expect("temp dir");

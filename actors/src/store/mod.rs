@@ -5,6 +5,7 @@
 //! SQLite (bundled, WAL) is the embedded default.
 
 pub mod batcher;
+pub mod channel_index;
 pub mod dedupe;
 pub mod models;
 pub mod queries;
@@ -57,6 +58,17 @@ pub enum StoreError {
     /// A bug: an internal invariant did not hold.
     #[error("internal invariant broken: {0}")]
     Invariant(&'static str),
+    /// Another broker process holds the database.
+    #[error(
+        "database `{path}` is in use by another broker process (it holds {lock}); \
+         one broker process serves a database"
+    )]
+    Locked {
+        /// The database file.
+        path: String,
+        /// The lock file.
+        lock: String,
+    },
     /// The database URL names a backend this build does not have.
     #[error("unsupported database url `{0}`: use a SQLite path or sqlite:// URL")]
     UnsupportedUrl(String),
@@ -130,6 +142,47 @@ pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url))
+}
+
+/// Proof that this process is the database's only broker: an exclusive lock on
+/// `<database>.lock`, held until dropped (the OS drops it when the process ends, however it
+/// ends). The writer keeps state of the database in memory (seq counters, resend keys, the
+/// places of recent messages), which a second writing process would contradict.
+#[derive(Debug)]
+pub struct DatabaseLock {
+    _file: Option<std::fs::File>,
+}
+
+/// Takes the database's lock ([`DatabaseLock`]); fails at once if another process has it.
+/// An in-memory database needs none.
+pub fn lock_database(url: &str) -> Result<DatabaseLock, StoreError> {
+    let path = sqlite_path(url)?;
+    if path.is_empty() || path == ":memory:" {
+        return Ok(DatabaseLock { _file: None });
+    }
+    if let Some(dir) = Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+        }
+    }
+    let lock = format!("{path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| StoreError::Setup(format!("cannot open {lock}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DatabaseLock { _file: Some(file) }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: path.to_owned(),
+            lock,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Setup(format!("cannot lock {lock}: {e}")))
+        }
+    }
 }
 
 /// Opens (creating if needed) the database and its pool.

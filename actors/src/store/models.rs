@@ -117,6 +117,20 @@ impl NewMessage {
     }
 }
 
+/// Where a run of consecutive messages of a channel is: one row of `channel_index`.
+/// Written only by `queries::insert_channel_index` (multi-row statements).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelIndexRow {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The seq of the run's first message.
+    pub first_seq: i64,
+    /// The seq of its last message.
+    pub last_seq: i64,
+    /// The messages' positions in seq order, 8 bytes each, big-endian.
+    pub positions: Vec<u8>,
+}
+
 /// Where the message stored under a dedupe key is: one row of `dedupe_keys`. Written only by
 /// `queries::insert_dedupe_keys` (multi-row statements; Diesel's own slice insert goes one
 /// row and one savepoint at a time on SQLite).

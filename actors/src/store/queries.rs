@@ -7,31 +7,43 @@
 use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use super::models::{DedupeKeyRow, GroupRow, KeyedMessage, StoredMessage};
+use super::channel_index::{Place, RUN_MAX};
+use super::models::{ChannelIndexRow, DedupeKeyRow, GroupRow, KeyedMessage, StoredMessage};
 use super::schema::{
-    channels, dedupe_keys, dedupe_state, devices, group_members, groups, messages, revoked_tokens,
+    channel_index, channel_index_state, channels, dedupe_keys, dedupe_state, devices,
+    group_members, groups, messages, revoked_tokens,
 };
 use super::DbConn;
 
 /// The last seq given out in `channel` (0: none), and whether it has its `channels` row.
 ///
 /// The counter is the larger of `channels.last_seq` (written when the channel got its first
-/// message, a floor under the counter) and the highest seq stored in `messages`: the writer
-/// keeps counters in memory and no longer rewrites the row on every commit
-/// (`store::seqs`). Both are single index look-ups.
-pub fn head_seq(c: &mut DbConn, channel: &str) -> QueryResult<(i64, bool)> {
+/// message, a floor under the counter) and the highest seq stored: `newest_recent`, the
+/// newest place the channel holds in memory (`store::channel_index`), or else the highest
+/// in `channel_index`. The writer keeps counters in memory and no longer rewrites the row on
+/// every commit (`store::seqs`). Both are single index look-ups.
+pub fn head_seq(
+    c: &mut DbConn,
+    channel: &str,
+    newest_recent: Option<i64>,
+) -> QueryResult<(i64, bool)> {
     let floor: Option<i64> = channels::table
         .find(channel)
         .select(channels::last_seq)
         .get_result(c)
         .optional()?;
-    let stored: Option<i64> = messages::table
-        .filter(messages::channel.eq(channel))
-        .select(diesel::dsl::max(messages::seq))
-        .get_result(c)?;
+    let stored = match newest_recent {
+        Some(seq) => Some(seq),
+        None => channel_index::table
+            .filter(channel_index::channel.eq(channel))
+            .order(channel_index::first_seq.desc())
+            .select(channel_index::last_seq)
+            .first(c)
+            .optional()?,
+    };
     Ok((floor.unwrap_or(0).max(stored.unwrap_or(0)), floor.is_some()))
 }
 
@@ -93,6 +105,101 @@ impl InsertRow for DedupeKeyRow {
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.pos)
     }
+}
+
+/// Inserts rows of `channel_index`, in the order given.
+pub fn insert_channel_index(c: &mut DbConn, rows: &[ChannelIndexRow]) -> QueryResult<()> {
+    insert_rows(c, rows)
+}
+
+/// `INSERT OR FAIL` ([`StoredMessage`]'s impl says why).
+impl InsertRow for ChannelIndexRow {
+    const HEAD: &'static str =
+        "INSERT OR FAIL INTO channel_index (channel, first_seq, last_seq, positions) VALUES ";
+
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>, _: bool) -> QueryResult<()> {
+        out.push_bind_param::<Text, str>(&self.channel)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.first_seq)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.last_seq)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Binary, [u8]>(&self.positions)
+    }
+}
+
+/// The positions of `places` as `channel_index.positions` holds them.
+pub fn encode_positions(places: &[Place]) -> Vec<u8> {
+    places.iter().flat_map(|p| p.pos.to_be_bytes()).collect()
+}
+
+/// The places of one `channel_index` row, checked against its seqs.
+fn decode_positions(
+    first_seq: i64,
+    last_seq: i64,
+    positions: &[u8],
+) -> QueryResult<impl DoubleEndedIterator<Item = Place> + '_> {
+    let count = last_seq.checked_sub(first_seq).map(|d| d.saturating_add(1));
+    if count != i64::try_from(positions.len() / 8).ok() || !positions.len().is_multiple_of(8) {
+        return Err(diesel::result::Error::DeserializationError(
+            format!(
+                "channel_index row at seq {first_seq}..={last_seq} holds {} bytes of positions",
+                positions.len()
+            )
+            .into(),
+        ));
+    }
+    Ok(positions.chunks_exact(8).enumerate().map(move |(i, b)| {
+        let mut be = [0u8; 8];
+        be.copy_from_slice(b);
+        Place {
+            seq: first_seq + i as i64,
+            pos: i64::from_be_bytes(be),
+        }
+    }))
+}
+
+/// The position through which every message is in `channel_index`.
+pub fn channel_index_moved_through(c: &mut DbConn) -> QueryResult<i64> {
+    channel_index_state::table
+        .find(1)
+        .select(channel_index_state::moved_through)
+        .get_result(c)
+}
+
+/// Records that every message up to position `pos` is in `channel_index`.
+pub fn set_channel_index_moved_through(c: &mut DbConn, pos: i64) -> QueryResult<()> {
+    diesel::update(channel_index_state::table.find(1))
+        .set(channel_index_state::moved_through.eq(pos))
+        .execute(c)
+        .map(drop)
+}
+
+/// `(channel, seq, position)` of the messages stored after position `after` that are not in
+/// `channel_index`, in the order they were stored (read once, at start-up). A channel's rows
+/// there hold every seq up to the last row's `last_seq`.
+pub fn unindexed_places_after(c: &mut DbConn, after: i64) -> QueryResult<Vec<(String, i64, i64)>> {
+    #[derive(QueryableByName)]
+    struct Unindexed {
+        #[diesel(sql_type = Text)]
+        channel: String,
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = BigInt)]
+        pos: i64,
+    }
+    let rows: Vec<Unindexed> = diesel::sql_query(
+        "SELECT m.channel, m.seq, m.pos FROM messages m \
+         WHERE m.pos > ?1 AND m.seq > COALESCE((SELECT r.last_seq FROM channel_index r \
+             WHERE r.channel = m.channel ORDER BY r.first_seq DESC LIMIT 1), 0) \
+         ORDER BY m.pos",
+    )
+    .bind::<BigInt, _>(after)
+    .load(c)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.channel, r.seq, r.pos))
+        .collect())
 }
 
 /// The position through which every message's dedupe key is in `dedupe_keys` (0: none).
@@ -325,33 +432,89 @@ pub struct Page {
 /// With `after_seq` the page starts right after it; otherwise it is the newest messages
 /// (below `before_seq` when given). `has_more` says whether messages beyond the page exist
 /// in the direction read.
+///
+/// `recent` is the channel's places in memory, copied before this call
+/// (`ChannelIndex::recent`): its newest messages, all above the seqs in `channel_index`
+/// except those moved since the copy, which are then in both.
 pub fn history(
     c: &mut DbConn,
     channel: &str,
+    recent: &[Place],
     page: Page,
 ) -> QueryResult<(Vec<StoredMessage>, bool)> {
-    let mut q = messages::table
-        .filter(messages::channel.eq(channel))
-        .select(StoredMessage::as_select())
-        .into_boxed();
-    if let Some(a) = page.after_seq {
-        q = q.filter(messages::seq.gt(a));
-    }
-    if let Some(b) = page.before_seq {
-        q = q.filter(messages::seq.lt(b));
-    }
-    let forward = page.after_seq.is_some();
-    q = if forward {
-        q.order(messages::seq.asc())
-    } else {
-        q.order(messages::seq.desc())
+    let limit = usize::try_from(page.limit).unwrap_or(0);
+    let want = limit.saturating_add(1);
+    let in_page = |seq: i64| {
+        page.after_seq.is_none_or(|a| seq > a) && page.before_seq.is_none_or(|b| seq < b)
     };
-    let mut rows: Vec<StoredMessage> = q.limit(page.limit + 1).load(c)?;
-    let has_more = rows.len() as i64 > page.limit;
-    rows.truncate(page.limit as usize);
-    if !forward {
-        rows.reverse();
+    let recent = recent.iter().copied().filter(|p| in_page(p.seq));
+    // Places in the direction read: the table's come first going forward, memory's going
+    // back from the newest.
+    let mut places: Vec<Place> = Vec::with_capacity(want.min(1024));
+    if let Some(after) = page.after_seq {
+        // The row holding `after + 1` begins at most RUN_MAX seqs before it.
+        let q = channel_index::table
+            .filter(channel_index::channel.eq(channel))
+            .filter(channel_index::first_seq.gt(after.saturating_sub(RUN_MAX as i64)))
+            .filter(channel_index::last_seq.gt(after))
+            .order(channel_index::first_seq.asc())
+            .select((
+                channel_index::first_seq,
+                channel_index::last_seq,
+                channel_index::positions,
+            ));
+        let q = match page.before_seq {
+            Some(b) => q.filter(channel_index::first_seq.lt(b)).into_boxed(),
+            None => q.into_boxed(),
+        };
+        for row in q.load_iter::<(i64, i64, Vec<u8>), DefaultLoadingMode>(c)? {
+            let (first, last, positions) = row?;
+            let run = decode_positions(first, last, &positions)?;
+            places.extend(run.filter(|p| in_page(p.seq)).take(want - places.len()));
+            if places.len() >= want {
+                break;
+            }
+        }
+        let last = places.last().map(|p| p.seq);
+        places.extend(recent.filter(|p| last.is_none_or(|l| p.seq > l)));
+    } else {
+        places.extend(recent.rev().take(want));
+        if places.len() < want {
+            let below = match (places.last(), page.before_seq) {
+                (Some(oldest), _) => Some(oldest.seq),
+                (None, b) => b,
+            };
+            let q = channel_index::table
+                .filter(channel_index::channel.eq(channel))
+                .order(channel_index::first_seq.desc())
+                .select((
+                    channel_index::first_seq,
+                    channel_index::last_seq,
+                    channel_index::positions,
+                ));
+            let q = match below {
+                Some(b) => q.filter(channel_index::first_seq.lt(b)).into_boxed(),
+                None => q.into_boxed(),
+            };
+            for row in q.load_iter::<(i64, i64, Vec<u8>), DefaultLoadingMode>(c)? {
+                let (first, last, positions) = row?;
+                let run = decode_positions(first, last, &positions)?.rev();
+                let older = run.filter(|p| below.is_none_or(|b| p.seq < b));
+                places.extend(older.take(want - places.len()));
+                if places.len() >= want {
+                    break;
+                }
+            }
+        }
     }
+    let has_more = places.len() > limit;
+    places.truncate(limit);
+    let positions: Vec<i64> = places.iter().map(|p| p.pos).collect();
+    let mut rows: Vec<StoredMessage> = messages::table
+        .filter(messages::pos.eq_any(positions))
+        .select(StoredMessage::as_select())
+        .load(c)?;
+    rows.sort_unstable_by_key(|m| m.seq);
     Ok((rows, has_more))
 }
 

@@ -6,6 +6,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
+use super::channel_index::ChannelIndex;
+use super::models::StoredMessage;
+use super::queries::{self, Page};
 use super::{DbConn, DbPool, StoreError};
 use crate::health::{ActorHealth, Probe};
 
@@ -50,12 +53,33 @@ impl Handler<Probe> for StoreReader {
 #[derive(Clone)]
 pub struct Reads {
     addr: Addr<StoreReader>,
+    index: ChannelIndex,
 }
 
 impl Reads {
-    /// Wraps the reader pool's address.
-    pub fn new(addr: Addr<StoreReader>) -> Self {
-        Reads { addr }
+    /// Wraps the reader pool's address; `index` is the writer's, for reads by seq.
+    pub fn new(addr: Addr<StoreReader>, index: ChannelIndex) -> Self {
+        Reads { addr, index }
+    }
+
+    /// The places of recent messages by channel (for reads by seq inside [`Reads::run`]).
+    pub fn index(&self) -> &ChannelIndex {
+        &self.index
+    }
+
+    /// A page of `channel`'s history ([`queries::history`]).
+    pub fn history(
+        &self,
+        channel: String,
+        page: Page,
+    ) -> impl std::future::Future<Output = Result<(Vec<StoredMessage>, bool), StoreError>> + 'static
+    {
+        let index = self.index.clone();
+        self.run(move |c| {
+            // Memory first, then the table (store::channel_index).
+            let recent = index.recent(&channel);
+            Ok(queries::history(c, &channel, &recent, page)?)
+        })
     }
 
     /// Runs `f` on a reader thread.

@@ -12,6 +12,23 @@ diesel::table! {
 }
 
 diesel::table! {
+    channel_index (rowid) {
+        rowid -> BigInt,
+        channel -> Text,
+        first_seq -> BigInt,
+        last_seq -> BigInt,
+        positions -> Binary,
+    }
+}
+
+diesel::table! {
+    channel_index_state (id) {
+        id -> Integer,
+        moved_through -> BigInt,
+    }
+}
+
+diesel::table! {
     channels (name) {
         name -> Text,
         last_seq -> BigInt,
@@ -126,6 +143,8 @@ diesel::joinable!(group_members -> groups (group_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    channel_index,
+    channel_index_state,
     channels,
     dedupe_keys,
     dedupe_state,

@@ -6,16 +6,18 @@
 //! use, and then kept here; a commit only inserts the `channels` row of a channel it creates.
 //!
 //! What the store holds stays the truth: a channel's counter is the larger of
-//! `channels.last_seq` and the highest seq stored in `messages` ([`queries::head_seq`]), so a
-//! restart, a cleared cache or another reader computes the same value. Anything that ever
+//! `channels.last_seq` and the highest seq stored (`ChannelIndex::head_seq`: the channel's
+//! newest place in memory, or else its last row in `channel_index`), so a restart, a
+//! cleared cache or a reader computes the same value. Anything that ever
 //! deletes messages must first raise `channels.last_seq` to the channel's highest seq, or
 //! seqs would be given out again.
 //!
 //! Memory changes only after a commit succeeded ([`SeqCounters::committed`]); a failed batch
-//! clears everything ([`SeqCounters::forget`]), so that its row-by-row retry, or a counter
-//! moved by another process on the same file, is read from the store again.
+//! clears everything ([`SeqCounters::forget`]), so that its row-by-row retry reads them
+//! from the store again.
 
-use super::{queries, DbConn};
+use super::channel_index::ChannelIndex;
+use super::DbConn;
 use crate::fast_map::FastMap;
 
 /// Most channels whose counter is held; past it the cache starts again empty (a miss costs
@@ -61,14 +63,19 @@ impl SeqCounters {
     }
 
     /// The counter of `channel`: from memory, or read from the store on a miss.
-    pub fn get(&self, c: &mut DbConn, channel: &str) -> diesel::QueryResult<Counter> {
+    pub fn get(
+        &self,
+        c: &mut DbConn,
+        index: &ChannelIndex,
+        channel: &str,
+    ) -> diesel::QueryResult<Counter> {
         if let Some(&last) = self.last.get(channel) {
             return Ok(Counter {
                 last,
                 has_row: true,
             });
         }
-        let (last, has_row) = queries::head_seq(c, channel)?;
+        let (last, has_row) = index.head_seq(c, channel)?;
         Ok(Counter { last, has_row })
     }
 
