@@ -110,9 +110,13 @@ impl MessageId {
 }
 
 impl Default for MessageId {
-    /// The nil UUID.
+    /// The nil UUID. A placeholder the writer gives every message before its id (one per
+    /// message), so it is copied rather than formatted.
     fn default() -> Self {
-        Self::of(uuid::Uuid::nil())
+        const NIL: &str = "00000000-0000-0000-0000-000000000000";
+        let mut id = ArrayString::new();
+        id.push_str(NIL);
+        MessageId(id)
     }
 }
 
@@ -266,6 +270,11 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_id_is_the_nil_uuid() {
+        assert_eq!(MessageId::default(), MessageId::of(uuid::Uuid::nil()));
+    }
 
     #[test]
     fn message_ids_are_uuid_v7_of_their_millisecond_and_ascend_within_it() {
