@@ -65,7 +65,7 @@ pub struct Tree {
     pub health: Arc<HealthBoard>,
     /// What the write batcher committed.
     pub batch_stats: Arc<BatchStats>,
-    /// Resend keys held in memory, not yet moved to `dedupe_keys` (`store::dedupe`).
+    /// Resend keys held in memory, not yet moved to `dedupe_blocks` (`store::dedupe`).
     pub resend_keys_held: Arc<AtomicU64>,
 }
 

@@ -6,13 +6,13 @@
 //! and again at the next checkpoint, the largest cost of storing a message
 //! (docs/BENCHMARKS.md). Here the key of each new message (a 64-bit hash of sender and client
 //! id) is kept in memory first. Every commit also moves the pending keys of one slice of the
-//! key space into `dedupe_keys`, sorted, so they land together on a few pages (a slice with
+//! key space to the table, sorted, so they land together in a few blocks (a slice with
 //! only a few keys may wait up to [`MOVE_WAIT`] commits for more). Under load a rotation
 //! through all `slices` takes `slices` commits; memory holds about `slices` × `batch_max`
 //! keys at most (plus those read back at start-up).
 //!
-//! A key points at its message's position (`messages.pos`); the table is one B-tree of
-//! (key, pos) pairs (migration 000004).
+//! A key points at its message's position (`messages.pos`); the table, `dedupe_blocks`,
+//! holds sorted blocks of (key, pos) pairs ([`DedupeBlocks`], migration 000006).
 //!
 //! Crash safety: `dedupe_state.moved_through` names a message position up to which every
 //! key is in the table; it is written in the commit that finishes a rotation. At start-up
@@ -22,9 +22,11 @@
 
 use std::hash::Hasher;
 
+use diesel::QueryResult;
 use sha2::{Digest, Sha256};
 
-use super::models::{DedupeKeyRow, StoredMessage};
+use super::dedupe_blocks::{self, BlocksMoved, DedupeBlocks, Pair};
+use super::models::StoredMessage;
 use super::resend_filter::ResendFilter;
 use super::{queries, DbConn};
 use crate::fast_map::FastMap;
@@ -92,6 +94,8 @@ pub struct SliceMoved {
     slice: u32,
     /// When the move finished a rotation: the newest position, where the next one begins.
     next_rotation: Option<i64>,
+    /// The blocks it rewrote.
+    blocks: BlocksMoved,
 }
 
 /// How resend keys are kept; part of the broker's config.
@@ -105,7 +109,7 @@ pub struct DedupeSettings {
     pub filter_bytes: usize,
 }
 
-/// Keys of stored messages not yet in `dedupe_keys`, and the rotation that moves them there.
+/// Keys of stored messages not yet in `dedupe_blocks`, and the rotation that moves them there.
 /// One per database, shared by the writer threads (which hold it across a transaction).
 #[derive(Debug)]
 pub struct DedupeKeys {
@@ -118,6 +122,8 @@ pub struct DedupeKeys {
     by_slice: Vec<Vec<(u64, PendingKey)>>,
     /// Every key stored within the window, for look-ups that skip the table.
     filter: ResendFilter,
+    /// Where the moved keys are.
+    blocks: DedupeBlocks,
     slices: u32,
     /// The slice the next commit moves.
     cursor: u32,
@@ -139,18 +145,26 @@ impl DedupeKeys {
         let newest = queries::last_position(c)?;
         let slices = settings.slices.clamp(1, 4096);
         let mut filter = ResendFilter::new(settings.filter_bytes, settings.window_ms);
+        let blocks = DedupeBlocks::load(c)?;
         if filter.is_on() {
-            let rows = queries::dedupe_keys_iter(c)?.map(|k| k.map(|k| k as u64));
+            let rows = queries::dedupe_blocks_iter(c)?.flat_map(|block| {
+                let pairs = block.and_then(|(first, bytes)| dedupe_blocks::decode(first, &bytes));
+                let keys: Vec<QueryResult<u64>> = match pairs {
+                    Ok(pairs) => pairs.into_iter().map(|(key, _)| Ok(key as u64)).collect(),
+                    Err(e) => vec![Err(e)],
+                };
+                keys
+            });
             let read = filter.load_startup(rows, now)?;
             if filter.startup_overflowed() {
                 log::warn!(
-                    "resend filter: more than {} keys in dedupe_keys; every resend look-up \
+                    "resend filter: more than {} keys in dedupe_blocks; every resend look-up \
                      queries the table until they are out of dedupe_window (raise \
                      database.resend_filter_mib to hold them)",
                     filter.startup_capacity()
                 );
             } else {
-                log::info!("resend filter: {read} keys read from dedupe_keys");
+                log::info!("resend filter: {read} keys read from dedupe_blocks");
             }
         }
         let mut keys = DedupeKeys {
@@ -158,6 +172,7 @@ impl DedupeKeys {
             shadowed: Vec::new(),
             by_slice: (0..slices).map(|_| Vec::new()).collect(),
             filter,
+            blocks,
             slices,
             cursor: 0,
             waited: 0,
@@ -240,7 +255,7 @@ impl DedupeKeys {
         if !self.filter.may_hold(key, since) {
             return Ok(None);
         }
-        for pos in queries::dedupe_candidates(c, key as i64)? {
+        for pos in self.blocks.positions(c, key as i64)? {
             if let Some(m) = queries::message_by_pos(c, pos)?.filter(matches) {
                 return Ok(Some(m));
             }
@@ -248,7 +263,7 @@ impl DedupeKeys {
         Ok(None)
     }
 
-    /// Inside a commit: writes the pending keys of the next slice to `dedupe_keys` if it is
+    /// Inside a commit: writes the pending keys of the next slice to `dedupe_blocks` if it is
     /// due ([`MOVE_AT`], [`MOVE_WAIT`]) and, when that finishes a rotation, moves
     /// `moved_through` up. Memory changes only in [`DedupeKeys::committed`], once the commit
     /// succeeded.
@@ -262,16 +277,13 @@ impl DedupeKeys {
         if !full && self.waited + 1 < self.move_wait {
             return Ok(None);
         }
-        // Sorted, so that the keys of a slice land together on a few pages.
-        let mut rows: Vec<DedupeKeyRow> = waiting
+        // Sorted as the table sorts them (signed), to merge into its blocks in one pass.
+        let mut pairs: Vec<Pair> = waiting
             .iter()
-            .map(|&(key, p)| DedupeKeyRow {
-                key: key as i64,
-                pos: p.pos,
-            })
+            .map(|&(key, p)| (key as i64, p.pos))
             .collect();
-        rows.sort_unstable_by_key(|r| (r.key as u64, r.pos));
-        queries::insert_dedupe_keys(c, &rows)?;
+        pairs.sort_unstable();
+        let blocks = self.blocks.merge(c, &pairs)?;
         let mut next_rotation = None;
         if slice + 1 >= self.slices {
             queries::set_dedupe_moved_through(c, self.rotation_start)?;
@@ -281,6 +293,7 @@ impl DedupeKeys {
         Ok(Some(SliceMoved {
             slice,
             next_rotation,
+            blocks,
         }))
     }
 
@@ -302,6 +315,7 @@ impl DedupeKeys {
             let slices = self.slices;
             self.shadowed
                 .retain(|(k, _)| slice_of(*k, slices) != m.slice);
+            self.blocks.committed(m.blocks);
             match m.next_rotation {
                 Some(start) => {
                     self.cursor = 0;

@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod channel_index;
 pub mod dedupe;
+pub mod dedupe_blocks;
 pub mod models;
 pub mod queries;
 pub mod reader;

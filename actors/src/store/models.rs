@@ -131,17 +131,6 @@ pub struct ChannelIndexRow {
     pub positions: Vec<u8>,
 }
 
-/// Where the message stored under a dedupe key is: one row of `dedupe_keys`. Written only by
-/// `queries::insert_dedupe_keys` (multi-row statements; Diesel's own slice insert goes one
-/// row and one savepoint at a time on SQLite).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DedupeKeyRow {
-    /// 64-bit hash of (sender, client frame id); see `store::dedupe::key_of`.
-    pub key: i64,
-    /// The message's position (`messages.pos`).
-    pub pos: i64,
-}
-
 /// A stored message's dedupe key parts and place, as read back at start-up.
 #[derive(Debug, Clone, Queryable)]
 pub struct KeyedMessage {

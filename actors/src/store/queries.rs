@@ -11,9 +11,9 @@ use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
 use super::channel_index::{Place, RUN_MAX};
-use super::models::{ChannelIndexRow, DedupeKeyRow, GroupRow, KeyedMessage, StoredMessage};
+use super::models::{ChannelIndexRow, GroupRow, KeyedMessage, StoredMessage};
 use super::schema::{
-    channel_index, channel_index_state, channels, dedupe_keys, dedupe_state, devices,
+    channel_index, channel_index_state, channels, dedupe_blocks, dedupe_state, devices,
     group_members, groups, messages, revoked_tokens,
 };
 use super::DbConn;
@@ -69,42 +69,57 @@ pub fn message_by_pos(c: &mut DbConn, pos: i64) -> QueryResult<Option<StoredMess
     Ok(found.into_iter().next())
 }
 
-/// Positions of the messages stored under dedupe key `key` (the caller checks the window
-/// and the sender on each message: keys may collide).
-pub fn dedupe_candidates(c: &mut DbConn, key: i64) -> QueryResult<Vec<i64>> {
-    dedupe_keys::table
-        .filter(dedupe_keys::key.eq(key))
-        .select(dedupe_keys::pos)
+/// The `first_key` of every block of resend keys (read once, at start-up).
+pub fn dedupe_block_firsts(c: &mut DbConn) -> QueryResult<Vec<i64>> {
+    dedupe_blocks::table
+        .select(dedupe_blocks::first_key)
+        .order(dedupe_blocks::first_key.asc())
         .load(c)
 }
 
-/// The keys of `dedupe_keys`, streamed (read once, at start-up).
-pub fn dedupe_keys_iter(
+/// The blocks of resend keys, streamed (read once, at start-up).
+pub fn dedupe_blocks_iter(
     c: &mut DbConn,
-) -> QueryResult<impl Iterator<Item = QueryResult<i64>> + '_> {
-    dedupe_keys::table
-        .select(dedupe_keys::key)
-        .load_iter::<i64, DefaultLoadingMode>(c)
+) -> QueryResult<impl Iterator<Item = QueryResult<(i64, Vec<u8>)>> + '_> {
+    dedupe_blocks::table
+        .select((dedupe_blocks::first_key, dedupe_blocks::pairs))
+        .load_iter::<(i64, Vec<u8>), DefaultLoadingMode>(c)
 }
 
-/// Inserts dedupe keys, in the order given; a key already there (moved again after a
-/// restart) is skipped.
-pub fn insert_dedupe_keys(c: &mut DbConn, rows: &[DedupeKeyRow]) -> QueryResult<()> {
-    insert_rows(c, rows)
+/// The pairs of the block beginning at `first_key`, if there is one.
+pub fn dedupe_block(c: &mut DbConn, first_key: i64) -> QueryResult<Option<Vec<u8>>> {
+    // `load`, not `first`: see the module's note on `LIMIT ?`.
+    let found: Vec<Vec<u8>> = dedupe_blocks::table
+        .find(first_key)
+        .select(dedupe_blocks::pairs)
+        .load(c)?;
+    Ok(found.into_iter().next())
 }
 
-/// `INSERT OR IGNORE`: a key moved again after a restart is already there. Written by hand
-/// (see [`MultiInsert`]) because Diesel inserts a slice on SQLite one row at a time, each in
-/// its own savepoint and with its SQL looked up in the statement cache by its text: that was
-/// most of what moving keys cost.
-impl InsertRow for DedupeKeyRow {
-    const HEAD: &'static str = "INSERT OR IGNORE INTO dedupe_keys (key, pos) VALUES ";
+/// Replaces the pairs of the block beginning at `first_key`.
+pub fn update_dedupe_block(c: &mut DbConn, first_key: i64, pairs: &[u8]) -> QueryResult<()> {
+    diesel::update(dedupe_blocks::table.find(first_key))
+        .set(dedupe_blocks::pairs.eq(pairs))
+        .execute(c)
+        .map(drop)
+}
 
-    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>, _: bool) -> QueryResult<()> {
-        out.push_bind_param::<BigInt, _>(&self.key)?;
-        out.push_sql(", ");
-        out.push_bind_param::<BigInt, _>(&self.pos)
-    }
+/// Adds a block beginning at `first_key`.
+pub fn insert_dedupe_block(c: &mut DbConn, first_key: i64, pairs: &[u8]) -> QueryResult<()> {
+    diesel::insert_into(dedupe_blocks::table)
+        .values((
+            dedupe_blocks::first_key.eq(first_key),
+            dedupe_blocks::pairs.eq(pairs),
+        ))
+        .execute(c)
+        .map(drop)
+}
+
+/// Removes the block beginning at `first_key`.
+pub fn delete_dedupe_block(c: &mut DbConn, first_key: i64) -> QueryResult<()> {
+    diesel::delete(dedupe_blocks::table.find(first_key))
+        .execute(c)
+        .map(drop)
 }
 
 /// Inserts rows of `channel_index`, in the order given.
@@ -202,7 +217,7 @@ pub fn unindexed_places_after(c: &mut DbConn, after: i64) -> QueryResult<Vec<(St
         .collect())
 }
 
-/// The position through which every message's dedupe key is in `dedupe_keys` (0: none).
+/// The position through which every message's dedupe key is in `dedupe_blocks` (0: none).
 pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {
     dedupe_state::table
         .find(1)
@@ -210,7 +225,7 @@ pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {
         .get_result(c)
 }
 
-/// Records that every message up to position `pos` has its dedupe key in `dedupe_keys`.
+/// Records that every message up to position `pos` has its dedupe key in `dedupe_blocks`.
 pub fn set_dedupe_moved_through(c: &mut DbConn, pos: i64) -> QueryResult<()> {
     diesel::update(dedupe_state::table.find(1))
         .set(dedupe_state::moved_through.eq(pos))

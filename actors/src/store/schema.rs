@@ -37,9 +37,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    dedupe_keys (key, pos) {
-        key -> BigInt,
-        pos -> BigInt,
+    dedupe_blocks (first_key) {
+        first_key -> BigInt,
+        pairs -> Binary,
     }
 }
 
@@ -146,7 +146,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     channel_index,
     channel_index_state,
     channels,
-    dedupe_keys,
+    dedupe_blocks,
     dedupe_state,
     delivery_cursors,
     devices,

@@ -468,7 +468,7 @@ fn apply(
 mod tests {
     use super::*;
     use crate::store::dedupe::DedupeSettings;
-    use crate::store::models::DedupeKeyRow;
+    use crate::store::dedupe_blocks::DedupeBlocks;
     use crate::store::{open_pool, run_migrations, StoreConfig, Synchronous};
 
     const WINDOW: i64 = 3_600_000;
@@ -545,14 +545,24 @@ mod tests {
             .collect()
     }
 
-    fn moved_keys(pool: &DbPool) -> i64 {
-        use crate::store::schema::dedupe_keys;
-        use diesel::{QueryDsl, RunQueryDsl};
+    /// Every (key, position) pair in `dedupe_blocks`, in order, checking that each block
+    /// is sorted and begins with its `first_key`.
+    fn moved_pairs(pool: &DbPool) -> Vec<(i64, i64)> {
         let mut c = pool.get().expect("conn");
-        dedupe_keys::table
-            .count()
-            .get_result(&mut c)
-            .expect("count")
+        let mut all = Vec::new();
+        for block in queries::dedupe_blocks_iter(&mut c).expect("blocks") {
+            let (first, bytes) = block.expect("block");
+            let pairs = crate::store::dedupe_blocks::decode(first, &bytes).expect("pairs");
+            assert_eq!(pairs.first().map(|p| p.0), Some(first));
+            assert!(pairs.windows(2).all(|w| w[0] < w[1]), "sorted");
+            all.extend(pairs);
+        }
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "blocks in order");
+        all
+    }
+
+    fn moved_keys(pool: &DbPool) -> i64 {
+        moved_pairs(pool).len() as i64
     }
 
     /// Rows of every statement shape (32, 16, 4 and 1 rows), as `insert_messages` is
@@ -636,22 +646,61 @@ mod tests {
         assert_eq!(load_eager(&pool, 4).keys.pending(), 4);
     }
 
-    #[test]
-    fn keys_are_inserted_in_every_chunk_size_and_a_key_moved_twice_is_kept_once() {
-        let (_dir, pool) = fresh();
+    /// Merges `pairs` into the blocks as a move inside a commit does, and applies it.
+    fn merge(pool: &DbPool, blocks: &mut DedupeBlocks, pairs: &[(i64, i64)]) {
         let mut c = pool.get().expect("conn");
-        // 32 + 32 + 16 + 4 + 1 + 1 + 1: every statement shape is used.
-        let rows: Vec<DedupeKeyRow> = (0..87).map(|i| DedupeKeyRow { key: i, pos: i }).collect();
-        queries::insert_dedupe_keys(&mut c, &rows).expect("insert");
-        assert_eq!(moved_keys(&pool), 87);
-        // A restart moves some keys again, among new ones.
-        let again: Vec<DedupeKeyRow> = (80..100).map(|i| DedupeKeyRow { key: i, pos: i }).collect();
-        queries::insert_dedupe_keys(&mut c, &again).expect("insert again");
-        assert_eq!(moved_keys(&pool), 100);
+        let moved = blocks.merge(&mut c, pairs).expect("merge");
+        blocks.committed(moved);
+    }
+
+    #[test]
+    fn keys_merge_into_blocks_that_split_and_a_key_moved_twice_is_kept_once() {
+        let (_dir, pool) = fresh();
+        let mut blocks = DedupeBlocks::default();
+        // 1,000 keys spread over all 64 bits (negative ones too); a third of them first.
+        let step = u64::MAX / 1000;
+        let keys: Vec<i64> = (0..1000u64).map(|i| (i * step) as i64).collect();
+        let mut first: Vec<(i64, i64)> = keys.iter().step_by(3).map(|&k| (k, 1)).collect();
+        first.sort_unstable();
+        merge(&pool, &mut blocks, &first);
+        assert_eq!(moved_pairs(&pool), first);
+        let after_first = blocks.len();
+        assert!(after_first > 1, "{after_first} blocks");
+        // The rest of the keys, some of the first ones again (a restart moves them twice),
+        // a second position under one key, and a key below every block.
+        let mut rest: Vec<(i64, i64)> = keys.iter().map(|&k| (k, 1)).collect();
+        rest.push((keys[10], 7));
+        rest.push((i64::MIN, 3));
+        rest.sort_unstable();
+        merge(&pool, &mut blocks, &rest);
+        assert_eq!(moved_pairs(&pool), rest);
+        assert!(blocks.len() > after_first);
         assert_eq!(
-            queries::dedupe_candidates(&mut c, 86).expect("look-up"),
-            vec![86]
+            blocks.len(),
+            DedupeBlocks::load(&mut pool.get().expect("conn"))
+                .expect("load")
+                .len()
         );
+        let mut c = pool.get().expect("conn");
+        assert_eq!(
+            blocks.positions(&mut c, keys[10]).expect("look-up"),
+            vec![1, 7]
+        );
+        assert_eq!(
+            blocks.positions(&mut c, i64::MIN).expect("look-up"),
+            vec![3]
+        );
+        assert_eq!(
+            blocks.positions(&mut c, keys[10] + 1).expect("look-up"),
+            Vec::<i64>::new()
+        );
+        for block in queries::dedupe_blocks_iter(&mut c).expect("blocks") {
+            let (first, bytes) = block.expect("block");
+            assert!(
+                bytes.len() / 16 <= crate::store::dedupe_blocks::BLOCK_MAX,
+                "block {first}"
+            );
+        }
     }
 
     #[test]
@@ -735,13 +784,11 @@ mod tests {
         let mut mem = load(&pool, 1);
         let bobs = write(&pool, &mut mem, vec![dm("bob", "b1")]);
         // A row under alice's key pointing at bob's message: what a hash collision looks like.
-        let mut c = pool.get().expect("conn");
-        let row = DedupeKeyRow {
-            key: key_of("alice", "m1") as i64,
-            pos: 1,
-        };
-        queries::insert_dedupe_keys(&mut c, &[row]).expect("insert");
-        drop(c);
+        merge(
+            &pool,
+            &mut DedupeBlocks::default(),
+            &[(key_of("alice", "m1") as i64, 1)],
+        );
         // Read back at start-up, so that the look-up does not skip the table.
         let mut mem = load(&pool, 1);
         let alices = write(&pool, &mut mem, vec![dm("alice", "m1")]);
@@ -1058,6 +1105,42 @@ mod tests {
             page(&pool, &mem.index, ch, None, Some(n + 2), 3),
             (seqs(n - 1..=n + 1), true)
         );
+    }
+
+    #[test]
+    fn a_database_from_before_migration_6_gets_its_resend_keys_in_blocks() {
+        use crate::store::MIGRATIONS;
+        use diesel::connection::SimpleConnection;
+        use diesel_migrations::MigrationHarness;
+
+        let (_dir, pool) = empty();
+        let mut c = pool.get().expect("conn");
+        for _ in 0..5 {
+            c.run_next_migration(MIGRATIONS).expect("migrations 1 to 5");
+        }
+        // 300 keys, negative and positive, one of them under two positions.
+        let mut pairs: Vec<(i64, i64)> = (0..300i64)
+            .map(|i| (i64::MIN / 150 * (150 - i), 1000 + i))
+            .collect();
+        pairs.push((pairs[128].0, 5));
+        let values: Vec<String> = pairs.iter().map(|(k, p)| format!("({k}, {p})")).collect();
+        c.batch_execute(&format!(
+            "INSERT INTO dedupe_keys (key, pos) VALUES {};",
+            values.join(", ")
+        ))
+        .expect("rows of the old schema");
+        drop(c);
+        run_migrations(&pool).expect("migration 6");
+        pairs.sort_unstable();
+        assert_eq!(moved_pairs(&pool), pairs);
+        let blocks = DedupeBlocks::load(&mut pool.get().expect("conn")).expect("load");
+        assert_eq!(blocks.len(), 3);
+        let mut c = pool.get().expect("conn");
+        let two = pairs.iter().find(|p| p.1 == 5).expect("pair").0;
+        let mut found = blocks.positions(&mut c, two).expect("look-up");
+        found.sort_unstable();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[0], 5);
     }
 
     #[test]
