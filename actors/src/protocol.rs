@@ -12,7 +12,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::ids::{valid_id, Channel, UserId};
+use crate::ids::{valid_id, Channel, MessageId, UserId};
 use crate::store::StoredMessage;
 
 /// Error codes of contract section 6, serialised in snake_case.
@@ -507,7 +507,7 @@ pub fn ack_frame(m: &StoredMessage, ref_id: Option<&str>) -> ByteString {
             None => out.push_str("null"),
         }
         out.push_str(",\"message_id\":");
-        push_json_str(out, &m.id);
+        push_json_id(out, &m.id);
         out.push_str(",\"channel\":");
         push_json_str(out, &m.channel);
         out.push_str(",\"seq\":");
@@ -529,7 +529,7 @@ pub fn delivery_frame(m: &StoredMessage) -> ByteString {
         out.push_str("{\"type\":");
         push_json_str(out, &m.kind);
         out.push_str(",\"id\":");
-        push_json_str(out, &m.id);
+        push_json_id(out, &m.id);
         out.push_str(",\"payload\":");
         if m.payload.is_empty() {
             out.push_str("null");
@@ -591,6 +591,15 @@ fn push_json_str(out: &mut String, s: &str) {
         // Serialising a `&str` cannot fail; keep the frame valid JSON regardless.
         out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "null".into()));
     }
+}
+
+/// Appends a message id as a JSON string. An id is a UUID's hex digits and hyphens
+/// ([`MessageId`]), so it never needs escaping and is not checked.
+fn push_json_id(out: &mut String, id: &MessageId) {
+    out.reserve(MessageId::LEN + 2);
+    out.push('"');
+    out.push_str(id.as_str());
+    out.push('"');
 }
 
 /// Whether `s` holds a byte JSON must escape: a control character, `"` or `\\`.
