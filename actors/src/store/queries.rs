@@ -283,16 +283,17 @@ pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<Op
 /// batches. `OR FAIL` keeps the rows before a failing one instead, so no journal is needed;
 /// a failure fails the whole transaction anyway (the writer then retries row by row).
 ///
-/// The rows of a batch are stored at one time, so a statement binds `created_at` once: the
-/// rows after its first name the first row's parameter ([`CREATED_AT_OF_FIRST`]) instead of
-/// binding it again. Binding is most of what Diesel costs per row (each value is collected,
-/// bound, and bound to NULL again after the statement ran).
+/// The rows of a batch are stored at one time, and mostly of one kind, so a statement whose
+/// rows share `created_at` and `kind` binds them once: the rows after its first name the first row's parameters
+/// ([`CREATED_AT_OF_FIRST`] and the like) instead of binding them again; rows that differ
+/// go in a statement that binds every value. Binding is most of what Diesel costs per row
+/// (each value is collected, bound, and bound to NULL again after the statement ran).
 impl InsertRow for StoredMessage {
     const HEAD: &'static str = "INSERT OR FAIL INTO messages (id, channel, seq, kind, \
         sender_id, target_id, client_id, client_msg_id, payload, created_at) VALUES ";
 
     fn fits_with(&self, first: &Self) -> bool {
-        self.created_at == first.created_at
+        self.created_at == first.created_at && self.kind == first.kind
     }
 
     fn push_values<'b>(
@@ -306,7 +307,11 @@ impl InsertRow for StoredMessage {
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.seq)?;
         out.push_sql(", ");
-        out.push_bind_param::<Text, str>(&self.kind)?;
+        if later {
+            out.push_sql(KIND_OF_FIRST);
+        } else {
+            out.push_bind_param::<Text, str>(&self.kind)?;
+        }
         out.push_sql(", ");
         out.push_bind_param::<Text, str>(&self.sender_id)?;
         out.push_sql(", ");
@@ -331,9 +336,11 @@ impl InsertRow for StoredMessage {
     }
 }
 
-/// The parameter that holds the first row's `created_at`: its tenth value. A plain `?` is
-/// numbered one above the largest number given so far, so naming an earlier parameter by its
-/// number leaves the numbering of the `?`s after it (and Diesel's binding in order) as is.
+/// The parameters that hold the first row's `kind` and `created_at`: its fourth and tenth
+/// values. A plain `?` is numbered one above the largest number
+/// given so far, so naming an earlier parameter by its number leaves the numbering of the
+/// `?`s after it (and Diesel's binding in order) as is.
+const KIND_OF_FIRST: &str = "?4";
 const CREATED_AT_OF_FIRST: &str = "?10";
 
 /// A row written on the write path with multi-row `INSERT`s of fixed shapes.
@@ -374,38 +381,43 @@ fn insert_rows<R: InsertRow>(c: &mut DbConn, rows: &[R]) -> QueryResult<()> {
 fn insert_chunks<R: InsertRow, const N: usize>(c: &mut DbConn, rest: &mut &[R]) -> QueryResult<()> {
     while let Some((head, tail)) = rest.split_first_chunk::<N>() {
         if head.iter().all(|row| row.fits_with(&head[0])) {
-            MultiInsert(head).execute(c)?;
+            MultiInsert::<R, N, true>(head).execute(c)?;
         } else {
-            for row in head {
-                MultiInsert(std::array::from_ref(row)).execute(c)?;
-            }
+            MultiInsert::<R, N, false>(head).execute(c)?;
         }
         *rest = tail;
     }
     Ok(())
 }
 
-/// `R::HEAD (…), (…), …` for `N` rows of `R`.
-struct MultiInsert<'a, R, const N: usize>(&'a [R; N]);
+/// `R::HEAD (…), (…), …` for `N` rows of `R`. With `SHARED` (the rows fit with the first,
+/// [`InsertRow::fits_with`]) later rows name the first row's shared values rather than
+/// bind them; each shape is its own cached statement.
+struct MultiInsert<'a, R, const N: usize, const SHARED: bool>(&'a [R; N]);
 
-impl<R: InsertRow, const N: usize> QueryId for MultiInsert<'_, R, N> {
-    type QueryId = MultiInsert<'static, R, N>;
+impl<R: InsertRow, const N: usize, const SHARED: bool> QueryId for MultiInsert<'_, R, N, SHARED> {
+    type QueryId = MultiInsert<'static, R, N, SHARED>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<R: InsertRow, const N: usize> QueryFragment<Sqlite> for MultiInsert<'_, R, N> {
+impl<R: InsertRow, const N: usize, const SHARED: bool> QueryFragment<Sqlite>
+    for MultiInsert<'_, R, N, SHARED>
+{
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
         out.push_sql(R::HEAD);
         for (i, row) in self.0.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
-            row.push_values(&mut out, i > 0)?;
+            row.push_values(&mut out, SHARED && i > 0)?;
             out.push_sql(")");
         }
         Ok(())
     }
 }
 
-impl<R: InsertRow, const N: usize> RunQueryDsl<DbConn> for MultiInsert<'_, R, N> {}
+impl<R: InsertRow, const N: usize, const SHARED: bool> RunQueryDsl<DbConn>
+    for MultiInsert<'_, R, N, SHARED>
+{
+}
 
 /// Moves a user's read cursor forward (never back); returns the cursor after the write.
 pub fn advance_read_cursor(

@@ -579,12 +579,30 @@ mod tests {
             };
             m.stored(MessageId::of(uuid::Uuid::from_u128(n as u128)), n, at)
         };
-        // 53 rows at one time: a statement of each shape.
-        let same: Vec<StoredMessage> = (1..=53).map(|n| row(n, 1_000)).collect();
-        // 32 rows whose times differ: they may not share the first row's.
-        let differ: Vec<StoredMessage> = (54..=85).map(|n| row(n, 1_000 + n)).collect();
-        let first = queries::insert_messages(&mut c, &same).expect("same time");
-        let next = queries::insert_messages(&mut c, &differ).expect("times differ");
+        // 53 rows at one time, of one kind: a statement of each shape, sharing those values
+        // (and a device's name, which is not shared).
+        let same: Vec<StoredMessage> = (1..=53)
+            .map(|n| StoredMessage {
+                client_id: Some("phone".into()),
+                ..row(n, 1_000)
+            })
+            .collect();
+        // Rows whose time or kind differ from the first of their statement: they may not
+        // share the first row's.
+        let differ: Vec<StoredMessage> = (54..=117)
+            .map(|n| {
+                let mut m = row(n, if n < 86 { 1_000 + n } else { 2_000 });
+                if n % 3 == 0 {
+                    m.kind = "group_message".into();
+                }
+                if n % 4 == 0 {
+                    m.client_id = Some(format!("d{n}").into());
+                }
+                m
+            })
+            .collect();
+        let first = queries::insert_messages(&mut c, &same).expect("shared values");
+        let next = queries::insert_messages(&mut c, &differ).expect("values differ");
         assert_eq!(next, first.map(|p| p + 53));
         let stored: Vec<StoredMessage> = messages::table
             .order(messages::pos)
