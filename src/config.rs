@@ -155,6 +155,9 @@ pub struct DatabaseSettings {
     pub sqlite_synchronous: Synchronous,
     /// SQLite WAL pages written before a commit also checkpoints them into the database.
     pub sqlite_wal_autocheckpoint: u32,
+    /// SQLite page size in bytes for a database created by this broker (a power of two,
+    /// 512 to 65,536); an existing database keeps its own.
+    pub sqlite_page_size: u32,
     /// Most writes per transaction.
     pub batch_max: usize,
     /// Most writes waiting for a transaction before new ones are refused.
@@ -177,7 +180,8 @@ impl Default for DatabaseSettings {
             writer_threads: 1,
             reader_threads: 4,
             sqlite_synchronous: Synchronous::Full,
-            sqlite_wal_autocheckpoint: 10_000,
+            sqlite_wal_autocheckpoint: 2_500,
+            sqlite_page_size: 16_384,
             batch_max: 2048,
             max_pending_writes: 50_000,
             dedupe_window: Duration::from_secs(24 * 3600),
@@ -370,6 +374,10 @@ impl Settings {
         if self.limits.outbound_queue == 0 {
             return bad("limits.outbound_queue must be at least 1");
         }
+        let page = self.database.sqlite_page_size;
+        if !(512..=65_536).contains(&page) || !page.is_power_of_two() {
+            return bad("database.sqlite_page_size must be a power of two from 512 to 65536");
+        }
         if self.session.heartbeat_interval.is_zero() || self.session.heartbeat_timeout.is_zero() {
             return bad("session.heartbeat_interval and session.heartbeat_timeout must be > 0");
         }
@@ -493,6 +501,18 @@ mod tests {
         assert!(Settings::from_sources("[server]\nprot = 1\n", env(&[])).is_err());
         assert!(Settings::from_sources("", env(&[("SWITCHBOARD__SERVER__PORT", "x")])).is_err());
         assert!(Settings::from_sources("", env(&[("SWITCHBOARD__NOPE__X", "1")])).is_err());
+        for page in ["0", "1000", "131072"] {
+            let e = Settings::from_sources(
+                "",
+                env(&[("SWITCHBOARD__DATABASE__SQLITE_PAGE_SIZE", page)]),
+            );
+            assert!(e.is_err(), "page size {page}");
+        }
+        let ok = Settings::from_sources(
+            "",
+            env(&[("SWITCHBOARD__DATABASE__SQLITE_PAGE_SIZE", "4096")]),
+        );
+        assert_eq!(ok.expect("4 KiB pages").database.sqlite_page_size, 4096);
     }
 
     #[test]

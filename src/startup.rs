@@ -97,6 +97,7 @@ pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
         pool_size: settings.database.pool_size,
         synchronous: settings.database.sqlite_synchronous,
         wal_autocheckpoint: settings.database.sqlite_wal_autocheckpoint,
+        page_size: settings.database.sqlite_page_size,
     };
     let pool = store::open_pool(&cfg)?;
     let applied = store::run_migrations(&pool)?;

@@ -109,12 +109,16 @@ pub struct StoreConfig {
     pub synchronous: Synchronous,
     /// SQLite `wal_autocheckpoint` pragma, in pages.
     pub wal_autocheckpoint: u32,
+    /// SQLite `page_size` pragma, bytes: takes effect only when the database file is
+    /// created.
+    pub page_size: u32,
 }
 
 #[derive(Debug)]
 struct SqlitePragmas {
     synchronous: Synchronous,
     wal_autocheckpoint: u32,
+    page_size: u32,
 }
 
 impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
@@ -125,10 +129,14 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
         };
         // A checkpoint runs inside the commit that crosses the threshold; a larger WAL means
         // fewer of them, and a page changed by many batches is copied back once per checkpoint.
+        // The page size comes first: it only applies to a file not yet written, which the
+        // journal mode would write. Larger pages mean fewer WAL frames (each a header and a
+        // page written separately) for the rows a commit appends (docs/BENCHMARKS.md).
         conn.batch_execute(&format!(
-            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-             PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = ON;",
-            self.wal_autocheckpoint
+            "PRAGMA page_size = {}; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = {}; \
+             PRAGMA foreign_keys = ON;",
+            self.page_size, self.wal_autocheckpoint
         ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
@@ -201,6 +209,7 @@ pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
         .connection_customizer(Box::new(SqlitePragmas {
             synchronous: cfg.synchronous,
             wal_autocheckpoint: cfg.wal_autocheckpoint,
+            page_size: cfg.page_size,
         }))
         .build(ConnectionManager::<DbConn>::new(path))
         .map_err(|e| StoreError::Setup(format!("cannot open database `{path}`: {e}")))

@@ -481,9 +481,46 @@ mod tests {
             pool_size: 2,
             synchronous: Synchronous::Normal,
             wal_autocheckpoint: 1000,
+            page_size: 16384,
         })
         .expect("pool");
         (dir, pool)
+    }
+
+    /// The page size of the database behind `pool`.
+    fn page_size(pool: &DbPool) -> i64 {
+        use diesel::RunQueryDsl;
+        #[derive(diesel::QueryableByName)]
+        struct Size {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            page_size: i64,
+        }
+        let size: Size = diesel::sql_query("PRAGMA page_size")
+            .get_result(&mut pool.get().expect("conn"))
+            .expect("page size");
+        size.page_size
+    }
+
+    #[test]
+    fn a_new_database_takes_the_configured_page_size_and_an_old_one_keeps_its_own() {
+        let (dir, pool) = fresh();
+        assert_eq!(page_size(&pool), 16384);
+        let old = dir.path().join("old.db").display().to_string();
+        let open = |page_size| {
+            open_pool(&StoreConfig {
+                url: old.clone(),
+                pool_size: 2,
+                synchronous: Synchronous::Normal,
+                wal_autocheckpoint: 1000,
+                page_size,
+            })
+            .expect("pool")
+        };
+        let four = open(4096);
+        run_migrations(&four).expect("migrations");
+        assert_eq!(page_size(&four), 4096);
+        drop(four);
+        assert_eq!(page_size(&open(16384)), 4096);
     }
 
     /// A migrated database.
