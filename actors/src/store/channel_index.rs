@@ -32,7 +32,6 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use diesel::prelude::*;
 
 use super::models::ChannelIndexRow;
-use super::queries::encode_positions;
 use super::{queries, DbConn};
 use crate::fast_map::FastMap;
 
@@ -130,6 +129,37 @@ fn runs(places: &[Place]) -> impl Iterator<Item = &[Place]> {
         .flat_map(|run| run.chunks(RUN_MAX))
 }
 
+/// The positions of `places` as `channel_index.positions` holds them.
+pub fn encode_positions(places: &[Place]) -> Vec<u8> {
+    places.iter().flat_map(|p| p.pos.to_be_bytes()).collect()
+}
+
+/// The places of one `channel_index` row, checked against its seqs.
+pub fn decode_positions(
+    first_seq: i64,
+    last_seq: i64,
+    positions: &[u8],
+) -> QueryResult<impl DoubleEndedIterator<Item = Place> + '_> {
+    let count = last_seq.checked_sub(first_seq).map(|d| d.saturating_add(1));
+    if count != i64::try_from(positions.len() / 8).ok() || !positions.len().is_multiple_of(8) {
+        return Err(diesel::result::Error::DeserializationError(
+            format!(
+                "channel_index row at seq {first_seq}..={last_seq} holds {} bytes of positions",
+                positions.len()
+            )
+            .into(),
+        ));
+    }
+    Ok(positions.chunks_exact(8).enumerate().map(move |(i, b)| {
+        let mut be = [0u8; 8];
+        be.copy_from_slice(b);
+        Place {
+            seq: first_seq + i as i64,
+            pos: i64::from_be_bytes(be),
+        }
+    }))
+}
+
 /// What a commit moved into the table; applied to memory once that commit succeeded.
 #[derive(Debug, Default)]
 pub struct PlacesMoved {
@@ -210,7 +240,12 @@ impl ChannelIndex {
 
     /// The last seq given out in `channel` and whether it has a `channels` row.
     pub fn head_seq(&self, c: &mut DbConn, channel: &str) -> QueryResult<(i64, bool)> {
-        let newest = self.recent(channel).last().map(|p| p.seq);
+        let newest = self
+            .read()
+            .by_channel
+            .get(channel)
+            .and_then(|places| places.last())
+            .map(|p| p.seq);
         queries::head_seq(c, channel, newest)
     }
 
@@ -310,10 +345,21 @@ mod tests {
     }
 
     #[test]
-    fn positions_round_trip_through_their_encoding() {
+    fn positions_round_trip_through_their_encoding_and_are_checked_against_the_seqs() {
         let p = places(&[7, 8, 9]);
-        let bytes = queries::encode_positions(&p);
+        let bytes = encode_positions(&p);
         assert_eq!(bytes.len(), 24);
         assert_eq!(&bytes[..8], &70_i64.to_be_bytes());
+        let back: Vec<Place> = decode_positions(7, 9, &bytes).expect("decode").collect();
+        assert_eq!(back, p);
+        assert!(
+            decode_positions(7, 10, &bytes).is_err(),
+            "a seq without a position"
+        );
+        assert!(
+            decode_positions(7, 9, &bytes[..23]).is_err(),
+            "a torn position"
+        );
+        assert!(decode_positions(9, 7, &bytes).is_err(), "seqs backwards");
     }
 }

@@ -10,7 +10,7 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use super::channel_index::{Place, RUN_MAX};
+use super::channel_index::{decode_positions, Place, RUN_MAX};
 use super::models::{ChannelIndexRow, GroupRow, KeyedMessage, StoredMessage};
 use super::schema::{
     channel_index, channel_index_state, channels, dedupe_blocks, dedupe_state, devices,
@@ -143,37 +143,6 @@ impl InsertRow for ChannelIndexRow {
     }
 }
 
-/// The positions of `places` as `channel_index.positions` holds them.
-pub fn encode_positions(places: &[Place]) -> Vec<u8> {
-    places.iter().flat_map(|p| p.pos.to_be_bytes()).collect()
-}
-
-/// The places of one `channel_index` row, checked against its seqs.
-fn decode_positions(
-    first_seq: i64,
-    last_seq: i64,
-    positions: &[u8],
-) -> QueryResult<impl DoubleEndedIterator<Item = Place> + '_> {
-    let count = last_seq.checked_sub(first_seq).map(|d| d.saturating_add(1));
-    if count != i64::try_from(positions.len() / 8).ok() || !positions.len().is_multiple_of(8) {
-        return Err(diesel::result::Error::DeserializationError(
-            format!(
-                "channel_index row at seq {first_seq}..={last_seq} holds {} bytes of positions",
-                positions.len()
-            )
-            .into(),
-        ));
-    }
-    Ok(positions.chunks_exact(8).enumerate().map(move |(i, b)| {
-        let mut be = [0u8; 8];
-        be.copy_from_slice(b);
-        Place {
-            seq: first_seq + i as i64,
-            pos: i64::from_be_bytes(be),
-        }
-    }))
-}
-
 /// The position through which every message is in `channel_index`.
 pub fn channel_index_moved_through(c: &mut DbConn) -> QueryResult<i64> {
     channel_index_state::table
@@ -284,10 +253,11 @@ pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<Op
 /// a failure fails the whole transaction anyway (the writer then retries row by row).
 ///
 /// The rows of a batch are stored at one time, and mostly of one kind, so a statement whose
-/// rows share `created_at` and `kind` binds them once: the rows after its first name the first row's parameters
-/// ([`CREATED_AT_OF_FIRST`] and the like) instead of binding them again; rows that differ
-/// go in a statement that binds every value. Binding is most of what Diesel costs per row
-/// (each value is collected, bound, and bound to NULL again after the statement ran).
+/// rows share `created_at` and `kind` binds them once: the rows after its first name the
+/// first row's parameters ([`CREATED_AT_OF_FIRST`], [`KIND_OF_FIRST`]) instead of binding
+/// them again; rows that differ go in a statement that binds every value. Binding is most
+/// of what Diesel costs per row (each value is collected, bound, and bound to NULL again
+/// after the statement ran).
 impl InsertRow for StoredMessage {
     const HEAD: &'static str = "INSERT OR FAIL INTO messages (id, channel, seq, kind, \
         sender_id, target_id, client_id, client_msg_id, payload, created_at) VALUES ";
@@ -337,9 +307,9 @@ impl InsertRow for StoredMessage {
 }
 
 /// The parameters that hold the first row's `kind` and `created_at`: its fourth and tenth
-/// values. A plain `?` is numbered one above the largest number
-/// given so far, so naming an earlier parameter by its number leaves the numbering of the
-/// `?`s after it (and Diesel's binding in order) as is.
+/// values. A plain `?` is numbered one above the largest number given so far, so naming an
+/// earlier parameter by its number leaves the numbering of the `?`s after it (and Diesel's
+/// binding in order) as is.
 const KIND_OF_FIRST: &str = "?4";
 const CREATED_AT_OF_FIRST: &str = "?10";
 
