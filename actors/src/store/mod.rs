@@ -153,6 +153,15 @@ pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
         .unwrap_or(url))
 }
 
+/// Creates the directory a database file goes in, if it is missing.
+fn create_parent_dir(path: &str) -> Result<(), StoreError> {
+    match Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display()))),
+        _ => Ok(()),
+    }
+}
+
 /// Proof that this process is the database's only broker: an exclusive lock on
 /// `<database>.lock`, held until dropped (the OS drops it when the process ends, however it
 /// ends). The writer keeps state of the database in memory (seq counters, resend keys, the
@@ -169,12 +178,7 @@ pub fn lock_database(url: &str) -> Result<DatabaseLock, StoreError> {
     if path.is_empty() || path == ":memory:" {
         return Ok(DatabaseLock { _file: None });
     }
-    if let Some(dir) = Path::new(path).parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-        }
-    }
+    create_parent_dir(path)?;
     let lock = format!("{path}.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -197,12 +201,7 @@ pub fn lock_database(url: &str) -> Result<DatabaseLock, StoreError> {
 /// Opens (creating if needed) the database and its pool.
 pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
     let path = sqlite_path(&cfg.url)?;
-    if let Some(dir) = Path::new(path).parent() {
-        if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-        }
-    }
+    create_parent_dir(path)?;
     Pool::builder()
         .max_size(cfg.pool_size.max(2))
         .connection_timeout(Duration::from_secs(5))
