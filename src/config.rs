@@ -153,8 +153,13 @@ pub struct DatabaseSettings {
     pub reader_threads: usize,
     /// SQLite `synchronous`: `full` or `normal`.
     pub sqlite_synchronous: Synchronous,
-    /// SQLite WAL pages written before a commit also checkpoints them into the database.
+    /// SQLite WAL pages written before a commit also checkpoints them into the database
+    /// (with the checkpointer on, the backstop that bounds the WAL file).
     pub sqlite_wal_autocheckpoint: u32,
+    /// How long after a commit a thread of its own copies the WAL into the database file
+    /// (a passive checkpoint, beside the writer); zero: only commits checkpoint.
+    #[serde(with = "duration_str")]
+    pub sqlite_checkpoint_after: Duration,
     /// SQLite page size in bytes for a database created by this broker (a power of two,
     /// 512 to 65,536); an existing database keeps its own.
     pub sqlite_page_size: u32,
@@ -181,6 +186,7 @@ impl Default for DatabaseSettings {
             reader_threads: 4,
             sqlite_synchronous: Synchronous::Full,
             sqlite_wal_autocheckpoint: 2_500,
+            sqlite_checkpoint_after: Duration::from_millis(20),
             sqlite_page_size: 16_384,
             batch_max: 2048,
             max_pending_writes: 50_000,

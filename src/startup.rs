@@ -170,6 +170,7 @@ impl Application {
                     max_pending: db.max_pending_writes.max(1),
                     dedupe_window_ms: db.dedupe_window.as_millis() as i64,
                 },
+                wal_checkpoint_after: db.sqlite_checkpoint_after,
                 channel_idle: settings.channels.idle_timeout,
                 presence_grace: settings.presence.offline_grace,
             },

@@ -7,7 +7,8 @@
 //! ├── Supervisor ── PresenceTracker
 //! ├── Supervisor ── OfflineQueue
 //! ├── Supervisor ── SyncEngine
-//! ├── Supervisor ── WriteBatcher ── SyncArbiter ── MessageWriter × writer_threads
+//! ├── Supervisor ── WriteBatcher ─┬── SyncArbiter ── MessageWriter × writer_threads
+//! │                               └── SyncArbiter ── WalCheckpointer
 //! └── SyncArbiter ── StoreReader × reader_threads
 //! ```
 
@@ -21,8 +22,9 @@ use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
-use crate::store::batcher::{BatchConfig, BatchStats, WriteBatcher};
+use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher};
 use crate::store::channel_index::ChannelIndex;
+use crate::store::checkpointer::{CheckpointStats, WalCheckpointer};
 use crate::store::dedupe::DedupeKeys;
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::writer::{MessageWriter, WriterMemory};
@@ -38,6 +40,9 @@ pub struct TreeConfig {
     pub reader_threads: usize,
     /// Batching limits.
     pub batch: BatchConfig,
+    /// How long after a commit the WAL checkpointer copies the WAL into the database file;
+    /// zero: no checkpointer, commits checkpoint by themselves.
+    pub wal_checkpoint_after: Duration,
     /// Idle channel actors stop after this long.
     pub channel_idle: Duration,
     /// Offline grace period (presence).
@@ -65,6 +70,8 @@ pub struct Tree {
     pub health: Arc<HealthBoard>,
     /// What the write batcher committed.
     pub batch_stats: Arc<BatchStats>,
+    /// What the WAL checkpointer did.
+    pub checkpoint_stats: Arc<CheckpointStats>,
     /// Resend keys held in memory, not yet moved to `dedupe_blocks` (`store::dedupe`).
     pub resend_keys_held: Arc<AtomicU64>,
 }
@@ -97,10 +104,27 @@ impl Tree {
         board.register(h, readers.clone().recipient());
         let reads = Reads::new(readers, index);
 
+        let checkpoint_stats = Arc::new(CheckpointStats::default());
+        let checkpoints = (!cfg.wal_checkpoint_after.is_zero()).then(|| {
+            let h = ActorHealth::new("wal_checkpointer");
+            let (p, hh, st) = (pool.clone(), h.clone(), checkpoint_stats.clone());
+            let to = SyncArbiter::start(1, move || WalCheckpointer {
+                pool: p.clone(),
+                health: hh.clone(),
+                stats: st.clone(),
+            });
+            board.register(h, to.clone().recipient());
+            CheckpointPlan {
+                to,
+                after: cfg.wal_checkpoint_after,
+            }
+        });
+
         let h = ActorHealth::new("write_batcher");
         let batch_stats = Arc::new(BatchStats::default());
         let (bc, st, hh) = (cfg.batch.clone(), batch_stats.clone(), h.clone());
-        let batcher = Supervisor::start(move |_| WriteBatcher::new(writers, bc, st, hh));
+        let batcher =
+            Supervisor::start(move |_| WriteBatcher::new(writers, bc, checkpoints, st, hh));
         board.register(h, batcher.clone().recipient());
 
         let h = ActorHealth::new("presence_tracker");
@@ -142,6 +166,7 @@ impl Tree {
             pool,
             health: board,
             batch_stats,
+            checkpoint_stats,
             resend_keys_held,
         }
     }

@@ -89,6 +89,7 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "backend": "sqlite",
             "pool": { "size": pool.connections, "idle": pool.idle_connections },
             "writes": app.tree.batch_stats.snapshot(),
+            "wal_checkpoints": app.tree.checkpoint_stats.snapshot(),
             "resend_keys_in_memory": app.tree.resend_keys_held.load(Ordering::Relaxed),
             "channel_places_in_memory": app.tree.reads.index().held(),
         },

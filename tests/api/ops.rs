@@ -176,6 +176,85 @@ async fn writes_that_arrive_together_are_committed_together() {
     assert!(places.is_some_and(|p| p <= n), "{}", status["database"]);
 }
 
+/// Polls `/status` until its WAL checkpoint counters satisfy `done`.
+async fn wal_checkpoints_until(
+    app: &crate::helpers::TestApp,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (_, status) = app.call("GET", "/status", None, None).await;
+        last = status["database"]["wal_checkpoints"].clone();
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("WAL checkpoints never got there: {last}");
+}
+
+#[actix_web::test]
+async fn commits_are_copied_from_the_wal_by_the_checkpointer_not_by_the_writer() {
+    // Commits would checkpoint only past a million pages: every copy below is the
+    // checkpointer's.
+    let app = spawn_app_with(|s| {
+        s.database.sqlite_wal_autocheckpoint = 1_000_000;
+        s.database.sqlite_checkpoint_after = Duration::from_millis(10);
+    })
+    .await;
+    let mut alice = app.ws("alice").await;
+    for i in 0..20 {
+        alice.dm("bob", &format!("m{i}"), "to the WAL").await;
+    }
+    wal_checkpoints_until(&app, |c| {
+        c["passes"].as_u64() >= Some(1) && c["wal_frames"].as_i64() > Some(0)
+    })
+    .await;
+    let (_, status) = app.call("GET", "/status", None, None).await;
+    assert_eq!(actor(&status, "wal_checkpointer")["state"], "running");
+    // Writes pause after the last message, so a pass finds every frame committed and copies
+    // them all (and the next commit starts the WAL over).
+    let c = wal_checkpoints_until(&app, |c| c["wal_frames_copied"] == c["wal_frames"]).await;
+    assert!(c["wal_frames"].as_i64() > Some(0), "{c}");
+
+    // An idle broker runs no passes.
+    let before = c["passes"].as_u64();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, status) = app.call("GET", "/status", None, None).await;
+    assert_eq!(
+        status["database"]["wal_checkpoints"]["passes"].as_u64(),
+        before
+    );
+    // Messages came through the copies whole.
+    let (code, page) = app
+        .get("/api/messages/user/alice?limit=50", &app.token("bob"))
+        .await;
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(
+        page["messages"].as_array().map(Vec::len),
+        Some(20),
+        "{page}"
+    );
+}
+
+#[actix_web::test]
+async fn without_the_checkpointer_commits_checkpoint_by_themselves() {
+    let app = spawn_app_with(|s| s.database.sqlite_checkpoint_after = Duration::ZERO).await;
+    let mut alice = app.ws("alice").await;
+    alice.dm("bob", "m1", "hello").await;
+    let (_, status) = app.call("GET", "/status", None, None).await;
+    let names: Vec<&Value> = status["actors"]
+        .as_array()
+        .expect("actors")
+        .iter()
+        .collect();
+    assert!(
+        names.iter().all(|a| a["name"] != "wal_checkpointer"),
+        "{status}"
+    );
+    assert_eq!(status["database"]["wal_checkpoints"]["passes"], 0);
+}
+
 #[actix_web::test]
 async fn idle_channel_actors_stop_and_start_again_on_use() {
     let app = spawn_app_with(|s| s.channels.idle_timeout = Duration::from_millis(400)).await;

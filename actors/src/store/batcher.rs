@@ -14,10 +14,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::checkpointer::{CheckpointWal, WalCheckpointer};
 use super::writer::{MessageWriter, WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
 use crate::fast_map::FastMap;
@@ -82,6 +84,16 @@ pub struct BatchConfig {
     pub dedupe_window_ms: i64,
 }
 
+/// Who copies the WAL into the database file after commits, and how soon
+/// (`store::checkpointer`).
+#[derive(Clone)]
+pub struct CheckpointPlan {
+    /// The checkpointing thread.
+    pub to: Addr<WalCheckpointer>,
+    /// How long after a commit a pass runs; commits meanwhile wait for the same pass.
+    pub after: Duration,
+}
+
 /// Counters of what the batcher committed, shown by `/status` (group commit at work: many
 /// writes per batch under load).
 #[derive(Debug, Default)]
@@ -129,15 +141,21 @@ pub struct WriteBatcher {
     in_flight: Option<Vec<Waiter>>,
     drained: Vec<oneshot::Sender<()>>,
     stats: Arc<BatchStats>,
+    checkpoints: Option<CheckpointPlan>,
+    /// A commit happened since the last checkpoint pass began.
+    wal_written: bool,
+    /// A pass is scheduled or running.
+    checkpoint_due: bool,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
 
 impl WriteBatcher {
-    /// A batcher in front of `writer`.
+    /// A batcher in front of `writer`; with `checkpoints`, WAL checkpoints follow its commits.
     pub fn new(
         writer: Addr<MessageWriter>,
         cfg: BatchConfig,
+        checkpoints: Option<CheckpointPlan>,
         stats: Arc<BatchStats>,
         health: Arc<ActorHealth>,
     ) -> Self {
@@ -148,8 +166,45 @@ impl WriteBatcher {
             in_flight: None,
             drained: Vec::new(),
             stats,
+            checkpoints,
+            wal_written: false,
+            checkpoint_due: false,
             health,
         }
+    }
+
+    /// After a commit: a checkpoint pass follows unless one is already due, so there is at
+    /// most one pass per `after` however often batches commit.
+    fn schedule_checkpoint(&mut self, ctx: &mut Context<Self>) {
+        self.wal_written = true;
+        let Some(plan) = &self.checkpoints else {
+            return;
+        };
+        if !self.checkpoint_due {
+            self.checkpoint_due = true;
+            ctx.run_later(plan.after, Self::checkpoint);
+        }
+    }
+
+    fn checkpoint(&mut self, ctx: &mut Context<Self>) {
+        let Some(plan) = &self.checkpoints else {
+            return;
+        };
+        self.wal_written = false;
+        let pass = plan.to.send(CheckpointWal);
+        ctx.spawn(pass.into_actor(self).map(|res, act, ctx| {
+            act.checkpoint_due = false;
+            match res {
+                Ok(Ok(_)) => {}
+                // A failed pass leaves the frames in the WAL, where they are safe; the
+                // next pass, or the writer's own threshold, copies them.
+                Ok(Err(e)) => log::warn!("WAL checkpoint failed: {e}"),
+                Err(_) => log::warn!("WAL checkpointer gone"),
+            }
+            if act.wal_written {
+                act.schedule_checkpoint(ctx);
+            }
+        }));
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -173,7 +228,10 @@ impl WriteBatcher {
         ctx.spawn(req.into_actor(self).map(move |res, act, ctx| {
             let waiters = act.in_flight.take().unwrap_or_default();
             match res {
-                Ok(results) => answer(waiters, results.into_iter()),
+                Ok(results) => {
+                    answer(waiters, results.into_iter());
+                    act.schedule_checkpoint(ctx);
+                }
                 Err(_) => {
                     act.health.failed("writer thread gone");
                     answer(
@@ -206,6 +264,8 @@ impl Actor for WriteBatcher {
 impl Supervised for WriteBatcher {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.health.restarting();
+        // The scheduled pass went with the old context.
+        self.checkpoint_due = false;
         // The in-flight batch's future is gone with the old context; its writes may still
         // commit, and the resends they cause are deduplicated.
         let mut waiters: Vec<Waiter> = self.in_flight.take().unwrap_or_default();

@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod channel_index;
+pub mod checkpointer;
 pub mod dedupe;
 pub mod dedupe_blocks;
 pub mod models;
