@@ -199,7 +199,11 @@ impl WriteBatcher {
                 // A failed pass leaves the frames in the WAL, where they are safe; the
                 // next pass, or the writer's own threshold, copies them.
                 Ok(Err(e)) => log::warn!("WAL checkpoint failed: {e}"),
-                Err(_) => log::warn!("WAL checkpointer gone"),
+                // Its thread ended: commits checkpoint by themselves from now on.
+                Err(_) => {
+                    log::error!("WAL checkpointer gone; commits checkpoint by themselves");
+                    act.checkpoints = None;
+                }
             }
             if act.wal_written {
                 act.schedule_checkpoint(ctx);
