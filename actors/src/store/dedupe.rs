@@ -219,6 +219,12 @@ impl DedupeKeys {
         self.filter.insert(key, at.created_at);
     }
 
+    /// Brings what the look-ups of `keys` read into cache at once (see
+    /// [`ResendFilter::warm`]).
+    pub fn warm(&self, keys: impl Iterator<Item = u64>) {
+        self.filter.warm(keys);
+    }
+
     /// The message `sender` stored under client frame id `cmid` since `since`, if any.
     /// `key` is `key_of(sender, cmid)`.
     pub fn find(
@@ -302,8 +308,9 @@ impl DedupeKeys {
     pub fn committed(
         &mut self,
         moved: Option<SliceMoved>,
-        stored: impl Iterator<Item = (u64, i64, i64)>,
+        stored: impl Iterator<Item = (u64, i64, i64)> + Clone,
     ) {
+        self.filter.warm(stored.clone().map(|(key, _, _)| key));
         self.waited += 1;
         if let Some(m) = moved {
             self.waited = 0;

@@ -367,6 +367,18 @@ fn apply(
     let mut slots = Vec::with_capacity(b.writes.len());
     let mut fresh_keys = Vec::new();
     let mut new_rows = 0;
+    // Each row's resend key, computed once; the filter's blocks for all of them are read
+    // together before the look-ups one by one.
+    let frame_keys: Vec<Option<u64>> = b
+        .rows
+        .iter()
+        .map(|m| {
+            m.client_msg_id
+                .as_deref()
+                .map(|id| key_of(&m.sender_id, id))
+        })
+        .collect();
+    keys.warm(frame_keys.iter().flatten().copied());
     let mut rows = b.rows.iter_mut().enumerate();
 
     for write in &b.writes {
@@ -377,7 +389,10 @@ fn apply(
                 };
                 let mut key = None;
                 if let Some(cmid) = m.client_msg_id.as_deref() {
-                    let k = key_of(&m.sender_id, cmid);
+                    let k = match frame_keys.get(i) {
+                        Some(&Some(k)) => k,
+                        _ => key_of(&m.sender_id, cmid),
+                    };
                     let frame = FrameRef {
                         key: k,
                         sender: &m.sender_id,
