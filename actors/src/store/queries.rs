@@ -2,7 +2,10 @@
 //!
 //! Queries on the write path avoid `LIMIT ?` (`.first()`): SQLite marks a statement whose
 //! LIMIT is a bound parameter for re-preparing whenever that parameter is bound again, so
-//! such a statement is parsed anew on every use despite the statement cache.
+//! such a statement is parsed anew on every use despite the statement cache. They also
+//! avoid what Diesel never caches (every `UPDATE`, `sql_query`, SQL literals, upserts):
+//! a statement run every commit is a fragment of fixed shape instead ([`MultiInsert`],
+//! [`UpdateDedupeBlock`]).
 
 use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
@@ -98,11 +101,31 @@ pub fn dedupe_block(c: &mut DbConn, first_key: i64) -> QueryResult<Option<Vec<u8
 
 /// Replaces the pairs of the block beginning at `first_key`.
 pub fn update_dedupe_block(c: &mut DbConn, first_key: i64, pairs: &[u8]) -> QueryResult<()> {
-    diesel::update(dedupe_blocks::table.find(first_key))
-        .set(dedupe_blocks::pairs.eq(pairs))
-        .execute(c)
-        .map(drop)
+    UpdateDedupeBlock { first_key, pairs }.execute(c).map(drop)
 }
+
+/// `UPDATE dedupe_blocks SET pairs = ? WHERE first_key = ?`, prepared once per connection
+/// (Diesel's own `update` is parsed anew on every use, and a commit rewrites a few blocks).
+struct UpdateDedupeBlock<'a> {
+    first_key: i64,
+    pairs: &'a [u8],
+}
+
+impl QueryId for UpdateDedupeBlock<'_> {
+    type QueryId = UpdateDedupeBlock<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Sqlite> for UpdateDedupeBlock<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("UPDATE dedupe_blocks SET pairs = ");
+        out.push_bind_param::<Binary, [u8]>(self.pairs)?;
+        out.push_sql(" WHERE first_key = ");
+        out.push_bind_param::<BigInt, i64>(&self.first_key)
+    }
+}
+
+impl RunQueryDsl<DbConn> for UpdateDedupeBlock<'_> {}
 
 /// Adds a block beginning at `first_key`.
 pub fn insert_dedupe_block(c: &mut DbConn, first_key: i64, pairs: &[u8]) -> QueryResult<()> {
@@ -231,6 +254,12 @@ pub fn keyed_messages_after(
         .load(c)
 }
 
+diesel::define_sql_function! {
+    /// SQLite's `last_insert_rowid()`, as a function call Diesel prepares once per
+    /// connection (an SQL literal it parses anew on every use).
+    fn last_insert_rowid() -> BigInt;
+}
+
 /// Inserts messages in order ([`insert_rows`]) and answers the position given to the first
 /// (`None` for no rows).
 ///
@@ -241,8 +270,7 @@ pub fn insert_messages(c: &mut DbConn, rows: &[StoredMessage]) -> QueryResult<Op
         return Ok(None);
     }
     insert_rows(c, rows)?;
-    let last: i64 =
-        diesel::select(diesel::dsl::sql::<BigInt>("last_insert_rowid()")).get_result(c)?;
+    let last: i64 = diesel::select(last_insert_rowid()).get_result(c)?;
     Ok(Some(last - rows.len() as i64 + 1))
 }
 
