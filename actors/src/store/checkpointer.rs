@@ -120,19 +120,10 @@ mod tests {
     use diesel::connection::SimpleConnection;
 
     use super::*;
-    use crate::store::{open_pool, StoreConfig, Synchronous};
 
     /// A pool whose commits never checkpoint by themselves.
     fn pool() -> (tempfile::TempDir, DbPool) {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let pool = open_pool(&StoreConfig {
-            url: dir.path().join("c.db").to_string_lossy().into_owned(),
-            pool_size: 2,
-            synchronous: Synchronous::Normal,
-            wal_autocheckpoint: 0,
-            page_size: 4096,
-        })
-        .expect("pool");
+        let (dir, pool) = crate::store::temp_pool(0, 4096);
         pool.get()
             .expect("conn")
             .batch_execute("CREATE TABLE t (v TEXT NOT NULL)")

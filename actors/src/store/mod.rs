@@ -219,6 +219,22 @@ pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
         .map_err(|e| StoreError::Setup(format!("cannot open database `{path}`: {e}")))
 }
 
+/// A pool on a new database file in a directory of its own (removed with the `TempDir`),
+/// with `synchronous = NORMAL`, for tests.
+#[cfg(test)]
+pub(crate) fn temp_pool(wal_autocheckpoint: u32, page_size: u32) -> (tempfile::TempDir, DbPool) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pool = open_pool(&StoreConfig {
+        url: dir.path().join("t.db").display().to_string(),
+        pool_size: 2,
+        synchronous: Synchronous::Normal,
+        wal_autocheckpoint,
+        page_size,
+    })
+    .expect("pool");
+    (dir, pool)
+}
+
 /// Applies pending migrations; returns the versions applied.
 pub fn run_migrations(pool: &DbPool) -> Result<Vec<String>, StoreError> {
     let mut conn = pool.get()?;

@@ -490,16 +490,7 @@ mod tests {
 
     /// A database without migrations in a directory of its own (removed with the `TempDir`).
     fn empty() -> (tempfile::TempDir, DbPool) {
-        let dir = tempfile::tempdir().expect("dir");
-        let pool = open_pool(&StoreConfig {
-            url: dir.path().join("t.db").display().to_string(),
-            pool_size: 2,
-            synchronous: Synchronous::Normal,
-            wal_autocheckpoint: 1000,
-            page_size: 16384,
-        })
-        .expect("pool");
-        (dir, pool)
+        crate::store::temp_pool(1000, 16384)
     }
 
     /// The page size of the database behind `pool`.
