@@ -170,9 +170,13 @@ pub struct DatabaseSettings {
     /// Resends of an acked frame id within this window return the original ack.
     #[serde(with = "duration_str")]
     pub dedupe_window: Duration,
-    /// Resend keys of new messages wait in memory and move to the database one slice of the
-    /// key space per commit; a key waits at most this many commits.
-    pub dedupe_slices: u32,
+    /// Resend keys of new messages wait in memory until this many are held, then move to
+    /// the database as one sorted run.
+    pub dedupe_run_keys: usize,
+    /// No longer used (resend keys once moved one slice of the key space per commit);
+    /// accepted, with a warning at start-up, so that an older config.toml still loads.
+    #[serde(skip_serializing)]
+    pub dedupe_slices: Option<u32>,
     /// Memory for the filter that lets most resend look-ups skip the database, MiB (0: off).
     pub resend_filter_mib: u32,
 }
@@ -191,7 +195,8 @@ impl Default for DatabaseSettings {
             batch_max: 2048,
             max_pending_writes: 50_000,
             dedupe_window: Duration::from_secs(24 * 3600),
-            dedupe_slices: 64,
+            dedupe_run_keys: 8192,
+            dedupe_slices: None,
             resend_filter_mib: 32,
         }
     }
@@ -525,5 +530,13 @@ mod tests {
     fn the_shipped_config_file_is_valid() {
         let text = include_str!("../config.toml");
         Settings::from_sources(text, env(&[])).expect("config.toml parses");
+    }
+
+    #[test]
+    fn a_config_from_before_dedupe_runs_still_loads() {
+        let s = Settings::from_sources("[database]\ndedupe_slices = 64\n", env(&[]))
+            .expect("the old key is accepted");
+        assert_eq!(s.database.dedupe_slices, Some(64));
+        assert_eq!(s.database.dedupe_run_keys, 8192);
     }
 }

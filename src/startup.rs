@@ -135,8 +135,13 @@ impl Application {
             let mut c = pool.get().map_err(StoreError::from)?;
             let now = switchboard_actors::ids::now_ms();
             auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
+            if db.dedupe_slices.is_some() {
+                log::warn!(
+                    "database.dedupe_slices is no longer used (see database.dedupe_run_keys)"
+                );
+            }
             let settings = DedupeSettings {
-                slices: db.dedupe_slices,
+                run_keys: db.dedupe_run_keys,
                 window_ms: db.dedupe_window.as_millis() as i64,
                 filter_bytes: (db.resend_filter_mib as usize) << 20,
             };

@@ -72,7 +72,7 @@ pub struct Tree {
     pub batch_stats: Arc<BatchStats>,
     /// What the WAL checkpointer did.
     pub checkpoint_stats: Arc<CheckpointStats>,
-    /// Resend keys held in memory, not yet moved to `dedupe_blocks` (`store::dedupe`).
+    /// Resend keys held in memory, not yet moved to a run of `dedupe_runs` (`store::dedupe`).
     pub resend_keys_held: Arc<AtomicU64>,
 }
 

@@ -5,19 +5,17 @@
 //! random page: every stored message dirtied a page of its own, which SQLite wrote to the WAL
 //! and again at the next checkpoint, the largest cost of storing a message
 //! (docs/BENCHMARKS.md). Here the key of each new message (a 64-bit hash of sender and client
-//! id) is kept in memory first. Every commit also moves the pending keys of one slice of the
-//! key space to the table, sorted, so they land together in a few blocks (a slice with
-//! only a few keys may wait up to [`MOVE_WAIT`] commits for more). Under load a rotation
-//! through all `slices` takes `slices` commits; memory holds about `slices` × `batch_max`
-//! keys at most (plus those read back at start-up).
+//! id) is kept in memory first; once [`DedupeSettings::run_keys`] keys are held, a commit
+//! writes them all, sorted, as a new run of [`DedupeRuns`] (migration 000007), which merges
+//! runs of one size a few blocks per commit. Memory holds at most `run_keys` plus one
+//! batch of keys (plus those read back at start-up).
 //!
-//! A key points at its message's position (`messages.pos`); the table, `dedupe_blocks`,
-//! holds sorted blocks of (key, pos) pairs ([`DedupeBlocks`], migration 000006).
+//! A key points at its message's position (`messages.pos`).
 //!
 //! Crash safety: `dedupe_state.moved_through` names a message position up to which every
-//! key is in the table; it is written in the commit that finishes a rotation. At start-up
-//! the keys of later messages are read back from `messages` (a range of positions). A look-up
-//! confirms each candidate against the message row (sender, frame id, dedupe window), so hash
+//! key is in a run; it is written in the commit that writes the run. At start-up the keys of
+//! later messages are read back from `messages` (a range of positions). A look-up confirms
+//! each candidate against the message row (sender, frame id, dedupe window), so hash
 //! collisions cost a read, never a wrong answer.
 
 use std::hash::Hasher;
@@ -25,7 +23,7 @@ use std::hash::Hasher;
 use diesel::QueryResult;
 use sha2::{Digest, Sha256};
 
-use super::dedupe_blocks::{self, BlocksMoved, DedupeBlocks, Pair};
+use super::dedupe_runs::{self, DedupeRuns, Pair, RunsMoved, MERGE_MIN, MERGE_PER_KEY};
 use super::models::StoredMessage;
 use super::resend_filter::ResendFilter;
 use super::{queries, DbConn};
@@ -66,19 +64,6 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// The slice of the key space `key` is in: slice `s` of `slices` holds the keys from
-/// `s / slices` of the space up to `(s + 1) / slices`.
-fn slice_of(key: u64, slices: u32) -> u32 {
-    ((u128::from(key) * u128::from(slices)) >> 64) as u32
-}
-
-/// A slice moves once it holds this many keys...
-const MOVE_AT: usize = 32;
-/// ...or after this many commits passed it by. Moving a handful of keys costs a commit the
-/// same pages as moving many (the table's last page and an index page), so under small
-/// batches a slice waits for keys to gather rather than write two pages per commit.
-const MOVE_WAIT: u32 = 16;
-
 /// Where a message with a pending key is.
 #[derive(Debug, Clone, Copy)]
 struct PendingKey {
@@ -88,29 +73,27 @@ struct PendingKey {
     created_at: i64,
 }
 
-/// A slice moved inside a commit; applied to memory once that commit succeeded.
+/// What a commit wrote of the keys; applied to memory once that commit succeeded.
 #[derive(Debug)]
-pub struct SliceMoved {
-    slice: u32,
-    /// When the move finished a rotation: the newest position, where the next one begins.
-    next_rotation: Option<i64>,
-    /// The blocks it rewrote.
-    blocks: BlocksMoved,
+pub struct KeysMoved {
+    /// Whether the pending keys went into a new run.
+    wrote_run: bool,
+    runs: RunsMoved,
 }
 
 /// How resend keys are kept; part of the broker's config.
 #[derive(Debug, Clone, Copy)]
 pub struct DedupeSettings {
-    /// Slices of the key space, one moved per commit (clamped to 1..=4096).
-    pub slices: u32,
+    /// Keys held in memory before they are written as a run (at least 1).
+    pub run_keys: usize,
     /// How far back a resend is recognised, ms.
     pub window_ms: i64,
     /// Memory for the [`ResendFilter`], bytes (0: off, every look-up queries).
     pub filter_bytes: usize,
 }
 
-/// Keys of stored messages not yet in `dedupe_blocks`, and the rotation that moves them there.
-/// One per database, shared by the writer threads (which hold it across a transaction).
+/// Keys of stored messages not yet in a run, and the runs they move to. One per database,
+/// shared by the writer threads (which hold it across a transaction).
 #[derive(Debug)]
 pub struct DedupeKeys {
     /// Pending key -> where its message is (the newest, if two share the key).
@@ -118,23 +101,14 @@ pub struct DedupeKeys {
     /// Older messages under a key that is in `pending` too: a collision, or a frame id
     /// used again after the window. Almost always empty.
     shadowed: Vec<(u64, PendingKey)>,
-    /// The keys of `pending` and `shadowed` by slice, in arrival order.
-    by_slice: Vec<Vec<(u64, PendingKey)>>,
+    /// The newest position among pending keys (what `moved_through` becomes once they move).
+    newest: i64,
     /// Every key stored within the window, for look-ups that skip the table.
     filter: ResendFilter,
     /// Where the moved keys are.
-    blocks: DedupeBlocks,
-    slices: u32,
-    /// The slice the next commit moves.
-    cursor: u32,
-    /// Commits since a slice was last moved.
-    waited: u32,
-    /// [`MOVE_AT`] and [`MOVE_WAIT`] (tests set others).
-    move_at: usize,
-    move_wait: u32,
-    /// The newest message position when the current rotation began: once the rotation
-    /// ends, every key up to it is in the table.
-    rotation_start: i64,
+    runs: DedupeRuns,
+    /// Keys held before they move ([`DedupeSettings::run_keys`]).
+    run_keys: usize,
 }
 
 impl DedupeKeys {
@@ -142,13 +116,11 @@ impl DedupeKeys {
     /// window, and fills the filter with the keys already in the table. `now` in ms.
     pub fn load(c: &mut DbConn, settings: DedupeSettings, now: i64) -> diesel::QueryResult<Self> {
         let moved = queries::dedupe_moved_through(c)?;
-        let newest = queries::last_position(c)?;
-        let slices = settings.slices.clamp(1, 4096);
         let mut filter = ResendFilter::new(settings.filter_bytes, settings.window_ms);
-        let blocks = DedupeBlocks::load(c)?;
+        let runs = DedupeRuns::load(c)?;
         if filter.is_on() {
-            let rows = queries::dedupe_blocks_iter(c)?.flat_map(|block| {
-                let pairs = block.and_then(|(first, bytes)| dedupe_blocks::decode(first, &bytes));
+            let rows = queries::dedupe_run_blocks_iter(c)?.flat_map(|block| {
+                let pairs = block.and_then(|(id, bytes)| dedupe_runs::decode(id, &bytes));
                 let keys: Vec<QueryResult<u64>> = match pairs {
                     Ok(pairs) => pairs.into_iter().map(|(key, _)| Ok(key as u64)).collect(),
                     Err(e) => vec![Err(e)],
@@ -158,27 +130,22 @@ impl DedupeKeys {
             let read = filter.load_startup(rows, now)?;
             if filter.startup_overflowed() {
                 log::warn!(
-                    "resend filter: more than {} keys in dedupe_blocks; every resend look-up \
+                    "resend filter: more than {} keys in dedupe_runs; every resend look-up \
                      queries the table until they are out of dedupe_window (raise \
                      database.resend_filter_mib to hold them)",
                     filter.startup_capacity()
                 );
             } else {
-                log::info!("resend filter: {read} keys read from dedupe_blocks");
+                log::info!("resend filter: {read} keys read from dedupe_runs");
             }
         }
         let mut keys = DedupeKeys {
             pending: FastMap::default(),
             shadowed: Vec::new(),
-            by_slice: (0..slices).map(|_| Vec::new()).collect(),
+            newest: moved,
             filter,
-            blocks,
-            slices,
-            cursor: 0,
-            waited: 0,
-            move_at: MOVE_AT,
-            move_wait: MOVE_WAIT,
-            rotation_start: newest,
+            runs,
+            run_keys: settings.run_keys.max(1),
         };
         let since = now - settings.window_ms;
         for m in queries::keyed_messages_after(c, moved, since)? {
@@ -193,15 +160,19 @@ impl DedupeKeys {
         Ok(keys)
     }
 
-    /// The same keys, with a slice moved once it holds `move_at` keys or `move_wait` commits
-    /// passed it by.
+    /// The same keys, written as a run once `run_keys` are held.
     #[cfg(test)]
-    pub(crate) fn paced(self, move_at: usize, move_wait: u32) -> Self {
+    pub(crate) fn paced(self, run_keys: usize) -> Self {
         DedupeKeys {
-            move_at,
-            move_wait,
+            run_keys: run_keys.max(1),
             ..self
         }
+    }
+
+    /// The runs the moved keys are in (tests).
+    #[cfg(test)]
+    pub(crate) fn runs(&self) -> &DedupeRuns {
+        &self.runs
     }
 
     /// Keys held in memory.
@@ -213,9 +184,7 @@ impl DedupeKeys {
         if let Some(older) = self.pending.insert(key, at) {
             self.shadowed.push((key, older));
         }
-        if let Some(keys) = self.by_slice.get_mut(slice_of(key, self.slices) as usize) {
-            keys.push((key, at));
-        }
+        self.newest = self.newest.max(at.pos);
         self.filter.insert(key, at.created_at);
     }
 
@@ -261,7 +230,7 @@ impl DedupeKeys {
         if !self.filter.may_hold(key, since) {
             return Ok(None);
         }
-        for pos in self.blocks.positions(c, key as i64)? {
+        for pos in self.runs.positions(c, key as i64)? {
             if let Some(m) = queries::message_by_pos(c, pos)?.filter(matches) {
                 return Ok(Some(m));
             }
@@ -269,67 +238,50 @@ impl DedupeKeys {
         Ok(None)
     }
 
-    /// Inside a commit: writes the pending keys of the next slice to `dedupe_blocks` if it is
-    /// due ([`MOVE_AT`], [`MOVE_WAIT`]) and, when that finishes a rotation, moves
-    /// `moved_through` up. Memory changes only in [`DedupeKeys::committed`], once the commit
+    /// Inside a commit that stored `stored` keys: writes the pending keys as a new run once
+    /// there are enough (then `moved_through` moves up to the newest of them), and moves the
+    /// runs' merge on. Memory changes only in [`DedupeKeys::committed`], once the commit
     /// succeeded.
-    pub fn move_slice(&self, c: &mut DbConn) -> diesel::QueryResult<Option<SliceMoved>> {
-        let slice = self.cursor;
-        let waiting = self
-            .by_slice
-            .get(slice as usize)
-            .map_or(&[][..], Vec::as_slice);
-        let full = waiting.len() >= self.move_at.max(1);
-        if !full && self.waited + 1 < self.move_wait {
-            return Ok(None);
-        }
-        // Sorted as the table sorts them (signed), to merge into its blocks in one pass.
-        let mut pairs: Vec<Pair> = waiting
-            .iter()
-            .map(|&(key, p)| (key as i64, p.pos))
-            .collect();
-        pairs.sort_unstable();
-        let blocks = self.blocks.merge(c, &pairs)?;
-        let mut next_rotation = None;
-        if slice + 1 >= self.slices {
-            queries::set_dedupe_moved_through(c, self.rotation_start)?;
-            // Read after this commit's inserts: its keys are pending when the next begins.
-            next_rotation = Some(queries::last_position(c)?);
-        }
-        Ok(Some(SliceMoved {
-            slice,
-            next_rotation,
-            blocks,
-        }))
+    pub fn move_keys(&self, c: &mut DbConn, stored: usize) -> diesel::QueryResult<KeysMoved> {
+        let wrote_run = self.pending() >= self.run_keys;
+        let written = if wrote_run {
+            // Sorted as the table sorts them (signed); the newest of a key's pairs is kept
+            // with the others (a look-up checks each against its message).
+            let mut pairs: Vec<Pair> = self
+                .pending
+                .iter()
+                .chain(self.shadowed.iter().map(|(k, p)| (k, p)))
+                .map(|(&key, p)| (key as i64, p.pos))
+                .collect();
+            pairs.sort_unstable();
+            pairs.dedup();
+            let run = self.runs.write_run(c, &pairs)?;
+            queries::set_dedupe_moved_through(c, self.newest)?;
+            run
+        } else {
+            None
+        };
+        let budget = MERGE_MIN.max(MERGE_PER_KEY * stored);
+        Ok(KeysMoved {
+            wrote_run,
+            runs: self.runs.step(c, written, budget),
+        })
     }
 
-    /// After a commit: forgets the keys it moved (if it moved a slice) and holds the keys of
+    /// After a commit: forgets the keys it wrote as a run (if it did) and holds the keys of
     /// the messages it stored, `(key, position, stored at)`.
     pub fn committed(
         &mut self,
-        moved: Option<SliceMoved>,
+        moved: Option<KeysMoved>,
         stored: impl Iterator<Item = (u64, i64, i64)> + Clone,
     ) {
         self.filter.warm(stored.clone().map(|(key, _, _)| key));
-        self.waited += 1;
         if let Some(m) = moved {
-            self.waited = 0;
-            if let Some(keys) = self.by_slice.get_mut(m.slice as usize) {
-                for (key, _) in keys.drain(..) {
-                    self.pending.remove(&key);
-                }
+            if m.wrote_run {
+                self.pending.clear();
+                self.shadowed.clear();
             }
-            let slices = self.slices;
-            self.shadowed
-                .retain(|(k, _)| slice_of(*k, slices) != m.slice);
-            self.blocks.committed(m.blocks);
-            match m.next_rotation {
-                Some(start) => {
-                    self.cursor = 0;
-                    self.rotation_start = start;
-                }
-                None => self.cursor = m.slice + 1,
-            }
+            self.runs.committed(m.runs);
         }
         for (key, pos, created_at) in stored {
             self.add(key, PendingKey { pos, created_at });

@@ -8,7 +8,7 @@ pub mod batcher;
 pub mod channel_index;
 pub mod checkpointer;
 pub mod dedupe;
-pub mod dedupe_blocks;
+pub mod dedupe_runs;
 pub mod models;
 pub mod queries;
 pub mod reader;

@@ -4,8 +4,7 @@
 //! LIMIT is a bound parameter for re-preparing whenever that parameter is bound again, so
 //! such a statement is parsed anew on every use despite the statement cache. They also
 //! avoid what Diesel never caches (every `UPDATE`, `sql_query`, SQL literals, upserts):
-//! a statement run every commit is a fragment of fixed shape instead ([`MultiInsert`],
-//! [`UpdateDedupeBlock`]).
+//! a statement run every commit is a fragment of fixed shape instead ([`MultiInsert`]).
 
 use diesel::connection::DefaultLoadingMode;
 use diesel::prelude::*;
@@ -16,8 +15,8 @@ use diesel::sqlite::Sqlite;
 use super::channel_index::{decode_positions, Place, RUN_MAX};
 use super::models::{ChannelIndexRow, GroupRow, KeyedMessage, StoredMessage};
 use super::schema::{
-    channel_index, channel_index_state, channels, dedupe_blocks, dedupe_state, devices,
-    group_members, groups, messages, revoked_tokens,
+    channel_index, channel_index_state, channels, dedupe_run_blocks, dedupe_runs, dedupe_state,
+    devices, group_members, groups, messages, revoked_tokens,
 };
 use super::DbConn;
 
@@ -72,77 +71,117 @@ pub fn message_by_pos(c: &mut DbConn, pos: i64) -> QueryResult<Option<StoredMess
     Ok(found.into_iter().next())
 }
 
-/// The `first_key` of every block of resend keys (read once, at start-up).
-pub fn dedupe_block_firsts(c: &mut DbConn) -> QueryResult<Vec<i64>> {
-    dedupe_blocks::table
-        .select(dedupe_blocks::first_key)
-        .order(dedupe_blocks::first_key.asc())
+/// A row of `dedupe_runs`: (id, state, keys, fences).
+pub type DedupeRunRow = (i64, i32, i64, Vec<u8>);
+
+/// Every run of resend keys, by id (read once, at start-up).
+pub fn dedupe_runs(c: &mut DbConn) -> QueryResult<Vec<DedupeRunRow>> {
+    dedupe_runs::table
+        .select((
+            dedupe_runs::id,
+            dedupe_runs::state,
+            dedupe_runs::keys,
+            dedupe_runs::fences,
+        ))
+        .order(dedupe_runs::id.asc())
         .load(c)
 }
 
-/// The blocks of resend keys, streamed (read once, at start-up).
-pub fn dedupe_blocks_iter(
+/// Adds the row of run `id`.
+pub fn insert_dedupe_run(
     c: &mut DbConn,
-) -> QueryResult<impl Iterator<Item = QueryResult<(i64, Vec<u8>)>> + '_> {
-    dedupe_blocks::table
-        .select((dedupe_blocks::first_key, dedupe_blocks::pairs))
-        .load_iter::<(i64, Vec<u8>), DefaultLoadingMode>(c)
-}
-
-/// The pairs of the block beginning at `first_key`, if there is one.
-pub fn dedupe_block(c: &mut DbConn, first_key: i64) -> QueryResult<Option<Vec<u8>>> {
-    // `load`, not `first`: see the module's note on `LIMIT ?`.
-    let found: Vec<Vec<u8>> = dedupe_blocks::table
-        .find(first_key)
-        .select(dedupe_blocks::pairs)
-        .load(c)?;
-    Ok(found.into_iter().next())
-}
-
-/// Replaces the pairs of the block beginning at `first_key`.
-pub fn update_dedupe_block(c: &mut DbConn, first_key: i64, pairs: &[u8]) -> QueryResult<()> {
-    UpdateDedupeBlock { first_key, pairs }.execute(c).map(drop)
-}
-
-/// `UPDATE dedupe_blocks SET pairs = ? WHERE first_key = ?`, prepared once per connection
-/// (Diesel's own `update` is parsed anew on every use, and a commit rewrites a few blocks).
-struct UpdateDedupeBlock<'a> {
-    first_key: i64,
-    pairs: &'a [u8],
-}
-
-impl QueryId for UpdateDedupeBlock<'_> {
-    type QueryId = UpdateDedupeBlock<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl QueryFragment<Sqlite> for UpdateDedupeBlock<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        out.push_sql("UPDATE dedupe_blocks SET pairs = ");
-        out.push_bind_param::<Binary, [u8]>(self.pairs)?;
-        out.push_sql(" WHERE first_key = ");
-        out.push_bind_param::<BigInt, i64>(&self.first_key)
-    }
-}
-
-impl RunQueryDsl<DbConn> for UpdateDedupeBlock<'_> {}
-
-/// Adds a block beginning at `first_key`.
-pub fn insert_dedupe_block(c: &mut DbConn, first_key: i64, pairs: &[u8]) -> QueryResult<()> {
-    diesel::insert_into(dedupe_blocks::table)
+    id: i64,
+    state: i32,
+    keys: i64,
+    fences: &[u8],
+) -> QueryResult<()> {
+    diesel::insert_into(dedupe_runs::table)
         .values((
-            dedupe_blocks::first_key.eq(first_key),
-            dedupe_blocks::pairs.eq(pairs),
+            dedupe_runs::id.eq(id),
+            dedupe_runs::state.eq(state),
+            dedupe_runs::keys.eq(keys),
+            dedupe_runs::fences.eq(fences),
         ))
         .execute(c)
         .map(drop)
 }
 
-/// Removes the block beginning at `first_key`.
-pub fn delete_dedupe_block(c: &mut DbConn, first_key: i64) -> QueryResult<()> {
-    diesel::delete(dedupe_blocks::table.find(first_key))
+/// Sets the state, key count and fences of run `id` (a merge's end).
+pub fn set_dedupe_run(
+    c: &mut DbConn,
+    id: i64,
+    state: i32,
+    keys: i64,
+    fences: &[u8],
+) -> QueryResult<()> {
+    diesel::update(dedupe_runs::table.find(id))
+        .set((
+            dedupe_runs::state.eq(state),
+            dedupe_runs::keys.eq(keys),
+            dedupe_runs::fences.eq(fences),
+        ))
         .execute(c)
         .map(drop)
+}
+
+/// Sets the state of run `id`.
+pub fn set_dedupe_run_state(c: &mut DbConn, id: i64, state: i32) -> QueryResult<()> {
+    diesel::update(dedupe_runs::table.find(id))
+        .set(dedupe_runs::state.eq(state))
+        .execute(c)
+        .map(drop)
+}
+
+/// Removes the row of run `id`.
+pub fn delete_dedupe_run(c: &mut DbConn, id: i64) -> QueryResult<()> {
+    diesel::delete(dedupe_runs::table.find(id))
+        .execute(c)
+        .map(drop)
+}
+
+/// The pairs of block `id` of a run, if it is there.
+pub fn dedupe_run_block(c: &mut DbConn, id: i64) -> QueryResult<Option<Vec<u8>>> {
+    // `load`, not `first`: see the module's note on `LIMIT ?`.
+    let found: Vec<Vec<u8>> = dedupe_run_blocks::table
+        .find(id)
+        .select(dedupe_run_blocks::pairs)
+        .load(c)?;
+    Ok(found.into_iter().next())
+}
+
+/// Every block of every run, streamed (read once, at start-up).
+pub fn dedupe_run_blocks_iter(
+    c: &mut DbConn,
+) -> QueryResult<impl Iterator<Item = QueryResult<(i64, Vec<u8>)>> + '_> {
+    dedupe_run_blocks::table
+        .select((dedupe_run_blocks::id, dedupe_run_blocks::pairs))
+        .load_iter::<(i64, Vec<u8>), DefaultLoadingMode>(c)
+}
+
+/// Adds blocks of runs: (id, pairs).
+pub fn insert_run_blocks(c: &mut DbConn, rows: &[(i64, Vec<u8>)]) -> QueryResult<()> {
+    insert_rows(c, rows)
+}
+
+impl InsertRow for (i64, Vec<u8>) {
+    const HEAD: &'static str = "INSERT OR FAIL INTO dedupe_run_blocks (id, pairs) VALUES ";
+
+    fn push_values<'b>(&'b self, out: &mut AstPass<'_, 'b, Sqlite>, _: bool) -> QueryResult<()> {
+        out.push_bind_param::<BigInt, _>(&self.0)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Binary, [u8]>(&self.1)
+    }
+}
+
+/// Removes the blocks with ids from `from` to `to` (inclusive).
+pub fn delete_run_blocks(c: &mut DbConn, from: i64, to: i64) -> QueryResult<()> {
+    diesel::delete(
+        dedupe_run_blocks::table
+            .filter(dedupe_run_blocks::id.ge(from))
+            .filter(dedupe_run_blocks::id.le(to)),
+    )
+    .execute(c)
+    .map(drop)
 }
 
 /// Inserts rows of `channel_index`, in the order given.
@@ -209,7 +248,8 @@ pub fn unindexed_places_after(c: &mut DbConn, after: i64) -> QueryResult<Vec<(St
         .collect())
 }
 
-/// The position through which every message's dedupe key is in `dedupe_blocks` (0: none).
+/// The position through which every message's dedupe key is in a run of `dedupe_runs`
+/// (0: none).
 pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {
     dedupe_state::table
         .find(1)
@@ -217,7 +257,7 @@ pub fn dedupe_moved_through(c: &mut DbConn) -> QueryResult<i64> {
         .get_result(c)
 }
 
-/// Records that every message up to position `pos` has its dedupe key in `dedupe_blocks`.
+/// Records that every message up to position `pos` has its dedupe key in a run.
 pub fn set_dedupe_moved_through(c: &mut DbConn, pos: i64) -> QueryResult<()> {
     diesel::update(dedupe_state::table.find(1))
         .set(dedupe_state::moved_through.eq(pos))

@@ -3,7 +3,7 @@
 //!
 //! Every message with a client frame id is looked up before it is stored (contract
 //! guarantee 2). Keys still in memory are found there; keys already moved to the table
-//! (now `dedupe_blocks`) took one `SELECT` each, about a tenth of the broker's work in `pairs`
+//! (now `dedupe_runs`) took one `SELECT` each, about a tenth of the broker's work in `pairs`
 //! (docs/BENCHMARKS.md). The filter answers "certainly not stored" for most new keys; only
 //! a "maybe" (a resend, or a false positive) queries the table. It never answers "not
 //! stored" for a key that is: every key the writer stores goes in, and the keys already in
@@ -38,7 +38,7 @@ struct Part {
     blocks: Vec<Block>,
 }
 
-/// The keys already in `dedupe_blocks` when the broker started.
+/// The keys already in `dedupe_runs` when the broker started.
 #[derive(Debug)]
 enum Startup {
     /// None, or they have left the window.

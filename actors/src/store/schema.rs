@@ -37,9 +37,18 @@ diesel::table! {
 }
 
 diesel::table! {
-    dedupe_blocks (first_key) {
-        first_key -> BigInt,
+    dedupe_run_blocks (id) {
+        id -> BigInt,
         pairs -> Binary,
+    }
+}
+
+diesel::table! {
+    dedupe_runs (id) {
+        id -> BigInt,
+        state -> Integer,
+        keys -> BigInt,
+        fences -> Binary,
     }
 }
 
@@ -146,7 +155,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     channel_index,
     channel_index_state,
     channels,
-    dedupe_blocks,
+    dedupe_run_blocks,
+    dedupe_runs,
     dedupe_state,
     delivery_cursors,
     devices,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use actix::prelude::*;
 
 use super::channel_index::{ChannelIndex, Place, PlacesMoved};
-use super::dedupe::{key_of, DedupeKeys, KeyHasher, SliceMoved};
+use super::dedupe::{key_of, DedupeKeys, KeyHasher, KeysMoved};
 use super::models::{NewMessage, StoredMessage};
 use super::seqs::{Counter, SeqCounters};
 use super::{queries, DbConn, DbPool, StoreError};
@@ -145,7 +145,7 @@ impl Handler<WriteBatch> for MessageWriter {
     }
 }
 
-/// Commits `batch` in one transaction, with the next slice of dedupe keys and the channel
+/// Commits `batch` in one transaction, with the dedupe keys and the channel
 /// places that are due; if that fails, commits its writes one by one so that a bad row fails
 /// alone. Answers each write in order.
 fn commit(
@@ -158,9 +158,9 @@ fn commit(
     let mut staged = Staged::from(batch.ops);
     let done = conn.immediate_transaction(|c| {
         let applied = apply(c, memory, &mut staged, window)?;
-        let moved = memory.keys.move_slice(c)?;
+        let moved = memory.keys.move_keys(c, applied.keys.len())?;
         let placed = memory.index.move_due(c)?;
-        Ok::<_, StoreError>((applied, (moved, Some(placed))))
+        Ok::<_, StoreError>((applied, (Some(moved), Some(placed))))
     });
     match done {
         Ok((applied, moved)) => staged.committed(applied, moved, memory),
@@ -238,12 +238,12 @@ impl Staged {
     }
 
     /// The outcome of each write of a committed batch, in order, moving the rows into them;
-    /// first hands the keys and places of the new rows (and the slice of keys and the places
+    /// first hands the keys and places of the new rows (and the keys and the places
     /// the commit moved) and the seq counters it moved to `memory`.
     fn committed(
         mut self,
         applied: Applied,
-        (moved, placed): (Option<SliceMoved>, Option<PlacesMoved>),
+        (moved, placed): (Option<KeysMoved>, Option<PlacesMoved>),
         memory: &mut WriterMemory,
     ) -> Vec<Result<WriteOutcome, StoreError>> {
         let rows = &self.rows;
@@ -483,7 +483,7 @@ fn apply(
 mod tests {
     use super::*;
     use crate::store::dedupe::DedupeSettings;
-    use crate::store::dedupe_blocks::DedupeBlocks;
+    use crate::store::dedupe_runs::{self, DedupeRuns};
     use crate::store::{open_pool, run_migrations, StoreConfig, Synchronous};
 
     const WINDOW: i64 = 3_600_000;
@@ -536,10 +536,10 @@ mod tests {
         (dir, pool)
     }
 
-    fn load_keys(pool: &DbPool, slices: u32) -> DedupeKeys {
+    fn load_keys(pool: &DbPool, run_keys: usize) -> DedupeKeys {
         let mut c = pool.get().expect("conn");
         let settings = DedupeSettings {
-            slices,
+            run_keys,
             window_ms: WINDOW,
             filter_bytes: 1 << 20,
         };
@@ -550,14 +550,14 @@ mod tests {
         ChannelIndex::load(&mut pool.get().expect("conn")).expect("load places")
     }
 
-    /// Writer memory as at start-up.
-    fn load(pool: &DbPool, slices: u32) -> WriterMemory {
-        WriterMemory::new(load_keys(pool, slices), load_index(pool))
+    /// Writer memory as at start-up, writing a run of keys once `run_keys` are held.
+    fn load(pool: &DbPool, run_keys: usize) -> WriterMemory {
+        WriterMemory::new(load_keys(pool, run_keys), load_index(pool))
     }
 
-    /// Memory whose key slices move on every commit, however few keys they hold.
-    fn load_eager(pool: &DbPool, slices: u32) -> WriterMemory {
-        WriterMemory::new(load_keys(pool, slices).paced(1, 1), load_index(pool))
+    /// Memory whose pending keys move on every commit, however few they are.
+    fn load_eager(pool: &DbPool) -> WriterMemory {
+        WriterMemory::new(load_keys(pool, 1).paced(1), load_index(pool))
     }
 
     fn dm(sender: &str, cmid: &str) -> WriteOp {
@@ -588,19 +588,46 @@ mod tests {
             .collect()
     }
 
-    /// Every (key, position) pair in `dedupe_blocks`, in order, checking that each block
-    /// is sorted and begins with its `first_key`.
+    /// Every (key, position) pair in the live runs, sorted, checking that no pair is in two
+    /// runs (what the writer writes; a test may write others itself).
     fn moved_pairs(pool: &DbPool) -> Vec<(i64, i64)> {
+        let all = live_pairs(pool);
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "no pair in two runs");
+        all
+    }
+
+    /// Every (key, position) pair in the live runs, sorted, checking that each run's blocks
+    /// are sorted, in order, and begin at their fences.
+    fn live_pairs(pool: &DbPool) -> Vec<(i64, i64)> {
         let mut c = pool.get().expect("conn");
+        let runs = queries::dedupe_runs(&mut c).expect("runs");
+        let blocks: Vec<(i64, Vec<u8>)> = queries::dedupe_run_blocks_iter(&mut c)
+            .expect("blocks")
+            .map(|b| b.expect("block"))
+            .collect();
         let mut all = Vec::new();
-        for block in queries::dedupe_blocks_iter(&mut c).expect("blocks") {
-            let (first, bytes) = block.expect("block");
-            let pairs = crate::store::dedupe_blocks::decode(first, &bytes).expect("pairs");
-            assert_eq!(pairs.first().map(|p| p.0), Some(first));
-            assert!(pairs.windows(2).all(|w| w[0] < w[1]), "sorted");
+        for (run, state, keys, fences) in runs {
+            if state != dedupe_runs::LIVE {
+                continue;
+            }
+            let fences = dedupe_runs::decode_fences(run, &fences).expect("fences");
+            let (lo, hi) = dedupe_runs::block_ids(run);
+            let mine: Vec<&(i64, Vec<u8>)> = blocks
+                .iter()
+                .filter(|(id, _)| (lo..=hi).contains(id))
+                .collect();
+            assert_eq!(mine.len(), fences.len(), "a fence per block of run {run}");
+            let mut pairs = Vec::new();
+            for ((id, bytes), fence) in mine.iter().zip(&fences) {
+                let block = dedupe_runs::decode(*id, bytes).expect("pairs");
+                assert_eq!(block.first().map(|p| p.0), Some(*fence));
+                pairs.extend(block);
+            }
+            assert!(pairs.windows(2).all(|w| w[0] < w[1]), "run {run} sorted");
+            assert_eq!(pairs.len() as i64, keys, "run {run} counts its pairs");
             all.extend(pairs);
         }
-        assert!(all.windows(2).all(|w| w[0] < w[1]), "blocks in order");
+        all.sort_unstable();
         all
     }
 
@@ -659,23 +686,24 @@ mod tests {
     #[test]
     fn a_resend_is_found_while_its_key_waits_in_memory_after_it_moved_and_after_a_restart() {
         let (_dir, pool) = fresh();
-        let mut mem = load_eager(&pool, 2);
+        let mut mem = load(&pool, 2);
         let first = write(&pool, &mut mem, vec![dm("alice", "m1")]);
         assert_eq!(mem.keys.pending(), 1);
         assert_eq!(moved_keys(&pool), 0);
         let again = write(&pool, &mut mem, vec![dm("alice", "m1")]);
         assert_eq!(again, vec![(first[0].0, true)]);
 
-        // Two more commits finish the rotation after it (two slices): the key is in the table.
+        // Two keys held: the next commit writes them as a run.
         write(&pool, &mut mem, vec![dm("bob", "b1")]);
         write(&pool, &mut mem, vec![dm("bob", "b2")]);
-        assert_eq!(moved_keys(&pool) + mem.keys.pending() as i64, 3);
-        assert!(mem.keys.pending() <= 2, "only bob's keys may wait");
+        assert_eq!(moved_keys(&pool), 2);
+        assert_eq!(mem.keys.pending(), 1, "bob's b2 waits");
         let again = write(&pool, &mut mem, vec![dm("alice", "m1")]);
         assert_eq!(again, vec![(first[0].0, true)]);
 
-        // After a restart, from the table or from the messages stored after the marker.
-        let mut mem = load_eager(&pool, 2);
+        // After a restart, from the run or from the messages stored after the marker.
+        let mut mem = load(&pool, 2);
+        assert_eq!(mem.keys.pending(), 1, "b2 read back");
         let again = write(&pool, &mut mem, vec![dm("alice", "m1"), dm("bob", "b2")]);
         assert!(again.iter().all(|(_, dup)| *dup), "{again:?}");
         assert_eq!(again[0].0, first[0].0);
@@ -685,103 +713,172 @@ mod tests {
     }
 
     #[test]
-    fn every_key_reaches_the_table_within_one_rotation_and_is_not_read_back() {
+    fn held_keys_move_as_one_run_once_enough_are_held_and_are_not_read_back() {
         let (_dir, pool) = fresh();
-        let mut mem = load_eager(&pool, 4);
+        let mut mem = load(&pool, 100);
         let ops = (0..200).map(|i| dm("alice", &format!("f{i}"))).collect();
         write(&pool, &mut mem, ops);
         assert_eq!(mem.keys.pending(), 200);
         assert_eq!(
-            load_eager(&pool, 4).keys.pending(),
+            load(&pool, 100).keys.pending(),
             200,
             "read back after a restart"
         );
-        for i in 0..7 {
+        write(&pool, &mut mem, vec![dm("bob", "g0")]);
+        assert_eq!(moved_keys(&pool), 200, "one run of the 200 held");
+        assert_eq!(mem.keys.pending(), 1);
+        assert_eq!(mem.keys.runs().len(), 1);
+        // A restart reads back only what came after the run.
+        assert_eq!(load(&pool, 100).keys.pending(), 1);
+        // Memory never holds more than the threshold and a batch.
+        for i in 1..300 {
             write(&pool, &mut mem, vec![dm("bob", &format!("g{i}"))]);
+            assert!(mem.keys.pending() <= 100);
         }
-        // Four commits after the batch, every slice has been moved once.
-        assert_eq!(moved_keys(&pool) + mem.keys.pending() as i64, 207);
-        assert!(mem.keys.pending() <= 7, "only bob's keys may wait");
-        // The eighth commit finished the rotation that began after g2: a restart reads back
-        // the keys of g3..g6 only.
-        assert_eq!(load_eager(&pool, 4).keys.pending(), 4);
+        assert_eq!(moved_keys(&pool) + mem.keys.pending() as i64, 500);
     }
 
-    /// Merges `pairs` into the blocks as a move inside a commit does, and applies it.
-    fn merge(pool: &DbPool, blocks: &mut DedupeBlocks, pairs: &[(i64, i64)]) {
+    /// Writes `pairs` as a run the way a commit does (`budget` pairs of merging), and
+    /// applies it to `runs`.
+    fn commit_run(pool: &DbPool, runs: &mut DedupeRuns, pairs: &[(i64, i64)], budget: usize) {
         let mut c = pool.get().expect("conn");
-        let moved = blocks.merge(&mut c, pairs).expect("merge");
-        blocks.committed(moved);
+        let moved = c
+            .immediate_transaction(|c| {
+                let written = runs.write_run(c, pairs)?;
+                diesel::QueryResult::Ok(runs.step(c, written, budget))
+            })
+            .expect("commit");
+        runs.committed(moved);
+    }
+
+    /// The positions of `key` in the live runs, sorted.
+    fn positions(pool: &DbPool, runs: &DedupeRuns, key: i64) -> Vec<i64> {
+        let mut found = runs
+            .positions(&mut pool.get().expect("conn"), key)
+            .expect("look-up");
+        found.sort_unstable();
+        found
     }
 
     #[test]
-    fn keys_merge_into_blocks_that_split_and_a_key_moved_twice_is_kept_once() {
+    fn runs_of_one_size_merge_into_one_a_budget_at_a_time_and_keep_every_pair_once() {
         let (_dir, pool) = fresh();
-        let mut blocks = DedupeBlocks::default();
-        // 1,000 keys spread over all 64 bits (negative ones too); a third of them first.
-        let step = u64::MAX / 1000;
-        let keys: Vec<i64> = (0..1000u64).map(|i| (i * step) as i64).collect();
-        let mut first: Vec<(i64, i64)> = keys.iter().step_by(3).map(|&k| (k, 1)).collect();
-        first.sort_unstable();
-        merge(&pool, &mut blocks, &first);
-        assert_eq!(moved_pairs(&pool), first);
-        let after_first = blocks.len();
-        assert!(after_first > 1, "{after_first} blocks");
-        // The rest of the keys, some of the first ones again (a restart moves them twice),
-        // a second position under one key, and a key below every block.
-        let mut rest: Vec<(i64, i64)> = keys.iter().map(|&k| (k, 1)).collect();
-        rest.push((keys[10], 7));
-        rest.push((i64::MIN, 3));
-        rest.sort_unstable();
-        merge(&pool, &mut blocks, &rest);
-        assert_eq!(moved_pairs(&pool), rest);
-        assert!(blocks.len() > after_first);
-        assert_eq!(
-            blocks.len(),
-            DedupeBlocks::load(&mut pool.get().expect("conn"))
-                .expect("load")
-                .len()
-        );
-        let mut c = pool.get().expect("conn");
-        assert_eq!(
-            blocks.positions(&mut c, keys[10]).expect("look-up"),
-            vec![1, 7]
-        );
-        assert_eq!(
-            blocks.positions(&mut c, i64::MIN).expect("look-up"),
-            vec![3]
-        );
-        assert_eq!(
-            blocks.positions(&mut c, keys[10] + 1).expect("look-up"),
-            Vec::<i64>::new()
-        );
-        for block in queries::dedupe_blocks_iter(&mut c).expect("blocks") {
-            let (first, bytes) = block.expect("block");
-            assert!(
-                bytes.len() / 16 <= crate::store::dedupe_blocks::BLOCK_MAX,
-                "block {first}"
-            );
+        let mut runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
+        // Four runs of 300 keys spread over all 64 bits (negative ones too); one pair is in
+        // two runs (moved twice), one key has two positions.
+        let step = u64::MAX / 1200;
+        let mut every = Vec::new();
+        for r in 0..4i64 {
+            let mut pairs: Vec<(i64, i64)> = (0..300u64)
+                .map(|i| (((i * 4 + r as u64) * step) as i64, 10 * i as i64 + r))
+                .collect();
+            if r == 1 {
+                pairs.push(every[5]);
+                pairs.push((every[7].0, 99_999));
+            }
+            pairs.sort_unstable();
+            every.extend(pairs.iter().copied());
+            commit_run(&pool, &mut runs, &pairs, 100);
         }
+        every.sort_unstable();
+        every.dedup();
+        let two = every.iter().find(|p| p.1 == 99_999).expect("pair").0;
+        assert_eq!(
+            positions(&pool, &runs, two).len(),
+            2,
+            "found before the merge"
+        );
+        assert!(runs.merging(), "four runs of a class: a merge began");
+        assert_eq!(runs.len(), 4);
+
+        // A commit merges about 100 pairs: the inputs stay live until the last one.
+        let mut commits = 0;
+        let mut crashed = false;
+        while runs.merging() {
+            commit_run(&pool, &mut runs, &[], 100);
+            commits += 1;
+            assert_eq!(positions(&pool, &runs, two).len(), 2, "found mid-merge");
+            if commits == 3 && !crashed {
+                // A crash mid-merge: its output is thrown away, the inputs are all there,
+                // and the next commit begins the merge again.
+                crashed = true;
+                runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
+                assert_eq!((runs.len(), runs.merging()), (4, false));
+                let mut pairs = live_pairs(&pool);
+                pairs.dedup();
+                assert_eq!(pairs, every);
+                commit_run(&pool, &mut runs, &[], 100);
+                assert!(runs.merging());
+                commits = 0;
+            }
+        }
+        assert!(
+            (11..=14).contains(&commits),
+            "{commits} commits of 100 pairs"
+        );
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs.keys(), every.len() as u64);
+        assert_eq!(moved_pairs(&pool), every);
+        assert_eq!(positions(&pool, &runs, two).len(), 2);
+        assert_eq!(positions(&pool, &runs, every[0].0), vec![every[0].1]);
+        assert!(positions(&pool, &runs, every[0].0 + 1).is_empty());
+        assert!(positions(&pool, &runs, i64::MIN).is_empty());
+
+        // The merged runs' blocks go a budget per commit, then their rows.
+        for _ in 0..20 {
+            commit_run(&pool, &mut runs, &[], 100);
+        }
+        let mut c = pool.get().expect("conn");
+        assert_eq!(queries::dedupe_runs(&mut c).expect("runs").len(), 1);
+        let blocks = queries::dedupe_run_blocks_iter(&mut c)
+            .expect("blocks")
+            .count();
+        assert_eq!(blocks, every.len().div_ceil(dedupe_runs::BLOCK));
+        let back = DedupeRuns::load(&mut c).expect("load");
+        assert_eq!((back.len(), back.keys()), (1, every.len() as u64));
     }
 
     #[test]
-    fn a_slice_with_few_keys_waits_for_more_or_for_sixteen_commits() {
+    fn a_merge_that_cannot_read_an_input_stops_merging_but_not_the_commit() {
         let (_dir, pool) = fresh();
-        let mut mem = load(&pool, 4);
-        for i in 0..15 {
-            write(&pool, &mut mem, vec![dm("bob", &format!("g{i}"))]);
+        let mut runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
+        for r in 0..4 {
+            commit_run(&pool, &mut runs, &[(r * 1000, r)], 100);
         }
-        assert_eq!(moved_keys(&pool), 0, "a few keys wait");
-        // The sixteenth commit moves the slice it waited on.
-        write(&pool, &mut mem, vec![dm("bob", "g15")]);
-        assert!(mem.keys.pending() < 16);
-        assert_eq!(moved_keys(&pool) + mem.keys.pending() as i64, 16);
-        // A batch fills every slice past 32 keys: the next commit moves its slice.
-        let ops = (0..200).map(|i| dm("alice", &format!("f{i}"))).collect();
-        write(&pool, &mut mem, ops);
-        let before = moved_keys(&pool);
-        write(&pool, &mut mem, vec![dm("bob", "g16")]);
-        assert!(moved_keys(&pool) >= before + 32);
+        assert!(runs.merging());
+        // The block of run 2 goes missing.
+        let gone = dedupe_runs::block_id(2, 0);
+        queries::delete_run_blocks(&mut pool.get().expect("conn"), gone, gone).expect("delete");
+        commit_run(&pool, &mut runs, &[(99, 9)], 100);
+        assert!(!runs.merging());
+        assert_eq!(runs.len(), 5, "the commit's own run was written");
+        assert_eq!(positions(&pool, &runs, 99), vec![9]);
+        assert_eq!(positions(&pool, &runs, 3000), vec![3]);
+        let rows = queries::dedupe_runs(&mut pool.get().expect("conn")).expect("runs");
+        assert!(
+            rows.iter().all(|r| r.1 == dedupe_runs::LIVE),
+            "the merge's output was rolled back: {rows:?}"
+        );
+        // Four runs of a class again, but no merge until a restart.
+        commit_run(&pool, &mut runs, &[(98, 8)], 100);
+        assert!(!runs.merging());
+    }
+
+    #[test]
+    fn runs_written_under_load_stay_few_and_every_key_is_found() {
+        let (_dir, pool) = fresh();
+        let mut mem = load(&pool, 64);
+        for b in 0..60 {
+            let ops = (0..50).map(|i| dm("alice", &format!("f{b}-{i}"))).collect();
+            write(&pool, &mut mem, ops);
+        }
+        let runs = mem.keys.runs().len();
+        assert!((1..=8).contains(&runs), "{runs} live runs");
+        assert_eq!(moved_keys(&pool) + mem.keys.pending() as i64, 3000);
+        let mut mem = load(&pool, 64);
+        let again: Vec<WriteOp> = (0..60).map(|b| dm("alice", &format!("f{b}-7"))).collect();
+        let out = write(&pool, &mut mem, again);
+        assert!(out.iter().all(|(_, dup)| *dup), "every resend found");
     }
 
     #[test]
@@ -844,12 +941,9 @@ mod tests {
         let (_dir, pool) = fresh();
         let mut mem = load(&pool, 1);
         let bobs = write(&pool, &mut mem, vec![dm("bob", "b1")]);
-        // A row under alice's key pointing at bob's message: what a hash collision looks like.
-        merge(
-            &pool,
-            &mut DedupeBlocks::default(),
-            &[(key_of("alice", "m1") as i64, 1)],
-        );
+        // A pair under alice's key pointing at bob's message: what a hash collision looks like.
+        let mut runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
+        commit_run(&pool, &mut runs, &[(key_of("alice", "m1") as i64, 1)], 100);
         // Read back at start-up, so that the look-up does not skip the table.
         let mut mem = load(&pool, 1);
         let alices = write(&pool, &mut mem, vec![dm("alice", "m1")]);
@@ -860,7 +954,7 @@ mod tests {
     #[test]
     fn keys_of_a_batch_with_resends_in_it_point_at_their_own_messages() {
         let (_dir, pool) = fresh();
-        let mut mem = load_eager(&pool, 1);
+        let mut mem = load_eager(&pool);
         let first = write(&pool, &mut mem, vec![dm("alice", "m1")]);
         // A resend first, then two new messages: the new rows are not the batch's first.
         let mixed = write(
@@ -872,7 +966,7 @@ mod tests {
         // One more commit moves every key; after a restart they come from the table alone.
         write(&pool, &mut mem, vec![dm("carol", "c1")]);
         assert!(moved_keys(&pool) >= 3);
-        let mut mem = load_eager(&pool, 1);
+        let mut mem = load_eager(&pool);
         let again = write(&pool, &mut mem, vec![dm("bob", "b1"), dm("alice", "m2")]);
         assert_eq!(again, vec![(mixed[2].0, true), (mixed[1].0, true)]);
     }
@@ -1193,15 +1287,22 @@ mod tests {
         drop(c);
         run_migrations(&pool).expect("migration 6");
         pairs.sort_unstable();
+        // Migration 7 made the blocks one run.
         assert_eq!(moved_pairs(&pool), pairs);
-        let blocks = DedupeBlocks::load(&mut pool.get().expect("conn")).expect("load");
-        assert_eq!(blocks.len(), 3);
-        let mut c = pool.get().expect("conn");
+        let runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
+        assert_eq!((runs.len(), runs.keys()), (1, 301));
         let two = pairs.iter().find(|p| p.1 == 5).expect("pair").0;
-        let mut found = blocks.positions(&mut c, two).expect("look-up");
-        found.sort_unstable();
-        assert_eq!(found.len(), 2);
-        assert_eq!(found[0], 5);
+        assert_eq!(
+            positions(&pool, &runs, two),
+            vec![
+                5,
+                pairs
+                    .iter()
+                    .find(|p| p.0 == two && p.1 != 5)
+                    .expect("other")
+                    .1
+            ]
+        );
     }
 
     #[test]
