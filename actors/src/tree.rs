@@ -12,7 +12,6 @@
 //! └── SyncArbiter ── StoreReader × reader_threads
 //! ```
 
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +24,7 @@ use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher};
 use crate::store::channel_index::ChannelIndex;
 use crate::store::checkpointer::{CheckpointStats, WalCheckpointer};
-use crate::store::dedupe::DedupeKeys;
+use crate::store::dedupe::{DedupeKeys, ResendKeyStats};
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::writer::{MessageWriter, WriterMemory};
 use crate::store::DbPool;
@@ -72,8 +71,8 @@ pub struct Tree {
     pub batch_stats: Arc<BatchStats>,
     /// What the WAL checkpointer did.
     pub checkpoint_stats: Arc<CheckpointStats>,
-    /// Resend keys held in memory, not yet moved to a run of `dedupe_runs` (`store::dedupe`).
-    pub resend_keys_held: Arc<AtomicU64>,
+    /// Where the resend keys are: in memory, or in runs of `dedupe_runs` (`store::dedupe`).
+    pub resend_keys: Arc<ResendKeyStats>,
 }
 
 impl Tree {
@@ -84,14 +83,15 @@ impl Tree {
 
         let h = ActorHealth::new("store_writer");
         let (p, hh) = (pool.clone(), h.clone());
-        let resend_keys_held = Arc::new(AtomicU64::new(keys.pending() as u64));
+        let resend_keys = Arc::new(ResendKeyStats::default());
+        resend_keys.record(&keys);
         let memory = Arc::new(Mutex::new(WriterMemory::new(keys, index.clone())));
-        let held = resend_keys_held.clone();
+        let held = resend_keys.clone();
         let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
             pool: p.clone(),
             health: hh.clone(),
             memory: memory.clone(),
-            keys_held: held.clone(),
+            key_stats: held.clone(),
         });
         board.register(h, writers.clone().recipient());
 
@@ -167,7 +167,7 @@ impl Tree {
             health: board,
             batch_stats,
             checkpoint_stats,
-            resend_keys_held,
+            resend_keys,
         }
     }
 

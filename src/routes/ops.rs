@@ -1,6 +1,5 @@
 //! Operations: `/health`, `/ready`, `/status` (contract section 9).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
@@ -90,7 +89,8 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "pool": { "size": pool.connections, "idle": pool.idle_connections },
             "writes": app.tree.batch_stats.snapshot(),
             "wal_checkpoints": app.tree.checkpoint_stats.snapshot(),
-            "resend_keys_in_memory": app.tree.resend_keys_held.load(Ordering::Relaxed),
+            "resend_keys_in_memory": app.tree.resend_keys.snapshot().in_memory,
+            "resend_keys": app.tree.resend_keys.snapshot(),
             "channel_places_in_memory": app.tree.reads.index().held(),
         },
         "redis": { "configured": app.redis.is_some() },

@@ -171,6 +171,14 @@ async fn writes_that_arrive_together_are_committed_together() {
     // The resend keys of those messages are in memory or already moved to the database.
     let held = status["database"]["resend_keys_in_memory"].as_u64();
     assert!(held.is_some_and(|k| k <= n), "{}", status["database"]);
+    let keys = &status["database"]["resend_keys"];
+    assert_eq!(keys["in_memory"].as_u64(), held, "{keys}");
+    let in_runs = keys["keys_in_runs"].as_u64().expect("keys in runs");
+    assert!(
+        held.unwrap_or_default() + in_runs >= n,
+        "every key is somewhere: {keys}"
+    );
+    assert_eq!(keys["merging_stopped"], false, "{keys}");
     // So are their places in their channels.
     let places = status["database"]["channel_places_in_memory"].as_u64();
     assert!(places.is_some_and(|p| p <= n), "{}", status["database"]);

@@ -19,6 +19,7 @@
 //! collisions cost a read, never a wrong answer.
 
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use diesel::QueryResult;
 use sha2::{Digest, Sha256};
@@ -71,6 +72,54 @@ struct PendingKey {
     pos: i64,
     /// When it was stored, ms (keys past the dedupe window are not candidates).
     created_at: i64,
+}
+
+/// What `/status` shows of the resend keys; the writer records it after each batch.
+#[derive(Debug, Default)]
+pub struct ResendKeyStats {
+    held: AtomicU64,
+    runs: AtomicU64,
+    keys_in_runs: AtomicU64,
+    merging: AtomicBool,
+    stopped: AtomicBool,
+}
+
+/// A copy of [`ResendKeyStats`].
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ResendKeySnapshot {
+    /// Keys held in memory, not yet in a run.
+    pub in_memory: u64,
+    /// Live runs (a look-up the filter cannot rule out reads one block of each).
+    pub runs: u64,
+    /// Keys in them.
+    pub keys_in_runs: u64,
+    /// Whether a merge is under way.
+    pub merging: bool,
+    /// Whether merging stopped after a failure (until restart; see the log).
+    pub merging_stopped: bool,
+}
+
+impl ResendKeyStats {
+    /// Records where `keys` are now.
+    pub fn record(&self, keys: &DedupeKeys) {
+        let runs = keys.runs();
+        self.held.store(keys.pending() as u64, Ordering::Relaxed);
+        self.runs.store(runs.len() as u64, Ordering::Relaxed);
+        self.keys_in_runs.store(runs.keys(), Ordering::Relaxed);
+        self.merging.store(runs.merging(), Ordering::Relaxed);
+        self.stopped.store(runs.stalled(), Ordering::Relaxed);
+    }
+
+    /// The figures now.
+    pub fn snapshot(&self) -> ResendKeySnapshot {
+        ResendKeySnapshot {
+            in_memory: self.held.load(Ordering::Relaxed),
+            runs: self.runs.load(Ordering::Relaxed),
+            keys_in_runs: self.keys_in_runs.load(Ordering::Relaxed),
+            merging: self.merging.load(Ordering::Relaxed),
+            merging_stopped: self.stopped.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What a commit wrote of the keys; applied to memory once that commit succeeded.
@@ -169,9 +218,8 @@ impl DedupeKeys {
         }
     }
 
-    /// The runs the moved keys are in (tests).
-    #[cfg(test)]
-    pub(crate) fn runs(&self) -> &DedupeRuns {
+    /// The runs the moved keys are in.
+    pub fn runs(&self) -> &DedupeRuns {
         &self.runs
     }
 

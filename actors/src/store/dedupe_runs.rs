@@ -507,10 +507,14 @@ impl DedupeRuns {
         });
     }
 
-    /// Whether a merge is under way (tests).
-    #[cfg(test)]
-    pub(crate) fn merging(&self) -> bool {
+    /// Whether a merge is under way.
+    pub fn merging(&self) -> bool {
         self.merge.is_some()
+    }
+
+    /// Whether merging stopped after a failure ([`DedupeRuns::step`]).
+    pub fn stalled(&self) -> bool {
+        self.stalled
     }
 }
 

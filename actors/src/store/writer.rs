@@ -7,13 +7,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix::prelude::*;
 
 use super::channel_index::{ChannelIndex, Place, PlacesMoved};
-use super::dedupe::{key_of, DedupeKeys, KeyHasher, KeysMoved};
+use super::dedupe::{key_of, DedupeKeys, KeyHasher, KeysMoved, ResendKeyStats};
 use super::models::{NewMessage, StoredMessage};
 use super::seqs::{Counter, SeqCounters};
 use super::{queries, DbConn, DbPool, StoreError};
@@ -112,8 +111,8 @@ pub struct MessageWriter {
     pub health: Arc<ActorHealth>,
     /// Dedupe keys and seq counters, shared by every writer thread.
     pub memory: Arc<Mutex<WriterMemory>>,
-    /// How many of those keys are held in memory, for `/status`.
-    pub keys_held: Arc<AtomicU64>,
+    /// Where the resend keys are, for `/status`.
+    pub key_stats: Arc<ResendKeyStats>,
 }
 
 impl Actor for MessageWriter {
@@ -139,8 +138,7 @@ impl Handler<WriteBatch> for MessageWriter {
         };
         let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
         let out = commit(&mut conn, &mut memory, batch, &self.health);
-        self.keys_held
-            .store(memory.keys.pending() as u64, Ordering::Relaxed);
+        self.key_stats.record(&memory.keys);
         out
     }
 }
