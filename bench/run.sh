@@ -11,7 +11,9 @@
 # Environment: RUNS (default 1), CARGO_TARGET_DIR (default /tmp/bench-target),
 #   PROFILE=release|debug (default release; debug reuses a test build, fine for smoke only),
 #   SERVER_CPU / TOOL_CPU (default 0 / 1), NO_FLOOR=1 (skip the floor runs),
-#   NO_BUILD=1 (use the binaries already built), TIMEOUT (tool --timeout, default 120 s).
+#   NO_BUILD=1 (use the binaries already built), TIMEOUT (tool --timeout, default 120 s),
+#   SEED_DIR (a broker data directory copied into each fresh broker's: runs against a
+#   database that already holds many messages; docs/BENCHMARKS.md, "At scale").
 # Everything runs on 127.0.0.1 and stops by itself (tool --timeout, plus `timeout` around it).
 set -euo pipefail
 
@@ -31,7 +33,7 @@ TIMEOUT=${TIMEOUT:-120}
 SECRET="bench-secret-$$-$RANDOM"
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 [ $# -ge 1 ] || usage
@@ -105,6 +107,9 @@ start_broker() {
     local port
     port=$(pick_port)
     SERVER_DIR=$(mktemp -d /tmp/switchboard-bench.XXXXXX)
+    if [ -n "${SEED_DIR:-}" ]; then
+        cp "$SEED_DIR"/switchboard.db* "$SERVER_DIR"/
+    fi
     SWITCHBOARD__SERVER__HOST=127.0.0.1 \
         SWITCHBOARD__SERVER__PORT=$port \
         SWITCHBOARD__SERVER__DATA_DIR=$SERVER_DIR \
