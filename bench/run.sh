@@ -109,6 +109,9 @@ start_broker() {
     SERVER_DIR=$(mktemp -d /tmp/switchboard-bench.XXXXXX)
     if [ -n "${SEED_DIR:-}" ]; then
         cp "$SEED_DIR"/switchboard.db* "$SERVER_DIR"/
+        # Written back before the run: a copy still in dirty pages makes every fsync of
+        # the run wait behind it (ack p99 in the hundreds of ms).
+        sync
     fi
     SWITCHBOARD__SERVER__HOST=127.0.0.1 \
         SWITCHBOARD__SERVER__PORT=$port \
