@@ -2,7 +2,7 @@
 --
 -- `dedupe_blocks` was one sorted B-tree of blocks that every move of keys merged into. Keys
 -- are random, so once the table held a few million of them each moved key rewrote a block
--- (and a 16 KiB WAL frame) of its own: at 3.4 M stored messages durable throughput fell from
+-- (and a 16 KiB WAL frame) of its own: at 3.0 M stored messages durable throughput fell from
 -- 107 k to 43 k acked/s. Keys now move as runs: a move writes the keys held in memory as
 -- a new sorted run, appended; runs of about the same size are merged into one a few blocks
 -- per commit, so each key is rewritten a handful of times, always sequentially

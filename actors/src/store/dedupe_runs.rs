@@ -3,7 +3,7 @@
 //! tables, migration 000007).
 //!
 //! Keys are random (hashes of client frame ids), so keeping them in one sorted B-tree made
-//! each moved key rewrite a page of its own once the tree was large: at 3.4 M stored
+//! each moved key rewrite a page of its own once the tree was large: at 3.0 M stored
 //! messages, moving keys took 40 % of the writer and durable throughput fell from 107 k to
 //! 43 k acked/s (docs/BENCHMARKS.md, "resend keys at scale"). Here a move writes the keys
 //! held in memory as a new run, sorted, appended to the table; when [`FANIN`] runs of about
