@@ -324,7 +324,7 @@ impl DedupeRuns {
         let id = self.next_id;
         let (blocks, _) = cut(pairs, true);
         let fences = write_blocks(c, id, 0, &blocks)?;
-        queries::insert_dedupe_run(c, id, LIVE, pairs.len() as i64, &encode_fences(&fences))?;
+        queries::put_dedupe_run(c, id, LIVE, pairs.len() as i64, &encode_fences(&fences))?;
         Ok(Some(Run {
             id,
             keys: pairs.len() as u64,
@@ -373,7 +373,7 @@ impl DedupeRuns {
 
     fn merge_step(&self, c: &mut DbConn, m: &Merge, budget: usize) -> QueryResult<MergeStep> {
         if !m.started {
-            queries::insert_dedupe_run(c, m.out.id, BUILDING, 0, &[])?;
+            queries::put_dedupe_run(c, m.out.id, BUILDING, 0, &[])?;
         }
         let mut inputs = m.inputs.clone();
         // Each input's current block, from its offset on.
@@ -414,7 +414,7 @@ impl DedupeRuns {
             let mut all = m.out.fences.clone();
             all.extend_from_slice(&fences);
             let total = (m.out.keys + keys) as i64;
-            queries::set_dedupe_run(c, m.out.id, LIVE, total, &encode_fences(&all))?;
+            queries::put_dedupe_run(c, m.out.id, LIVE, total, &encode_fences(&all))?;
             for cur in &inputs {
                 queries::set_dedupe_run_state(c, cur.run, MERGED)?;
             }

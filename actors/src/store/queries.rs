@@ -87,35 +87,18 @@ pub fn dedupe_runs(c: &mut DbConn) -> QueryResult<Vec<DedupeRunRow>> {
         .load(c)
 }
 
-/// Adds the row of run `id`.
-pub fn insert_dedupe_run(
+/// Writes the row of run `id`, replacing what it held (a merge's output is written when it
+/// begins and again, live, when it ends).
+pub fn put_dedupe_run(
     c: &mut DbConn,
     id: i64,
     state: i32,
     keys: i64,
     fences: &[u8],
 ) -> QueryResult<()> {
-    diesel::insert_into(dedupe_runs::table)
+    diesel::replace_into(dedupe_runs::table)
         .values((
             dedupe_runs::id.eq(id),
-            dedupe_runs::state.eq(state),
-            dedupe_runs::keys.eq(keys),
-            dedupe_runs::fences.eq(fences),
-        ))
-        .execute(c)
-        .map(drop)
-}
-
-/// Sets the state, key count and fences of run `id` (a merge's end).
-pub fn set_dedupe_run(
-    c: &mut DbConn,
-    id: i64,
-    state: i32,
-    keys: i64,
-    fences: &[u8],
-) -> QueryResult<()> {
-    diesel::update(dedupe_runs::table.find(id))
-        .set((
             dedupe_runs::state.eq(state),
             dedupe_runs::keys.eq(keys),
             dedupe_runs::fences.eq(fences),
