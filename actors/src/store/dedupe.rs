@@ -161,7 +161,7 @@ pub struct DedupeKeys {
 }
 
 impl DedupeKeys {
-    /// Loads the keys of messages stored since the last finished rotation, within the dedupe
+    /// Loads the keys of messages stored since the last run was written, within the dedupe
     /// window, and fills the filter with the keys already in the table. `now` in ms.
     pub fn load(c: &mut DbConn, settings: DedupeSettings, now: i64) -> diesel::QueryResult<Self> {
         let moved = queries::dedupe_moved_through(c)?;

@@ -344,7 +344,8 @@ impl DedupeRuns {
             written,
             ..RunsMoved::default()
         };
-        if self.stalled {
+        // Most commits have no upkeep to do: no savepoint for them.
+        if self.stalled || (self.merge.is_none() && self.doomed.is_empty()) {
             return moved;
         }
         let upkeep = c.transaction(|c| {
