@@ -12,8 +12,12 @@
 //!
 //! Keys expire with the window: the filter is cut into parts by storage time (a window
 //! spans [`PARTS_PER_WINDOW`] of them), and a part is dropped once all it holds is older
-//! than the window. Memory is bounded: each part has a fixed size, so a part that takes in
-//! more keys than it was sized for answers "maybe" more often (more queries), never wrong.
+//! than the window. A part that is full (the keys it was sized for) is followed by a new
+//! one at once, so a burst of keys spreads over parts rather than filling one past use (10 M
+//! keys in minutes made one part answer "maybe" to nearly every key). Memory is bounded:
+//! parts have a fixed size and there are at most [`PARTS_PER_WINDOW`] + 1; with all of them
+//! full within the window the newest takes more keys than it was sized for and answers
+//! "maybe" more often (more queries), never wrong.
 //!
 //! A part is a split-block Bloom filter: a key sets one bit in each of the eight words of
 //! one 64-byte block, so a look-up touches one cache line.
@@ -33,8 +37,12 @@ const BITS_PER_KEY: usize = 10;
 /// The keys stored in one span of time.
 #[derive(Debug)]
 struct Part {
-    /// Start of the span, ms; keys stored from then until `start + span` are here.
+    /// When its first key was stored, ms; it takes keys until `start + span` (or until full).
     start: i64,
+    /// When its newest key was stored, ms: it is dropped once that is out of the window.
+    newest: i64,
+    /// Keys it took.
+    keys: usize,
     blocks: Vec<Block>,
 }
 
@@ -142,7 +150,7 @@ impl ResendFilter {
                 .parts
                 .iter()
                 .rev()
-                .take_while(|p| p.start + self.span_ms > since)
+                .take_while(|p| p.newest >= since)
                 .any(|p| has(&p.blocks, key))
     }
 
@@ -175,29 +183,32 @@ impl ResendFilter {
         if !self.is_on() {
             return;
         }
-        let start = stored_at - stored_at.rem_euclid(self.span_ms);
-        // A key goes in the newest part unless it belongs to a later span. (A clock that
-        // stepped back puts it in a later part than its time: dropped later, never sooner.)
-        let newest = self.parts.back().map(|p| p.start);
-        if newest.is_none_or(|n| n < start) {
-            self.parts.push_back(Part {
-                start,
-                blocks: vec![[0u64; 8]; self.blocks],
-            });
+        // A key goes in the newest part unless its span is over or it is full (and there is
+        // room for another). A clock that stepped back puts a key in a part later than its
+        // time: dropped later, never sooner.
+        let full = |p: &Part| p.keys >= self.blocks * 512 / BITS_PER_KEY;
+        let over = |p: &Part| p.start + self.span_ms <= stored_at || full(p);
+        if self.parts.back().is_none_or(over) {
             self.expire(stored_at - self.window_ms);
+            if self.parts.len() <= PARTS_PER_WINDOW as usize {
+                self.parts.push_back(Part {
+                    start: stored_at,
+                    newest: stored_at,
+                    keys: 0,
+                    blocks: vec![[0u64; 8]; self.blocks],
+                });
+            }
         }
         if let Some(p) = self.parts.back_mut() {
             set(&mut p.blocks, key);
+            p.keys += 1;
+            p.newest = p.newest.max(stored_at);
         }
     }
 
     /// Drops the parts, and the start-up keys, stored wholly before `since`.
     fn expire(&mut self, since: i64) {
-        while self
-            .parts
-            .front()
-            .is_some_and(|p| p.start + self.span_ms <= since)
-        {
+        while self.parts.front().is_some_and(|p| p.newest < since) {
             self.parts.pop_front();
         }
         let gone = match self.startup {
@@ -313,6 +324,33 @@ mod tests {
             !unknown.may_hold(12345, now + HOUR),
             "until they left the window"
         );
+    }
+
+    #[test]
+    fn a_burst_spreads_over_parts_and_memory_stays_bounded() {
+        let mut f = ResendFilter::new(1 << 20, 24 * HOUR);
+        let now = 100 * HOUR;
+        let part = f.blocks * 512 / BITS_PER_KEY;
+        // Four parts' worth at one instant: four parts, each used as it was sized for.
+        for k in keys(0, 4 * part as u64) {
+            f.insert(k, now);
+        }
+        assert_eq!(f.parts.len(), 4);
+        let since = now - 24 * HOUR;
+        assert!(keys(0, 4 * part as u64).all(|k| f.may_hold(k, since)));
+        let false_positives = keys(1 << 40, 100_000)
+            .filter(|&k| f.may_hold(k, since))
+            .count();
+        assert!(false_positives < 6_000, "{false_positives} of 100,000");
+        // Far more than memory holds: no more parts than a window's and one, no key lost.
+        for k in keys(1 << 20, 20 * part as u64) {
+            f.insert(k, now + 1);
+        }
+        assert_eq!(f.parts.len(), PARTS_PER_WINDOW as usize + 1);
+        assert!(keys(1 << 20, 20 * part as u64).all(|k| f.may_hold(k, since)));
+        // A window later they are all gone.
+        f.insert(1, now + 25 * HOUR);
+        assert_eq!(f.parts.len(), 1);
     }
 
     #[test]
