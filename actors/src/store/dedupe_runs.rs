@@ -199,9 +199,11 @@ struct Cursor {
     offset: usize,
 }
 
-/// A merge of [`FANIN`] runs into a new one, done a budget of pairs per commit.
+/// A merge of [`FANIN`] runs of one size class into a new one, done a budget of pairs per
+/// commit.
 #[derive(Debug)]
 struct Merge {
+    class: u32,
     out: Run,
     /// Whether its `BUILDING` row is in the table.
     started: bool,
@@ -218,6 +220,8 @@ struct MergeStep {
     fences: Vec<i64>,
     keys: u64,
     finished: bool,
+    /// Pairs it took from its inputs.
+    pulled: usize,
 }
 
 /// A merged run whose blocks are being deleted: (run, blocks, first block still there).
@@ -228,19 +232,23 @@ type Doomed = (i64, usize, usize);
 pub struct RunsMoved {
     /// A run written from memory.
     written: Option<Run>,
-    merged: Option<MergeStep>,
+    /// A step of each merge under way, in their order (possibly fewer).
+    merged: Vec<MergeStep>,
     /// (run, first block still there afterwards; `None`: all gone with its row).
     deleted: Option<(i64, Option<usize>)>,
     /// Upkeep failed: no more merges or deletions until restart.
     stall: bool,
 }
 
-/// The runs in the table, the merge under way and the merged runs being deleted.
+/// The runs in the table, the merges under way and the merged runs being deleted.
 #[derive(Debug, Default)]
 pub struct DedupeRuns {
     /// Live runs, in the order they became live.
     live: Vec<Run>,
-    merge: Option<Merge>,
+    /// At most one per size class, smallest first: a big merge takes many commits, and the
+    /// small runs written meanwhile merge beside it rather than pile up behind it (a 10 M
+    /// key test had 122 live runs while one merge of big runs went on).
+    merges: Vec<Merge>,
     doomed: VecDeque<Doomed>,
     next_id: i64,
     /// Upkeep failed once ([`DedupeRuns::step`]): runs are only written, not merged.
@@ -332,8 +340,9 @@ impl DedupeRuns {
         }))
     }
 
-    /// Inside a commit: moves the merge under way on by about `budget` pairs (finishing it if
-    /// its inputs run out) and deletes up to `budget` pairs of merged runs. `written` is
+    /// Inside a commit: moves the merges under way on by about `budget` pairs in all, the
+    /// smallest first (finishing those whose inputs run out), and deletes up to `budget`
+    /// pairs of merged runs. `written` is
     /// the run this commit wrote, if any, passed on to [`DedupeRuns::committed`].
     ///
     /// Upkeep never fails the commit: it runs in a savepoint, and if it fails (a block
@@ -345,14 +354,20 @@ impl DedupeRuns {
             ..RunsMoved::default()
         };
         // Most commits have no upkeep to do: no savepoint for them.
-        if self.stalled || (self.merge.is_none() && self.doomed.is_empty()) {
+        if self.stalled || (self.merges.is_empty() && self.doomed.is_empty()) {
             return moved;
         }
         let upkeep = c.transaction(|c| {
-            let merged = match &self.merge {
-                Some(m) => Some(self.merge_step(c, m, budget)?),
-                None => None,
-            };
+            let mut merged = Vec::with_capacity(self.merges.len());
+            let mut left = budget;
+            for m in &self.merges {
+                if left == 0 {
+                    break;
+                }
+                let step = self.merge_step(c, m, left)?;
+                left = left.saturating_sub(step.pulled);
+                merged.push(step);
+            }
             let deleted = match self.doomed.front() {
                 Some(&(run, blocks, from)) => Some(delete_some(c, run, blocks, from, budget)?),
                 None => None,
@@ -426,6 +441,7 @@ impl DedupeRuns {
             fences,
             keys,
             finished,
+            pulled,
         })
     }
 
@@ -433,28 +449,34 @@ impl DedupeRuns {
     pub fn committed(&mut self, moved: RunsMoved) {
         if moved.stall {
             self.stalled = true;
-            self.merge = None;
+            self.merges.clear();
         }
         if let Some(run) = moved.written {
             self.next_id = self.next_id.max(run.id + 1);
             self.live.push(run);
         }
-        if let (Some(step), Some(m)) = (moved.merged, self.merge.as_mut()) {
+        let mut done = Vec::new();
+        for (i, step) in moved.merged.into_iter().enumerate() {
+            let Some(m) = self.merges.get_mut(i) else {
+                break;
+            };
             m.started = true;
             m.inputs = step.inputs;
             m.carry = step.carry;
             m.out.fences.extend(step.fences);
             m.out.keys += step.keys;
             if step.finished {
-                if let Some(done) = self.merge.take() {
-                    let gone: Vec<i64> = done.inputs.iter().map(|c| c.run).collect();
-                    for run in self.live.iter().filter(|r| gone.contains(&r.id)) {
-                        self.doomed.push_back((run.id, run.fences.len(), 0));
-                    }
-                    self.live.retain(|r| !gone.contains(&r.id));
-                    self.live.push(done.out);
-                }
+                done.push(i);
             }
+        }
+        for i in done.into_iter().rev() {
+            let m = self.merges.remove(i);
+            let gone: Vec<i64> = m.inputs.iter().map(|c| c.run).collect();
+            for run in self.live.iter().filter(|r| gone.contains(&r.id)) {
+                self.doomed.push_back((run.id, run.fences.len(), 0));
+            }
+            self.live.retain(|r| !gone.contains(&r.id));
+            self.live.push(m.out);
         }
         match moved.deleted {
             Some((_, None)) => {
@@ -467,52 +489,66 @@ impl DedupeRuns {
             }
             None => {}
         }
-        if self.merge.is_none() && !self.stalled {
-            self.begin_merge();
+        if !self.stalled {
+            self.begin_merges();
         }
     }
 
-    /// Starts merging the [`FANIN`] oldest runs of the smallest size class that has that
-    /// many (memory only: its first step writes its row).
-    fn begin_merge(&mut self) {
-        let mut classes: Vec<u32> = self.live.iter().map(Run::class).collect();
-        classes.sort_unstable();
-        let due = classes
-            .chunk_by(|a, b| a == b)
-            .find(|same| same.len() >= FANIN)
-            .map(|same| same[0]);
-        let Some(class) = due else {
-            return;
-        };
-        let inputs: Vec<Cursor> = self
+    /// Starts a merge of the [`FANIN`] oldest runs in each size class that has that many
+    /// not being merged and no merge under way (memory only: a merge's first step writes
+    /// its row).
+    fn begin_merges(&mut self) {
+        let busy: Vec<i64> = self
+            .merges
+            .iter()
+            .flat_map(|m| m.inputs.iter().map(|c| c.run))
+            .collect();
+        let mut classes: Vec<u32> = self
             .live
             .iter()
-            .filter(|r| r.class() == class)
-            .take(FANIN)
-            .map(|r| Cursor {
-                run: r.id,
-                blocks: r.fences.len(),
-                block: 0,
-                offset: 0,
-            })
+            .filter(|r| !busy.contains(&r.id))
+            .map(Run::class)
+            .filter(|c| self.merges.iter().all(|m| m.class != *c))
             .collect();
-        let id = self.next_id;
-        self.next_id += 1;
-        self.merge = Some(Merge {
-            out: Run {
-                id,
-                keys: 0,
-                fences: Vec::new(),
-            },
-            started: false,
-            inputs,
-            carry: Vec::new(),
-        });
+        classes.sort_unstable();
+        let due: Vec<u32> = classes
+            .chunk_by(|a, b| a == b)
+            .filter(|same| same.len() >= FANIN)
+            .map(|same| same[0])
+            .collect();
+        for class in due {
+            let inputs: Vec<Cursor> = self
+                .live
+                .iter()
+                .filter(|r| r.class() == class && !busy.contains(&r.id))
+                .take(FANIN)
+                .map(|r| Cursor {
+                    run: r.id,
+                    blocks: r.fences.len(),
+                    block: 0,
+                    offset: 0,
+                })
+                .collect();
+            let id = self.next_id;
+            self.next_id += 1;
+            self.merges.push(Merge {
+                class,
+                out: Run {
+                    id,
+                    keys: 0,
+                    fences: Vec::new(),
+                },
+                started: false,
+                inputs,
+                carry: Vec::new(),
+            });
+        }
+        self.merges.sort_by_key(|m| m.class);
     }
 
     /// Whether a merge is under way.
     pub fn merging(&self) -> bool {
-        self.merge.is_some()
+        !self.merges.is_empty()
     }
 
     /// Whether merging stopped after a failure ([`DedupeRuns::step`]).

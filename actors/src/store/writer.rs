@@ -837,6 +837,35 @@ mod tests {
     }
 
     #[test]
+    fn small_runs_merge_beside_a_big_merge_and_smallest_first() {
+        let (_dir, pool) = fresh();
+        let mut runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
+        // Four runs of 512 keys (four blocks: class 1), merged 40 pairs per commit.
+        let big = |r: i64| -> Vec<(i64, i64)> { (0..512).map(|i| (i * 8 + r, i)).collect() };
+        for r in 0..4 {
+            commit_run(&pool, &mut runs, &big(r), 40);
+        }
+        assert!(runs.merging());
+        // Four runs of one key each (class 0) while it goes on: merged first, at once.
+        for r in 0..4 {
+            commit_run(&pool, &mut runs, &[(10_000 + r, r)], 40);
+        }
+        commit_run(&pool, &mut runs, &[], 40);
+        assert_eq!(
+            runs.len(),
+            5,
+            "the four big ones and the small ones merged into one"
+        );
+        assert!(runs.merging(), "the big merge is still under way");
+        while runs.merging() {
+            commit_run(&pool, &mut runs, &[], 40);
+        }
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs.keys(), 4 * 512 + 4);
+        assert_eq!(moved_pairs(&pool).len(), 4 * 512 + 4);
+    }
+
+    #[test]
     fn a_merge_that_cannot_read_an_input_stops_merging_but_not_the_commit() {
         let (_dir, pool) = fresh();
         let mut runs = DedupeRuns::load(&mut pool.get().expect("conn")).expect("load");
