@@ -168,21 +168,30 @@ impl DedupeKeys {
         let mut filter = ResendFilter::new(settings.filter_bytes, settings.window_ms);
         let runs = DedupeRuns::load(c)?;
         if filter.is_on() {
-            let rows = queries::dedupe_run_blocks_iter(c)?.flat_map(|block| {
-                let pairs = block.and_then(|(id, bytes)| dedupe_runs::decode(id, &bytes));
-                let keys: Vec<QueryResult<u64>> = match pairs {
-                    Ok(pairs) => pairs.into_iter().map(|(key, _)| Ok(key as u64)).collect(),
-                    Err(e) => vec![Err(e)],
-                };
-                keys
-            });
-            let read = filter.load_startup(rows, now)?;
+            // Only live runs' blocks (merged runs wait for deletion; their keys are in the
+            // merge's output).
+            let live = runs.ids();
+            let rows = queries::dedupe_run_blocks_iter(c)?
+                .filter(|block| {
+                    block
+                        .as_ref()
+                        .map_or(true, |(id, _)| live.contains(&(id >> 32)))
+                })
+                .flat_map(|block| {
+                    let pairs = block.and_then(|(id, bytes)| dedupe_runs::decode(id, &bytes));
+                    let keys: Vec<QueryResult<u64>> = match pairs {
+                        Ok(pairs) => pairs.into_iter().map(|(key, _)| Ok(key as u64)).collect(),
+                        Err(e) => vec![Err(e)],
+                    };
+                    keys
+                });
+            let read = filter.load_startup(rows, runs.keys() as usize, now)?;
             if filter.startup_overflowed() {
                 log::warn!(
                     "resend filter: more than {} keys in dedupe_runs; every resend look-up \
                      queries the table until they are out of dedupe_window (raise \
                      database.resend_filter_mib to hold them)",
-                    filter.startup_capacity()
+                    filter.capacity()
                 );
             } else {
                 log::info!("resend filter: {read} keys read from dedupe_runs");

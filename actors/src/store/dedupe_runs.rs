@@ -293,6 +293,11 @@ impl DedupeRuns {
         self.live.is_empty()
     }
 
+    /// The ids of the live runs.
+    pub fn ids(&self) -> Vec<i64> {
+        self.live.iter().map(|r| r.id).collect()
+    }
+
     /// Pairs in live runs.
     pub fn keys(&self) -> u64 {
         self.live.iter().map(|r| r.keys).sum()

@@ -7,8 +7,8 @@
 //! (docs/BENCHMARKS.md). The filter answers "certainly not stored" for most new keys; only
 //! a "maybe" (a resend, or a false positive) queries the table. It never answers "not
 //! stored" for a key that is: every key the writer stores goes in, and the keys already in
-//! the table at start-up are read in (or, when there are too many to hold, every look-up
-//! queries until they are out of the window).
+//! the table at start-up are read into the same parts (or, when there are more than the
+//! whole filter holds, every look-up queries until they are out of the window).
 //!
 //! Keys expire with the window: the filter is cut into parts by storage time (a window
 //! spans [`PARTS_PER_WINDOW`] of them), and a part is dropped once all it holds is older
@@ -46,17 +46,6 @@ struct Part {
     blocks: Vec<Block>,
 }
 
-/// The keys already in `dedupe_runs` when the broker started.
-#[derive(Debug)]
-enum Startup {
-    /// None, or they have left the window.
-    Gone,
-    /// Read into `blocks`; stored before `before` (ms).
-    Held { blocks: Vec<Block>, before: i64 },
-    /// Too many to hold: any key may be among them until they leave the window.
-    Unknown { before: i64 },
-}
-
 /// A Bloom filter over the resend keys stored within the dedupe window.
 #[derive(Debug)]
 pub struct ResendFilter {
@@ -66,23 +55,24 @@ pub struct ResendFilter {
     span_ms: i64,
     /// Oldest first.
     parts: VecDeque<Part>,
-    startup: Startup,
+    /// At start-up the table held more keys than the filter holds: any key stored before
+    /// this time (ms) may be there.
+    unknown_before: Option<i64>,
 }
 
 impl ResendFilter {
     /// A filter using about `bytes` of memory over a dedupe window of `window_ms`; `bytes`
     /// 0 turns it off. Memory is taken as parts fill, not up front.
     pub fn new(bytes: usize, window_ms: i64) -> Self {
-        // The parts alive at once (a window's and the current one), plus two shares for
-        // the keys read at start-up.
-        let shares = PARTS_PER_WINDOW as usize + 3;
+        // The parts alive at once: a window's and the current one.
+        let shares = PARTS_PER_WINDOW as usize + 1;
         let blocks = bytes / shares / std::mem::size_of::<Block>();
         ResendFilter {
             blocks,
             window_ms: window_ms.max(1),
             span_ms: (window_ms / PARTS_PER_WINDOW).max(1),
             parts: VecDeque::new(),
-            startup: Startup::Gone,
+            unknown_before: None,
         }
     }
 
@@ -91,47 +81,55 @@ impl ResendFilter {
         self.blocks > 0
     }
 
-    /// How many keys the start-up share holds without answering "maybe" too often.
-    pub fn startup_capacity(&self) -> usize {
-        2 * self.blocks * 512 / BITS_PER_KEY
+    /// Keys the filter holds at its false-positive rate: beyond it, more look-ups query.
+    pub fn capacity(&self) -> usize {
+        (PARTS_PER_WINDOW as usize + 1) * self.part_capacity()
     }
 
-    /// Reads the keys found in the table at start-up (`now`, ms) from `keys`, taking at
-    /// most one more than [`ResendFilter::startup_capacity`]; answers how many it took. With
-    /// more than the capacity it holds none of them, and every look-up queries until they
-    /// are out of the window.
+    fn part_capacity(&self) -> usize {
+        self.blocks * 512 / BITS_PER_KEY
+    }
+
+    /// Takes in the `expected` keys found in the table at start-up (`now`, ms), as if stored
+    /// now: they leave a window after the start. They go into one part as large as they
+    /// need (in whole parts' memory), not into parts filled one after the other: the table
+    /// gives keys in sorted runs, and a part filled from a stretch of sorted keys would hold
+    /// them in a few of its blocks (at 13 M keys 43 % of new keys were "maybe"). With more
+    /// keys than the filter holds, none is read (so that a start stays quick) and every
+    /// look-up queries until the window has passed the start. Answers how many it read.
     pub fn load_startup<E>(
         &mut self,
         keys: impl Iterator<Item = Result<u64, E>>,
+        expected: usize,
         now: i64,
     ) -> Result<usize, E> {
-        if !self.is_on() {
+        if !self.is_on() || expected == 0 {
             return Ok(0);
         }
-        let capacity = self.startup_capacity();
-        let mut blocks = vec![[0u64; 8]; 2 * self.blocks];
-        let mut read = 0;
-        for key in keys.take(capacity + 1) {
-            set(&mut blocks, key?);
-            read += 1;
+        if expected > self.capacity() {
+            self.unknown_before = Some(now);
+            return Ok(0);
         }
-        self.startup = if read > capacity {
-            Startup::Unknown { before: now }
-        } else if read > 0 {
-            Startup::Held {
-                blocks,
-                before: now,
-            }
-        } else {
-            Startup::Gone
+        let shares = expected.div_ceil(self.part_capacity()).max(1);
+        let mut part = Part {
+            start: now,
+            newest: now,
+            keys: 0,
+            blocks: vec![[0u64; 8]; shares * self.blocks],
         };
+        for key in keys {
+            set(&mut part.blocks, key?);
+            part.keys += 1;
+        }
+        let read = part.keys;
+        self.parts.push_back(part);
         Ok(read)
     }
 
-    /// Whether the keys read at start-up were too many to hold (see
-    /// [`ResendFilter::load_startup`]) and still within the window.
+    /// Whether the keys read at start-up were more than the filter holds (see
+    /// [`ResendFilter::load_startup`]) and are still within the window.
     pub fn startup_overflowed(&self) -> bool {
-        matches!(self.startup, Startup::Unknown { .. })
+        self.unknown_before.is_some()
     }
 
     /// False only if no key `key` was stored since `since` (ms): the look-up can skip the
@@ -140,12 +138,7 @@ impl ResendFilter {
         if !self.is_on() {
             return true;
         }
-        let at_startup = match &self.startup {
-            Startup::Gone => false,
-            Startup::Held { blocks, before } => *before > since && has(blocks, key),
-            Startup::Unknown { before } => *before > since,
-        };
-        at_startup
+        self.unknown_before.is_some_and(|before| before > since)
             || self
                 .parts
                 .iter()
@@ -162,13 +155,9 @@ impl ResendFilter {
         if !self.is_on() {
             return;
         }
-        let held = match &self.startup {
-            Startup::Held { blocks, .. } => Some(blocks.as_slice()),
-            _ => None,
-        };
         let mut seen = 0u64;
         for key in keys {
-            for blocks in self.parts.iter().map(|p| p.blocks.as_slice()).chain(held) {
+            for blocks in self.parts.iter().map(|p| p.blocks.as_slice()) {
                 let (i, _) = place(blocks.len(), key);
                 seen |= blocks.get(i).map_or(0, |b| b[0]);
             }
@@ -186,11 +175,16 @@ impl ResendFilter {
         // A key goes in the newest part unless its span is over or it is full (and there is
         // room for another). A clock that stepped back puts a key in a part later than its
         // time: dropped later, never sooner.
-        let full = |p: &Part| p.keys >= self.blocks * 512 / BITS_PER_KEY;
+        let full = |p: &Part| p.keys >= p.blocks.len() * 512 / BITS_PER_KEY;
         let over = |p: &Part| p.start + self.span_ms <= stored_at || full(p);
         if self.parts.back().is_none_or(over) {
             self.expire(stored_at - self.window_ms);
-            if self.parts.len() <= PARTS_PER_WINDOW as usize {
+            let shares: usize = self
+                .parts
+                .iter()
+                .map(|p| p.blocks.len() / self.blocks)
+                .sum();
+            if shares <= PARTS_PER_WINDOW as usize {
                 self.parts.push_back(Part {
                     start: stored_at,
                     newest: stored_at,
@@ -206,17 +200,13 @@ impl ResendFilter {
         }
     }
 
-    /// Drops the parts, and the start-up keys, stored wholly before `since`.
+    /// Drops the parts, and the start-up keys not held, stored wholly before `since`.
     fn expire(&mut self, since: i64) {
         while self.parts.front().is_some_and(|p| p.newest < since) {
             self.parts.pop_front();
         }
-        let gone = match self.startup {
-            Startup::Held { before, .. } | Startup::Unknown { before } => before <= since,
-            Startup::Gone => false,
-        };
-        if gone {
-            self.startup = Startup::Gone;
+        if self.unknown_before.is_some_and(|before| before <= since) {
+            self.unknown_before = None;
         }
     }
 }
@@ -298,7 +288,7 @@ mod tests {
     fn keys_found_at_start_up_count_until_they_leave_the_window() {
         let now = 100 * HOUR;
         let mut f = ResendFilter::new(1 << 20, HOUR);
-        let read = f.load_startup(keys(0, 100).map(Ok::<_, ()>), now);
+        let read = f.load_startup(keys(0, 100).map(Ok::<_, ()>), 100, now);
         assert_eq!(read, Ok(100));
         assert!(keys(0, 100).all(|k| f.may_hold(k, now - HOUR)));
         let others = keys(1_000_000, 10_000)
@@ -309,21 +299,37 @@ mod tests {
         f.insert(1, now + 2 * HOUR);
         assert!(keys(0, 100).all(|k| !f.may_hold(k, now + HOUR)));
 
-        // A start-up share of 22 blocks holds about 1,100 keys.
-        let mut unknown = ResendFilter::new(11 * 64 * 11, HOUR);
-        let capacity = unknown.startup_capacity();
-        let read = unknown.load_startup(keys(0, 10_000).map(Ok::<_, ()>), now);
-        assert_eq!(read, Ok(capacity + 1), "stops one past what it can hold");
-        assert!(unknown.startup_overflowed());
-        assert!(
-            unknown.may_hold(12345, now - HOUR),
-            "too many: every look-up queries"
-        );
-        unknown.insert(1, now + 2 * HOUR);
-        assert!(
-            !unknown.may_hold(12345, now + HOUR),
-            "until they left the window"
-        );
+        // Three parts' worth, sorted as the table gives them: one part of three parts'
+        // memory, as good as three parts of random keys.
+        let mut three = ResendFilter::new(1 << 20, HOUR);
+        let n = 3 * three.part_capacity();
+        let mut sorted: Vec<u64> = keys(0, n as u64).collect();
+        sorted.sort_unstable();
+        let read = three.load_startup(sorted.iter().map(|&k| Ok::<_, ()>(k)), n, now);
+        assert_eq!(read, Ok(n));
+        assert_eq!(three.parts.len(), 1);
+        assert!(sorted.iter().all(|&k| three.may_hold(k, now - HOUR)));
+        let others = keys(1 << 40, 10_000)
+            .filter(|&k| three.may_hold(k, now - HOUR))
+            .count();
+        assert!(others < 300, "{others} of 10,000");
+        // New keys take the parts left: six more, not nine.
+        for k in keys(1 << 41, 20 * three.part_capacity() as u64) {
+            three.insert(k, now + 1);
+        }
+        assert_eq!(three.parts.len(), 1 + PARTS_PER_WINDOW as usize + 1 - 3);
+
+        // More than the filter holds: none read, and every look-up queries until the
+        // window has passed the start.
+        let mut over = ResendFilter::new(10 * 64 * 64, HOUR);
+        let capacity = over.capacity();
+        let read = over.load_startup(keys(0, 10).map(Ok::<_, ()>), capacity + 1, now);
+        assert_eq!(read, Ok(0));
+        assert!(over.startup_overflowed());
+        assert!(over.may_hold(1 << 50, now - HOUR));
+        over.insert(1, now + 2 * HOUR);
+        assert!(!over.startup_overflowed());
+        assert!(!over.may_hold(1 << 50, now + HOUR));
     }
 
     #[test]
