@@ -7,16 +7,16 @@
 //! (docs/BENCHMARKS.md). The filter answers "certainly not stored" for most new keys; only
 //! a "maybe" (a resend, or a false positive) queries the table. It never answers "not
 //! stored" for a key that is: every key the writer stores goes in, and the keys already in
-//! the table at start-up are read into the same parts (or, when there are more than the
-//! whole filter holds, every look-up queries until they are out of the window).
+//! the table at start-up are read into a part sized for them (or, when there are more than
+//! the whole filter holds, every look-up queries until they are out of the window).
 //!
 //! Keys expire with the window: the filter is cut into parts by storage time (a window
 //! spans [`PARTS_PER_WINDOW`] of them), and a part is dropped once all it holds is older
 //! than the window. A part that is full (the keys it was sized for) is followed by a new
 //! one at once, so a burst of keys spreads over parts rather than filling one past use (10 M
 //! keys in minutes made one part answer "maybe" to nearly every key). Memory is bounded:
-//! parts have a fixed size and there are at most [`PARTS_PER_WINDOW`] + 1; with all of them
-//! full within the window the newest takes more keys than it was sized for and answers
+//! parts take at most [`PARTS_PER_WINDOW`] + 1 parts' memory in all; with all of it full
+//! within the window the newest part takes more keys than it was sized for and answers
 //! "maybe" more often (more queries), never wrong.
 //!
 //! A part is a split-block Bloom filter: a key sets one bit in each of the eight words of
