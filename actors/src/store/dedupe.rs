@@ -150,8 +150,6 @@ pub struct DedupeKeys {
     /// Older messages under a key that is in `pending` too: a collision, or a frame id
     /// used again after the window. Almost always empty.
     shadowed: Vec<(u64, PendingKey)>,
-    /// The newest position among pending keys (what `moved_through` becomes once they move).
-    newest: i64,
     /// Every key stored within the window, for look-ups that skip the table.
     filter: ResendFilter,
     /// Where the moved keys are.
@@ -200,7 +198,6 @@ impl DedupeKeys {
         let mut keys = DedupeKeys {
             pending: FastMap::default(),
             shadowed: Vec::new(),
-            newest: moved,
             filter,
             runs,
             run_keys: settings.run_keys.max(1),
@@ -241,7 +238,6 @@ impl DedupeKeys {
         if let Some(older) = self.pending.insert(key, at) {
             self.shadowed.push((key, older));
         }
-        self.newest = self.newest.max(at.pos);
         self.filter.insert(key, at.created_at);
     }
 
@@ -313,7 +309,10 @@ impl DedupeKeys {
             pairs.sort_unstable();
             pairs.dedup();
             let run = self.runs.write_run(c, &pairs)?;
-            queries::set_dedupe_moved_through(c, self.newest)?;
+            // Every key up to the newest of them is now in a run.
+            if let Some(newest) = pairs.iter().map(|p| p.1).max() {
+                queries::set_dedupe_moved_through(c, newest)?;
+            }
             run
         } else {
             None

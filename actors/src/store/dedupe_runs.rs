@@ -503,6 +503,10 @@ impl DedupeRuns {
     /// not being merged and no merge under way (memory only: a merge's first step writes
     /// its row).
     fn begin_merges(&mut self) {
+        // Called after every commit: nothing to look at until a class could have enough.
+        if self.live.len() < FANIN {
+            return;
+        }
         let busy: Vec<i64> = self
             .merges
             .iter()
