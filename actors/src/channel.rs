@@ -82,6 +82,9 @@ pub struct ChannelDeps {
     pub reads: Reads,
     /// Number of explicit subscribers, read by the router's idle sweep.
     pub subscribers: Arc<AtomicUsize>,
+    /// Channel actors alive in this tree (counted up when one is made, down when it is
+    /// dropped), reported by `/status` beside the router's registry.
+    pub live: Arc<AtomicUsize>,
 }
 
 /// Who receives the channel's messages by being who they are (not by subscribing).
@@ -241,6 +244,9 @@ pub struct ChannelActor {
     /// Deliveries of the commit being handled, sent together once it is.
     outgoing: Vec<Delivery>,
     subs: FastMap<ConnId, SessionHandle>,
+    /// The router forgot this channel ([`Stop`]): it stops for good once its writes in
+    /// flight are answered.
+    retiring: bool,
 }
 
 type CommitResult = Result<WriteOutcome, StoreError>;
@@ -267,6 +273,24 @@ impl ChannelActor {
             acks: AckBatch::default(),
             outgoing: Vec::new(),
             subs: FastMap::default(),
+            retiring: false,
+        }
+        .counted()
+    }
+
+    fn counted(self) -> Self {
+        self.deps.live.fetch_add(1, Ordering::Relaxed);
+        self
+    }
+
+    /// Stops for good: without its own address (which the batcher's answers use) and
+    /// dropped by the router, nothing holds the mailbox open, so the supervisor ends
+    /// instead of restarting it.
+    fn retire(&mut self, ctx: &mut Context<Self>) {
+        self.retiring = true;
+        self.committed_to = None;
+        if self.in_flight.is_empty() {
+            ctx.stop();
         }
     }
 
@@ -504,7 +528,7 @@ impl Handler<Publish> for ChannelActor {
 
 impl Handler<Committed> for ChannelActor {
     type Result = ();
-    fn handle(&mut self, c: Committed, _: &mut Context<Self>) {
+    fn handle(&mut self, c: Committed, ctx: &mut Context<Self>) {
         // Deliveries are handed on as one shared slice per commit; sized once, not grown.
         self.outgoing.reserve(c.results.len());
         for (tag, res) in c.results {
@@ -512,6 +536,9 @@ impl Handler<Committed> for ChannelActor {
         }
         self.acks.send();
         self.send_outgoing();
+        if self.retiring && self.in_flight.is_empty() {
+            ctx.stop();
+        }
     }
 }
 
@@ -693,7 +720,7 @@ impl Handler<ReloadMembers> for ChannelActor {
     }
 }
 
-/// The router forgot this idle channel: stop for good.
+/// The router forgot this idle channel: stop for good (not a failure, so no restart).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Stop;
@@ -701,7 +728,13 @@ pub struct Stop;
 impl Handler<Stop> for ChannelActor {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Context<Self>) {
-        ctx.stop();
+        self.retire(ctx);
+    }
+}
+
+impl Drop for ChannelActor {
+    fn drop(&mut self) {
+        self.deps.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Router {
     /// Connections still waiting for their `auth` frame (closed on shutdown too).
     pending: FastMap<ConnId, Recipient<Outbound>>,
     channels: FastMap<Arc<str>, ChannelEntry>,
+    /// Channel actors alive, shared with each of them (see [`ChannelDeps::live`]).
+    live_channels: Arc<AtomicUsize>,
     batcher: Addr<WriteBatcher>,
     reads: Reads,
     presence: Addr<PresenceTracker>,
@@ -76,6 +78,7 @@ impl Router {
             sessions: FastMap::default(),
             pending: FastMap::default(),
             channels: FastMap::default(),
+            live_channels: Arc::new(AtomicUsize::new(0)),
             batcher,
             reads,
             presence,
@@ -97,6 +100,7 @@ impl Router {
                 batcher: self.batcher.clone(),
                 reads: self.reads.clone(),
                 subscribers: subscribers.clone(),
+                live: self.live_channels.clone(),
             };
             let ch = channel.clone();
             ChannelEntry {
@@ -421,8 +425,11 @@ pub struct RouterStats {
     pub users: usize,
     /// Connections by `device` (`unknown` when the client did not say).
     pub by_device: BTreeMap<String, usize>,
-    /// Channel actors running.
+    /// Channels in the router's registry (their actors are running).
     pub active_channels: usize,
+    /// Channel actors alive, in the registry or finishing an idle stop; more than
+    /// `active_channels` for long would be actors no one can reach.
+    pub live_channel_actors: usize,
 }
 
 /// Asks for [`RouterStats`].
@@ -437,6 +444,7 @@ impl Handler<GetStats> for Router {
         let mut s = RouterStats {
             users: self.sessions.len(),
             active_channels: self.channels.len(),
+            live_channel_actors: self.live_channels.load(Ordering::Relaxed),
             ..RouterStats::default()
         };
         for h in self.sessions.values().flatten() {

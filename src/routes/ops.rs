@@ -83,7 +83,10 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "by_device": stats.by_device,
             "admitted": app.gate.connections(),
         },
-        "channels": { "active": stats.active_channels },
+        "channels": {
+            "active": stats.active_channels,
+            "actors": stats.live_channel_actors,
+        },
         "database": {
             "backend": "sqlite",
             "pool": { "size": pool.connections, "idle": pool.idle_connections },
