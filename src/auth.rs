@@ -260,12 +260,17 @@ fn write_secret(path: &Path, secret: &str) -> std::io::Result<()> {
 
 /// The bearer token of a request's `Authorization` header, if any.
 pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
-    headers
+    let value = headers
         .get(actix_web::http::header::AUTHORIZATION)?
         .to_str()
         .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+        .trim_start();
+    // The scheme is case-insensitive (RFC 7235 section 2.1).
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// An authenticated REST caller.

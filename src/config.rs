@@ -86,6 +86,9 @@ pub struct ServerSettings {
     /// How long a graceful shutdown may take.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
+    /// any other peer is the client itself.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerSettings {
@@ -97,6 +100,7 @@ impl Default for ServerSettings {
             workers: 0,
             batch_scheduling: true,
             shutdown_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -232,6 +236,19 @@ pub struct LimitSettings {
     pub max_replay: i64,
     /// Most channels one connection may subscribe to (or mute by unsubscribing).
     pub max_subscriptions: usize,
+    /// A frame begun but not completed within this closes the connection with 1008.
+    #[serde(with = "duration_str")]
+    pub frame_timeout: Duration,
+    /// Deepest nesting of arrays and objects in a payload (client frames, REST bodies).
+    pub max_json_depth: usize,
+    /// Share of `max_connections` that connections not yet authenticated may take.
+    pub pending_connections_share: f64,
+    /// Connections not yet authenticated per client address; 0: no limit.
+    pub max_pending_per_ip: usize,
+    /// WebSocket upgrades per second per client address (token bucket); 0: no limit.
+    pub upgrades_per_ip_per_second: f64,
+    /// Burst of upgrades per client address above that rate.
+    pub upgrades_per_ip_burst: f64,
 }
 
 impl Default for LimitSettings {
@@ -246,6 +263,12 @@ impl Default for LimitSettings {
             max_rejected_frames: 100,
             max_replay: 1000,
             max_subscriptions: 256,
+            frame_timeout: Duration::from_secs(10),
+            max_json_depth: 32,
+            pending_connections_share: 0.1,
+            max_pending_per_ip: 32,
+            upgrades_per_ip_per_second: 50.0,
+            upgrades_per_ip_burst: 500.0,
         }
     }
 }
@@ -385,6 +408,33 @@ impl Settings {
         if self.limits.outbound_queue == 0 {
             return bad("limits.outbound_queue must be at least 1");
         }
+        if self.limits.frame_timeout.is_zero() {
+            return bad("limits.frame_timeout must be > 0");
+        }
+        if !(1..=128).contains(&self.limits.max_json_depth) {
+            return bad("limits.max_json_depth must be from 1 to 128");
+        }
+        if !(self.limits.pending_connections_share > 0.0
+            && self.limits.pending_connections_share <= 1.0)
+        {
+            return bad("limits.pending_connections_share must be > 0 and <= 1");
+        }
+        if self.limits.upgrades_per_ip_per_second < 0.0
+            || (self.limits.upgrades_per_ip_per_second > 0.0
+                && self.limits.upgrades_per_ip_burst < 1.0)
+        {
+            return bad(
+                "limits.upgrades_per_ip_per_second must be >= 0 (0: off), with \
+                 limits.upgrades_per_ip_burst >= 1",
+            );
+        }
+        for p in &self.server.trusted_proxies {
+            if p.parse::<crate::gate::IpRange>().is_err() {
+                return Err(ConfigError::Invalid(format!(
+                    "server.trusted_proxies: `{p}` is not an IP address or CIDR range"
+                )));
+            }
+        }
         let page = self.database.sqlite_page_size;
         if !(512..=65_536).contains(&page) || !page.is_power_of_two() {
             return bad("database.sqlite_page_size must be a power of two from 512 to 65536");
@@ -453,6 +503,14 @@ fn set_from_env(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(
             _ => return Err("expected true or false".into()),
         },
         Some(toml::Value::String(_)) | None => toml::Value::String(raw.to_owned()),
+        // A list from the environment: comma-separated strings.
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_owned()))
+                .collect(),
+        ),
         Some(_) => return Err("this key cannot be set from the environment".into()),
     };
     t.insert(last.clone(), value);

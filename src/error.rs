@@ -26,6 +26,9 @@ pub enum ApiError {
     /// Already exists / lost a race.
     #[error("{0}")]
     Conflict(String),
+    /// A request body over its limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// Over a limit of this node or user.
     #[error("{message}")]
     TooMany {
@@ -33,6 +36,8 @@ pub enum ApiError {
         status: StatusCode,
         /// For humans.
         message: String,
+        /// When to try again (sent as `Retry-After`, in whole seconds).
+        retry_after_ms: Option<u64>,
     },
     /// A feature this deployment is not configured for.
     #[error("{0}")]
@@ -54,6 +59,7 @@ impl ApiError {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
             ApiError::TooMany { status, .. } if *status == StatusCode::TOO_MANY_REQUESTS => {
                 ErrorCode::RateLimited
             }
@@ -68,14 +74,14 @@ impl ApiError {
         match code {
             ErrorCode::Unauthorized => ApiError::Unauthorized(message),
             ErrorCode::Forbidden => ApiError::Forbidden(message),
-            ErrorCode::BadRequest | ErrorCode::UnknownType | ErrorCode::TooLarge => {
-                ApiError::BadRequest(message)
-            }
+            ErrorCode::BadRequest | ErrorCode::UnknownType => ApiError::BadRequest(message),
+            ErrorCode::TooLarge => ApiError::TooLarge(message),
             ErrorCode::NotFound => ApiError::NotFound(message),
             ErrorCode::Conflict => ApiError::Conflict(message),
             ErrorCode::RateLimited => ApiError::TooMany {
                 status: StatusCode::TOO_MANY_REQUESTS,
                 message,
+                retry_after_ms: None,
             },
             ErrorCode::NotConfigured => ApiError::NotConfigured(message),
             ErrorCode::Unavailable => ApiError::Unavailable(message),
@@ -92,6 +98,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooMany { status, .. } => *status,
             ApiError::NotConfigured(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,7 +110,15 @@ impl ResponseError for ApiError {
         if let ApiError::Internal(m) = self {
             log::error!("internal error: {m}");
         }
-        HttpResponse::build(self.status_code()).json(json!({
+        let mut res = HttpResponse::build(self.status_code());
+        if let ApiError::TooMany {
+            retry_after_ms: Some(ms),
+            ..
+        } = self
+        {
+            res.insert_header(("Retry-After", ms.div_ceil(1000).max(1).to_string()));
+        }
+        res.json(json!({
             "error": { "code": self.code(), "message": self.to_string() }
         }))
     }

@@ -1,15 +1,21 @@
-//! Admission and rate limits (contract section 8): connections per node and per user, and
-//! a token bucket per user shared by all of that user's connections.
+//! Admission and rate limits (contract section 8): connections per node and per user, a
+//! token bucket per user shared by all of that user's connections, and the limits on
+//! client addresses: upgrades per second, and connections not yet authenticated (which have
+//! a budget of their own, so they never take the places of authenticated clients).
 //!
-//! Touched at upgrade, at close, and once per client frame (the user's own bucket only);
-//! never on the fan-out path.
+//! Touched at upgrade, at authentication, at close, and once per client frame (the user's
+//! own bucket only); never on the fan-out path.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use switchboard_actors::ids::UserId;
+
+use crate::config::LimitSettings;
 
 /// Why a connection was not admitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -20,6 +26,91 @@ pub enum GateError {
     /// `max_connections_per_user` reached (HTTP 429).
     #[error("too many connections for this user")]
     UserFull,
+    /// The share of places for connections not yet authenticated is taken (HTTP 503).
+    #[error("too many connections waiting to authenticate; send a token with the upgrade")]
+    PendingFull,
+    /// `max_pending_per_ip` reached (HTTP 429).
+    #[error("too many connections waiting to authenticate from this address")]
+    AddressPendingFull,
+    /// Over `upgrades_per_ip_per_second` (HTTP 429 with Retry-After).
+    #[error("too many connection attempts from this address")]
+    AddressTooFast {
+        /// When the next upgrade would be admitted.
+        retry_after_ms: u64,
+    },
+}
+
+/// An IP address or a CIDR range of them (`server.trusted_proxies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for IpRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net = addr
+            .trim()
+            .parse::<IpAddr>()
+            .map_err(|e| e.to_string())?
+            .to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.trim().parse::<u8>().map_err(|e| e.to_string())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(format!("prefix /{prefix} is longer than the address"));
+        }
+        Ok(IpRange {
+            net: mask(net, prefix),
+            prefix,
+        })
+    }
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.net.is_ipv4() && mask(ip, self.prefix) == self.net
+    }
+}
+
+/// `ip` with all but its first `prefix` bits cleared.
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let keep = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::from((bits & keep).to_be_bytes())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let keep = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::from((bits & keep).to_be_bytes())
+        }
+    }
+}
+
+/// The key address limits count by: an IPv4 address, or an IPv6 address's /64 (one host
+/// usually holds a whole /64, and could otherwise use a fresh address per connection).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    let ip = ip.to_canonical();
+    if ip.is_ipv6() {
+        mask(ip, 64)
+    } else {
+        ip
+    }
 }
 
 /// A token bucket.
@@ -57,19 +148,58 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Whether the bucket would be full now: it then says nothing a new bucket would not.
+    fn refilled(&self) -> bool {
+        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
+    }
+}
+
 struct UserSlot {
     conns: usize,
     bucket: Arc<Mutex<TokenBucket>>,
+}
+
+/// What the gate knows of one client address.
+struct AddressSlot {
+    /// Its connections not yet authenticated.
+    pending: usize,
+    /// Its upgrades (absent when upgrades are not limited).
+    upgrades: Option<TokenBucket>,
+}
+
+impl AddressSlot {
+    fn forgettable(&self) -> bool {
+        self.pending == 0 && self.upgrades.as_ref().is_none_or(TokenBucket::refilled)
+    }
+}
+
+/// Address slots kept before the gate sweeps out those that say nothing (grows with the
+/// addresses that are busy at once).
+const ADDRESS_SWEEP_FLOOR: usize = 4096;
+
+struct Addresses {
+    slots: HashMap<IpAddr, AddressSlot>,
+    /// Sweep once the map holds this many slots.
+    sweep_at: usize,
 }
 
 /// Connection counts and rate limiters.
 pub struct ConnectionGate {
     max_total: usize,
     max_per_user: usize,
+    max_pending: usize,
+    max_pending_per_address: usize,
     rate: f64,
     burst: f64,
+    upgrade_rate: f64,
+    upgrade_burst: f64,
     total: AtomicUsize,
+    pending: AtomicUsize,
     users: Mutex<HashMap<UserId, UserSlot>>,
+    addresses: Mutex<Addresses>,
+    /// `server.trusted_proxies`.
+    trusted_proxies: Vec<IpRange>,
 }
 
 /// A place on this node; dropping it frees the place.
@@ -114,17 +244,139 @@ impl Drop for UserTicket {
     }
 }
 
+/// A place among the connections not yet authenticated; dropping it (at authentication or
+/// close) frees the place.
+pub struct PendingTicket {
+    gate: Arc<ConnectionGate>,
+    address: IpAddr,
+}
+
+impl Drop for PendingTicket {
+    fn drop(&mut self) {
+        self.gate.pending.fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut a) = self.gate.addresses.lock() {
+            if let Some(slot) = a.slots.get_mut(&self.address) {
+                slot.pending = slot.pending.saturating_sub(1);
+                if slot.forgettable() {
+                    a.slots.remove(&self.address);
+                }
+            }
+        }
+    }
+}
+
 impl ConnectionGate {
-    /// A gate with these limits.
-    pub fn new(max_total: usize, max_per_user: usize, rate: f64, burst: f64) -> Arc<Self> {
+    /// A gate with the limits of `[limits]`, trusting `X-Forwarded-For` from
+    /// `trusted_proxies`.
+    pub fn new(l: &LimitSettings, trusted_proxies: Vec<IpRange>) -> Arc<Self> {
+        let share = (l.max_connections as f64 * l.pending_connections_share).floor() as usize;
         Arc::new(ConnectionGate {
-            max_total,
-            max_per_user,
-            rate,
-            burst,
+            max_total: l.max_connections,
+            max_per_user: l.max_connections_per_user,
+            max_pending: share.max(1),
+            max_pending_per_address: l.max_pending_per_ip,
+            rate: l.frames_per_second,
+            burst: l.frames_burst,
+            upgrade_rate: l.upgrades_per_ip_per_second,
+            upgrade_burst: l.upgrades_per_ip_burst,
             total: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
             users: Mutex::new(HashMap::new()),
+            addresses: Mutex::new(Addresses {
+                slots: HashMap::new(),
+                sweep_at: ADDRESS_SWEEP_FLOOR,
+            }),
+            trusted_proxies,
         })
+    }
+
+    /// The client's address: `peer`, or, when `peer` is a trusted proxy, the last address
+    /// of `forwarded_for` (the `X-Forwarded-For` values, in order) that is not one. Each
+    /// proxy appends the address it saw, so only the part trusted proxies wrote is
+    /// believed; what the client wrote itself (the first entries) is not.
+    pub fn client_address<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> IpAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|r| r.contains(ip));
+        if !trusted(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for entry in forwarded_for.rev().flat_map(|v| v.rsplit(',')) {
+            match entry.trim().parse::<IpAddr>() {
+                Ok(ip) if trusted(ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+        client
+    }
+
+    /// Runs `f` on the slot of `address` (made if new), sweeping out slots that say
+    /// nothing once the map has doubled since the last sweep.
+    fn with_address<T>(&self, address: IpAddr, f: impl FnOnce(&mut AddressSlot) -> T) -> T {
+        let mut guard = match self.addresses.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let a = &mut *guard;
+        if a.slots.len() >= a.sweep_at {
+            a.slots.retain(|_, s| !s.forgettable());
+            a.sweep_at = (a.slots.len() * 2).max(ADDRESS_SWEEP_FLOOR);
+        }
+        let (rate, burst) = (self.upgrade_rate, self.upgrade_burst);
+        let slot = a.slots.entry(address).or_insert_with(|| AddressSlot {
+            pending: 0,
+            upgrades: (rate > 0.0).then(|| TokenBucket::new(rate, burst)),
+        });
+        f(slot)
+    }
+
+    /// Counts one upgrade from `client` against its address's rate.
+    pub fn admit_upgrade(&self, client: IpAddr) -> Result<(), GateError> {
+        if self.upgrade_rate <= 0.0 {
+            return Ok(());
+        }
+        self.with_address(address_key(client), |slot| match &mut slot.upgrades {
+            Some(bucket) => bucket
+                .take()
+                .map_err(|retry_after_ms| GateError::AddressTooFast { retry_after_ms }),
+            None => Ok(()),
+        })
+    }
+
+    /// Takes a place for a connection from `client` that has not authenticated yet.
+    pub fn admit_pending(self: &Arc<Self>, client: IpAddr) -> Result<PendingTicket, GateError> {
+        let prev = self.pending.fetch_add(1, Ordering::Relaxed);
+        let address = address_key(client);
+        let max_per_address = self.max_pending_per_address;
+        let admitted = self.with_address(address, |slot| {
+            if prev >= self.max_pending {
+                Err(GateError::PendingFull)
+            } else if max_per_address > 0 && slot.pending >= max_per_address {
+                Err(GateError::AddressPendingFull)
+            } else {
+                slot.pending += 1;
+                Ok(())
+            }
+        });
+        match admitted {
+            Ok(()) => Ok(PendingTicket {
+                gate: self.clone(),
+                address,
+            }),
+            Err(e) => {
+                self.pending.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Connections not yet authenticated.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Takes a place on the node.
@@ -175,14 +427,129 @@ mod tests {
         assert!(wait > 0 && wait <= 50, "retry after {wait} ms");
     }
 
+    fn limits() -> LimitSettings {
+        LimitSettings {
+            max_connections: 10,
+            max_connections_per_user: 2,
+            ..LimitSettings::default()
+        }
+    }
+
     #[test]
     fn user_places_are_counted_and_freed() {
-        let gate = ConnectionGate::new(10, 2, 20.0, 50.0);
+        let gate = ConnectionGate::new(&limits(), Vec::new());
         let u = UserId::new("u");
         let a = gate.admit_user(&u).expect("first");
         let _b = gate.admit_user(&u).expect("second");
         assert_eq!(gate.admit_user(&u).err(), Some(GateError::UserFull));
         drop(a);
         assert!(gate.admit_user(&u).is_ok());
+    }
+
+    #[test]
+    fn ranges_hold_their_addresses() {
+        let r: IpRange = "10.1.0.0/16".parse().expect("range");
+        assert!(r.contains("10.1.200.3".parse().expect("ip")));
+        assert!(!r.contains("10.2.0.1".parse().expect("ip")));
+        let one: IpRange = "127.0.0.1".parse().expect("address");
+        assert!(one.contains("::ffff:127.0.0.1".parse().expect("mapped")));
+        let v6: IpRange = "fd00::/8".parse().expect("v6 range");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        assert!(!v6.contains("10.0.0.1".parse().expect("ip")));
+        for bad in ["10.0.0.0/33", "nonsense", "::/129", "1.2.3.4/x"] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad}");
+        }
+        let a = address_key("2001:db8::1".parse().expect("ip"));
+        assert_eq!(a, address_key("2001:db8::ffff:2".parse().expect("ip")));
+    }
+
+    #[test]
+    fn pending_connections_have_a_share_and_a_cap_per_address() {
+        let gate = ConnectionGate::new(
+            &LimitSettings {
+                max_connections: 100,
+                pending_connections_share: 0.1,
+                max_pending_per_ip: 4,
+                ..LimitSettings::default()
+            },
+            Vec::new(),
+        );
+        let (a, b): (IpAddr, IpAddr) = (
+            "192.0.2.1".parse().expect("ip"),
+            "192.0.2.2".parse().expect("ip"),
+        );
+        let held: Vec<_> = (0..4).map(|_| gate.admit_pending(a).expect("a")).collect();
+        assert_eq!(
+            gate.admit_pending(a).err(),
+            Some(GateError::AddressPendingFull)
+        );
+        let more: Vec<_> = (0..4).map(|_| gate.admit_pending(b).expect("b")).collect();
+        let c: IpAddr = "192.0.2.3".parse().expect("ip");
+        let _two = (gate.admit_pending(c), gate.admit_pending(c));
+        assert_eq!(gate.admit_pending(c).err(), Some(GateError::PendingFull));
+        assert_eq!(gate.pending(), 10);
+        drop(held);
+        drop(more);
+        assert_eq!(gate.pending(), 2);
+        assert!(gate.admit_pending(a).is_ok());
+    }
+
+    #[test]
+    fn upgrades_per_address_are_rate_limited_unless_off() {
+        let mut l = LimitSettings {
+            upgrades_per_ip_per_second: 1.0,
+            upgrades_per_ip_burst: 3.0,
+            ..LimitSettings::default()
+        };
+        let gate = ConnectionGate::new(&l, Vec::new());
+        let a: IpAddr = "198.51.100.7".parse().expect("ip");
+        for _ in 0..3 {
+            assert!(gate.admit_upgrade(a).is_ok());
+        }
+        assert!(matches!(
+            gate.admit_upgrade(a),
+            Err(GateError::AddressTooFast { retry_after_ms }) if retry_after_ms > 0
+        ));
+        assert!(gate
+            .admit_upgrade("198.51.100.8".parse().expect("ip"))
+            .is_ok());
+        l.upgrades_per_ip_per_second = 0.0;
+        let open = ConnectionGate::new(&l, Vec::new());
+        for _ in 0..1000 {
+            assert!(open.admit_upgrade(a).is_ok());
+        }
+    }
+
+    #[test]
+    fn forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+        let proxies = vec!["10.0.0.0/8".parse().expect("range")];
+        let gate = ConnectionGate::new(&limits(), proxies);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        // From a trusted proxy: the last entry no trusted proxy wrote.
+        assert_eq!(
+            gate.client_address(ip("10.0.0.5"), ["6.6.6.6, 203.0.113.9"].into_iter()),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            gate.client_address(
+                ip("10.0.0.5"),
+                ["203.0.113.9, 10.0.0.7", "10.0.0.8"].into_iter()
+            ),
+            ip("203.0.113.9")
+        );
+        // From anyone else the header is the client's own word.
+        assert_eq!(
+            gate.client_address(ip("198.51.100.1"), ["203.0.113.9"].into_iter()),
+            ip("198.51.100.1")
+        );
+        // A proxy that sent no header (or garbage) is the client.
+        assert_eq!(
+            gate.client_address(ip("10.0.0.5"), std::iter::empty()),
+            ip("10.0.0.5")
+        );
+        assert_eq!(
+            gate.client_address(ip("10.0.0.5"), ["junk"].into_iter()),
+            ip("10.0.0.5")
+        );
     }
 }

@@ -183,13 +183,13 @@ impl Application {
             keys,
             index,
         );
-        let l = &settings.limits;
-        let gate = ConnectionGate::new(
-            l.max_connections,
-            l.max_connections_per_user,
-            l.frames_per_second,
-            l.frames_burst,
-        );
+        let trusted = settings
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        let gate = ConnectionGate::new(&settings.limits, trusted);
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -9,7 +9,7 @@
 //! session (server crate) → [`router`] → [`channel`] → [`store::batcher`] →
 //! [`store::writer`] (commit) → [`channel`] (ack, then fan-out in seq order) → sessions.
 //!
-//! - [`ids`], [`protocol`]: names and frames of the wire contract.
+//! - [`ids`], [`protocol`], [`json_check`]: names and frames of the wire contract.
 //! - [`fast_map`]: the hash maps of the message path.
 //! - [`session_handle`]: how the engine reaches a session (bounded, never blocking).
 //! - [`router`]: session registry and channel registry.
@@ -22,6 +22,7 @@ pub mod channel;
 pub mod fast_map;
 pub mod health;
 pub mod ids;
+pub mod json_check;
 pub mod offline_queue;
 pub mod presence;
 pub mod protocol;

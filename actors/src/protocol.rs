@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::ids::{valid_id, Channel, MessageId, UserId};
+use crate::json_check::check_json;
 use crate::store::StoredMessage;
 
 /// Error codes of contract section 6, serialised in snake_case.
@@ -93,8 +94,9 @@ struct Envelope<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     payload: Option<&'a RawValue>,
+    /// Read as [`EnvelopeMeta`] once it is known to be an object ([`meta_of`]).
     #[serde(default, borrow)]
-    meta: Option<EnvelopeMeta<'a>>,
+    meta: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -235,13 +237,38 @@ fn is_plain_content(raw: &str) -> bool {
         .is_some_and(|content| !content.is_empty() && !needs_escape(content.as_bytes()))
 }
 
+/// Whether a JSON value is an object. serde's derived structs also read a list, taking its
+/// items as the fields in order (`["dm:a:b", 0]` as a subscribe payload): every wire struct
+/// is checked with this first.
+fn is_object(raw: &RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
 fn payload_of<'a, T: Deserialize<'a>>(
     raw: Option<&'a RawValue>,
     kind: &str,
     id: &Option<String>,
 ) -> Result<T, FrameError> {
-    let text = raw.map(RawValue::get).unwrap_or("null");
-    serde_json::from_str(text).map_err(|e| bad(format!("invalid `{kind}` payload: {e}"), id))
+    match raw {
+        Some(raw) if is_object(raw) => serde_json::from_str(raw.get())
+            .map_err(|e| bad(format!("invalid `{kind}` payload: {e}"), id)),
+        Some(_) => Err(bad(format!("`{kind}` payload must be an object"), id)),
+        None => Err(bad(format!("`{kind}` needs a payload"), id)),
+    }
+}
+
+fn meta_of<'a>(
+    raw: Option<&'a RawValue>,
+    id: &Option<String>,
+) -> Result<Option<EnvelopeMeta<'a>>, FrameError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) if raw.get() == "null" => Ok(None),
+        Some(raw) if is_object(raw) => serde_json::from_str(raw.get())
+            .map(Some)
+            .map_err(|e| bad(format!("invalid `meta`: {e}"), id)),
+        Some(_) => Err(bad("`meta` must be an object", id)),
+    }
 }
 
 fn target_of<'m>(
@@ -273,11 +300,12 @@ fn channel_named(name: &str, id: &Option<String>) -> Result<Channel, FrameError>
     Channel::parse(name).ok_or_else(|| bad(format!("`{name}` is not a valid channel name"), id))
 }
 
-/// Parses one text frame.
-pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
-    match parse_plain_message(text) {
+/// Parses one text frame; `max_depth` is `limits.max_json_depth`, the deepest a stored
+/// payload may nest. (Other frames' payloads are read into typed fields and not kept.)
+pub fn parse_client_frame(text: &str, max_depth: usize) -> Result<ParsedFrame, FrameError> {
+    match parse_plain_message(text, max_depth) {
         Some(parsed) => parsed,
-        None => parse_envelope(text),
+        None => parse_envelope(text, max_depth),
     }
 }
 
@@ -288,7 +316,7 @@ pub fn parse_client_frame(text: &str) -> Result<ParsedFrame, FrameError> {
 /// parsed by serde_json as a [`RawValue`], so it is checked as fully as in
 /// [`parse_envelope`]. `None` for any other text, which is then parsed in full; for a text
 /// it takes, the answer is the one the full parse gives (a test holds the two side by side).
-fn parse_plain_message(text: &str) -> Option<Result<ParsedFrame, FrameError>> {
+fn parse_plain_message(text: &str, max_depth: usize) -> Option<Result<ParsedFrame, FrameError>> {
     let (kind, rest) = match text.strip_prefix(r#"{"type":"chat_message","id":""#) {
         Some(rest) => ("chat_message", rest),
         None => (
@@ -309,7 +337,10 @@ fn parse_plain_message(text: &str) -> Option<Result<ParsedFrame, FrameError>> {
     let id = Some(id.to_owned());
     // As `Option<&RawValue>` reads it, `null` is no payload.
     let payload = Some(payload).filter(|p| p.get() != "null");
-    Some(message_frame(kind, payload, Some(target), &id).map(|frame| ParsedFrame { id, frame }))
+    Some(
+        message_frame(kind, payload, Some(target), &id, max_depth)
+            .map(|frame| ParsedFrame { id, frame }),
+    )
 }
 
 /// The text of a JSON string whose opening quote is just before `s`, and what follows its
@@ -327,13 +358,17 @@ fn message_frame(
     payload: Option<&RawValue>,
     target: Option<&str>,
     id: &Option<String>,
+    max_depth: usize,
 ) -> Result<ClientFrame, FrameError> {
     let payload = payload.ok_or_else(|| bad("missing payload", id))?;
     if !payload.get().starts_with('{') {
         // serde would take `["text"]` for a `MessagePayload` (a struct as a list).
         return Err(bad(format!("`{kind}` payload must be an object"), id));
     }
+    // `{"content":"…"}` with nothing escaped holds nothing `check_json` refuses.
     if !is_plain_content(payload.get()) {
+        check_json(payload.get(), max_depth)
+            .map_err(|f| bad(format!("invalid `{kind}` payload: {f}"), id))?;
         let p: MessagePayload = payload_of(Some(payload), kind, id)?;
         if p.content.is_empty() {
             return Err(bad("`content` must not be empty", id));
@@ -356,12 +391,18 @@ fn message_frame(
 
 /// Parses one text frame with serde, field by field: every frame [`parse_plain_message`]
 /// does not take.
-fn parse_envelope(text: &str) -> Result<ParsedFrame, FrameError> {
-    let env: Envelope = serde_json::from_str(text).map_err(|e| FrameError::BadRequest {
-        message: format!("not a valid frame: {e}"),
+fn parse_envelope(text: &str, max_depth: usize) -> Result<ParsedFrame, FrameError> {
+    let not_a_frame = |message: String| FrameError::BadRequest {
+        message,
         ref_id: None,
-    })?;
+    };
+    if !text.trim_start().starts_with('{') {
+        return Err(not_a_frame("a frame must be a JSON object".into()));
+    }
+    let env: Envelope =
+        serde_json::from_str(text).map_err(|e| not_a_frame(format!("not a valid frame: {e}")))?;
     let id = env.id.map(Cow::into_owned);
+    let meta = meta_of(env.meta, &id)?;
     let frame = match &*env.kind {
         "auth" => {
             let p: AuthPayload = payload_of(env.payload, "auth", &id)?;
@@ -369,12 +410,12 @@ fn parse_envelope(text: &str) -> Result<ParsedFrame, FrameError> {
         }
         "heartbeat" => ClientFrame::Heartbeat,
         "chat_message" | "group_message" => {
-            let target = env.meta.as_ref().and_then(|m| m.target_id.as_deref());
-            message_frame(&env.kind, env.payload, target, &id)?
+            let target = meta.as_ref().and_then(|m| m.target_id.as_deref());
+            message_frame(&env.kind, env.payload, target, &id, max_depth)?
         }
         "typing_indicator" => {
             let p: TypingPayload = payload_of(env.payload, "typing_indicator", &id)?;
-            let t = target_of(&env.meta, &id)?;
+            let t = target_of(&meta, &id)?;
             let target = if t.starts_with("group:") {
                 TypingTarget::Group(group_of(t, &id)?)
             } else if valid_id(t) {
@@ -671,18 +712,22 @@ mod tests {
 
     #[test]
     fn chat_needs_target_and_content() {
-        let e =
-            parse_client_frame(r#"{"type":"chat_message","id":"1","payload":{"content":"hi"}}"#)
-                .expect_err("no target");
+        let e = parse_client_frame(
+            r#"{"type":"chat_message","id":"1","payload":{"content":"hi"}}"#,
+            32,
+        )
+        .expect_err("no target");
         assert_eq!(e.code(), ErrorCode::BadRequest);
         assert_eq!(e.ref_id(), Some("1"));
         let e = parse_client_frame(
             r#"{"type":"chat_message","payload":{"content":5},"meta":{"target_id":"bob"}}"#,
+            32,
         )
         .expect_err("content not a string");
         assert_eq!(e.code(), ErrorCode::BadRequest);
         let ok = parse_client_frame(
             r#"{"type":"chat_message","id":"x","payload":{"content":"hi","extra":1},"meta":{"target_id":"bob"}}"#,
+            32,
         )
         .expect("valid");
         assert!(matches!(ok.frame, ClientFrame::Chat { .. }));
@@ -729,10 +774,10 @@ mod tests {
         ];
         let mut fast = 0;
         for text in taken.iter().map(String::as_str).chain(others) {
-            fast += usize::from(parse_plain_message(text).is_some());
+            fast += usize::from(parse_plain_message(text, 32).is_some());
             assert_eq!(
-                format!("{:?}", parse_client_frame(text)),
-                format!("{:?}", parse_envelope(text)),
+                format!("{:?}", parse_client_frame(text, 32)),
+                format!("{:?}", parse_envelope(text, 32)),
                 "{text}"
             );
         }
@@ -742,7 +787,7 @@ mod tests {
         assert_eq!(fast, 2 * 3 * 6 * 5, "frames that took the plain path");
         let plain = frame("chat_message", "m-1", r#"{"content":"hi"}"#, "bob");
         assert!(matches!(
-            parse_plain_message(&plain),
+            parse_plain_message(&plain, 32),
             Some(Ok(ParsedFrame {
                 frame: ClientFrame::Chat { .. },
                 ..
@@ -755,9 +800,12 @@ mod tests {
     #[test]
     fn chat_payloads_are_checked_and_kept_as_sent() {
         let chat = |payload: &str| {
-            parse_client_frame(&format!(
-                r#"{{"type":"chat_message","payload":{payload},"meta":{{"target_id":"bob"}}}}"#
-            ))
+            parse_client_frame(
+                &format!(
+                    r#"{{"type":"chat_message","payload":{payload},"meta":{{"target_id":"bob"}}}}"#
+                ),
+                32,
+            )
         };
         for payload in [
             r#"{"content":"hi there"}"#,
@@ -892,11 +940,11 @@ mod tests {
 
     #[test]
     fn unknown_and_garbage() {
-        let e = parse_client_frame(r#"{"type":"dance","id":"9"}"#).expect_err("unknown");
+        let e = parse_client_frame(r#"{"type":"dance","id":"9"}"#, 32).expect_err("unknown");
         assert_eq!(e.code(), ErrorCode::UnknownType);
-        let e = parse_client_frame("not json").expect_err("garbage");
+        let e = parse_client_frame("not json", 32).expect_err("garbage");
         assert_eq!(e.code(), ErrorCode::BadRequest);
-        let e = parse_client_frame(r#"{"type":"heartbeat","id":7}"#).expect_err("id type");
+        let e = parse_client_frame(r#"{"type":"heartbeat","id":7}"#, 32).expect_err("id type");
         assert_eq!(e.code(), ErrorCode::BadRequest);
     }
 
@@ -905,12 +953,62 @@ mod tests {
         for t in ["group:g1", "g1"] {
             let f = parse_client_frame(&format!(
                 r#"{{"type":"group_message","payload":{{"content":"x"}},"meta":{{"target_id":"{t}"}}}}"#
-            ))
+            ), 32)
             .expect("valid");
             match f.frame {
                 ClientFrame::Group { channel, .. } => assert_eq!(&*channel.name, "group:g1"),
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn payloads_that_break_parsers_are_bad_requests_on_both_paths() {
+        let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+        for payload in [
+            format!(r#"{{"content":"x","n":{deep}}}"#),
+            r#"{"content":"x","n":1e999999}"#.to_string(),
+            r#"{"content":"\ud800"}"#.to_string(),
+        ] {
+            for text in [
+                format!(
+                    r#"{{"type":"chat_message","id":"m1","payload":{payload},"meta":{{"target_id":"bob"}}}}"#
+                ),
+                format!(
+                    r#"{{"meta":{{"target_id":"bob"}},"type":"chat_message","id":"m1","payload":{payload}}}"#
+                ),
+            ] {
+                let e = parse_client_frame(&text, 32).expect_err(&text);
+                assert_eq!(e.code(), ErrorCode::BadRequest, "{text}");
+                assert_eq!(e.ref_id(), Some("m1"));
+            }
+        }
+        let ok = format!(
+            r#"{{"type":"chat_message","payload":{{"content":"x","n":{}1{}}},"meta":{{"target_id":"bob"}}}}"#,
+            "[".repeat(31),
+            "]".repeat(31)
+        );
+        assert!(parse_client_frame(&ok, 32).is_ok());
+    }
+
+    #[test]
+    fn no_frame_or_payload_is_read_from_a_list() {
+        for text in [
+            r#"["heartbeat"]"#,
+            r#"{"type":"chat_message","payload":{"content":"hi"},"meta":["bob"]}"#,
+            r#"{"type":"subscribe","payload":["dm:a:b",0]}"#,
+            r#"{"type":"unsubscribe","payload":["dm:a:b"]}"#,
+            r#"{"type":"typing_indicator","payload":[true],"meta":{"target_id":"bob"}}"#,
+            r#"{"type":"read_receipt","payload":["dm:a:b",1]}"#,
+            r#"{"type":"auth","payload":["token"]}"#,
+        ] {
+            let e = parse_client_frame(text, 32).expect_err(text);
+            assert_eq!(e.code(), ErrorCode::BadRequest, "{text}");
+        }
+        assert!(parse_client_frame(
+            r#"{"type":"subscribe","payload":{"channel":"dm:a:b","since_seq":0}}"#,
+            32
+        )
+        .is_ok());
     }
 }

@@ -13,6 +13,7 @@ use switchboard_actors::store::NewMessage;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::routes::body::JsonBody;
 use crate::startup::AppState;
 
 /// Frame types a publish may not use: they mean something else to clients.
@@ -56,7 +57,7 @@ fn notification() -> String {
 pub async fn publish(
     caller: Caller,
     app: web::Data<AppState>,
-    body: web::Json<PublishRequest>,
+    body: JsonBody<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let r = body.into_inner();

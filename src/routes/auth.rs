@@ -9,6 +9,7 @@ use switchboard_actors::ids::valid_id;
 
 use crate::auth::{Caller, DEVICES};
 use crate::error::ApiError;
+use crate::routes::body::JsonBody;
 use crate::startup::AppState;
 
 /// Longest lifetime an access token may be minted with.
@@ -32,7 +33,7 @@ pub struct TokenRequest {
 pub async fn mint_token(
     caller: Caller,
     app: web::Data<AppState>,
-    body: web::Json<TokenRequest>,
+    body: JsonBody<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let r = body.into_inner();

@@ -3,17 +3,22 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::channel::ReloadMembers;
-use switchboard_actors::ids::{now_ms, valid_id, Channel};
+use switchboard_actors::ids::{now_ms, valid_id, Channel, MAX_ID_LEN};
 use switchboard_actors::router::RouteIfActive;
 use switchboard_actors::store::models::GroupRow;
 use switchboard_actors::store::{queries, StoreError};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::routes::body::JsonBody;
 use crate::startup::AppState;
 
 /// Most members a group may be created with in one request.
 const MAX_MEMBERS: usize = 10_000;
+
+/// Largest `POST /api/groups` body: [`MAX_MEMBERS`] ids of the longest length, quoted and
+/// comma-separated, and room for the rest.
+pub const CREATE_BODY_LIMIT: usize = MAX_MEMBERS * (MAX_ID_LEN + 3) + 64 * 1024;
 
 /// `POST /api/groups` body.
 #[derive(Deserialize)]
@@ -64,7 +69,7 @@ fn members_changed(app: &AppState, id: &str) {
 pub async fn create(
     caller: Caller,
     app: web::Data<AppState>,
-    body: web::Json<NewGroup>,
+    body: JsonBody<NewGroup>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.into_inner();
     let id =

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod groups;
 pub mod messages;
 pub mod ops;
@@ -14,15 +15,14 @@ use crate::startup::AppState;
 
 /// Registers every route, with body and query errors mapped to the contract's error shape.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
-    let json = web::JsonConfig::default()
-        .limit(state.settings.limits.max_frame_bytes.max(64 * 1024))
-        .error_handler(|e, _| ApiError::BadRequest(format!("invalid JSON body: {e}")).into());
+    // Request bodies ([`body::JsonBody`]): as large as a client frame, at least 64 KiB.
+    let body = web::PayloadConfig::new(state.settings.limits.max_frame_bytes.max(64 * 1024));
     let query = web::QueryConfig::default()
         .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into());
     let path = web::PathConfig::default()
         .error_handler(|e, _| ApiError::BadRequest(format!("invalid path: {e}")).into());
     cfg.app_data(state)
-        .app_data(json)
+        .app_data(body)
         .app_data(query)
         .app_data(path)
         .route(ws::PATH, web::get().to(ws::not_upgraded))
@@ -32,7 +32,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .service(
             web::scope("/api")
                 .route("/auth/token", web::post().to(auth::mint_token))
-                .route("/groups", web::post().to(groups::create))
+                .service(
+                    web::resource("/groups")
+                        .app_data(web::PayloadConfig::new(groups::CREATE_BODY_LIMIT))
+                        .route(web::post().to(groups::create)),
+                )
                 .route("/groups/{id}", web::get().to(groups::get))
                 .route(
                     "/groups/{id}/members/{user_id}",

@@ -5,11 +5,13 @@
 //! socket with buffers sized for an idle connection, instead of the HTTP dispatcher's 16 KiB
 //! that would otherwise stay allocated for the life of every connection.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix_codec::Framed;
 use actix_http::body::{self, BodySize};
-use actix_http::{h1, ws, Method, Request, Response};
+use actix_http::header::X_FORWARDED_FOR;
+use actix_http::{h1, ws, Method, Request, Response, Version};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use bytes::Bytes;
@@ -35,18 +37,24 @@ struct WsQuery {
 }
 
 fn gate_error(e: GateError) -> ApiError {
-    let status = match e {
-        GateError::NodeFull => StatusCode::SERVICE_UNAVAILABLE,
-        GateError::UserFull => StatusCode::TOO_MANY_REQUESTS,
+    let (status, retry_after_ms) = match e {
+        GateError::NodeFull | GateError::PendingFull => (StatusCode::SERVICE_UNAVAILABLE, None),
+        GateError::UserFull | GateError::AddressPendingFull => {
+            (StatusCode::TOO_MANY_REQUESTS, None)
+        }
+        GateError::AddressTooFast { retry_after_ms } => {
+            (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_ms))
+        }
     };
     ApiError::TooMany {
         status,
         message: e.to_string(),
+        retry_after_ms,
     }
 }
 
-/// Everything the upgrade request establishes, or the error to answer it with.
-fn admit(app: &AppState, req: &Request) -> Result<Upgrade, ApiError> {
+/// Everything the upgrade request from `peer` establishes, or the error to answer it with.
+fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Upgrade, ApiError> {
     if req.path() != PATH {
         return Err(ApiError::NotFound(format!(
             "no WebSocket at `{}`",
@@ -56,6 +64,17 @@ fn admit(app: &AppState, req: &Request) -> Result<Upgrade, ApiError> {
     if req.method() != Method::GET {
         return Err(ApiError::BadRequest("a WebSocket upgrade is a GET".into()));
     }
+    // RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 request.
+    if req.version() != Version::HTTP_11 {
+        return Err(ApiError::BadRequest(
+            "a WebSocket upgrade needs HTTP/1.1".into(),
+        ));
+    }
+    let forwarded = req.head().headers().get_all(X_FORWARDED_FOR);
+    let client = app
+        .gate
+        .client_address(peer, forwarded.filter_map(|v| v.to_str().ok()));
+    app.gate.admit_upgrade(client).map_err(gate_error)?;
     let q = web::Query::<WsQuery>::from_query(req.uri().query().unwrap_or(""))
         .map(|q| q.into_inner())
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
@@ -80,20 +99,24 @@ fn admit(app: &AppState, req: &Request) -> Result<Upgrade, ApiError> {
         None => None,
     };
     let node = app.gate.admit_node().map_err(gate_error)?;
-    let auth = match claims {
+    let (auth, pending) = match claims {
         Some(c) => {
             let ticket = app
                 .gate
                 .admit_user(&UserId::new(&c.sub))
                 .map_err(gate_error)?;
-            Some((c, ticket))
+            (Some((c, ticket)), None)
         }
-        None => None,
+        None => (
+            None,
+            Some(app.gate.admit_pending(client).map_err(gate_error)?),
+        ),
     };
     Ok(Upgrade {
         client_id,
         device,
         auth,
+        pending,
         node,
     })
 }
@@ -119,7 +142,11 @@ pub async fn upgrade(
     req: Request,
     mut framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), actix_http::Error> {
-    let up = match admit(&app, &req) {
+    let peer = match framed.io_ref().peer_addr() {
+        Ok(addr) => addr.ip(),
+        Err(_) => return Ok(()), // the client is already gone
+    };
+    let up = match admit(&app, &req, peer) {
         Ok(up) => up,
         Err(e) => {
             respond(&mut framed, HttpResponse::from_error(e).into()).await;

@@ -29,6 +29,7 @@ fn start_broker(data_dir: &Path) -> Broker {
         .env("SWITCHBOARD__AUTH__JWT_SECRET", SECRET)
         .env("SWITCHBOARD__LIMITS__FRAMES_PER_SECOND", "100000")
         .env("SWITCHBOARD__LIMITS__FRAMES_BURST", "100000")
+        .env("SWITCHBOARD__LIMITS__UPGRADES_PER_IP_PER_SECOND", "0")
         .env("SWITCHBOARD__SERVER__SHUTDOWN_TIMEOUT", "5s")
         .env("SWITCHBOARD__LOG__FILTER", "info")
         .env_remove("RUST_LOG")

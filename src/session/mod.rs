@@ -23,9 +23,7 @@ use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_http::ws::{
-    CloseCode, CloseReason, Codec, Frame, Item, Message, OpCode, Parser, ProtocolError,
-};
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Item, Message, OpCode, Parser};
 use actix_web::web;
 use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
@@ -47,11 +45,16 @@ use switchboard_actors::store::NewMessage;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::codec::Encoder;
 
 use crate::auth::{Claims, DEVICES};
-use crate::gate::{GateError, NodeTicket, TokenBucket, UserTicket};
+use crate::gate::{GateError, NodeTicket, PendingTicket, TokenBucket, UserTicket};
 use crate::startup::AppState;
+
+mod reader;
+
+pub use reader::{check_header, ReadCodec, ReadError};
+use reader::{FrameReader, ReadHold};
 
 /// Close codes used by sessions.
 pub mod close {
@@ -75,14 +78,6 @@ pub mod close {
 
 /// Rate-limited frames are counted over this window for the 1008 close.
 const REJECT_WINDOW_S: u64 = 10;
-
-/// Size of an idle session's read buffer: enough for a typical frame (it grows for larger
-/// ones, see [`ReadCodec`]).
-const READ_BUFFER: usize = 512;
-
-/// Most a busy session's read buffer grows to, so that a client sending fast is read several
-/// frames per system call (the floor's actix-http reads 8 KiB at a time).
-const READ_BUFFER_BUSY: usize = 8 * 1024;
 
 /// An outgoing buffer larger than this is released as soon as it has been written out, so
 /// that a burst (a replay of large messages, say) is not kept.
@@ -130,50 +125,6 @@ impl Outgoing {
             self.buf = BytesMut::new();
             self.ends = VecDeque::new();
         }
-    }
-}
-
-/// actix-http's WebSocket codec, sizing the read buffer to the traffic as it decodes.
-///
-/// `FramedRead` reads into what is free in its buffer and grows it only for a frame that
-/// does not fit, so with an idle-sized buffer a busy client would cost a `recv` per frame or
-/// two. A read that fills the buffer doubles it (up to [`READ_BUFFER_BUSY`]). The session's
-/// heartbeat tick asks for a grown buffer back (the `shed` flag): it is replaced by an
-/// idle-sized one the next time it is empty (an idle client answers every ping, so that
-/// comes within one heartbeat interval).
-struct ReadCodec {
-    inner: Codec,
-    /// Bytes left in the buffer after the previous decode: more now means a read happened.
-    left: usize,
-    /// Set by the heartbeat tick: release a grown buffer once it is empty.
-    shed: Rc<Cell<bool>>,
-}
-
-impl ReadCodec {
-    fn new(max_frame: usize, shed: Rc<Cell<bool>>) -> Self {
-        ReadCodec {
-            inner: Codec::new().max_size(max_frame),
-            left: 0,
-            shed,
-        }
-    }
-}
-
-impl tokio_util::codec::Decoder for ReadCodec {
-    type Item = Frame;
-    type Error = ProtocolError;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
-        let filled = src.len() > self.left && src.len() == src.capacity();
-        if filled && src.capacity() < READ_BUFFER_BUSY {
-            src.reserve(src.capacity().min(READ_BUFFER_BUSY - src.capacity()));
-        }
-        let frame = self.inner.decode(src);
-        if src.is_empty() && src.capacity() > READ_BUFFER && self.shed.take() {
-            *src = BytesMut::with_capacity(READ_BUFFER);
-        }
-        self.left = src.len();
-        frame
     }
 }
 
@@ -254,6 +205,8 @@ pub struct SessionActor {
     auth: AuthState,
     /// Authenticated at upgrade; consumed in `started`.
     upgrade_auth: Option<(Claims, UserTicket)>,
+    /// Its place among the connections not yet authenticated, until it authenticates.
+    pending_ticket: Option<PendingTicket>,
     _node: NodeTicket,
     last_heard: Instant,
     /// When the token stops being valid (its `exp` plus leeway), ms since epoch.
@@ -272,6 +225,10 @@ pub struct SessionActor {
     fragments: Option<(bool, BytesMut)>,
     /// Shared with the [`ReadCodec`]: asks it to release a grown read buffer.
     shed_read: Rc<Cell<bool>>,
+    /// Shared with the [`FrameReader`]: while held, no further client frame is read, so
+    /// that a frame whose effect is asynchronous (`subscribe`) takes effect, and is
+    /// answered, before the frames sent after it.
+    hold: Rc<ReadHold>,
     out: Outgoing,
     /// Already taken out of the router (see `leave`).
     left: bool,
@@ -288,6 +245,8 @@ pub struct Upgrade {
     pub device: Option<Arc<str>>,
     /// Token checked at upgrade, with the user's admission ticket.
     pub auth: Option<(Claims, UserTicket)>,
+    /// Without a token: its place among the connections not yet authenticated.
+    pub pending: Option<PendingTicket>,
     /// The node admission ticket.
     pub node: NodeTicket,
 }
@@ -304,11 +263,14 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
     let (reader, writer) = io.into_split();
     let reader = AsyncReadExt::chain(Cursor::new(early), reader);
     let shed_read = Rc::new(Cell::new(false));
+    let frame_timeout = limits.frame_timeout;
+    let hold = Rc::new(ReadHold::default());
     SessionActor::create(move |ctx| {
-        ctx.add_stream(FramedRead::with_capacity(
+        ctx.add_stream(FrameReader::new(
             reader,
             ReadCodec::new(max, shed_read.clone()),
-            READ_BUFFER,
+            frame_timeout,
+            hold.clone(),
         ));
         SessionActor {
             conn: ConnId::next(),
@@ -317,6 +279,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             app,
             auth: AuthState::Pending,
             upgrade_auth: up.auth,
+            pending_ticket: up.pending,
             _node: up.node,
             last_heard: Instant::now(),
             expires_at_ms: i64::MAX,
@@ -329,6 +292,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             replaying: HashMap::new(),
             fragments: None,
             shed_read,
+            hold,
             out: Outgoing {
                 writer,
                 codec: Codec::new().max_size(max),
@@ -414,6 +378,13 @@ impl SessionActor {
 
     /// The outbound queue (mailbox or unwritten frames) is full: the client is not reading.
     fn overflow(&mut self, ctx: &mut Ctx) {
+        if !self.out.closing {
+            log::info!(
+                "conn {} (user {}): outbound queue full, closing with 1013",
+                self.conn,
+                self.user().map(UserId::as_str).unwrap_or("-"),
+            );
+        }
         self.close(
             close::TRY_AGAIN_LATER,
             "outbound queue full; reconnect and resume",
@@ -514,6 +485,7 @@ impl SessionActor {
             ctx,
         );
         self.auth = AuthState::Ready { handle, ticket };
+        self.pending_ticket = None;
     }
 
     /// Closes with 4001 once `exp` (plus leeway) passes, unless a fresh `auth` moves it.
@@ -586,7 +558,7 @@ impl SessionActor {
         if !self.admit_frame(Some(text), ctx) {
             return;
         }
-        match parse_client_frame(text) {
+        match parse_client_frame(text, self.app.settings.limits.max_json_depth) {
             Ok(frame) => self.dispatch(frame, ctx),
             Err(e) => self.error(e.code(), &e.to_string(), e.ref_id(), ctx),
         }
@@ -682,13 +654,9 @@ impl SessionActor {
         };
         match self.app.gate.admit_user(&UserId::new(&claims.sub)) {
             Ok(ticket) => self.authenticate(claims, ticket, ctx),
-            Err(GateError::UserFull | GateError::NodeFull) => {
-                self.error(
-                    ErrorCode::RateLimited,
-                    "too many connections for this user",
-                    id.as_deref(),
-                    ctx,
-                );
+            Err(e) => {
+                let e: GateError = e;
+                self.error(ErrorCode::RateLimited, &e.to_string(), id.as_deref(), ctx);
                 self.close(close::POLICY, "too many connections for this user", ctx);
             }
         }
@@ -785,6 +753,8 @@ impl SessionActor {
         if since.is_some() {
             self.replaying.entry(name.clone()).or_default();
         }
+        // The frames after this one wait until it has taken effect and been answered.
+        self.hold.hold();
         let req = self.app.tree.router.send(Route {
             channel,
             msg: Join {
@@ -796,19 +766,13 @@ impl SessionActor {
                 act.muted.remove(&name);
                 act.subscriptions.insert(name.clone());
                 match since {
-                    None => act.text(
-                        &encode(
-                            "subscribed",
-                            None,
-                            Subscribed {
-                                channel: &name,
-                                seq: head,
-                                recovered: false,
-                            },
-                        ),
-                        ctx,
-                    ),
-                    Some(since) => act.replay(name, since, head, ctx),
+                    // Past the channel's last seq there is nothing to replay.
+                    Some(since) if since < head => act.replay(name, since, head, ctx),
+                    _ => {
+                        act.subscribed(&name, head, since.is_some(), ctx);
+                        act.flush_replay_buffer(&name, head, ctx);
+                        act.hold.release();
+                    }
                 }
             }
             other => {
@@ -817,50 +781,52 @@ impl SessionActor {
                     Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
                     _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
                 }
+                act.hold.release();
             }
         }));
     }
 
-    /// Sends `subscribed`, then every stored message after `since`, then the live ones that
-    /// arrived meanwhile (without repeating any).
+    fn subscribed(&mut self, name: &str, seq: u64, recovered: bool, ctx: &mut Ctx) {
+        let frame = encode(
+            "subscribed",
+            None,
+            Subscribed {
+                channel: name,
+                seq,
+                recovered,
+            },
+        );
+        self.text(&frame, ctx);
+    }
+
+    /// Sends `subscribed`, then every stored message after `since` (below `head`), then the
+    /// live ones that arrived meanwhile (without repeating any); then reads on.
     fn replay(&mut self, name: Arc<str>, since: u64, head: u64, ctx: &mut Ctx) {
         let limit = self.app.settings.limits.max_replay;
         let ch = name.to_string();
         let page = Page {
-            after_seq: Some(since as i64),
+            after_seq: Some(since.min(head) as i64),
             before_seq: None,
             limit,
         };
         let read = self.app.tree.reads.history(ch, page);
-        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| match res {
-            Ok((rows, has_more)) => {
-                let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);
-                act.text(
-                    &encode(
-                        "subscribed",
-                        None,
-                        Subscribed {
-                            channel: &name,
-                            seq: head.max(last),
-                            recovered: !has_more,
-                        },
-                    ),
-                    ctx,
-                );
-                for m in &rows {
-                    act.text(&delivery_frame(m), ctx);
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok((rows, has_more)) => {
+                    let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);
+                    act.subscribed(&name, head.max(last), !has_more, ctx);
+                    for m in &rows {
+                        act.text(&delivery_frame(m), ctx);
+                    }
+                    act.flush_replay_buffer(&name, last, ctx);
                 }
-                act.flush_replay_buffer(&name, last, ctx);
+                Err(e) => {
+                    log::warn!("conn {}: replay of {name} failed: {e}", act.conn);
+                    act.flush_replay_buffer(&name, 0, ctx);
+                    act.error(ErrorCode::Unavailable, "replay failed; retry", None, ctx);
+                }
             }
-            Err(e) => {
-                act.flush_replay_buffer(&name, 0, ctx);
-                act.error(
-                    ErrorCode::Unavailable,
-                    &format!("replay failed: {e}"),
-                    None,
-                    ctx,
-                );
-            }
+            act.hold.release();
         }));
     }
 
@@ -1074,8 +1040,8 @@ impl Handler<Outbound> for SessionActor {
     }
 }
 
-impl StreamHandler<Result<Frame, ProtocolError>> for SessionActor {
-    fn handle(&mut self, msg: Result<Frame, ProtocolError>, ctx: &mut Ctx) {
+impl StreamHandler<Result<Frame, ReadError>> for SessionActor {
+    fn handle(&mut self, msg: Result<Frame, ReadError>, ctx: &mut Ctx) {
         if self.out.closing {
             return;
         }
@@ -1090,9 +1056,16 @@ impl StreamHandler<Result<Frame, ProtocolError>> for SessionActor {
             Ok(Frame::Pong(_)) => {}
             Ok(Frame::Close(reason)) => self.close_with(reason, ctx),
             Ok(Frame::Continuation(item)) => self.on_fragment(item, ctx),
-            Err(ProtocolError::Overflow) => self.close(close::TOO_BIG, "frame too large", ctx),
-            Err(ProtocolError::Io(_)) => ctx.stop(),
-            Err(e) => self.close(close::PROTOCOL, &e.to_string(), ctx),
+            Err(e) => {
+                // A client's mistake, not the broker's: logged for whoever debugs that client.
+                log::debug!("conn {}: {e}", self.conn);
+                match e {
+                    ReadError::TooLarge(why) => self.close(close::TOO_BIG, why, ctx),
+                    ReadError::Protocol(why) => self.close(close::PROTOCOL, &why, ctx),
+                    ReadError::Stalled => self.close(close::POLICY, &e.to_string(), ctx),
+                    ReadError::Io(_) => ctx.stop(),
+                }
+            }
         }
     }
 
@@ -1103,60 +1076,5 @@ impl StreamHandler<Result<Frame, ProtocolError>> for SessionActor {
         if !(self.out.closing && self.out.flushing) {
             ctx.stop();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio_util::codec::Decoder;
-
-    /// `n` masked client text frames of `len` bytes each, as a client sends them.
-    fn client_frames(n: usize, len: usize) -> Vec<u8> {
-        let mut buf = BytesMut::new();
-        for _ in 0..n {
-            Parser::write_message(&mut buf, "x".repeat(len), OpCode::Text, true, true);
-        }
-        buf.to_vec()
-    }
-
-    /// Reads `bytes` into `buf` as `FramedRead` does (reserves one byte, reads into what is
-    /// free) and decodes every whole frame.
-    fn read_and_decode(codec: &mut ReadCodec, buf: &mut BytesMut, bytes: &mut &[u8]) -> usize {
-        buf.reserve(1);
-        let free = buf.capacity() - buf.len();
-        let (now, later) = bytes.split_at(free.min(bytes.len()));
-        buf.extend_from_slice(now);
-        *bytes = later;
-        let mut frames = 0;
-        while let Some(f) = codec.decode(buf).expect("valid frames") {
-            assert!(matches!(f, Frame::Text(_)));
-            frames += 1;
-        }
-        frames
-    }
-
-    #[test]
-    fn the_read_buffer_grows_for_a_fast_client_and_is_shed_when_idle() {
-        let shed = Rc::new(Cell::new(false));
-        let mut codec = ReadCodec::new(64 * 1024, shed.clone());
-        let mut buf = BytesMut::with_capacity(READ_BUFFER);
-        let burst = client_frames(200, 100);
-        let mut rest = &burst[..];
-        let mut frames = 0;
-        while !rest.is_empty() {
-            frames += read_and_decode(&mut codec, &mut buf, &mut rest);
-        }
-        assert_eq!(frames, 200);
-        assert!(buf.capacity() >= READ_BUFFER_BUSY, "{}", buf.capacity());
-
-        // Not shed while the client is busy, only after a heartbeat tick asked for it.
-        let one = client_frames(1, 20);
-        assert_eq!(read_and_decode(&mut codec, &mut buf, &mut &one[..]), 1);
-        assert!(buf.capacity() >= READ_BUFFER_BUSY);
-        shed.set(true);
-        assert_eq!(read_and_decode(&mut codec, &mut buf, &mut &one[..]), 1);
-        assert_eq!(buf.capacity(), READ_BUFFER);
-        assert!(!shed.get());
     }
 }
