@@ -82,6 +82,7 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "users": stats.users,
             "by_device": stats.by_device,
             "admitted": app.gate.connections(),
+            "pending": app.gate.pending(),
         },
         "channels": {
             "active": stats.active_channels,

@@ -203,6 +203,8 @@ pub struct FrameReader<R> {
     /// Buffered bytes when the timer was armed: more means the frame is progressing.
     stall_at: usize,
     hold: Rc<ReadHold>,
+    /// A stalled frame ended the stream.
+    ended: bool,
 }
 
 impl<R: AsyncRead> FrameReader<R> {
@@ -215,6 +217,7 @@ impl<R: AsyncRead> FrameReader<R> {
             stall: None,
             stall_at: 0,
             hold,
+            ended: false,
         }
     }
 }
@@ -224,6 +227,9 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
         if this.hold.held.get() {
             // The wait is the broker's, not the client's: no stall timer meanwhile.
             this.stall = None;
@@ -248,6 +254,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         match this.stall.as_mut().map(|s| s.as_mut().poll(cx)) {
             Some(Poll::Ready(())) => {
                 this.stall = None;
+                this.ended = true;
                 Poll::Ready(Some(Err(ReadError::Stalled)))
             }
             _ => Poll::Pending,
@@ -404,5 +411,9 @@ mod tests {
         let next = tokio::time::timeout(Duration::from_secs(5), frames.next()).await;
         assert!(matches!(next, Ok(Some(Err(ReadError::Stalled)))));
         assert!(started.elapsed() >= Duration::from_millis(190));
+        assert!(
+            frames.next().await.is_none(),
+            "the stream ends with the stall"
+        );
     }
 }

@@ -357,3 +357,150 @@ pub fn chat(to: &str, id: &str, content: &str) -> Value {
 pub fn group_msg(group: &str, id: &str, content: &str) -> Value {
     json!({"type": "group_message", "id": id, "payload": {"content": content}, "meta": {"target_id": group}})
 }
+
+/// A WebSocket client on a bare TCP socket, for what a well-behaved client library will not
+/// send: crafted headers, half frames, reserved bits, HTTP/1.0 upgrades.
+pub struct RawWs {
+    /// The socket.
+    pub stream: tokio::net::TcpStream,
+    /// The HTTP response head to the upgrade request.
+    pub head: String,
+    buf: bytes::BytesMut,
+}
+
+/// Why a [`RawWs`] read ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawEnd {
+    /// The server sent a close frame with this code.
+    Closed(u16),
+    /// The connection ended without a close frame.
+    Dropped,
+    /// Nothing within the wait.
+    TimedOut,
+}
+
+impl TestApp {
+    /// Sends an upgrade request by hand (`extra` header lines end with `\r\n`); the HTTP
+    /// status, and the socket when it was upgraded.
+    pub async fn raw_upgrade(&self, query: &str, version: &str, extra: &str) -> (u16, RawWs) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("tcp connect");
+        let req = format!(
+            "GET /ws{query} {version}\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("request");
+        let mut buf = bytes::BytesMut::with_capacity(4096);
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf))
+                .await
+                .expect("response in time")
+                .expect("read");
+            assert!(n > 0, "closed before a response");
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        let _ = buf.split_to(head_end);
+        (status, RawWs { stream, head, buf })
+    }
+}
+
+impl RawWs {
+    /// A masked client frame: `first` is the FIN/RSV/opcode byte; the length is declared
+    /// as `declared` (which may differ from what is sent), then `payload` follows.
+    pub fn frame(first: u8, declared: u64, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![first];
+        match declared {
+            0..=125 => f.push(0x80 | declared as u8),
+            126..=0xFFFF => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(declared as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&declared.to_be_bytes());
+            }
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// A whole masked text frame.
+    pub fn text(text: &str) -> Vec<u8> {
+        Self::frame(0x81, text.len() as u64, text.as_bytes())
+    }
+
+    /// Writes bytes; false once the server has closed the connection.
+    pub async fn write(&mut self, bytes: &[u8]) -> bool {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await.is_ok()
+    }
+
+    /// The next server frame: `Ok((opcode, payload))`, or how the connection ended.
+    pub async fn next_frame(&mut self, wait: Duration) -> Result<(u8, Vec<u8>), RawEnd> {
+        use actix_http::ws::{OpCode, Parser};
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match Parser::parse(&mut self.buf, false, 16 << 20) {
+                Ok(Some((_, op, payload))) => {
+                    let payload = payload.map(|p| p.to_vec()).unwrap_or_default();
+                    if op == OpCode::Close {
+                        let code = payload
+                            .get(..2)
+                            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                            .unwrap_or(1005);
+                        return Err(RawEnd::Closed(code));
+                    }
+                    let code = match op {
+                        OpCode::Text => 1,
+                        OpCode::Ping => 9,
+                        OpCode::Pong => 10,
+                        _ => 0,
+                    };
+                    return Ok((code, payload));
+                }
+                Ok(None) => {}
+                Err(_) => return Err(RawEnd::Dropped),
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(RawEnd::TimedOut),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(RawEnd::Dropped),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next text frame as JSON (pings skipped).
+    pub async fn recv(&mut self) -> Result<Value, RawEnd> {
+        loop {
+            let (op, payload) = self.next_frame(WAIT).await?;
+            if op == 1 {
+                return Ok(serde_json::from_slice(&payload).expect("JSON frame"));
+            }
+        }
+    }
+
+    /// How the connection ends within `wait`, skipping text frames and pings.
+    pub async fn end(&mut self, wait: Duration) -> RawEnd {
+        loop {
+            match self.next_frame(wait).await {
+                Ok(_) => continue,
+                Err(end) => return end,
+            }
+        }
+    }
+}

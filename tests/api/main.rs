@@ -3,7 +3,9 @@
 
 mod bad_input;
 mod chat;
+mod fuzz;
 mod groups;
+mod hardening;
 mod helpers;
 mod history;
 mod ops;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -13,13 +14,39 @@ use crate::helpers::{chat, Ended, WsClient, WAIT};
 
 const SECRET: &str = "process-test-secret";
 
-/// A broker process and the port it bound.
+/// A broker process, the port it bound, and its log so far.
 struct Broker {
     child: Child,
     port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Broker {
+    /// The broker's resident memory, from `/proc/<pid>/status`, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Log lines that contain `needle`.
+    fn log_lines(&self, needle: &str) -> Vec<String> {
+        let log = self.log.lock().expect("log");
+        log.iter().filter(|l| l.contains(needle)).cloned().collect()
+    }
 }
 
 fn start_broker(data_dir: &Path) -> Broker {
+    start_broker_with(data_dir, &[])
+}
+
+/// Starts the binary on `data_dir` with the test settings and `env` on top.
+fn start_broker_with(data_dir: &Path, env: &[(&str, &str)]) -> Broker {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .arg("serve")
         .arg("--config")
@@ -33,12 +60,15 @@ fn start_broker(data_dir: &Path) -> Broker {
         .env("SWITCHBOARD__SERVER__SHUTDOWN_TIMEOUT", "5s")
         .env("SWITCHBOARD__LOG__FILTER", "info")
         .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("broker binary starts");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kept = log.clone();
     // Keep draining the log so the broker never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sent = false;
@@ -54,21 +84,35 @@ fn start_broker(data_dir: &Path) -> Broker {
                     sent = true;
                 }
             }
+            if let Ok(mut log) = kept.lock() {
+                log.push(line);
+            }
         }
     });
     let port = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("broker reports its port");
-    Broker { child, port }
+    Broker { child, port, log }
 }
 
 fn token(user: &str) -> String {
+    token_with_roles(user, &[])
+}
+
+fn token_with_roles(user: &str, roles: &[&str]) -> String {
     let mut s = crate::helpers::test_settings(Path::new("/nonexistent"));
     s.auth.jwt_secret = SECRET.into();
     let auth = switchboard::auth::Authority::from_settings(&s).expect("keys");
-    auth.mint(user, vec![], Duration::from_secs(600), None, false)
+    let roles = roles.iter().map(|r| r.to_string()).collect();
+    auth.mint(user, roles, Duration::from_secs(600), None, false)
         .expect("mint")
         .token
+}
+
+/// Ends a broker that a test is done with.
+fn stop(mut broker: Broker) {
+    let _ = broker.child.kill();
+    let _ = broker.child.wait();
 }
 
 async fn connect(port: u16, user: &str) -> WsClient {
@@ -346,4 +390,230 @@ fn migrate_and_token_commands_work_on_a_fresh_data_dir() {
     assert_eq!(ttl, 7200);
     let out = run_cli(&["token", "not valid"], &[], dir.path());
     assert!(!out.status.success());
+}
+
+/// Opens a raw WebSocket on `port` (token-less unless `token` is given).
+async fn raw_socket(port: u16, token: Option<&str>) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{auth}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("upgrade request");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.expect("upgrade response");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// The probe's memory blow-up: frames declared far over the limit and streamed, and many
+/// connections each holding a frame just under the limit. The broker refuses the first at
+/// their header, and holds at most one limit's worth of the others each.
+#[actix_web::test]
+async fn frames_over_the_limit_or_left_unfinished_keep_memory_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            ("SWITCHBOARD__LIMITS__FRAME_TIMEOUT", "3s"),
+            ("SWITCHBOARD__LIMITS__MAX_PENDING_PER_IP", "0"),
+        ],
+    );
+    let before = broker.rss_kib();
+
+    // Ten token-less sockets each declare 2^63-1 bytes and try to stream 64 MiB.
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..10 {
+        let mut s = raw_socket(broker.port, None).await;
+        let mut header = vec![0x81, 0xFF];
+        header.extend_from_slice(&((1u64 << 63) - 1).to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0, 0]);
+        s.write_all(&header).await.expect("header");
+        let mut sent = 0usize;
+        for _ in 0..64 {
+            let w = tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk)).await;
+            match w {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => break,
+            }
+        }
+        // The broker closed the socket at the header: only what the kernel buffered got in.
+        assert!(sent < 32 << 20, "{sent} bytes accepted");
+    }
+    let after_huge = broker.rss_kib();
+    assert!(
+        after_huge < before + 32 * 1024,
+        "RSS {before} KiB → {after_huge} KiB after oversized frames"
+    );
+
+    // 200 authenticated sockets each send 60 KiB of a 64 KiB frame, and stop.
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let mut s = raw_socket(broker.port, Some(&token(&format!("user{i}")))).await;
+        let mut f = vec![0x81, 0xFE];
+        f.extend_from_slice(&65_000u16.to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(&vec![b' '; 60 * 1024]);
+        s.write_all(&f).await.expect("partial frame");
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_partials = broker.rss_kib();
+    // At most the frame limit each, plus the broker's own growth.
+    assert!(
+        with_partials < after_huge + 200 * 64 + 32 * 1024,
+        "RSS {after_huge} KiB → {with_partials} KiB with 200 half frames"
+    );
+    eprintln!(
+        "broker RSS (KiB): {before} at start, {after_huge} after oversized frames, \
+         {with_partials} holding 200 half frames"
+    );
+    // The frame timeout closes them all (each stops once its close frame is written).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let stats: Value = awc::Client::default()
+        .get(format!("http://127.0.0.1:{}/status", broker.port))
+        .send()
+        .await
+        .expect("status")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stats["connections"]["admitted"], 0, "{stats}");
+    drop(held);
+    stop(broker);
+}
+
+/// Subscribe to and leave many channels, let them go idle, and again: the broker's memory
+/// stays flat, and an idle stop is not a restart.
+#[actix_web::test]
+async fn channels_that_go_idle_leave_no_memory_behind() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            ("SWITCHBOARD__CHANNELS__IDLE_TIMEOUT", "300ms"),
+            ("SWITCHBOARD__LIMITS__MAX_SUBSCRIPTIONS", "100000"),
+        ],
+    );
+    let mut c = connect(broker.port, "alice").await;
+    let channels = 4000;
+    let mut rss = Vec::new();
+    for _round in 0..5 {
+        // In steps that fit the outbound queue (1,024 frames).
+        for step in (0..channels).collect::<Vec<_>>().chunks(500) {
+            for i in step {
+                c.send(serde_json::json!({"type": "subscribe",
+                    "payload": {"channel": format!("broadcast:ch{i}")}}))
+                    .await;
+            }
+            for _ in step {
+                assert_eq!(c.recv().await["type"], "subscribed");
+            }
+            for i in step {
+                c.send(serde_json::json!({"type": "unsubscribe",
+                    "payload": {"channel": format!("broadcast:ch{i}")}}))
+                    .await;
+            }
+            for _ in step {
+                assert_eq!(c.recv().await["type"], "unsubscribed");
+            }
+        }
+        // Past the idle timeout and a sweep: every channel actor is gone.
+        let mut gone = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let s: Value = awc::Client::default()
+                .get(format!("http://127.0.0.1:{}/status", broker.port))
+                .send()
+                .await
+                .expect("status")
+                .json()
+                .await
+                .expect("json");
+            if s["channels"]["active"] == 0 && s["channels"]["actors"] == 0 {
+                gone = true;
+                break;
+            }
+        }
+        assert!(gone, "channel actors still alive");
+        rss.push(broker.rss_kib());
+    }
+    // The first round grows the allocator's pools; later rounds reuse them.
+    assert!(rss[4] < rss[1] + 4 * 1024, "RSS per round (KiB): {rss:?}");
+    assert!(broker.log_lines("restarting").is_empty());
+    stop(broker);
+}
+
+/// Client mistakes are logged at debug or info, never as errors; a slow client closed with
+/// 1013 is logged as operators are told to watch for.
+#[actix_web::test]
+async fn client_mistakes_are_not_logged_as_errors_and_a_1013_close_is_logged() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(dir.path(), &[("SWITCHBOARD__LIMITS__OUTBOUND_QUEUE", "16")]);
+    // A fragmented ping, bad opcodes, reserved bits, an unmasked frame.
+    for bytes in [
+        vec![0x09, 0x80, 0, 0, 0, 0],
+        vec![0x83, 0x80, 0, 0, 0, 0],
+        vec![0xC1, 0x80, 0, 0, 0, 0],
+        vec![0x81, 0x00],
+    ] {
+        let mut s = raw_socket(broker.port, Some(&token("alice"))).await;
+        s.write_all(&bytes).await.expect("frame");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A subscriber that never reads, and large messages published to it.
+    let mut reader = raw_socket(broker.port, Some(&token("slow"))).await;
+    let sub = serde_json::json!({"type": "subscribe", "payload": {"channel": "broadcast:big"}})
+        .to_string();
+    let mut f = vec![0x81, 0x80 | sub.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(sub.as_bytes());
+    reader.write_all(&f).await.expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = awc::Client::default();
+    let admin = token_with_roles("admin", &["admin"]);
+    for i in 0..400 {
+        let _ = client
+            .post(format!(
+                "http://127.0.0.1:{}/api/admin/publish",
+                broker.port
+            ))
+            .bearer_auth(&admin)
+            .send_json(&serde_json::json!({"channel": "broadcast:big",
+                "payload": {"n": i, "pad": "x".repeat(60_000)}}))
+            .await;
+        if !broker.log_lines("closing with 1013").is_empty() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        broker
+            .log_lines("outbound queue full, closing with 1013")
+            .len(),
+        1
+    );
+    let loud: Vec<String> = broker
+        .log_lines("")
+        .into_iter()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+    drop(reader);
+    stop(broker);
 }
