@@ -12,7 +12,6 @@
 //! large buffer. The outgoing buffer is bounded by `limits.outbound_queue` frames: a client
 //! that does not read is closed with 1013 and never slows anyone else.
 
-use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Cursor;
 use std::pin::Pin;
@@ -53,8 +52,8 @@ use crate::startup::AppState;
 
 mod reader;
 
-pub use reader::{check_header, ReadCodec, ReadError};
-use reader::{FrameReader, ReadHold};
+use reader::FrameReader;
+pub use reader::{check_header, ReadCodec, ReadControl, ReadError};
 
 /// Close codes used by sessions.
 pub mod close {
@@ -223,12 +222,10 @@ pub struct SessionActor {
     muted: HashSet<Arc<str>>,
     replaying: HashMap<Arc<str>, Vec<(u64, ByteString)>>,
     fragments: Option<(bool, BytesMut)>,
-    /// Shared with the [`ReadCodec`]: asks it to release a grown read buffer.
-    shed_read: Rc<Cell<bool>>,
-    /// Shared with the [`FrameReader`]: while held, no further client frame is read, so
-    /// that a frame whose effect is asynchronous (`subscribe`) takes effect, and is
-    /// answered, before the frames sent after it.
-    hold: Rc<ReadHold>,
+    /// Shared with the [`ReadCodec`]: asks it to release a grown read buffer, and holds
+    /// reading while a frame whose effect is asynchronous (`subscribe`) takes effect and is
+    /// answered, so that the frames sent after it come after it.
+    read: Rc<ReadControl>,
     out: Outgoing,
     /// Already taken out of the router (see `leave`).
     left: bool,
@@ -262,15 +259,13 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
     let gauge = Arc::new(OutboundGauge::new(limits.outbound_queue));
     let (reader, writer) = io.into_split();
     let reader = AsyncReadExt::chain(Cursor::new(early), reader);
-    let shed_read = Rc::new(Cell::new(false));
+    let read = Rc::new(ReadControl::default());
     let frame_timeout = limits.frame_timeout;
-    let hold = Rc::new(ReadHold::default());
     SessionActor::create(move |ctx| {
         ctx.add_stream(FrameReader::new(
             reader,
-            ReadCodec::new(max, shed_read.clone()),
+            ReadCodec::new(max, read.clone()),
             frame_timeout,
-            hold.clone(),
         ));
         SessionActor {
             conn: ConnId::next(),
@@ -291,8 +286,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             muted: HashSet::new(),
             replaying: HashMap::new(),
             fragments: None,
-            shed_read,
-            hold,
+            read,
             out: Outgoing {
                 writer,
                 codec: Codec::new().max_size(max),
@@ -754,7 +748,7 @@ impl SessionActor {
             self.replaying.entry(name.clone()).or_default();
         }
         // The frames after this one wait until it has taken effect and been answered.
-        self.hold.hold();
+        self.read.hold();
         let req = self.app.tree.router.send(Route {
             channel,
             msg: Join {
@@ -771,7 +765,7 @@ impl SessionActor {
                     _ => {
                         act.subscribed(&name, head, since.is_some(), ctx);
                         act.flush_replay_buffer(&name, head, ctx);
-                        act.hold.release();
+                        act.read.release();
                     }
                 }
             }
@@ -781,7 +775,7 @@ impl SessionActor {
                     Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
                     _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
                 }
-                act.hold.release();
+                act.read.release();
             }
         }));
     }
@@ -826,7 +820,7 @@ impl SessionActor {
                     act.error(ErrorCode::Unavailable, "replay failed; retry", None, ctx);
                 }
             }
-            act.hold.release();
+            act.read.release();
         }));
     }
 
@@ -931,7 +925,7 @@ impl Actor for SessionActor {
                 act.close(close::GOING_AWAY, "heartbeat timeout", ctx);
             } else {
                 act.out.shed_if_idle();
-                act.shed_read.set(true);
+                act.read.shed_buffer();
                 act.send(Message::Ping(Bytes::new()), ctx);
                 if matches!(act.auth, AuthState::Ready { .. }) {
                     act.arm_expiry(ctx);

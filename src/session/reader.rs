@@ -110,6 +110,38 @@ pub fn check_header(src: &[u8], max: usize, fragmented: usize) -> Result<(), Rea
     Ok(())
 }
 
+/// What the session asks of its reader, shared between them (one allocation per
+/// connection for both requests).
+#[derive(Default)]
+pub struct ReadControl {
+    /// Release a grown read buffer once it is empty (set by the heartbeat tick).
+    shed: Cell<bool>,
+    /// No further frame is read until released.
+    held: Cell<bool>,
+    /// The reader's task, parked while held.
+    waker: Cell<Option<Waker>>,
+}
+
+impl ReadControl {
+    /// Asks for a grown read buffer back, once it is empty.
+    pub fn shed_buffer(&self) {
+        self.shed.set(true);
+    }
+
+    /// No further frame is read until [`ReadControl::release`].
+    pub fn hold(&self) {
+        self.held.set(true);
+    }
+
+    /// Reading goes on.
+    pub fn release(&self) {
+        self.held.set(false);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 /// actix-http's WebSocket codec behind [`check_header`], sizing the read buffer to the
 /// traffic as it decodes.
 ///
@@ -126,19 +158,19 @@ pub struct ReadCodec {
     fragmented: usize,
     /// Bytes left in the buffer after the previous decode: more now means a read happened.
     left: usize,
-    /// Set by the heartbeat tick: release a grown buffer once it is empty.
-    shed: Rc<Cell<bool>>,
+    control: Rc<ReadControl>,
 }
 
 impl ReadCodec {
-    /// A codec for client frames of at most `max_frame` bytes.
-    pub fn new(max_frame: usize, shed: Rc<Cell<bool>>) -> Self {
+    /// A codec for client frames of at most `max_frame` bytes, taking requests from
+    /// `control`.
+    pub fn new(max_frame: usize, control: Rc<ReadControl>) -> Self {
         ReadCodec {
             inner: Codec::new().max_size(max_frame),
             max: max_frame,
             fragmented: 0,
             left: 0,
-            shed,
+            control,
         }
     }
 }
@@ -161,7 +193,7 @@ impl Decoder for ReadCodec {
                 Item::Last(_) => 0,
             };
         }
-        if src.is_empty() && src.capacity() > READ_BUFFER && self.shed.take() {
+        if src.is_empty() && src.capacity() > READ_BUFFER && self.control.shed.take() {
             *src = BytesMut::with_capacity(READ_BUFFER);
         }
         self.left = src.len();
@@ -169,54 +201,29 @@ impl Decoder for ReadCodec {
     }
 }
 
-/// Lets the session stop reading client frames for a while, and go on.
-#[derive(Default)]
-pub struct ReadHold {
-    held: Cell<bool>,
-    /// The reader's task, parked while held.
-    waker: Cell<Option<Waker>>,
-}
-
-impl ReadHold {
-    /// No further frame is read until [`ReadHold::release`].
-    pub fn hold(&self) {
-        self.held.set(true);
-    }
-
-    /// Reading goes on.
-    pub fn release(&self) {
-        self.held.set(false);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
-
 /// The session's stream of client frames: [`ReadCodec`] over the socket, ending with
 /// [`ReadError::Stalled`] when a frame has begun and its next bytes do not come within the
-/// timeout. The timer exists only while a frame is incomplete. While its [`ReadHold`] is
-/// held it yields nothing (the socket's buffers then hold the client back).
+/// timeout. The timer exists only while a frame is incomplete. While its codec's
+/// [`ReadControl`] is held it yields nothing (the socket's buffers then hold the client
+/// back).
 pub struct FrameReader<R> {
     frames: FramedRead<R, ReadCodec>,
     timeout: Duration,
     stall: Option<Pin<Box<Sleep>>>,
     /// Buffered bytes when the timer was armed: more means the frame is progressing.
     stall_at: usize,
-    hold: Rc<ReadHold>,
     /// A stalled frame ended the stream.
     ended: bool,
 }
 
 impl<R: AsyncRead> FrameReader<R> {
-    /// Reads frames from `io` with `codec`, cutting a frame stalled for `timeout`, pausing
-    /// while `hold` is held.
-    pub fn new(io: R, codec: ReadCodec, timeout: Duration, hold: Rc<ReadHold>) -> Self {
+    /// Reads frames from `io` with `codec`, cutting a frame stalled for `timeout`.
+    pub fn new(io: R, codec: ReadCodec, timeout: Duration) -> Self {
         FrameReader {
             frames: FramedRead::with_capacity(io, codec, READ_BUFFER),
             timeout,
             stall: None,
             stall_at: 0,
-            hold,
             ended: false,
         }
     }
@@ -230,10 +237,11 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         if this.ended {
             return Poll::Ready(None);
         }
-        if this.hold.held.get() {
+        let control = &this.frames.decoder().control;
+        if control.held.get() {
             // The wait is the broker's, not the client's: no stall timer meanwhile.
+            control.waker.set(Some(cx.waker().clone()));
             this.stall = None;
-            this.hold.waker.set(Some(cx.waker().clone()));
             return Poll::Pending;
         }
         if let Poll::Ready(item) = Pin::new(&mut this.frames).poll_next(cx) {
@@ -294,8 +302,8 @@ mod tests {
 
     #[test]
     fn the_read_buffer_grows_for_a_fast_client_and_is_shed_when_idle() {
-        let shed = Rc::new(Cell::new(false));
-        let mut codec = ReadCodec::new(64 * 1024, shed.clone());
+        let control = Rc::new(ReadControl::default());
+        let mut codec = ReadCodec::new(64 * 1024, control.clone());
         let mut buf = BytesMut::with_capacity(READ_BUFFER);
         let burst = client_frames(200, 100);
         let mut rest = &burst[..];
@@ -310,14 +318,14 @@ mod tests {
         let one = client_frames(1, 20);
         assert_eq!(read_and_decode(&mut codec, &mut buf, &mut &one[..]), 1);
         assert!(buf.capacity() >= READ_BUFFER_BUSY);
-        shed.set(true);
+        control.shed_buffer();
         assert_eq!(read_and_decode(&mut codec, &mut buf, &mut &one[..]), 1);
         assert_eq!(buf.capacity(), READ_BUFFER);
-        assert!(!shed.get());
+        assert!(!control.shed.get());
     }
 
     fn codec(max: usize) -> ReadCodec {
-        ReadCodec::new(max, Rc::new(Cell::new(false)))
+        ReadCodec::new(max, Rc::default())
     }
 
     /// A masked client frame header declaring `len` bytes (zero mask key).
@@ -395,12 +403,7 @@ mod tests {
     async fn a_frame_that_stops_half_way_ends_the_stream_after_the_timeout() {
         use futures_util::StreamExt;
         let (client, server) = tokio::io::duplex(4096);
-        let mut frames = FrameReader::new(
-            server,
-            codec(65_536),
-            Duration::from_millis(200),
-            Rc::default(),
-        );
+        let mut frames = FrameReader::new(server, codec(65_536), Duration::from_millis(200));
         let mut client = client;
         let mut whole = BytesMut::new();
         Parser::write_message(&mut whole, "x".repeat(1000), OpCode::Text, true, true);

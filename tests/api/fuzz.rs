@@ -3,7 +3,6 @@
 //! from answering. `FUZZ_CASES` sets the number of inputs of the pure parts (default
 //! 3,000 here and in CI; docs/OPERATIONS.md gives the 1,000,000-input run).
 
-use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -154,7 +153,7 @@ fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
 
 /// Feeds `bytes` to the reader in pieces, as reads would; parses every text frame.
 fn read_all(bytes: &[u8], pieces: usize) {
-    let mut codec = ReadCodec::new(MAX_FRAME, Rc::new(Cell::new(false)));
+    let mut codec = ReadCodec::new(MAX_FRAME, Rc::default());
     let mut buf = BytesMut::with_capacity(512);
     let step = (bytes.len() / pieces.max(1)).max(1);
     for chunk in bytes.chunks(step) {
