@@ -178,8 +178,10 @@ impl ActorFuture<SessionActor> for Flush {
 }
 
 enum AuthState {
-    /// Waiting for an `auth` frame.
-    Pending,
+    /// Waiting for an `auth` frame, holding a place among the connections that wait (none
+    /// when it authenticated at upgrade and `started` has not run yet). The place is held
+    /// only to be freed when this state ends.
+    Pending { _place: Option<PendingTicket> },
     /// Authenticated and registered with the router.
     Ready {
         /// Shared with every publish in flight, which answers through it.
@@ -204,8 +206,6 @@ pub struct SessionActor {
     auth: AuthState,
     /// Authenticated at upgrade; consumed in `started`.
     upgrade_auth: Option<(Claims, UserTicket)>,
-    /// Its place among the connections not yet authenticated, until it authenticates.
-    pending_ticket: Option<PendingTicket>,
     _node: NodeTicket,
     last_heard: Instant,
     /// When the token stops being valid (its `exp` plus leeway), ms since epoch.
@@ -272,9 +272,8 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             client_id: up.client_id,
             device: up.device,
             app,
-            auth: AuthState::Pending,
+            auth: AuthState::Pending { _place: up.pending },
             upgrade_auth: up.auth,
-            pending_ticket: up.pending,
             _node: up.node,
             last_heard: Instant::now(),
             expires_at_ms: i64::MAX,
@@ -342,7 +341,7 @@ impl SessionActor {
     fn user(&self) -> Option<&UserId> {
         match &self.auth {
             AuthState::Ready { handle, .. } => Some(&handle.user),
-            AuthState::Pending => None,
+            AuthState::Pending { .. } => None,
         }
     }
 
@@ -478,8 +477,8 @@ impl SessionActor {
             ),
             ctx,
         );
+        // Its place among the connections waiting to authenticate is freed here.
         self.auth = AuthState::Ready { handle, ticket };
-        self.pending_ticket = None;
     }
 
     /// Closes with 4001 once `exp` (plus leeway) passes, unless a fresh `auth` moves it.
@@ -515,7 +514,7 @@ impl SessionActor {
     fn admit_frame(&mut self, text: Option<&str>, ctx: &mut Ctx) -> bool {
         let taken = match &self.auth {
             AuthState::Ready { ticket, .. } => ticket.take(),
-            AuthState::Pending => self.pending_bucket.take(),
+            AuthState::Pending { .. } => self.pending_bucket.take(),
         };
         let Err(retry_after_ms) = taken else {
             return true;
@@ -940,7 +939,7 @@ impl Actor for SessionActor {
                     recipient: ctx.address().recipient(),
                 });
                 ctx.run_later(self.app.settings.auth.auth_timeout, |act, ctx| {
-                    if matches!(act.auth, AuthState::Pending) {
+                    if matches!(act.auth, AuthState::Pending { .. }) {
                         act.close(
                             close::UNAUTHORIZED,
                             "no auth frame within auth_timeout",

@@ -209,9 +209,11 @@ impl Decoder for ReadCodec {
 pub struct FrameReader<R> {
     frames: FramedRead<R, ReadCodec>,
     timeout: Duration,
+    /// Made for the first incomplete frame after an idle spell, then moved, not remade.
     stall: Option<Pin<Box<Sleep>>>,
-    /// Buffered bytes when the timer was armed: more means the frame is progressing.
-    stall_at: usize,
+    /// Buffered bytes when the timer was last set: more means the frame is progressing.
+    /// [`NO_PARTIAL`] when the last poll ended on a whole frame.
+    stall_at: u32,
     /// A stalled frame ended the stream.
     ended: bool,
 }
@@ -223,7 +225,7 @@ impl<R: AsyncRead> FrameReader<R> {
             frames: FramedRead::with_capacity(io, codec, READ_BUFFER),
             timeout,
             stall: None,
-            stall_at: 0,
+            stall_at: NO_PARTIAL,
             ended: false,
         }
     }
@@ -245,19 +247,25 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
             return Poll::Pending;
         }
         if let Poll::Ready(item) = Pin::new(&mut this.frames).poll_next(cx) {
-            this.stall = None;
+            this.stall_at = NO_PARTIAL;
             return Poll::Ready(item);
         }
         let buffered = this.frames.read_buffer().len();
         if buffered == 0 {
             this.stall = None;
+            this.stall_at = NO_PARTIAL;
             return Poll::Pending;
         }
         // Part of a frame is here: the rest must follow within the timeout (each read that
         // brings more starts the wait again).
-        if this.stall.is_none() || buffered != this.stall_at {
-            this.stall = Some(Box::pin(tokio::time::sleep(this.timeout)));
+        let buffered = u32::try_from(buffered).unwrap_or(NO_PARTIAL - 1);
+        if buffered != this.stall_at {
             this.stall_at = buffered;
+            let deadline = tokio::time::Instant::now() + this.timeout;
+            match &mut this.stall {
+                Some(s) => s.as_mut().reset(deadline),
+                None => this.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
         match this.stall.as_mut().map(|s| s.as_mut().poll(cx)) {
             Some(Poll::Ready(())) => {
@@ -269,6 +277,9 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
         }
     }
 }
+
+/// `stall_at` when no frame is incomplete.
+const NO_PARTIAL: u32 = u32::MAX;
 
 #[cfg(test)]
 mod tests {

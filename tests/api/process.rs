@@ -34,6 +34,18 @@ impl Broker {
             .expect("VmRSS")
     }
 
+    /// `GET /status`.
+    async fn status(&self) -> Value {
+        awc::Client::default()
+            .get(format!("http://127.0.0.1:{}/status", self.port))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("json")
+    }
+
     /// Log lines that contain `needle`.
     fn log_lines(&self, needle: &str) -> Vec<String> {
         let log = self.log.lock().expect("log");
@@ -485,14 +497,7 @@ async fn frames_over_the_limit_or_left_unfinished_keep_memory_bounded() {
     );
     // The frame timeout closes them all (each stops once its close frame is written).
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let stats: Value = awc::Client::default()
-        .get(format!("http://127.0.0.1:{}/status", broker.port))
-        .send()
-        .await
-        .expect("status")
-        .json()
-        .await
-        .expect("json");
+    let stats = broker.status().await;
     assert_eq!(stats["connections"]["admitted"], 0, "{stats}");
     drop(held);
     stop(broker);
@@ -537,14 +542,7 @@ async fn channels_that_go_idle_leave_no_memory_behind() {
         let mut gone = false;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let s: Value = awc::Client::default()
-                .get(format!("http://127.0.0.1:{}/status", broker.port))
-                .send()
-                .await
-                .expect("status")
-                .json()
-                .await
-                .expect("json");
+            let s = broker.status().await;
             if s["channels"]["active"] == 0 && s["channels"]["actors"] == 0 {
                 gone = true;
                 break;
