@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::store::Synchronous;
 
+use crate::net::IpRange;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -88,7 +90,7 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
     /// any other peer is the client itself.
-    pub trusted_proxies: Vec<String>,
+    pub trusted_proxies: Vec<IpRange>,
 }
 
 impl Default for ServerSettings {
@@ -428,13 +430,7 @@ impl Settings {
                  limits.upgrades_per_ip_burst >= 1",
             );
         }
-        for p in &self.server.trusted_proxies {
-            if p.parse::<crate::gate::IpRange>().is_err() {
-                return Err(ConfigError::Invalid(format!(
-                    "server.trusted_proxies: `{p}` is not an IP address or CIDR range"
-                )));
-            }
-        }
+
         let page = self.database.sqlite_page_size;
         if !(512..=65_536).contains(&page) || !page.is_power_of_two() {
             return bad("database.sqlite_page_size must be a power of two from 512 to 65536");
@@ -582,6 +578,34 @@ mod tests {
             env(&[("SWITCHBOARD__DATABASE__SQLITE_PAGE_SIZE", "4096")]),
         );
         assert_eq!(ok.expect("4 KiB pages").database.sqlite_page_size, 4096);
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges_from_the_file_or_a_comma_list() {
+        let s = Settings::from_sources(
+            "[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+            env(&[("SWITCHBOARD__SERVER__TRUSTED_PROXIES", "10.0.0.5, fd00::/8")]),
+        )
+        .expect("valid");
+        let ranges: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(ranges, ["10.0.0.5/32", "fd00::/8"]);
+        let e = Settings::from_sources("[server]\ntrusted_proxies = [\"10.0.0.0/40\"]\n", env(&[]))
+            .expect_err("bad range");
+        assert!(e.to_string().contains("10.0.0.0/40"), "{e}");
+        for (key, value) in [
+            ("SWITCHBOARD__LIMITS__MAX_JSON_DEPTH", "0"),
+            ("SWITCHBOARD__LIMITS__PENDING_CONNECTIONS_SHARE", "1.5"),
+            ("SWITCHBOARD__LIMITS__FRAME_TIMEOUT", "0s"),
+            ("SWITCHBOARD__LIMITS__UPGRADES_PER_IP_PER_SECOND", "-1"),
+        ] {
+            let e = Settings::from_sources("", env(&[(key, value)])).expect_err(key);
+            assert!(e.to_string().contains("limits."), "{key}: {e}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod net;
 pub mod routes;
 pub mod session;
 pub mod startup;

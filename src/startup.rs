@@ -183,13 +183,7 @@ impl Application {
             keys,
             index,
         );
-        let trusted = settings
-            .server
-            .trusted_proxies
-            .iter()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        let gate = ConnectionGate::new(&settings.limits, trusted);
+        let gate = ConnectionGate::new(&settings.limits, settings.server.trusted_proxies.clone());
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())

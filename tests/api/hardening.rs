@@ -195,7 +195,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_limits() {
     let app = spawn_app_with(|s| {
         s.limits.upgrades_per_ip_per_second = 1.0;
         s.limits.upgrades_per_ip_burst = 1.0;
-        s.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+        s.server.trusted_proxies = vec!["127.0.0.0/8".parse().expect("range")];
     })
     .await;
     let auth = format!("Authorization: Bearer {}\r\n", app.token("alice"));
