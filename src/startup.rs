@@ -12,9 +12,8 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
-use switchboard_actors::store::channel_index::ChannelIndex;
-use switchboard_actors::store::dedupe::{DedupeKeys, DedupeSettings};
-use switchboard_actors::store::{self, queries, DatabaseLock, DbPool, StoreConfig, StoreError};
+use switchboard_actors::store::dedupe::DedupeSettings;
+use switchboard_actors::store::{self, DatabaseLock, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{Tree, TreeConfig};
 
 use crate::auth::{Authority, KeyError};
@@ -131,32 +130,27 @@ impl Application {
         let lock = store::lock_database(&settings.database_url())?;
         let pool = open_store(&settings)?;
         let db = &settings.database;
-        let (keys, index) = {
-            let mut c = pool.get().map_err(StoreError::from)?;
-            let now = switchboard_actors::ids::now_ms();
-            auth.revoke_all(queries::revoked_jtis(&mut c, now).map_err(StoreError::from)?);
-            if db.dedupe_slices.is_some() {
-                log::warn!(
-                    "database.dedupe_slices is no longer used (see database.dedupe_run_keys)"
-                );
-            }
-            let settings = DedupeSettings {
+        if db.dedupe_slices.is_some() {
+            log::warn!("database.dedupe_slices is no longer used (see database.dedupe_run_keys)");
+        }
+        let start = store::read_start_state(
+            &pool,
+            DedupeSettings {
                 run_keys: db.dedupe_run_keys,
                 window_ms: db.dedupe_window.as_millis() as i64,
                 filter_bytes: (db.resend_filter_mib as usize) << 20,
-            };
-            let keys = DedupeKeys::load(&mut c, settings, now).map_err(StoreError::from)?;
-            log::info!(
-                "resend keys read back from recent messages: {}",
-                keys.pending()
-            );
-            let index = ChannelIndex::load(&mut c).map_err(StoreError::from)?;
-            log::info!(
-                "channel places read back from recent messages: {}",
-                index.held()
-            );
-            (keys, index)
-        };
+            },
+        )?;
+        auth.revoke_all(start.revoked_jtis);
+        let (keys, index) = (start.keys, start.index);
+        log::info!(
+            "resend keys read back from recent messages: {}",
+            keys.pending()
+        );
+        log::info!(
+            "channel places read back from recent messages: {}",
+            index.held()
+        );
         let redis = if settings.redis.url.is_empty() {
             None
         } else {

@@ -28,9 +28,9 @@ use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, Error
 use crate::router::{FanOut, Router};
 use crate::session_handle::{Delivery, Outbound, SessionHandle};
 use crate::store::batcher::{Committed, Persist, PersistFor, WriteBatcher};
-use crate::store::reader::Reads;
+use crate::store::reader::{ChannelStart, Reads};
 use crate::store::writer::{WriteOp, WriteOutcome};
-use crate::store::{queries, NewMessage, StoreError, StoredMessage};
+use crate::store::{NewMessage, StoreError, StoredMessage};
 
 /// Why a channel refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -300,19 +300,11 @@ impl ChannelActor {
             ChannelKind::Group(g) => Some(g.to_string()),
             _ => None,
         };
-        let index = self.deps.reads.index().clone();
-        let fut = self.deps.reads.run(move |c| {
-            let (head, _) = index.head_seq(c, &name)?;
-            let members = match group {
-                Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
-                None => None,
-            };
-            Ok((head, members))
-        });
+        let fut = self.deps.reads.channel_start(name, group);
         // wait: nothing else is handled until the channel knows its members.
         ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
-            Ok((head, members)) => {
-                act.head = act.head.max(head as u64);
+            Ok(ChannelStart { head, members }) => {
+                act.head = act.head.max(head);
                 act.members = match (&act.channel.kind, members) {
                     (ChannelKind::Dm(a, b), _) => {
                         // A note to self has one recipient, not the same one twice.
@@ -459,9 +451,9 @@ impl ChannelActor {
                 }
                 f.reply.acked(&msg, &mut self.acks);
             }
-            Ok(WriteOutcome::Cursor { .. } | WriteOutcome::Done) => {
-                f.reply.answer(Err(ChannelError::Unavailable))
-            }
+            Ok(
+                WriteOutcome::Cursor { .. } | WriteOutcome::GroupCreated(_) | WriteOutcome::Done,
+            ) => f.reply.answer(Err(ChannelError::Unavailable)),
             Err(e) => f.reply.answer(Err(e.into())),
         }
     }

@@ -21,7 +21,7 @@ use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
-use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher};
+use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher, Writes};
 use crate::store::channel_index::ChannelIndex;
 use crate::store::checkpointer::{CheckpointStats, WalCheckpointer};
 use crate::store::dedupe::{DedupeKeys, ResendKeyStats};
@@ -61,8 +61,10 @@ pub struct Tree {
     pub offline: Addr<OfflineQueue>,
     /// Synced documents.
     pub sync: Addr<SyncEngine>,
-    /// Blocking reads.
+    /// The store's read operations.
     pub reads: Reads,
+    /// The store's write operations other than messages (groups), through the batcher.
+    pub writes: Writes,
     /// The pool (for readiness checks).
     pub pool: DbPool,
     /// Health of every actor above.
@@ -158,6 +160,7 @@ impl Tree {
 
         Tree {
             router,
+            writes: Writes::new(batcher.clone()),
             batcher,
             presence,
             offline,

@@ -6,7 +6,6 @@ use switchboard_actors::channel::ReloadMembers;
 use switchboard_actors::ids::{now_ms, valid_id, Channel, MAX_ID_LEN};
 use switchboard_actors::router::RouteIfActive;
 use switchboard_actors::store::models::GroupRow;
-use switchboard_actors::store::{queries, StoreError};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -50,10 +49,9 @@ fn view(g: GroupRow, members: Vec<String>) -> GroupView {
 }
 
 async fn load(app: &AppState, id: &str) -> Result<(GroupRow, Vec<String>), ApiError> {
-    let gid = id.to_owned();
     app.tree
         .reads
-        .run(move |c| Ok(queries::group(c, &gid)?))
+        .group(id.to_owned())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no group `{id}`")))
 }
@@ -97,19 +95,10 @@ pub async fn create(
         owner_id: caller.user.to_string(),
         created_at: now_ms(),
     };
-    let (r, m) = (row.clone(), members.clone());
     let created = app
         .tree
-        .reads
-        .run(move |c| {
-            c.immediate_transaction(|c| {
-                if queries::group(c, &r.id)?.is_some() {
-                    return Ok(false);
-                }
-                queries::create_group(c, &r, &m)?;
-                Ok::<_, StoreError>(true)
-            })
-        })
+        .writes
+        .create_group(row.clone(), members.clone())
         .await?;
     if !created {
         return Err(ApiError::Conflict(format!("group `{id}` already exists")));
@@ -148,18 +137,12 @@ async fn change_member(
             "only the group's owner or an admin may change members".into(),
         ));
     }
-    let (gid, uid) = (id.clone(), user.clone());
-    app.tree
-        .reads
-        .run(move |c| {
-            if add {
-                queries::add_member(c, &gid, &uid, now_ms())?;
-            } else {
-                queries::remove_member(c, &gid, &uid)?;
-            }
-            Ok(())
-        })
-        .await?;
+    let writes = &app.tree.writes;
+    if add {
+        writes.add_member(id.clone(), user).await?;
+    } else {
+        writes.remove_member(id.clone(), user).await?;
+    }
     members_changed(&app, &id);
     let (g, members) = load(&app, &id).await?;
     Ok(HttpResponse::Ok().json(view(g, members)))

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use switchboard_actors::ids::{valid_id, Channel, UserId};
 use switchboard_actors::protocol::delivery_frame;
-use switchboard_actors::store::queries::{self, Page};
+use switchboard_actors::store::queries::Page;
 use switchboard_actors::store::StoredMessage;
 
 use crate::auth::Caller;
@@ -94,12 +94,7 @@ pub async fn group_history(
         return Err(ApiError::BadRequest("not a valid group id".into()));
     }
     let page = q.page()?;
-    let id = gid.clone();
-    let group = app
-        .tree
-        .reads
-        .run(move |c| Ok(queries::group(c, &id)?))
-        .await?;
+    let group = app.tree.reads.group(gid.clone()).await?;
     let Some((_, members)) = group else {
         return Err(ApiError::NotFound(format!("no group `{gid}`")));
     };

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use diesel::connection::SimpleConnection;
 use serde_json::json;
 use switchboard_actors::router::GetStats;
 
@@ -15,7 +14,7 @@ pub async fn health() -> HttpResponse {
 }
 
 async fn database_ok(app: &AppState) -> Result<(), String> {
-    let check = app.tree.reads.run(|c| Ok(c.batch_execute("SELECT 1")?));
+    let check = app.tree.reads.ping();
     match tokio::time::timeout(Duration::from_secs(2), check).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),

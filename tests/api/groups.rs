@@ -228,3 +228,45 @@ async fn under_pipelined_load_every_member_receives_every_seq_in_order() {
         }
     }
 }
+
+#[actix_web::test]
+async fn group_changes_are_written_through_the_write_batcher() {
+    let app = spawn_app().await;
+    let writes = |s: &serde_json::Value| s["database"]["writes"]["writes"].as_u64();
+    let (_, before) = app.call("GET", "/status", None, None).await;
+    let admin = app.admin_token();
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/groups",
+            Some(&admin),
+            Some(json!({"id": "g1", "name": "G", "members": ["bob"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = app
+        .call("PUT", "/api/groups/g1/members/carol", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = app
+        .call("DELETE", "/api/groups/g1/members/bob", Some(&admin), None)
+        .await;
+    assert_eq!(status, 200);
+    // A second create of the same id is a conflict, found inside the write's transaction.
+    let (status, _) = app
+        .call(
+            "POST",
+            "/api/groups",
+            Some(&admin),
+            Some(json!({"id": "g1", "name": "again", "members": []})),
+        )
+        .await;
+    assert_eq!(status, 409);
+    let (_, after) = app.call("GET", "/status", None, None).await;
+    assert!(
+        writes(&after).unwrap_or(0) >= writes(&before).unwrap_or(0) + 4,
+        "{before} → {after}"
+    );
+    let (_, g) = app.call("GET", "/api/groups/g1", Some(&admin), None).await;
+    assert_eq!(g["members"], json!(["admin", "carol"]));
+}

@@ -20,6 +20,7 @@ use actix::prelude::*;
 use tokio::sync::oneshot;
 
 use super::checkpointer::{CheckpointWal, WalCheckpointer};
+use super::models::GroupRow;
 use super::writer::{MessageWriter, WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
 use crate::fast_map::FastMap;
@@ -324,6 +325,53 @@ impl Handler<Persist> for WriteBatcher {
         let (tx, rx) = oneshot::channel();
         self.enqueue(msg.0, Waiter::Reply(tx), ctx);
         Box::pin(async move { rx.await.unwrap_or(Err(StoreError::WriterGone)) })
+    }
+}
+
+/// The store's write operations for the rest of the broker (REST, startup): each goes
+/// through the write batcher into a transaction of its own batch, like messages do.
+#[derive(Clone)]
+pub struct Writes {
+    batcher: Addr<WriteBatcher>,
+}
+
+impl Writes {
+    /// Writes through `batcher`.
+    pub fn new(batcher: Addr<WriteBatcher>) -> Self {
+        Writes { batcher }
+    }
+
+    async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
+        self.batcher
+            .send(Persist(op))
+            .await
+            .map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Creates `group` with `members`; `false` if its id is taken.
+    pub async fn create_group(
+        &self,
+        group: GroupRow,
+        members: Vec<String>,
+    ) -> Result<bool, StoreError> {
+        match self.write(WriteOp::CreateGroup { group, members }).await? {
+            WriteOutcome::GroupCreated(created) => Ok(created),
+            _ => Err(StoreError::Invariant("create group answered otherwise")),
+        }
+    }
+
+    /// Adds `user` to `group` (nothing if already a member).
+    pub async fn add_member(&self, group: String, user: String) -> Result<(), StoreError> {
+        self.write(WriteOp::AddMember { group, user })
+            .await
+            .map(|_| ())
+    }
+
+    /// Removes `user` from `group` (nothing if not a member).
+    pub async fn remove_member(&self, group: String, user: String) -> Result<(), StoreError> {
+        self.write(WriteOp::RemoveMember { group, user })
+            .await
+            .map(|_| ())
     }
 }
 

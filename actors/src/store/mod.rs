@@ -235,6 +235,31 @@ pub(crate) fn temp_pool(wal_autocheckpoint: u32, page_size: u32) -> (tempfile::T
     (dir, pool)
 }
 
+/// What the writer and the token checks keep in memory, read back from the database at
+/// start-up.
+pub struct StartState {
+    /// Resend keys of recent messages, with the resend filter over the window.
+    pub keys: dedupe::DedupeKeys,
+    /// Places of recent messages not yet moved to `channel_index`.
+    pub index: channel_index::ChannelIndex,
+    /// Token ids revoked and not yet expired.
+    pub revoked_jtis: Vec<String>,
+}
+
+/// Reads the [`StartState`] from `pool`'s database.
+pub fn read_start_state(
+    pool: &DbPool,
+    dedupe: dedupe::DedupeSettings,
+) -> Result<StartState, StoreError> {
+    let mut c = pool.get()?;
+    let now = crate::ids::now_ms();
+    Ok(StartState {
+        revoked_jtis: queries::revoked_jtis(&mut c, now)?,
+        keys: dedupe::DedupeKeys::load(&mut c, dedupe, now)?,
+        index: channel_index::ChannelIndex::load(&mut c)?,
+    })
+}
+
 /// Applies pending migrations; returns the versions applied.
 pub fn run_migrations(pool: &DbPool) -> Result<Vec<String>, StoreError> {
     let mut conn = pool.get()?;

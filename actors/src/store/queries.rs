@@ -622,6 +622,11 @@ pub fn remove_member(c: &mut DbConn, group: &str, user: &str) -> QueryResult<boo
     Ok(n > 0)
 }
 
+/// A trivial query: the connection works.
+pub fn ping(c: &mut DbConn) -> QueryResult<()> {
+    diesel::sql_query("SELECT 1").execute(c).map(|_| ())
+}
+
 /// Token ids revoked and not yet expired.
 pub fn revoked_jtis(c: &mut DbConn, now: i64) -> QueryResult<Vec<String>> {
     revoked_tokens::table

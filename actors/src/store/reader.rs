@@ -1,13 +1,15 @@
 //! `StoreReader`: blocking reads on a SyncArbiter, so no async thread waits for the disk.
 //!
-//! Owns nothing but the pool; a restart loses nothing.
+//! Owns nothing but the pool; a restart loses nothing. The rest of the broker reads through
+//! [`Reads`], whose methods are the store's read operations: no code outside the store
+//! names a connection.
 
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use super::channel_index::ChannelIndex;
-use super::models::StoredMessage;
+use super::models::{GroupRow, StoredMessage};
 use super::queries::{self, Page};
 use super::{DbConn, DbPool, StoreError};
 use crate::health::{ActorHealth, Probe};
@@ -49,6 +51,15 @@ impl Handler<Probe> for StoreReader {
     }
 }
 
+/// What [`Reads::channel_start`] finds.
+#[derive(Debug, Clone)]
+pub struct ChannelStart {
+    /// The channel's last seq (0 when empty).
+    pub head: u64,
+    /// For a group channel: its members, or `None` if the group does not exist.
+    pub members: Option<Option<Vec<String>>>,
+}
+
 /// A cheap handle for running reads from async code.
 #[derive(Clone)]
 pub struct Reads {
@@ -82,8 +93,43 @@ impl Reads {
         })
     }
 
+    /// A group and its members, or `None` if there is no such group.
+    pub fn group(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = Result<Option<(GroupRow, Vec<String>)>, StoreError>> + 'static
+    {
+        self.run(move |c| Ok(queries::group(c, &id)?))
+    }
+
+    /// What a channel actor starts from: the channel's last seq, and for a group channel
+    /// (`group` is its id) the members, or `None` if the group does not exist.
+    pub fn channel_start(
+        &self,
+        channel: String,
+        group: Option<String>,
+    ) -> impl std::future::Future<Output = Result<ChannelStart, StoreError>> + 'static {
+        let index = self.index.clone();
+        self.run(move |c| {
+            let (head, _) = index.head_seq(c, &channel)?;
+            let members = match group {
+                Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
+                None => None,
+            };
+            Ok(ChannelStart {
+                head: head.max(0) as u64,
+                members,
+            })
+        })
+    }
+
+    /// Whether the database answers a trivial query (readiness).
+    pub fn ping(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
+        self.run(|c| Ok(queries::ping(c)?))
+    }
+
     /// Runs `f` on a reader thread.
-    pub fn run<R, F>(
+    pub(crate) fn run<R, F>(
         &self,
         f: F,
     ) -> impl std::future::Future<Output = Result<R, StoreError>> + 'static

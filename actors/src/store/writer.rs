@@ -13,7 +13,7 @@ use actix::prelude::*;
 
 use super::channel_index::{ChannelIndex, Place, PlacesMoved};
 use super::dedupe::{key_of, DedupeKeys, KeyHasher, KeysMoved, ResendKeyStats};
-use super::models::{NewMessage, StoredMessage};
+use super::models::{GroupRow, NewMessage, StoredMessage};
 use super::seqs::{Counter, SeqCounters};
 use super::{queries, DbConn, DbPool, StoreError};
 use crate::fast_map::FastMap;
@@ -33,6 +33,27 @@ pub enum WriteOp {
         channel: String,
         /// Highest seq read.
         up_to_seq: i64,
+    },
+    /// Create a group with its first members, unless its id is taken.
+    CreateGroup {
+        /// The group.
+        group: GroupRow,
+        /// Its members (the owner among them).
+        members: Vec<String>,
+    },
+    /// Add a user to a group (nothing if already a member).
+    AddMember {
+        /// The group id.
+        group: String,
+        /// The user.
+        user: String,
+    },
+    /// Remove a user from a group (nothing if not a member).
+    RemoveMember {
+        /// The group id.
+        group: String,
+        /// The user.
+        user: String,
     },
     /// Note that a device connected (first and last seen).
     TouchDevice {
@@ -62,6 +83,8 @@ pub enum WriteOutcome {
         /// Effective cursor (never moves back).
         up_to_seq: i64,
     },
+    /// Whether a [`WriteOp::CreateGroup`] made the group (`false`: the id was taken).
+    GroupCreated(bool),
     /// A write with nothing to report.
     Done,
 }
@@ -439,6 +462,21 @@ fn apply(
             }) => {
                 let up_to_seq = queries::advance_read_cursor(c, user_id, channel, *up_to_seq, now)?;
                 Slot::Done(WriteOutcome::Cursor { up_to_seq })
+            }
+            Some(WriteOp::CreateGroup { group, members }) => {
+                let free = queries::group(c, &group.id)?.is_none();
+                if free {
+                    queries::create_group(c, group, members)?;
+                }
+                Slot::Done(WriteOutcome::GroupCreated(free))
+            }
+            Some(WriteOp::AddMember { group, user }) => {
+                queries::add_member(c, group, user, now)?;
+                Slot::Done(WriteOutcome::Done)
+            }
+            Some(WriteOp::RemoveMember { group, user }) => {
+                queries::remove_member(c, group, user)?;
+                Slot::Done(WriteOutcome::Done)
             }
             Some(WriteOp::TouchDevice {
                 user_id,
