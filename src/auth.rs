@@ -1,19 +1,16 @@
-//! Tokens: minting and checking JWTs (contract section 1), and the REST caller extractor.
+//! Tokens: minting and checking JWTs (contract section 1).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use switchboard_actors::ids::{now_ms, valid_id, UserId};
+use switchboard_actors::ids::{now_ms, valid_id};
 
 use crate::config::{Environment, Settings};
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 /// Device kinds a token or connection may name.
 pub const DEVICES: [&str; 6] = ["web", "desktop", "mobile", "extension", "cli", "server"];
@@ -271,51 +268,4 @@ pub fn bearer(headers: &actix_web::http::header::HeaderMap) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then_some(token.trim())
         .filter(|t| !t.is_empty())
-}
-
-/// An authenticated REST caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The user.
-    pub user: UserId,
-    /// The token's claims.
-    pub claims: Claims,
-}
-
-impl Caller {
-    /// Whether the caller may use the admin API.
-    pub fn is_admin(&self) -> bool {
-        self.claims.is_admin()
-    }
-
-    /// Fails with 403 unless the caller is an admin.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("admin role required".into()))
-        }
-    }
-}
-
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = std::future::Ready<Result<Caller, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(caller(req))
-    }
-}
-
-fn caller(req: &HttpRequest) -> Result<Caller, ApiError> {
-    let app = req
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::Internal("app state missing".into()))?;
-    let token = bearer(req.headers())
-        .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer` token".into()))?;
-    let claims = app.auth.verify(token)?;
-    Ok(Caller {
-        user: UserId::new(&claims.sub),
-        claims,
-    })
 }

@@ -107,9 +107,6 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Internal(m) = self {
-            log::error!("internal error: {m}");
-        }
         let mut res = HttpResponse::build(self.status_code());
         if let ApiError::TooMany {
             retry_after_ms: Some(ms),
@@ -126,7 +123,8 @@ impl ResponseError for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::from_code(e.code(), e.to_string())
+        let (code, message) = e.public();
+        ApiError::from_code(code, message)
     }
 }
 

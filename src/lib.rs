@@ -16,6 +16,7 @@ pub mod net;
 pub mod routes;
 pub mod session;
 pub mod startup;
+pub mod state;
 
 pub use config::Settings;
 pub use startup::Application;

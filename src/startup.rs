@@ -2,7 +2,6 @@
 //! and shut down gracefully (contract section 9).
 
 use std::net::TcpListener;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_http::HttpService;
@@ -21,6 +20,7 @@ use crate::config::Settings;
 use crate::gate::ConnectionGate;
 use crate::routes;
 use crate::session::close;
+use crate::state::AppState;
 
 /// Seconds the HTTP workers get to stop once sessions are closed and writes flushed.
 const WORKER_STOP_S: u64 = 1;
@@ -45,22 +45,6 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// Everything request handlers and sessions share.
-pub struct AppState {
-    /// The configuration.
-    pub settings: Settings,
-    /// The actor tree.
-    pub tree: Tree,
-    /// Token minting and checking.
-    pub auth: Authority,
-    /// Connection and rate limits.
-    pub gate: Arc<ConnectionGate>,
-    /// Redis pool, when `redis.url` is set.
-    pub redis: Option<deadpool_redis::Pool>,
-    /// When the process started.
-    pub started: Instant,
 }
 
 /// Puts the calling thread in Linux's SCHED_BATCH scheduling class

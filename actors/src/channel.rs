@@ -25,8 +25,7 @@ use tokio::sync::oneshot;
 use crate::fast_map::FastMap;
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
 use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, ErrorCode};
-use crate::router::{FanOut, Router};
-use crate::session_handle::{Delivery, Outbound, SessionHandle};
+use crate::session_handle::{Delivery, FanOut, Outbound, SessionHandle};
 use crate::store::batcher::{Committed, Persist, PersistFor, WriteBatcher};
 use crate::store::reader::{ChannelStart, Reads};
 use crate::store::writer::{WriteOp, WriteOutcome};
@@ -44,9 +43,14 @@ pub enum ChannelError {
     /// A bad value (e.g. a read receipt for a seq that does not exist yet).
     #[error("{0}")]
     BadRequest(&'static str),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// The store failed; the message is [`StoreError::public`]'s (no database text).
+    #[error("{message}")]
+    Store {
+        /// `unavailable` or `internal`.
+        code: ErrorCode,
+        /// What the client is told.
+        message: String,
+    },
     /// The channel actor or the store is not available right now.
     #[error("channel unavailable, retry")]
     Unavailable,
@@ -59,9 +63,16 @@ impl ChannelError {
             ChannelError::Forbidden(_) => ErrorCode::Forbidden,
             ChannelError::NotFound => ErrorCode::NotFound,
             ChannelError::BadRequest(_) => ErrorCode::BadRequest,
-            ChannelError::Store(e) => e.code(),
+            ChannelError::Store { code, .. } => *code,
             ChannelError::Unavailable => ErrorCode::Unavailable,
         }
+    }
+}
+
+impl From<StoreError> for ChannelError {
+    fn from(e: StoreError) -> Self {
+        let (code, message) = e.public();
+        ChannelError::Store { code, message }
     }
 }
 
@@ -75,7 +86,7 @@ impl From<MailboxError> for ChannelError {
 #[derive(Clone)]
 pub struct ChannelDeps {
     /// For fan-out to users' connections.
-    pub router: Addr<Router>,
+    pub fan_out: Recipient<FanOut>,
     /// Where writes go.
     pub batcher: Addr<WriteBatcher>,
     /// Where reads go.
@@ -380,7 +391,7 @@ impl ChannelActor {
                 .store(self.subs.len(), Ordering::Relaxed);
         }
         if let Some(users) = self.recipients() {
-            self.deps.router.do_send(FanOut {
+            self.deps.fan_out.do_send(FanOut {
                 users,
                 skip_conn,
                 skip_user,

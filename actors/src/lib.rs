@@ -9,7 +9,8 @@
 //! session (server crate) → [`router`] → [`channel`] → [`store::batcher`] →
 //! [`store::writer`] (commit) → [`channel`] (ack, then fan-out in seq order) → sessions.
 //!
-//! - [`ids`], [`protocol`], [`json_check`]: names and frames of the wire contract.
+//! - [`ids`], [`protocol`], [`json_check`], [`error_code`]: names, frames and error codes
+//!   of the wire contract.
 //! - [`fast_map`]: the hash maps of the message path.
 //! - [`session_handle`]: how the engine reaches a session (bounded, never blocking).
 //! - [`router`]: session registry and channel registry.
@@ -19,6 +20,7 @@
 //! - [`health`]: what `/status` reports; [`tree`]: starts and supervises all of it.
 
 pub mod channel;
+pub mod error_code;
 pub mod fast_map;
 pub mod health;
 pub mod ids;

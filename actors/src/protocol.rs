@@ -12,37 +12,10 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+pub use crate::error_code::ErrorCode;
 use crate::ids::{valid_id, Channel, MessageId, UserId};
 use crate::json_check::check_json;
 use crate::store::StoredMessage;
-
-/// Error codes of contract section 6, serialised in snake_case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// No valid credentials.
-    Unauthorized,
-    /// Valid credentials, not allowed.
-    Forbidden,
-    /// Malformed input.
-    BadRequest,
-    /// Unknown frame `type`.
-    UnknownType,
-    /// Input over a size limit.
-    TooLarge,
-    /// Over the rate limit.
-    RateLimited,
-    /// The thing named does not exist.
-    NotFound,
-    /// A write lost a race (state documents, existing ids).
-    Conflict,
-    /// The feature needs configuration this broker lacks.
-    NotConfigured,
-    /// A dependency (database, actor) is not available right now.
-    Unavailable,
-    /// A bug or an unexpected failure on our side.
-    Internal,
-}
 
 /// Why a client frame was refused; becomes one `error` frame (the connection stays open).
 #[derive(Debug, thiserror::Error)]

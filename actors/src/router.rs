@@ -25,6 +25,7 @@ use crate::ids::{Channel, ConnId, UserId};
 use crate::offline_queue::{DeviceSeen, OfflineQueue};
 use crate::presence::{ConnClosed, ConnOpened, PresenceTracker};
 use crate::protocol::encode;
+pub use crate::session_handle::FanOut;
 use crate::session_handle::{Outbound, SessionHandle};
 use crate::store::batcher::WriteBatcher;
 use crate::store::reader::Reads;
@@ -96,7 +97,7 @@ impl Router {
         let start = || {
             let subscribers = Arc::new(AtomicUsize::new(0));
             let deps = ChannelDeps {
-                router: ctx.address(),
+                fan_out: ctx.address().recipient(),
                 batcher: self.batcher.clone(),
                 reads: self.reads.clone(),
                 subscribers: subscribers.clone(),
@@ -269,21 +270,6 @@ impl Handler<Disconnect> for Router {
             conn: msg.conn,
         });
     }
-}
-
-/// Deliver `item` to every connection of `users`, except connection `skip_conn` and every
-/// connection of `skip_user`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct FanOut {
-    /// Recipients.
-    pub users: Arc<[UserId]>,
-    /// The sending connection (it got an ack instead).
-    pub skip_conn: Option<ConnId>,
-    /// A user to leave out entirely (typing indicators skip the typist).
-    pub skip_user: Option<UserId>,
-    /// What to deliver.
-    pub item: Outbound,
 }
 
 impl Handler<FanOut> for Router {

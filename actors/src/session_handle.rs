@@ -240,3 +240,18 @@ mod tests {
         );
     }
 }
+
+/// Deliver `item` to every connection of `users`, except connection `skip_conn` and every
+/// connection of `skip_user`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FanOut {
+    /// Recipients.
+    pub users: Arc<[UserId]>,
+    /// The sending connection (it got an ack instead).
+    pub skip_conn: Option<ConnId>,
+    /// A user to leave out entirely (typing indicators skip the typist).
+    pub skip_user: Option<UserId>,
+    /// What to deliver.
+    pub item: Outbound,
+}

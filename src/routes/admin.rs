@@ -11,10 +11,10 @@ use switchboard_actors::ids::{Channel, ChannelKind};
 use switchboard_actors::router::Forward;
 use switchboard_actors::store::NewMessage;
 
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::body::JsonBody;
-use crate::startup::AppState;
+use crate::routes::caller::Caller;
+use crate::state::AppState;
 
 /// Frame types a publish may not use: they mean something else to clients.
 const RESERVED_TYPES: [&str; 16] = [

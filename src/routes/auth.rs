@@ -7,10 +7,11 @@ use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ids::valid_id;
 
-use crate::auth::{Caller, DEVICES};
+use crate::auth::DEVICES;
 use crate::error::ApiError;
 use crate::routes::body::JsonBody;
-use crate::startup::AppState;
+use crate::routes::caller::Caller;
+use crate::state::AppState;
 
 /// Longest lifetime an access token may be minted with.
 const MAX_TTL_S: u64 = 30 * 24 * 3600;

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use switchboard_actors::json_check::check_json;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A checked JSON request body.
 pub struct JsonBody<T>(pub T);

@@ -7,10 +7,10 @@ use switchboard_actors::ids::{now_ms, valid_id, Channel, MAX_ID_LEN};
 use switchboard_actors::router::RouteIfActive;
 use switchboard_actors::store::models::GroupRow;
 
-use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::body::JsonBody;
-use crate::startup::AppState;
+use crate::routes::caller::Caller;
+use crate::state::AppState;
 
 /// Most members a group may be created with in one request.
 const MAX_MEMBERS: usize = 10_000;

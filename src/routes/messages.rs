@@ -8,9 +8,9 @@ use switchboard_actors::protocol::delivery_frame;
 use switchboard_actors::store::queries::Page;
 use switchboard_actors::store::StoredMessage;
 
-use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::routes::caller::Caller;
+use crate::state::AppState;
 
 /// Largest page.
 const MAX_LIMIT: i64 = 200;

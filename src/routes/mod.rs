@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod caller;
 pub mod groups;
 pub mod messages;
 pub mod ops;
@@ -11,7 +12,7 @@ pub mod ws;
 use actix_web::web;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Registers every route, with body and query errors mapped to the contract's error shape.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {

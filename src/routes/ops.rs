@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 use switchboard_actors::router::GetStats;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Liveness: the process answers.
 pub async fn health() -> HttpResponse {

@@ -24,7 +24,7 @@ use crate::auth::{bearer, DEVICES};
 use crate::error::ApiError;
 use crate::gate::GateError;
 use crate::session::{self, Upgrade};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The path WebSocket clients connect to.
 pub const PATH: &str = "/ws";

@@ -48,7 +48,7 @@ use tokio_util::codec::Encoder;
 
 use crate::auth::{Claims, DEVICES};
 use crate::gate::{GateError, NodeTicket, PendingTicket, TokenBucket, UserTicket};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 mod reader;
 

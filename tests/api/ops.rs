@@ -293,3 +293,34 @@ async fn idle_channel_actors_stop_for_good_and_start_again_on_use() {
         assert_eq!(last, Some((Some(0), Some(0))), "round {round}");
     }
 }
+
+#[actix_web::test]
+async fn database_errors_reach_clients_as_a_reference_not_as_database_text() {
+    use diesel::connection::SimpleConnection;
+    let app = spawn_app().await;
+    let token = app.token("alice");
+    let mut alice = app.ws("alice").await;
+    // Break the store from outside: the group tables are gone.
+    {
+        let pool = switchboard::startup::open_store(&app.settings).expect("store");
+        let mut c = pool.get().expect("conn");
+        c.batch_execute("DROP TABLE group_members; DROP TABLE groups;")
+            .expect("drop");
+    }
+    let (status, body) = app
+        .call("GET", "/api/messages/group/g1", Some(&token), None)
+        .await;
+    assert_eq!(status, 500, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("internal error (ref "), "{body}");
+    assert!(!message.contains("table"), "{body}");
+    // The same over the WebSocket.
+    alice.send(group_msg("g1", "m1", "hello")).await;
+    let e = alice.recv().await;
+    assert_eq!(e["type"], "error", "{e}");
+    let message = e["payload"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains("table") && !message.contains("database"),
+        "{e}"
+    );
+}

@@ -27,7 +27,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
-use crate::protocol::ErrorCode;
+use crate::error_code::ErrorCode;
 
 pub use models::{NewMessage, StoredMessage};
 
@@ -85,6 +85,27 @@ impl StoreError {
             }
             _ => ErrorCode::Internal,
         }
+    }
+
+    /// The code and the message a client is told. The database's own text never reaches a
+    /// client: an internal failure is logged here under a short reference, which the
+    /// message repeats so that an operator can find the log line.
+    pub fn public(&self) -> (ErrorCode, String) {
+        let code = self.code();
+        let message = match self {
+            StoreError::Overloaded => "the store is overloaded; retry".to_owned(),
+            _ if code == ErrorCode::Unavailable => {
+                log::warn!("store unavailable: {self}");
+                "the store is unavailable; retry".to_owned()
+            }
+            _ => {
+                let reference = uuid::Uuid::new_v4().simple().to_string();
+                let reference = reference.get(..12).unwrap_or(&reference);
+                log::error!("store error (ref {reference}): {self}");
+                format!("internal error (ref {reference})")
+            }
+        };
+        (code, message)
     }
 }
 
