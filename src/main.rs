@@ -61,9 +61,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
-        Command::Migrate => startup::open_store(&settings)
-            .map(|_| println!("migrations applied to {}", settings.database_url()))
-            .map_err(|e| e.to_string()),
+        Command::Migrate => startup::migrate(&settings).map_err(|e| e.to_string()),
         Command::Token {
             user,
             admin,

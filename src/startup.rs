@@ -90,6 +90,27 @@ pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
     Ok(pool)
 }
 
+/// Applies pending migrations to the configured database, SQLite or PostgreSQL
+/// (`switchboard migrate`), and says what it did.
+pub fn migrate(settings: &Settings) -> Result<(), StoreError> {
+    let url = settings.database_url();
+    if store::postgres::is_postgres_url(&url) {
+        let applied = store::postgres::migrate(&url)?;
+        println!(
+            "PostgreSQL migrations applied: {}",
+            if applied.is_empty() {
+                "none pending".to_owned()
+            } else {
+                applied.join(", ")
+            }
+        );
+        return Ok(());
+    }
+    open_store(settings)?;
+    println!("migrations applied to {url}");
+    Ok(())
+}
+
 /// A built, bound application, not yet running.
 pub struct Application {
     port: u16,

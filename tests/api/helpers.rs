@@ -504,3 +504,66 @@ impl RawWs {
         }
     }
 }
+
+/// Where the PostgreSQL server of the tests is: `SWITCHBOARD_TEST_PG` (a URL to a database
+/// the tests may create databases from), or the local one CI starts.
+pub fn pg_admin_url() -> String {
+    std::env::var("SWITCHBOARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database of its own on the test PostgreSQL server, dropped when this is dropped.
+pub struct PgDatabase {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates an empty database with a fresh name.
+    pub fn create() -> Self {
+        use diesel::{Connection, RunQueryDsl};
+        let admin = pg_admin_url();
+        let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
+        let mut c = diesel::pg::PgConnection::establish(&admin)
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (CI starts it): {e}"));
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut c)
+            .expect("create database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+
+    /// Runs `sql` on this database and returns the first column of each row as text.
+    pub fn query_texts(&self, sql: &str) -> Vec<String> {
+        use diesel::{Connection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            v: String,
+        }
+        let mut c = diesel::pg::PgConnection::establish(&self.url).expect("connect");
+        diesel::sql_query(sql)
+            .load::<Row>(&mut c)
+            .expect("query")
+            .into_iter()
+            .map(|r| r.v)
+            .collect()
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        use diesel::{Connection, RunQueryDsl};
+        if let Ok(mut c) = diesel::pg::PgConnection::establish(&pg_admin_url()) {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut c);
+        }
+    }
+}

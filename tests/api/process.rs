@@ -615,3 +615,60 @@ async fn client_mistakes_are_not_logged_as_errors_and_a_1013_close_is_logged() {
     drop(reader);
     stop(broker);
 }
+
+#[test]
+fn migrate_applies_the_postgres_schema_and_serve_says_it_is_not_built_yet() {
+    let pg = crate::helpers::PgDatabase::create();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [("SWITCHBOARD__DATABASE__URL", pg.url.as_str())];
+    let out = run_cli(&["migrate"], &env, dir.path());
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("20261204000001"), "{stdout}");
+    let tables = pg.query_texts(
+        "SELECT table_name::text AS v FROM information_schema.tables \
+         WHERE table_schema = 'public' ORDER BY 1",
+    );
+    for t in [
+        "channels",
+        "messages",
+        "resend_keys",
+        "groups",
+        "group_members",
+        "revoked_tokens",
+    ] {
+        assert!(tables.iter().any(|x| x == t), "{t} missing from {tables:?}");
+    }
+    // The database enforces one message per (channel, seq).
+    let keys = pg.query_texts(
+        "SELECT string_agg(a.attname, ',' ORDER BY a.attnum)::text AS v FROM pg_index i \
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+         WHERE i.indrelid = 'messages'::regclass AND i.indisprimary",
+    );
+    assert_eq!(keys, ["channel,seq"]);
+    // Again, over TLS (the bundled libpq has OpenSSL): nothing pending.
+    let tls = format!("{}?sslmode=require", pg.url);
+    let out = run_cli(
+        &["migrate"],
+        &[("SWITCHBOARD__DATABASE__URL", &tls)],
+        dir.path(),
+    );
+    let server_tls = pg.query_texts("SELECT current_setting('ssl') AS v");
+    if server_tls == ["on"] {
+        assert!(out.status.success(), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("none pending"));
+    } else {
+        // A server without TLS: refused with libpq's reason, not a crash.
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("SSL"),
+            "{out:?}"
+        );
+        let out = run_cli(&["migrate"], &env, dir.path());
+        assert!(String::from_utf8_lossy(&out.stdout).contains("none pending"));
+    }
+    // Serving from it is refused with a clear message, not a crash.
+    let out = run_cli(&["serve"], &env, dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not built yet"), "{stderr}");
+}

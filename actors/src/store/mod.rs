@@ -10,6 +10,7 @@ pub mod checkpointer;
 pub mod dedupe;
 pub mod dedupe_runs;
 pub mod models;
+pub mod postgres;
 pub mod queries;
 pub mod reader;
 pub mod resend_filter;
@@ -36,8 +37,8 @@ pub type DbConn = SqliteConnection;
 /// The shared connection pool.
 pub type DbPool = Pool<ConnectionManager<DbConn>>;
 
-/// The migrations in `migrations/`, compiled into the binary.
-pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations");
+/// The SQLite migrations in `migrations/sqlite`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
 
 /// Everything the store can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +72,11 @@ pub enum StoreError {
         /// The lock file.
         lock: String,
     },
-    /// The database URL names a backend this build does not have.
-    #[error("unsupported database url `{0}`: use a SQLite path or sqlite:// URL")]
+    /// The database URL names a backend this build cannot serve from yet.
+    #[error(
+        "database url `{0}`: serving from PostgreSQL is not built yet (`switchboard migrate` \
+         applies its schema); use a SQLite path or sqlite:// URL"
+    )]
     UnsupportedUrl(String),
 }
 
@@ -166,7 +170,7 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
 
 /// The file path a database URL names.
 pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if postgres::is_postgres_url(url) {
         return Err(StoreError::UnsupportedUrl(url.to_owned()));
     }
     Ok(url

@@ -1,0 +1,12 @@
+DROP TABLE following;
+DROP TABLE state_documents;
+DROP TABLE revoked_tokens;
+DROP TABLE api_keys;
+DROP TABLE devices;
+DROP TABLE delivery_cursors;
+DROP TABLE read_cursors;
+DROP TABLE group_members;
+DROP TABLE groups;
+DROP TABLE resend_keys;
+DROP TABLE messages;
+DROP TABLE channels;
