@@ -11,7 +11,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
-use switchboard_actors::store::dedupe::DedupeSettings;
+use switchboard_actors::store::sqlite::dedupe::DedupeSettings;
 use switchboard_actors::store::{self, DatabaseLock, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{Tree, TreeConfig};
 

@@ -28,7 +28,7 @@ use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, Error
 use crate::session_handle::{Delivery, FanOut, Outbound, SessionHandle};
 use crate::store::batcher::{Committed, Persist, PersistFor, WriteBatcher};
 use crate::store::reader::{ChannelStart, Reads};
-use crate::store::writer::{WriteOp, WriteOutcome};
+use crate::store::write::{WriteOp, WriteOutcome};
 use crate::store::{NewMessage, StoreError, StoredMessage};
 
 /// Why a channel refused a request.

@@ -13,7 +13,7 @@ use actix::prelude::*;
 use crate::health::ActorHealth;
 use crate::ids::UserId;
 use crate::store::batcher::{Persist, WriteBatcher};
-use crate::store::writer::WriteOp;
+use crate::store::write::WriteOp;
 
 /// The offline-queue actor.
 pub struct OfflineQueue {

@@ -22,11 +22,11 @@ use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher, Writes};
-use crate::store::channel_index::ChannelIndex;
-use crate::store::checkpointer::{CheckpointStats, WalCheckpointer};
-use crate::store::dedupe::{DedupeKeys, ResendKeyStats};
 use crate::store::reader::{Reads, StoreReader};
-use crate::store::writer::{MessageWriter, WriterMemory};
+use crate::store::sqlite::channel_index::ChannelIndex;
+use crate::store::sqlite::checkpointer::{CheckpointStats, WalCheckpointer};
+use crate::store::sqlite::dedupe::{DedupeKeys, ResendKeyStats};
+use crate::store::sqlite::writer::{MessageWriter, WriterMemory};
 use crate::store::DbPool;
 use crate::sync_engine::SyncEngine;
 

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use switchboard_actors::ids::{valid_id, Channel, UserId};
 use switchboard_actors::protocol::delivery_frame;
-use switchboard_actors::store::queries::Page;
+use switchboard_actors::store::Page;
 use switchboard_actors::store::StoredMessage;
 
 use crate::error::ApiError;

@@ -39,8 +39,8 @@ use switchboard_actors::router::{
     Arrived, Connect, Disconnect, FanOut, Forward, Route, RouteIfActive,
 };
 use switchboard_actors::session_handle::{Outbound, OutboundGauge, SessionHandle};
-use switchboard_actors::store::queries::Page;
 use switchboard_actors::store::NewMessage;
+use switchboard_actors::store::Page;
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;

@@ -167,7 +167,7 @@ async fn silent_connections_are_dropped_after_heartbeat_timeout() {
 #[actix_web::test]
 async fn revoked_tokens_get_401_at_upgrade() {
     use diesel::prelude::*;
-    use switchboard_actors::store::schema::revoked_tokens;
+    use switchboard_actors::store::sqlite::schema::revoked_tokens;
 
     let dir = tempfile::tempdir().expect("temp dir");
     let settings = crate::helpers::test_settings(dir.path());

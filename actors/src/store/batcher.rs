@@ -19,9 +19,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::checkpointer::{CheckpointWal, WalCheckpointer};
 use super::models::GroupRow;
-use super::writer::{MessageWriter, WriteBatch, WriteOp, WriteOutcome};
+use super::sqlite::checkpointer::{CheckpointWal, WalCheckpointer};
+use super::sqlite::writer::MessageWriter;
+use super::write::{WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;

@@ -7,7 +7,7 @@ use diesel::deserialize::{self, FromSql, Queryable};
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 
-use super::schema::{groups, messages};
+use super::sqlite::schema::{groups, messages};
 use crate::ids::MessageId;
 
 /// A persisted message: one row of `messages`.
@@ -156,4 +156,15 @@ pub struct GroupRow {
     pub owner_id: String,
     /// Creation time, ms.
     pub created_at: i64,
+}
+
+/// Which page of a channel's history to read. Bounds are exclusive.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    /// Only seqs above this.
+    pub after_seq: Option<i64>,
+    /// Only seqs below this.
+    pub before_seq: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
 }

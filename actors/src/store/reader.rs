@@ -8,10 +8,12 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::channel_index::ChannelIndex;
+use super::models::Page;
 use super::models::{GroupRow, StoredMessage};
-use super::queries::{self, Page};
-use super::{DbConn, DbPool, StoreError};
+use super::sqlite::channel_index::ChannelIndex;
+use super::sqlite::queries;
+use super::sqlite::{DbConn, DbPool};
+use super::StoreError;
 use crate::health::{ActorHealth, Probe};
 
 type Work<R> = Box<dyn FnOnce(&mut DbConn) -> Result<R, StoreError> + Send>;

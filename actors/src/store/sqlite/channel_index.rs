@@ -31,29 +31,18 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use diesel::prelude::*;
 
-use super::models::ChannelIndexRow;
+pub use super::positions::{encode_positions, Place, RUN_MAX};
 use super::{queries, DbConn};
 use crate::fast_map::FastMap;
+use crate::store::models::ChannelIndexRow;
 
 /// A channel moves its places once it holds this many (a row of 1 KiB).
 const MOVE_AT: usize = 128;
-/// The most seqs one row of the table holds; readers look for the row holding a seq among
-/// those that begin at most this far before it.
-pub const RUN_MAX: usize = 256;
 /// ...or once its oldest place is this many positions behind the newest message.
 const SPAN: i64 = 32_768;
 /// `moved_through` is written when it has advanced this far since it was last written
 /// (half of [`SPAN`]).
 const RECORD_EVERY: i64 = SPAN / 2;
-
-/// Where one message of a channel is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place {
-    /// Its seq in the channel.
-    pub seq: i64,
-    /// Its position in `messages`.
-    pub pos: i64,
-}
 
 /// The places not yet in the table.
 #[derive(Debug, Default)]
@@ -127,37 +116,6 @@ fn runs(places: &[Place]) -> impl Iterator<Item = &[Place]> {
     places
         .chunk_by(|a, b| b.seq == a.seq + 1)
         .flat_map(|run| run.chunks(RUN_MAX))
-}
-
-/// The positions of `places` as `channel_index.positions` holds them.
-pub fn encode_positions(places: &[Place]) -> Vec<u8> {
-    places.iter().flat_map(|p| p.pos.to_be_bytes()).collect()
-}
-
-/// The places of one `channel_index` row, checked against its seqs.
-pub fn decode_positions(
-    first_seq: i64,
-    last_seq: i64,
-    positions: &[u8],
-) -> QueryResult<impl DoubleEndedIterator<Item = Place> + '_> {
-    let count = last_seq.checked_sub(first_seq).map(|d| d.saturating_add(1));
-    if count != i64::try_from(positions.len() / 8).ok() || !positions.len().is_multiple_of(8) {
-        return Err(diesel::result::Error::DeserializationError(
-            format!(
-                "channel_index row at seq {first_seq}..={last_seq} holds {} bytes of positions",
-                positions.len()
-            )
-            .into(),
-        ));
-    }
-    Ok(positions.chunks_exact(8).enumerate().map(move |(i, b)| {
-        let mut be = [0u8; 8];
-        be.copy_from_slice(b);
-        Place {
-            seq: first_seq + i as i64,
-            pos: i64::from_be_bytes(be),
-        }
-    }))
 }
 
 /// What a commit moved into the table; applied to memory once that commit succeeded.
@@ -342,24 +300,5 @@ mod tests {
             got,
             vec![(1, 3), (5, 6), (9, 9), (100, 99 + n), (100 + n, 101 + n)]
         );
-    }
-
-    #[test]
-    fn positions_round_trip_through_their_encoding_and_are_checked_against_the_seqs() {
-        let p = places(&[7, 8, 9]);
-        let bytes = encode_positions(&p);
-        assert_eq!(bytes.len(), 24);
-        assert_eq!(&bytes[..8], &70_i64.to_be_bytes());
-        let back: Vec<Place> = decode_positions(7, 9, &bytes).expect("decode").collect();
-        assert_eq!(back, p);
-        assert!(
-            decode_positions(7, 10, &bytes).is_err(),
-            "a seq without a position"
-        );
-        assert!(
-            decode_positions(7, 9, &bytes[..23]).is_err(),
-            "a torn position"
-        );
-        assert!(decode_positions(9, 7, &bytes).is_err(), "seqs backwards");
     }
 }

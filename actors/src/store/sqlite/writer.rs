@@ -13,91 +13,14 @@ use actix::prelude::*;
 
 use super::channel_index::{ChannelIndex, Place, PlacesMoved};
 use super::dedupe::{key_of, DedupeKeys, KeyHasher, KeysMoved, ResendKeyStats};
-use super::models::{GroupRow, NewMessage, StoredMessage};
 use super::seqs::{Counter, SeqCounters};
-use super::{queries, DbConn, DbPool, StoreError};
+use super::{queries, DbConn, DbPool};
 use crate::fast_map::FastMap;
 use crate::health::{ActorHealth, Probe};
 use crate::ids::{now_ms, MessageId, MessageIds};
-
-/// One write.
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    /// Store a message (or find its earlier copy).
-    Message(NewMessage),
-    /// Move a user's read cursor forward.
-    ReadCursor {
-        /// Reader.
-        user_id: String,
-        /// Channel read.
-        channel: String,
-        /// Highest seq read.
-        up_to_seq: i64,
-    },
-    /// Create a group with its first members, unless its id is taken.
-    CreateGroup {
-        /// The group.
-        group: GroupRow,
-        /// Its members (the owner among them).
-        members: Vec<String>,
-    },
-    /// Add a user to a group (nothing if already a member).
-    AddMember {
-        /// The group id.
-        group: String,
-        /// The user.
-        user: String,
-    },
-    /// Remove a user from a group (nothing if not a member).
-    RemoveMember {
-        /// The group id.
-        group: String,
-        /// The user.
-        user: String,
-    },
-    /// Note that a device connected (first and last seen).
-    TouchDevice {
-        /// Owner.
-        user_id: String,
-        /// Device/install id.
-        client_id: String,
-        /// Device kind.
-        device: Option<String>,
-    },
-}
-
-/// What one write did.
-// `Stored` is the common case; boxing it would add an allocation per message.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum WriteOutcome {
-    /// The message as stored; `duplicate` when an earlier copy was found instead.
-    Stored {
-        /// The stored row.
-        msg: StoredMessage,
-        /// True if this was a resend of an already stored frame.
-        duplicate: bool,
-    },
-    /// The read cursor after the write.
-    Cursor {
-        /// Effective cursor (never moves back).
-        up_to_seq: i64,
-    },
-    /// Whether a [`WriteOp::CreateGroup`] made the group (`false`: the id was taken).
-    GroupCreated(bool),
-    /// A write with nothing to report.
-    Done,
-}
-
-/// Writes committed together, answered in order.
-#[derive(Message)]
-#[rtype(result = "Vec<Result<WriteOutcome, StoreError>>")]
-pub struct WriteBatch {
-    /// The writes.
-    pub ops: Vec<WriteOp>,
-    /// How far back a resend is recognised, ms.
-    pub dedupe_window_ms: i64,
-}
+use crate::store::models::StoredMessage;
+use crate::store::write::{WriteBatch, WriteOp, WriteOutcome};
+use crate::store::StoreError;
 
 /// What the writer threads keep between commits. One per database, behind one lock that a
 /// thread holds for the whole of its transaction (SQLite has one writer at a time anyway).
@@ -518,15 +441,16 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::dedupe::DedupeSettings;
-    use crate::store::dedupe_runs::{self, DedupeRuns};
-    use crate::store::{open_pool, run_migrations, StoreConfig, Synchronous};
+    use crate::store::models::NewMessage;
+    use crate::store::sqlite::dedupe::DedupeSettings;
+    use crate::store::sqlite::dedupe_runs::{self, DedupeRuns};
+    use crate::store::sqlite::{open_pool, run_migrations, StoreConfig, Synchronous};
 
     const WINDOW: i64 = 3_600_000;
 
     /// A database without migrations in a directory of its own (removed with the `TempDir`).
     fn empty() -> (tempfile::TempDir, DbPool) {
-        crate::store::temp_pool(1000, 16384)
+        crate::store::sqlite::temp_pool(1000, 16384)
     }
 
     /// The page size of the database behind `pool`.
@@ -675,7 +599,7 @@ mod tests {
     /// given them: one time for all, or (never from the writer) times that differ.
     #[test]
     fn multi_row_inserts_store_each_rows_own_values() {
-        use crate::store::schema::messages;
+        use crate::store::sqlite::schema::messages;
         use diesel::{QueryDsl, RunQueryDsl, SelectableHelper};
         let (_dir, pool) = fresh();
         let mut c = pool.get().expect("conn");
@@ -948,7 +872,7 @@ mod tests {
 
     #[test]
     fn a_database_from_before_migration_3_keeps_its_messages_and_their_resend_keys() {
-        use crate::store::MIGRATIONS;
+        use crate::store::sqlite::MIGRATIONS;
         use diesel::connection::SimpleConnection;
         use diesel_migrations::MigrationHarness;
 
@@ -1038,7 +962,7 @@ mod tests {
 
     #[test]
     fn a_database_from_before_migration_4_keeps_its_moved_resend_keys() {
-        use crate::store::MIGRATIONS;
+        use crate::store::sqlite::MIGRATIONS;
         use diesel::connection::SimpleConnection;
         use diesel_migrations::MigrationHarness;
 
@@ -1082,7 +1006,7 @@ mod tests {
 
     /// The seq each message of `channel` is stored as, in seq order.
     fn seqs_of(pool: &DbPool, channel: &str) -> Vec<(i64, Option<String>)> {
-        use crate::store::schema::messages;
+        use crate::store::sqlite::schema::messages;
         use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
         let mut c = pool.get().expect("conn");
         messages::table
@@ -1157,7 +1081,7 @@ mod tests {
         limit: i64,
     ) -> (Vec<i64>, bool) {
         let mut c = pool.get().expect("conn");
-        let p = queries::Page {
+        let p = crate::store::models::Page {
             after_seq: after,
             before_seq: before,
             limit,
@@ -1169,7 +1093,7 @@ mod tests {
 
     /// The rows of `channel_index` for `channel`: (first seq, last seq).
     fn runs_of(pool: &DbPool, channel: &str) -> Vec<(i64, i64)> {
-        use crate::store::schema::channel_index;
+        use crate::store::sqlite::schema::channel_index;
         use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
         channel_index::table
             .filter(channel_index::channel.eq(channel))
@@ -1329,7 +1253,7 @@ mod tests {
 
     #[test]
     fn a_database_from_before_migration_6_gets_its_resend_keys_in_blocks() {
-        use crate::store::MIGRATIONS;
+        use crate::store::sqlite::MIGRATIONS;
         use diesel::connection::SimpleConnection;
         use diesel_migrations::MigrationHarness;
 
@@ -1372,7 +1296,7 @@ mod tests {
 
     #[test]
     fn a_database_from_before_migration_5_gets_its_channel_index_built_from_its_messages() {
-        use crate::store::MIGRATIONS;
+        use crate::store::sqlite::MIGRATIONS;
         use diesel::connection::SimpleConnection;
         use diesel_migrations::MigrationHarness;
 
@@ -1430,7 +1354,7 @@ mod tests {
             &mut pool.get().expect("conn"),
             "dm:bob:zed",
             &[],
-            queries::Page {
+            crate::store::models::Page {
                 after_seq: Some(4),
                 before_seq: None,
                 limit: 1,

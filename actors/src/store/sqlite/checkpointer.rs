@@ -21,8 +21,9 @@ use actix::prelude::*;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
-use super::{DbPool, StoreError};
+use super::DbPool;
 use crate::health::{ActorHealth, Probe};
+use crate::store::StoreError;
 
 /// Copy what the WAL holds into the database file, without waiting for the writer.
 #[derive(Message)]
@@ -123,7 +124,7 @@ mod tests {
 
     /// A pool whose commits never checkpoint by themselves.
     fn pool() -> (tempfile::TempDir, DbPool) {
-        let (dir, pool) = crate::store::temp_pool(0, 4096);
+        let (dir, pool) = crate::store::sqlite::temp_pool(0, 4096);
         pool.get()
             .expect("conn")
             .batch_execute("CREATE TABLE t (v TEXT NOT NULL)")

@@ -12,13 +12,13 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use super::channel_index::{decode_positions, Place, RUN_MAX};
-use super::models::{ChannelIndexRow, GroupRow, KeyedMessage, StoredMessage};
+use super::positions::{decode_positions, Place, RUN_MAX};
 use super::schema::{
     channel_index, channel_index_state, channels, dedupe_run_blocks, dedupe_runs, dedupe_state,
     devices, group_members, groups, messages, revoked_tokens,
 };
 use super::DbConn;
+use crate::store::models::{ChannelIndexRow, GroupRow, KeyedMessage, Page, StoredMessage};
 
 /// The last seq given out in `channel` (0: none), and whether it has its `channels` row.
 ///
@@ -462,17 +462,6 @@ pub fn advance_read_cursor(
         .find((user, channel))
         .select(super::schema::read_cursors::up_to_seq)
         .first(c)
-}
-
-/// Which page of a channel's history to read. Bounds are exclusive.
-#[derive(Debug, Clone, Copy)]
-pub struct Page {
-    /// Only seqs above this.
-    pub after_seq: Option<i64>,
-    /// Only seqs below this.
-    pub before_seq: Option<i64>,
-    /// At most this many.
-    pub limit: i64,
 }
 
 /// A page of history in ascending seq, and whether more lie beyond it.

@@ -25,10 +25,10 @@ use diesel::QueryResult;
 use sha2::{Digest, Sha256};
 
 use super::dedupe_runs::{self, DedupeRuns, Pair, RunsMoved, MERGE_MIN, MERGE_PER_KEY};
-use super::models::StoredMessage;
 use super::resend_filter::ResendFilter;
 use super::{queries, DbConn};
 use crate::fast_map::FastMap;
+use crate::store::models::StoredMessage;
 
 /// The dedupe key of a frame: the first 8 bytes of SHA-256 over the sender's length, the
 /// sender and the client frame id. A stable function (it is stored), and one a client cannot
