@@ -42,6 +42,11 @@ pub enum StoreError {
     /// Too many writes are waiting; the client should retry.
     #[error("write queue full")]
     Overloaded,
+    /// Another writer stored a message under one of the batch's resend keys after the
+    /// batch looked them up (PostgreSQL, several nodes): the batch is retried write by
+    /// write, which finds that message.
+    #[error("a resend key was taken by another writer meanwhile")]
+    ResendRace,
     /// A bug: an internal invariant did not hold.
     #[error("internal invariant broken: {0}")]
     Invariant(&'static str),

@@ -6,6 +6,9 @@
 //! counters taken inside the writing transaction. This build applies the schema
 //! (`switchboard migrate`); serving from it is not built yet, and `serve` refuses the URL.
 
+pub mod queries;
+pub mod writer;
+
 use diesel::pg::PgConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -28,4 +31,56 @@ pub fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Setup(format!("migrations: {e}")))?;
     Ok(applied.iter().map(|v| v.to_string()).collect())
+}
+
+/// A fresh database on the test PostgreSQL server (`SWITCHBOARD_TEST_PG`, or the local one
+/// CI starts), migrated, and dropped when this is dropped.
+#[cfg(test)]
+pub(crate) struct TestDatabase {
+    pub url: String,
+    name: String,
+}
+
+#[cfg(test)]
+impl TestDatabase {
+    fn admin_url() -> String {
+        std::env::var("SWITCHBOARD_TEST_PG")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    }
+
+    pub fn create() -> Self {
+        use diesel::RunQueryDsl;
+        let admin = Self::admin_url();
+        let name = format!("sb_unit_{}", uuid::Uuid::new_v4().simple());
+        let mut c = PgConnection::establish(&admin)
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (CI starts it): {e}"));
+        diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut c)
+            .expect("create database");
+        let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+        let url = format!("{base}/{name}");
+        migrate(&url).expect("migrations");
+        TestDatabase { url, name }
+    }
+
+    pub fn pool(&self, size: u32) -> writer::PgPool {
+        diesel::r2d2::Pool::builder()
+            .max_size(size)
+            .build(diesel::r2d2::ConnectionManager::new(&self.url))
+            .expect("pool")
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        use diesel::RunQueryDsl;
+        if let Ok(mut c) = PgConnection::establish(&Self::admin_url()) {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut c);
+        }
+    }
 }

@@ -1,0 +1,387 @@
+//! Queries of the PostgreSQL backend. Statements that take many rows bind one array per
+//! column and `unnest` them, so a batch of any size is one round trip per statement.
+
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Nullable, Text};
+
+use crate::ids::MessageId;
+use crate::store::models::{GroupRow, Page, StoredMessage};
+use crate::store::StoreError;
+
+/// The columns of a `messages` row, in the order [`MessageRow`] reads them.
+const MESSAGE_COLUMNS: &str = "m.channel, m.seq, m.id, m.kind, m.sender_id, m.target_id, \
+     m.client_id, m.client_msg_id, m.payload, m.created_at";
+
+/// A `messages` row as read by name.
+#[derive(Debug, QueryableByName)]
+pub struct MessageRow {
+    #[diesel(sql_type = Text)]
+    channel: String,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    sender_id: String,
+    #[diesel(sql_type = Text)]
+    target_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    client_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    client_msg_id: Option<String>,
+    #[diesel(sql_type = Text)]
+    payload: String,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+}
+
+impl MessageRow {
+    /// The stored message; a row whose id is not a UUID is an error (the broker writes no
+    /// other).
+    pub fn into_stored(self) -> Result<StoredMessage, StoreError> {
+        let id = MessageId::parse(&self.id)
+            .ok_or(StoreError::Invariant("a stored message id is not a UUID"))?;
+        Ok(StoredMessage {
+            id,
+            channel: self.channel.into(),
+            seq: self.seq,
+            kind: self.kind.into(),
+            sender_id: self.sender_id.into(),
+            target_id: self.target_id.into(),
+            client_id: self.client_id.map(Into::into),
+            client_msg_id: self.client_msg_id,
+            payload: self.payload,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// A resend key found within the window, with the message it names.
+#[derive(Debug, QueryableByName)]
+pub struct ResendHit {
+    /// The key's sender.
+    #[diesel(sql_type = Text)]
+    pub key_sender: String,
+    /// The key's client frame id.
+    #[diesel(sql_type = Text)]
+    pub key_id: String,
+    /// The message stored under it.
+    #[diesel(embed)]
+    pub message: MessageRow,
+}
+
+/// The messages stored under the resend keys `(senders[i], ids[i])` since `since` (ms).
+pub fn resend_hits(
+    c: &mut PgConnection,
+    senders: &[&str],
+    ids: &[&str],
+    since: i64,
+) -> QueryResult<Vec<ResendHit>> {
+    diesel::sql_query(format!(
+        "SELECT r.sender_id AS key_sender, r.client_msg_id AS key_id, {MESSAGE_COLUMNS} \
+         FROM resend_keys r JOIN messages m ON m.channel = r.channel AND m.seq = r.seq \
+         WHERE (r.sender_id, r.client_msg_id) IN \
+               (SELECT * FROM unnest($1::text[], $2::text[])) \
+           AND r.created_at >= $3"
+    ))
+    .bind::<Array<Text>, _>(senders)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<BigInt, _>(since)
+    .load(c)
+}
+
+#[derive(QueryableByName)]
+struct ChannelSeq {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+}
+
+/// Takes `counts[i]` seqs in channel `names[i]` (names sorted, so that concurrent writers
+/// lock the counter rows in one order); answers each channel's last seq after it. The rows
+/// stay locked until the transaction ends: a writer on another node waits, then continues
+/// from the committed counter.
+pub fn take_seqs(
+    c: &mut PgConnection,
+    names: &[&str],
+    counts: &[i64],
+    now: i64,
+) -> QueryResult<Vec<(String, i64)>> {
+    let rows: Vec<ChannelSeq> = diesel::sql_query(
+        "INSERT INTO channels (name, last_seq, created_at) \
+         SELECT name, n, $3 FROM unnest($1::text[], $2::bigint[]) AS t(name, n) ORDER BY name \
+         ON CONFLICT (name) DO UPDATE SET last_seq = channels.last_seq + EXCLUDED.last_seq \
+         RETURNING name, last_seq",
+    )
+    .bind::<Array<Text>, _>(names)
+    .bind::<Array<BigInt>, _>(counts)
+    .bind::<BigInt, _>(now)
+    .load(c)?;
+    Ok(rows.into_iter().map(|r| (r.name, r.last_seq)).collect())
+}
+
+/// Inserts messages (all stored at `created_at`), one statement.
+pub fn insert_messages(c: &mut PgConnection, rows: &[StoredMessage]) -> QueryResult<usize> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let col = |f: fn(&StoredMessage) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
+    let seqs: Vec<i64> = rows.iter().map(|m| m.seq).collect();
+    let ids: Vec<&str> = rows.iter().map(|m| m.id.as_str()).collect();
+    let client_ids: Vec<Option<&str>> = rows.iter().map(|m| m.client_id.as_deref()).collect();
+    let frame_ids: Vec<Option<&str>> = rows.iter().map(|m| m.client_msg_id.as_deref()).collect();
+    diesel::sql_query(
+        "INSERT INTO messages (channel, seq, id, kind, sender_id, target_id, client_id, \
+                               client_msg_id, payload, created_at) \
+         SELECT c, s, i, k, f, t, d, r, p, $10 FROM unnest($1::text[], $2::bigint[], \
+                $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                $9::text[]) AS u(c, s, i, k, f, t, d, r, p)",
+    )
+    .bind::<Array<Text>, _>(col(|m| &m.channel))
+    .bind::<Array<BigInt>, _>(seqs)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<Text>, _>(col(|m| &m.kind))
+    .bind::<Array<Text>, _>(col(|m| &m.sender_id))
+    .bind::<Array<Text>, _>(col(|m| &m.target_id))
+    .bind::<Array<Nullable<Text>>, _>(client_ids)
+    .bind::<Array<Nullable<Text>>, _>(frame_ids)
+    .bind::<Array<Text>, _>(col(|m| &m.payload))
+    .bind::<BigInt, _>(rows.first().map(|m| m.created_at).unwrap_or(0))
+    .execute(c)
+}
+
+/// Records the resend keys of new messages. A key already held by a message newer than
+/// `expired_before` is left alone: the answer (rows written) is then below the number of
+/// keys, which means another writer stored the same frame since this batch looked.
+pub fn insert_resend_keys(
+    c: &mut PgConnection,
+    keys: &[(&str, &str, &str, i64)],
+    now: i64,
+    expired_before: i64,
+) -> QueryResult<usize> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let senders: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let channels: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    let seqs: Vec<i64> = keys.iter().map(|k| k.3).collect();
+    diesel::sql_query(
+        "INSERT INTO resend_keys (sender_id, client_msg_id, channel, seq, created_at) \
+         SELECT s, i, c, q, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) \
+                AS u(s, i, c, q) \
+         ON CONFLICT (sender_id, client_msg_id) DO UPDATE \
+            SET channel = EXCLUDED.channel, seq = EXCLUDED.seq, created_at = EXCLUDED.created_at \
+            WHERE resend_keys.created_at < $6",
+    )
+    .bind::<Array<Text>, _>(senders)
+    .bind::<Array<Text>, _>(ids)
+    .bind::<Array<Text>, _>(channels)
+    .bind::<Array<BigInt>, _>(seqs)
+    .bind::<BigInt, _>(now)
+    .bind::<BigInt, _>(expired_before)
+    .execute(c)
+}
+
+#[derive(QueryableByName)]
+struct Seq {
+    #[diesel(sql_type = BigInt)]
+    up_to_seq: i64,
+}
+
+/// Moves a user's read cursor forward (never back); answers where it stands.
+pub fn advance_read_cursor(
+    c: &mut PgConnection,
+    user: &str,
+    channel: &str,
+    up_to_seq: i64,
+    now: i64,
+) -> QueryResult<i64> {
+    let row: Seq = diesel::sql_query(
+        "INSERT INTO read_cursors (user_id, channel, up_to_seq, updated_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (user_id, channel) DO UPDATE \
+            SET up_to_seq = GREATEST(read_cursors.up_to_seq, EXCLUDED.up_to_seq), \
+                updated_at = EXCLUDED.updated_at \
+         RETURNING up_to_seq",
+    )
+    .bind::<Text, _>(user)
+    .bind::<Text, _>(channel)
+    .bind::<BigInt, _>(up_to_seq)
+    .bind::<BigInt, _>(now)
+    .get_result(c)?;
+    Ok(row.up_to_seq)
+}
+
+/// Notes that a device connected (first and last seen).
+pub fn touch_device(
+    c: &mut PgConnection,
+    user: &str,
+    client_id: &str,
+    device: Option<&str>,
+    now: i64,
+) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO devices (user_id, client_id, device, first_seen, last_seen) \
+         VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (user_id, client_id) DO UPDATE \
+            SET last_seen = EXCLUDED.last_seen, device = EXCLUDED.device",
+    )
+    .bind::<Text, _>(user)
+    .bind::<Text, _>(client_id)
+    .bind::<Nullable<Text>, _>(device)
+    .bind::<BigInt, _>(now)
+    .execute(c)
+    .map(drop)
+}
+
+/// Creates a group with its members unless its id is taken; whether it did.
+pub fn create_group(c: &mut PgConnection, g: &GroupRow, members: &[String]) -> QueryResult<bool> {
+    let made = diesel::sql_query(
+        "INSERT INTO groups (id, name, owner_id, created_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind::<Text, _>(&g.id)
+    .bind::<Text, _>(&g.name)
+    .bind::<Text, _>(&g.owner_id)
+    .bind::<BigInt, _>(g.created_at)
+    .execute(c)?;
+    if made == 0 {
+        return Ok(false);
+    }
+    diesel::sql_query(
+        "INSERT INTO group_members (group_id, user_id, added_at) \
+         SELECT $1, u, $3 FROM unnest($2::text[]) AS t(u) ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(&g.id)
+    .bind::<Array<Text>, _>(members)
+    .bind::<BigInt, _>(g.created_at)
+    .execute(c)?;
+    Ok(true)
+}
+
+/// Adds a member (nothing if already one).
+pub fn add_member(c: &mut PgConnection, group: &str, user: &str, now: i64) -> QueryResult<()> {
+    diesel::sql_query(
+        "INSERT INTO group_members (group_id, user_id, added_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(group)
+    .bind::<Text, _>(user)
+    .bind::<BigInt, _>(now)
+    .execute(c)
+    .map(drop)
+}
+
+/// Removes a member (nothing if not one).
+pub fn remove_member(c: &mut PgConnection, group: &str, user: &str) -> QueryResult<()> {
+    diesel::sql_query("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2")
+        .bind::<Text, _>(group)
+        .bind::<Text, _>(user)
+        .execute(c)
+        .map(drop)
+}
+
+#[derive(QueryableByName)]
+struct GroupWithMember {
+    #[diesel(sql_type = Text)]
+    id: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    owner_id: String,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    member: Option<String>,
+}
+
+/// A group and its members (sorted), or `None`.
+pub fn group(c: &mut PgConnection, id: &str) -> QueryResult<Option<(GroupRow, Vec<String>)>> {
+    let rows: Vec<GroupWithMember> = diesel::sql_query(
+        "SELECT g.id, g.name, g.owner_id, g.created_at, m.user_id AS member \
+         FROM groups g LEFT JOIN group_members m ON m.group_id = g.id \
+         WHERE g.id = $1 ORDER BY m.user_id",
+    )
+    .bind::<Text, _>(id)
+    .load(c)?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let group = GroupRow {
+        id: first.id.clone(),
+        name: first.name.clone(),
+        owner_id: first.owner_id.clone(),
+        created_at: first.created_at,
+    };
+    let members = rows.into_iter().filter_map(|r| r.member).collect();
+    Ok(Some((group, members)))
+}
+
+/// The last seq given out in `channel` (0: none). Seqs are taken in the transaction that
+/// stores their messages, so the counter is also the newest stored seq.
+pub fn head_seq(c: &mut PgConnection, channel: &str) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Head {
+        #[diesel(sql_type = BigInt)]
+        last_seq: i64,
+    }
+    let head: Option<Head> = diesel::sql_query("SELECT last_seq FROM channels WHERE name = $1")
+        .bind::<Text, _>(channel)
+        .get_result(c)
+        .optional()?;
+    Ok(head.map(|h| h.last_seq).unwrap_or(0))
+}
+
+/// A page of `channel`'s history in ascending seq, and whether more lie beyond it: after
+/// `after_seq` going forward, else the newest (below `before_seq`) going back.
+pub fn history(
+    c: &mut PgConnection,
+    channel: &str,
+    page: Page,
+) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+    let limit = page.limit.max(0);
+    let order = if page.after_seq.is_some() {
+        "ASC"
+    } else {
+        "DESC"
+    };
+    let rows: Vec<MessageRow> = diesel::sql_query(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages m \
+         WHERE m.channel = $1 AND ($2::bigint IS NULL OR m.seq > $2) \
+           AND ($3::bigint IS NULL OR m.seq < $3) \
+         ORDER BY m.seq {order} LIMIT $4"
+    ))
+    .bind::<Text, _>(channel)
+    .bind::<Nullable<BigInt>, _>(page.after_seq)
+    .bind::<Nullable<BigInt>, _>(page.before_seq)
+    .bind::<BigInt, _>(limit.saturating_add(1))
+    .load(c)?;
+    let has_more = rows.len() as i64 > limit;
+    let mut page_rows = rows
+        .into_iter()
+        .take(limit as usize)
+        .map(MessageRow::into_stored)
+        .collect::<Result<Vec<_>, _>>()?;
+    if page.after_seq.is_none() {
+        page_rows.reverse();
+    }
+    Ok((page_rows, has_more))
+}
+
+/// Token ids revoked and not yet expired.
+pub fn revoked_jtis(c: &mut PgConnection, now: i64) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Jti {
+        #[diesel(sql_type = Text)]
+        jti: String,
+    }
+    let rows: Vec<Jti> = diesel::sql_query("SELECT jti FROM revoked_tokens WHERE expires_at > $1")
+        .bind::<BigInt, _>(now)
+        .load(c)?;
+    Ok(rows.into_iter().map(|r| r.jti).collect())
+}

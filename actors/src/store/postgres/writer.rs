@@ -1,0 +1,435 @@
+//! `PgWriter`: commits one batch per transaction on PostgreSQL, where writers of several
+//! broker processes may share the database.
+//!
+//! Nothing about the store is kept in memory between batches: inside the transaction the
+//! batch looks up its resend keys, takes its seqs from the channels' counter rows (locked
+//! until commit, so another node's writer continues after them), inserts its messages and
+//! their resend keys with one statement each, and the database enforces one message per
+//! (channel, seq) and per resend key. A key that another node stored after this batch
+//! looked fails the batch ([`StoreError::ResendRace`]); the batcher then retries it write by
+//! write, and the retry finds that message and answers with it.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::Connection;
+
+use super::queries;
+use crate::health::{ActorHealth, Probe};
+use crate::ids::{now_ms, MessageIds};
+use crate::store::models::StoredMessage;
+use crate::store::write::{WriteBatch, WriteOp, WriteOutcome};
+use crate::store::StoreError;
+
+/// The PostgreSQL connection pool.
+pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// A writer thread.
+pub struct PgWriter {
+    /// The shared pool.
+    pub pool: PgPool,
+    /// Where this thread's message ids come from.
+    pub ids: MessageIds,
+    /// Shared by every writer thread.
+    pub health: std::sync::Arc<ActorHealth>,
+}
+
+impl Actor for PgWriter {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<WriteBatch> for PgWriter {
+    type Result = Vec<Result<WriteOutcome, StoreError>>;
+
+    fn handle(&mut self, batch: WriteBatch, _: &mut SyncContext<Self>) -> Self::Result {
+        self.health.handled();
+        let window = batch.dedupe_window_ms;
+        let mut c = match self.pool.get() {
+            Ok(c) => c,
+            Err(e) => {
+                self.health.failed(e.to_string());
+                return batch
+                    .ops
+                    .iter()
+                    .map(|_| Err(StoreError::WriterGone))
+                    .collect();
+            }
+        };
+        let ids = &mut self.ids;
+        match c.transaction(|c| apply(c, ids, &batch.ops, window)) {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) => {
+                // A bad row, or a resend another node stored meanwhile: write by write, so
+                // that a bad row fails alone and a resend finds its message.
+                log::warn!(
+                    "batch of {} failed ({e}); retrying row by row",
+                    batch.ops.len()
+                );
+                self.health.failed(e.to_string());
+                batch
+                    .ops
+                    .iter()
+                    .map(|op| {
+                        c.transaction(|c| apply(c, ids, std::slice::from_ref(op), window))
+                            .and_then(|mut one| {
+                                one.pop()
+                                    .ok_or(StoreError::Invariant("a write without an outcome"))
+                            })
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+impl Handler<Probe> for PgWriter {
+    type Result = u64;
+    fn handle(&mut self, _: Probe, _: &mut SyncContext<Self>) -> u64 {
+        self.health.handled_count()
+    }
+}
+
+/// What became of one write while the batch is applied.
+enum Slot {
+    /// A new message: index into the rows to insert.
+    New(usize),
+    /// A resend of a message stored earlier.
+    Earlier(StoredMessage),
+    /// A resend of write `j` of this batch.
+    SameAs(usize),
+}
+
+/// Applies `ops` inside the caller's transaction; answers an outcome per write, in order.
+pub fn apply(
+    c: &mut PgConnection,
+    ids: &mut MessageIds,
+    ops: &[WriteOp],
+    dedupe_window_ms: i64,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let now = now_ms();
+    let since = now.saturating_sub(dedupe_window_ms);
+
+    // Resends: every key of the batch looked up in one statement.
+    let keyed: Vec<(&str, &str)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::Message(m) => m.client_msg_id.as_deref().map(|id| (&*m.sender_id, id)),
+            _ => None,
+        })
+        .collect();
+    let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
+    if !keyed.is_empty() {
+        let senders: Vec<&str> = keyed.iter().map(|k| k.0).collect();
+        let frame_ids: Vec<&str> = keyed.iter().map(|k| k.1).collect();
+        for hit in queries::resend_hits(c, &senders, &frame_ids, since)? {
+            earlier.insert((hit.key_sender, hit.key_id), hit.message.into_stored()?);
+        }
+    }
+
+    // Which writes store a new message, and how many seqs each channel needs.
+    let mut slots = Vec::with_capacity(ops.len());
+    let mut rows: Vec<StoredMessage> = Vec::new();
+    let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut counts: HashMap<&str, i64> = HashMap::new();
+    for (i, op) in ops.iter().enumerate() {
+        let WriteOp::Message(m) = op else {
+            slots.push(None);
+            continue;
+        };
+        if let Some(frame) = m.client_msg_id.as_deref() {
+            if let Some(old) = earlier.get(&(m.sender_id.to_string(), frame.to_owned())) {
+                slots.push(Some(Slot::Earlier(old.clone())));
+                continue;
+            }
+            if let Some(&j) = in_batch.get(&(&*m.sender_id, frame)) {
+                slots.push(Some(Slot::SameAs(j)));
+                continue;
+            }
+            in_batch.insert((&m.sender_id, frame), i);
+        }
+        *counts.entry(&m.channel).or_default() += 1;
+        slots.push(Some(Slot::New(rows.len())));
+        rows.push(m.clone().stored(ids.next(now), 0, now));
+    }
+
+    // Seqs from the counter rows, handed out in the batch's order within each channel.
+    if !rows.is_empty() {
+        let mut names: Vec<&str> = counts.keys().copied().collect();
+        names.sort_unstable();
+        let wanted: Vec<i64> = names.iter().map(|n| counts[n]).collect();
+        let mut next: HashMap<String, i64> = HashMap::new();
+        for (name, last) in queries::take_seqs(c, &names, &wanted, now)? {
+            let n = counts.get(name.as_str()).copied().unwrap_or(0);
+            next.insert(name, last - n + 1);
+        }
+        for row in &mut rows {
+            let seq = next
+                .get_mut(&*row.channel)
+                .ok_or(StoreError::Invariant("a channel without a counter row"))?;
+            row.seq = *seq;
+            *seq += 1;
+        }
+        queries::insert_messages(c, &rows)?;
+        let keys: Vec<(&str, &str, &str, i64)> = rows
+            .iter()
+            .filter_map(|m| {
+                let frame = m.client_msg_id.as_deref()?;
+                Some((&*m.sender_id, frame, &*m.channel, m.seq))
+            })
+            .collect();
+        if queries::insert_resend_keys(c, &keys, now, since)? < keys.len() {
+            return Err(StoreError::ResendRace);
+        }
+    }
+
+    // The other writes, in order, and every answer.
+    let mut outcomes: Vec<WriteOutcome> = Vec::with_capacity(ops.len());
+    for (op, slot) in ops.iter().zip(slots) {
+        let outcome = match (slot, op) {
+            (Some(Slot::New(r)), _) => WriteOutcome::Stored {
+                msg: rows
+                    .get(r)
+                    .cloned()
+                    .ok_or(StoreError::Invariant("a new message without its row"))?,
+                duplicate: false,
+            },
+            (Some(Slot::Earlier(msg)), _) => WriteOutcome::Stored {
+                msg,
+                duplicate: true,
+            },
+            (Some(Slot::SameAs(j)), _) => match outcomes.get(j) {
+                Some(WriteOutcome::Stored { msg, .. }) => WriteOutcome::Stored {
+                    msg: msg.clone(),
+                    duplicate: true,
+                },
+                _ => return Err(StoreError::Invariant("a resend of a write not stored")),
+            },
+            (None, op) => apply_other(c, op, now)?,
+        };
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// A write other than a message.
+fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutcome, StoreError> {
+    Ok(match op {
+        WriteOp::Message(_) => return Err(StoreError::Invariant("a message among the others")),
+        WriteOp::ReadCursor {
+            user_id,
+            channel,
+            up_to_seq,
+        } => WriteOutcome::Cursor {
+            up_to_seq: queries::advance_read_cursor(c, user_id, channel, *up_to_seq, now)?,
+        },
+        WriteOp::CreateGroup { group, members } => {
+            WriteOutcome::GroupCreated(queries::create_group(c, group, members)?)
+        }
+        WriteOp::AddMember { group, user } => {
+            queries::add_member(c, group, user, now)?;
+            WriteOutcome::Done
+        }
+        WriteOp::RemoveMember { group, user } => {
+            queries::remove_member(c, group, user)?;
+            WriteOutcome::Done
+        }
+        WriteOp::TouchDevice {
+            user_id,
+            client_id,
+            device,
+        } => {
+            queries::touch_device(c, user_id, client_id, device.as_deref(), now)?;
+            WriteOutcome::Done
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    use diesel::RunQueryDsl;
+
+    use super::*;
+    use crate::store::models::{NewMessage, Page};
+    use crate::store::postgres::TestDatabase;
+
+    const DAY_MS: i64 = 86_400_000;
+
+    fn msg(channel: &str, sender: &str, frame: Option<&str>, text: &str) -> WriteOp {
+        WriteOp::Message(NewMessage {
+            channel: channel.into(),
+            kind: "chat_message".into(),
+            sender_id: sender.into(),
+            target_id: "bob".into(),
+            client_id: Some("phone".into()),
+            client_msg_id: frame.map(str::to_owned),
+            payload: format!(r#"{{"content":"{text}"}}"#),
+        })
+    }
+
+    fn stored(o: &WriteOutcome) -> (&StoredMessage, bool) {
+        match o {
+            WriteOutcome::Stored { msg, duplicate } => (msg, *duplicate),
+            other => panic!("not a message: {other:?}"),
+        }
+    }
+
+    fn write(c: &mut PgConnection, ids: &mut MessageIds, ops: &[WriteOp]) -> Vec<WriteOutcome> {
+        c.transaction(|c| apply(c, ids, ops, DAY_MS))
+            .expect("batch")
+    }
+
+    #[test]
+    fn a_batch_gets_gapless_seqs_per_channel_and_reads_back_in_order() {
+        let db = TestDatabase::create();
+        let pool = db.pool(2);
+        let mut c = pool.get().expect("conn");
+        let mut ids = MessageIds::default();
+        let ops = [
+            msg("dm:a:b", "a", Some("f1"), "one"),
+            msg("group:g", "a", None, "x"),
+            msg("dm:a:b", "b", Some("f1"), "two"),
+            msg("dm:a:b", "a", None, "three"),
+            msg("group:g", "b", Some("f9"), "y"),
+        ];
+        let out = write(&mut c, &mut ids, &ops);
+        let seqs: Vec<(String, i64)> = out
+            .iter()
+            .map(|o| (stored(o).0.channel.to_string(), stored(o).0.seq))
+            .collect();
+        assert_eq!(
+            seqs,
+            [
+                ("dm:a:b".into(), 1),
+                ("group:g".into(), 1),
+                ("dm:a:b".into(), 2),
+                ("dm:a:b".into(), 3),
+                ("group:g".into(), 2)
+            ]
+        );
+        let out = write(&mut c, &mut ids, &[msg("dm:a:b", "a", None, "four")]);
+        assert_eq!(stored(&out[0]).0.seq, 4);
+        assert_eq!(queries::head_seq(&mut c, "dm:a:b").expect("head"), 4);
+        let page = |after, before, limit| Page {
+            after_seq: after,
+            before_seq: before,
+            limit,
+        };
+        let (rows, more) =
+            queries::history(&mut c, "dm:a:b", page(Some(1), None, 2)).expect("history");
+        assert_eq!(rows.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        assert!(more);
+        let (rows, more) =
+            queries::history(&mut c, "dm:a:b", page(None, Some(4), 10)).expect("history");
+        assert_eq!(rows.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(!more);
+        assert_eq!(rows[1].payload, r#"{"content":"two"}"#);
+        assert_eq!(rows[1].client_id.as_deref(), Some("phone"));
+    }
+
+    #[test]
+    fn a_resend_gets_the_message_it_repeats_within_the_window_only() {
+        let db = TestDatabase::create();
+        let pool = db.pool(2);
+        let mut c = pool.get().expect("conn");
+        let mut ids = MessageIds::default();
+        let out = write(
+            &mut c,
+            &mut ids,
+            &[
+                msg("dm:a:b", "a", Some("f1"), "hi"),
+                msg("dm:a:b", "a", Some("f1"), "hi"),
+            ],
+        );
+        let (first, dup) = stored(&out[0]);
+        assert!(!dup);
+        assert_eq!(stored(&out[1]), (first, true), "a resend inside one batch");
+        let again = write(&mut c, &mut ids, &[msg("dm:a:b", "a", Some("f1"), "hi")]);
+        assert_eq!(
+            stored(&again[0]),
+            (first, true),
+            "a resend in a later batch"
+        );
+        // Another sender's frame with the same id is its own message.
+        let other = write(&mut c, &mut ids, &[msg("dm:a:b", "b", Some("f1"), "hi")]);
+        assert_eq!(stored(&other[0]).0.seq, 2);
+        // Past the window the key is free again.
+        diesel::sql_query("UPDATE resend_keys SET created_at = 0")
+            .execute(&mut c)
+            .expect("age keys");
+        let late = write(&mut c, &mut ids, &[msg("dm:a:b", "a", Some("f1"), "hi")]);
+        let (m, dup) = stored(&late[0]);
+        assert!(!dup);
+        assert_eq!(m.seq, 3);
+    }
+
+    #[test]
+    fn writers_on_two_connections_give_out_each_seq_once() {
+        let db = TestDatabase::create();
+        let pool = db.pool(4);
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let mut c = pool.get().expect("conn");
+                    let mut ids = MessageIds::default();
+                    let mut seqs = Vec::new();
+                    for b in 0..100 {
+                        let ops: Vec<WriteOp> = (0..5)
+                            .map(|i| {
+                                let frame = format!("w{w}-b{b}-{i}");
+                                msg("group:g", &format!("u{w}"), Some(&frame), "x")
+                            })
+                            .collect();
+                        let out = write(&mut c, &mut ids, &ops);
+                        seqs.extend(out.iter().map(|o| stored(o).0.seq));
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut seqs: Vec<i64> = writers
+            .into_iter()
+            .flat_map(|w| w.join().expect("writer"))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=1000).collect::<Vec<i64>>());
+    }
+
+    #[test]
+    fn a_resend_stored_by_another_writer_meanwhile_fails_the_batch_and_is_found_after() {
+        let db = TestDatabase::create();
+        let pool = db.pool(4);
+        let applied = Arc::new(Barrier::new(2));
+        let first = {
+            let (pool, applied) = (pool.clone(), applied.clone());
+            std::thread::spawn(move || {
+                let mut c = pool.get().expect("conn");
+                let mut ids = MessageIds::default();
+                c.transaction(|c| {
+                    let out = apply(c, &mut ids, &[msg("dm:a:b", "a", Some("k"), "hi")], DAY_MS);
+                    applied.wait();
+                    // The other writer looks now, finds nothing committed, and waits on
+                    // the key until this commits.
+                    std::thread::sleep(Duration::from_millis(300));
+                    out
+                })
+                .expect("first writer")
+            })
+        };
+        applied.wait();
+        let mut c = pool.get().expect("conn");
+        let mut ids = MessageIds::default();
+        let ops = [msg("dm:a:b", "a", Some("k"), "hi")];
+        let lost = c.transaction(|c| apply(c, &mut ids, &ops, DAY_MS));
+        assert!(matches!(lost, Err(StoreError::ResendRace)), "{lost:?}");
+        let winner = first.join().expect("first");
+        let retry = write(&mut c, &mut ids, &ops);
+        assert_eq!(stored(&retry[0]), (stored(&winner[0]).0, true));
+        assert_eq!(queries::head_seq(&mut c, "dm:a:b").expect("head"), 1);
+    }
+}
