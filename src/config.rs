@@ -153,6 +153,9 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Connections in the pool.
     pub pool_size: u32,
+    /// PostgreSQL: a statement running longer than this is cancelled (0s: never).
+    #[serde(with = "duration_str")]
+    pub statement_timeout: Duration,
     /// Writer threads (SQLite: 1).
     pub writer_threads: usize,
     /// Reader threads.
@@ -192,6 +195,7 @@ impl Default for DatabaseSettings {
         DatabaseSettings {
             url: String::new(),
             pool_size: 8,
+            statement_timeout: Duration::from_secs(5),
             writer_threads: 1,
             reader_threads: 4,
             sqlite_synchronous: Synchronous::Full,

@@ -13,7 +13,7 @@ use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
 use switchboard_actors::store::sqlite::dedupe::DedupeSettings;
 use switchboard_actors::store::{self, DatabaseLock, DbPool, StoreConfig, StoreError};
-use switchboard_actors::tree::{Tree, TreeConfig};
+use switchboard_actors::tree::{StoreBackend, Tree, TreeConfig};
 
 use crate::auth::{Authority, KeyError};
 use crate::config::Settings;
@@ -116,8 +116,8 @@ pub struct Application {
     port: u16,
     server: Server,
     state: web::Data<AppState>,
-    /// Held while the server runs.
-    lock: DatabaseLock,
+    /// Held while the server runs (SQLite: one broker process per database file).
+    lock: Option<DatabaseLock>,
 }
 
 impl Application {
@@ -132,30 +132,45 @@ impl Application {
             source,
         })?;
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        let lock = store::lock_database(&settings.database_url())?;
-        let pool = open_store(&settings)?;
         let db = &settings.database;
-        if db.dedupe_slices.is_some() {
-            log::warn!("database.dedupe_slices is no longer used (see database.dedupe_run_keys)");
-        }
-        let start = store::read_start_state(
-            &pool,
-            DedupeSettings {
-                run_keys: db.dedupe_run_keys,
-                window_ms: db.dedupe_window.as_millis() as i64,
-                filter_bytes: (db.resend_filter_mib as usize) << 20,
-            },
-        )?;
-        auth.revoke_all(start.revoked_jtis);
-        let (keys, index) = (start.keys, start.index);
-        log::info!(
-            "resend keys read back from recent messages: {}",
-            keys.pending()
-        );
-        log::info!(
-            "channel places read back from recent messages: {}",
-            index.held()
-        );
+        let url = settings.database_url();
+        let (lock, backend) = if store::postgres::is_postgres_url(&url) {
+            // Several broker processes may share a PostgreSQL database: no lock.
+            let applied = store::postgres::migrate(&url)?;
+            if !applied.is_empty() {
+                log::info!("applied PostgreSQL migrations: {}", applied.join(", "));
+            }
+            let pool = store::postgres::open_pool(&url, db.pool_size, db.statement_timeout)?;
+            auth.revoke_all(store::postgres::revoked_jtis(&pool)?);
+            (None, StoreBackend::Postgres { pool })
+        } else {
+            let lock = store::lock_database(&url)?;
+            let pool = open_store(&settings)?;
+            if db.dedupe_slices.is_some() {
+                log::warn!(
+                    "database.dedupe_slices is no longer used (see database.dedupe_run_keys)"
+                );
+            }
+            let start = store::read_start_state(
+                &pool,
+                DedupeSettings {
+                    run_keys: db.dedupe_run_keys,
+                    window_ms: db.dedupe_window.as_millis() as i64,
+                    filter_bytes: (db.resend_filter_mib as usize) << 20,
+                },
+            )?;
+            auth.revoke_all(start.revoked_jtis);
+            let (keys, index) = (start.keys, start.index);
+            log::info!(
+                "resend keys read back from recent messages: {}",
+                keys.pending()
+            );
+            log::info!(
+                "channel places read back from recent messages: {}",
+                index.held()
+            );
+            (Some(lock), StoreBackend::Sqlite { pool, keys, index })
+        };
         let redis = if settings.redis.url.is_empty() {
             None
         } else {
@@ -178,9 +193,7 @@ impl Application {
                 channel_idle: settings.channels.idle_timeout,
                 presence_grace: settings.presence.offline_grace,
             },
-            pool,
-            keys,
-            index,
+            backend,
         );
         let gate = ConnectionGate::new(&settings.limits, settings.server.trusted_proxies.clone());
         let workers = match settings.server.workers {

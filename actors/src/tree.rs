@@ -18,17 +18,66 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::health::{ActorHealth, Crash, HealthBoard};
+use crate::ids::MessageIds;
 use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher, Writes};
+use crate::store::postgres::writer::{PgPool, PgWriter};
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::sqlite::channel_index::ChannelIndex;
 use crate::store::sqlite::checkpointer::{CheckpointStats, WalCheckpointer};
 use crate::store::sqlite::dedupe::{DedupeKeys, ResendKeyStats};
 use crate::store::sqlite::writer::{MessageWriter, WriterMemory};
+use crate::store::write::WriteBatch;
 use crate::store::DbPool;
 use crate::sync_engine::SyncEngine;
+
+/// The store a tree runs on, opened (and, for SQLite, read back) by the server's start-up.
+pub enum StoreBackend {
+    /// The embedded database, with the resend keys and channel places read back from it.
+    Sqlite {
+        /// Its pool.
+        pool: DbPool,
+        /// Resend keys of recent messages.
+        keys: DedupeKeys,
+        /// Places of recent messages.
+        index: ChannelIndex,
+    },
+    /// A PostgreSQL database, possibly shared with other broker processes.
+    Postgres {
+        /// Its pool.
+        pool: PgPool,
+    },
+}
+
+/// The pool of the backend in use.
+#[derive(Clone)]
+pub enum StorePools {
+    /// SQLite's.
+    Sqlite(DbPool),
+    /// PostgreSQL's.
+    Postgres(PgPool),
+}
+
+impl StorePools {
+    /// The backend's name, as `/status` shows it.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StorePools::Sqlite(_) => "sqlite",
+            StorePools::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Connections open in the pool, and how many of them are idle.
+    pub fn state(&self) -> (u32, u32) {
+        let s = match self {
+            StorePools::Sqlite(p) => p.state(),
+            StorePools::Postgres(p) => p.state(),
+        };
+        (s.connections, s.idle_connections)
+    }
+}
 
 /// Settings of the tree.
 #[derive(Debug, Clone)]
@@ -65,8 +114,8 @@ pub struct Tree {
     pub reads: Reads,
     /// The store's write operations other than messages (groups), through the batcher.
     pub writes: Writes,
-    /// The pool (for readiness checks).
-    pub pool: DbPool,
+    /// The backend's connection pool (`/status`).
+    pub pools: StorePools,
     /// Health of every actor above.
     pub health: Arc<HealthBoard>,
     /// What the write batcher committed.
@@ -78,49 +127,79 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Starts the tree on the current actix system, with the dedupe keys and channel places
-    /// loaded from `pool`.
-    pub fn start(cfg: TreeConfig, pool: DbPool, keys: DedupeKeys, index: ChannelIndex) -> Tree {
+    /// Starts the tree on the current actix system, on `store`.
+    pub fn start(cfg: TreeConfig, store: StoreBackend) -> Tree {
         let board = HealthBoard::new();
-
-        let h = ActorHealth::new("store_writer");
-        let (p, hh) = (pool.clone(), h.clone());
         let resend_keys = Arc::new(ResendKeyStats::default());
-        resend_keys.record(&keys);
-        let memory = Arc::new(Mutex::new(WriterMemory::new(keys, index.clone())));
-        let held = resend_keys.clone();
-        let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
-            pool: p.clone(),
-            health: hh.clone(),
-            memory: memory.clone(),
-            key_stats: held.clone(),
-        });
-        board.register(h, writers.clone().recipient());
-
-        let h = ActorHealth::new("store_reader");
-        let (p, hh) = (pool.clone(), h.clone());
-        let readers = SyncArbiter::start(cfg.reader_threads.max(1), move || StoreReader {
-            pool: p.clone(),
-            health: hh.clone(),
-        });
-        board.register(h, readers.clone().recipient());
-        let reads = Reads::new(readers, index);
+        let h = ActorHealth::new("store_writer");
+        let hw = h.clone();
+        let hr = ActorHealth::new("store_reader");
+        let (writers, reads, pools, sqlite_pool): (Recipient<WriteBatch>, Reads, StorePools, _) =
+            match store {
+                StoreBackend::Sqlite { pool, keys, index } => {
+                    let p = pool.clone();
+                    resend_keys.record(&keys);
+                    let memory = Arc::new(Mutex::new(WriterMemory::new(keys, index.clone())));
+                    let held = resend_keys.clone();
+                    let writers =
+                        SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
+                            pool: p.clone(),
+                            health: hw.clone(),
+                            memory: memory.clone(),
+                            key_stats: held.clone(),
+                        });
+                    board.register(h, writers.clone().recipient());
+                    let (p, hh) = (pool.clone(), hr.clone());
+                    let readers =
+                        SyncArbiter::start(cfg.reader_threads.max(1), move || StoreReader {
+                            pool: p.clone(),
+                            health: hh.clone(),
+                        });
+                    board.register(hr, readers.clone().recipient());
+                    let reads = Reads::Sqlite {
+                        addr: readers,
+                        index,
+                    };
+                    let pools = StorePools::Sqlite(pool.clone());
+                    (writers.recipient(), reads, pools, Some(pool))
+                }
+                StoreBackend::Postgres { pool } => {
+                    let p = pool.clone();
+                    let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || PgWriter {
+                        pool: p.clone(),
+                        ids: MessageIds::default(),
+                        health: hw.clone(),
+                    });
+                    board.register(h, writers.clone().recipient());
+                    let (p, hh) = (pool.clone(), hr.clone());
+                    let readers =
+                        SyncArbiter::start(cfg.reader_threads.max(1), move || StoreReader {
+                            pool: p.clone(),
+                            health: hh.clone(),
+                        });
+                    board.register(hr, readers.clone().recipient());
+                    let reads = Reads::Postgres { addr: readers };
+                    (writers.recipient(), reads, StorePools::Postgres(pool), None)
+                }
+            };
 
         let checkpoint_stats = Arc::new(CheckpointStats::default());
-        let checkpoints = (!cfg.wal_checkpoint_after.is_zero()).then(|| {
-            let h = ActorHealth::new("wal_checkpointer");
-            let (p, hh, st) = (pool.clone(), h.clone(), checkpoint_stats.clone());
-            let to = SyncArbiter::start(1, move || WalCheckpointer {
-                pool: p.clone(),
-                health: hh.clone(),
-                stats: st.clone(),
+        let checkpoints = sqlite_pool
+            .filter(|_| !cfg.wal_checkpoint_after.is_zero())
+            .map(|pool| {
+                let h = ActorHealth::new("wal_checkpointer");
+                let (p, hh, st) = (pool.clone(), h.clone(), checkpoint_stats.clone());
+                let to = SyncArbiter::start(1, move || WalCheckpointer {
+                    pool: p.clone(),
+                    health: hh.clone(),
+                    stats: st.clone(),
+                });
+                board.register(h, to.clone().recipient());
+                CheckpointPlan {
+                    to,
+                    after: cfg.wal_checkpoint_after,
+                }
             });
-            board.register(h, to.clone().recipient());
-            CheckpointPlan {
-                to,
-                after: cfg.wal_checkpoint_after,
-            }
-        });
 
         let h = ActorHealth::new("write_batcher");
         let batch_stats = Arc::new(BatchStats::default());
@@ -166,7 +245,7 @@ impl Tree {
             offline,
             sync,
             reads,
-            pool,
+            pools,
             health: board,
             batch_stats,
             checkpoint_stats,

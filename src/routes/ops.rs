@@ -68,7 +68,7 @@ pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
 pub async fn status(app: web::Data<AppState>) -> HttpResponse {
     let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;
     let stats = app.tree.router.send(GetStats).await.unwrap_or_default();
-    let pool = app.tree.pool.state();
+    let (connections, idle) = app.tree.pools.state();
     let healthy = actors
         .iter()
         .all(|a| a.state == "running" && a.mailbox.is_some());
@@ -88,13 +88,13 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "actors": stats.live_channel_actors,
         },
         "database": {
-            "backend": "sqlite",
-            "pool": { "size": pool.connections, "idle": pool.idle_connections },
+            "backend": app.tree.pools.backend(),
+            "pool": { "size": connections, "idle": idle },
             "writes": app.tree.batch_stats.snapshot(),
             "wal_checkpoints": app.tree.checkpoint_stats.snapshot(),
             "resend_keys_in_memory": app.tree.resend_keys.snapshot().in_memory,
             "resend_keys": app.tree.resend_keys.snapshot(),
-            "channel_places_in_memory": app.tree.reads.index().held(),
+            "channel_places_in_memory": app.tree.reads.index().map(|i| i.held()),
         },
         "redis": { "configured": app.redis.is_some() },
     }))

@@ -26,6 +26,14 @@ pub struct TestApp {
     pub settings: Settings,
     auth: Authority,
     _dir: tempfile::TempDir,
+    /// With `SWITCHBOARD_TEST_BACKEND=postgres`: the broker's own database.
+    _pg: Option<PgDatabase>,
+}
+
+/// Whether the suite runs on PostgreSQL (`SWITCHBOARD_TEST_BACKEND=postgres`) rather than
+/// the embedded SQLite.
+pub fn on_postgres() -> bool {
+    std::env::var("SWITCHBOARD_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 
 /// Settings every test starts from: the shipped config.toml with a port of 0, a temp data
@@ -64,6 +72,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let _ = env_logger::builder().is_test(true).try_init();
     let mut settings = test_settings(dir.path());
+    let pg = on_postgres().then(PgDatabase::create);
+    if let Some(pg) = &pg {
+        settings.database.url = pg.url.clone();
+    }
     adjust(&mut settings);
     let auth = Authority::from_settings(&settings).expect("keys");
     let app = Application::build(settings.clone())
@@ -77,10 +89,16 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Setti
         settings,
         auth,
         _dir: dir,
+        _pg: pg,
     }
 }
 
 impl TestApp {
+    /// The broker's PostgreSQL database, when the suite runs on PostgreSQL.
+    pub fn pg(&self) -> Option<&PgDatabase> {
+        self._pg.as_ref()
+    }
+
     /// A token for `user` with `roles`, valid for `ttl`.
     pub fn token_with(&self, user: &str, roles: &[&str], ttl: Duration) -> String {
         let roles = roles.iter().map(|r| r.to_string()).collect();
@@ -535,6 +553,14 @@ impl PgDatabase {
             url: format!("{base}/{name}"),
             name,
         }
+    }
+
+    /// Runs `sql` (statements separated by `;`) on this database.
+    pub fn execute(&self, sql: &str) {
+        use diesel::connection::SimpleConnection;
+        use diesel::Connection;
+        let mut c = diesel::pg::PgConnection::establish(&self.url).expect("connect");
+        c.batch_execute(sql).expect("sql");
     }
 
     /// Runs `sql` on this database and returns the first column of each row as text.

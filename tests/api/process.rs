@@ -617,7 +617,7 @@ async fn client_mistakes_are_not_logged_as_errors_and_a_1013_close_is_logged() {
 }
 
 #[test]
-fn migrate_applies_the_postgres_schema_and_serve_says_it_is_not_built_yet() {
+fn migrate_applies_the_postgres_schema_and_serve_runs_on_it() {
     let pg = crate::helpers::PgDatabase::create();
     let dir = tempfile::tempdir().expect("temp dir");
     let env = [("SWITCHBOARD__DATABASE__URL", pg.url.as_str())];
@@ -666,9 +666,18 @@ fn migrate_applies_the_postgres_schema_and_serve_says_it_is_not_built_yet() {
         let out = run_cli(&["migrate"], &env, dir.path());
         assert!(String::from_utf8_lossy(&out.stdout).contains("none pending"));
     }
-    // Serving from it is refused with a clear message, not a crash.
-    let out = run_cli(&["serve"], &env, dir.path());
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("not built yet"), "{stderr}");
+    // A broker serves from it, and what it acks is in the database.
+    let rt = actix_web::rt::System::new();
+    rt.block_on(async {
+        let mut broker = start_broker_with(dir.path(), &env);
+        let mut alice = connect(broker.port, "alice").await;
+        let ack = alice.dm("bob", "pg-1", "stored in postgres").await;
+        assert_eq!(ack["seq"], 1);
+        let status = broker.status().await;
+        assert_eq!(status["database"]["backend"], "postgres", "{status}");
+        broker.child.kill().expect("SIGKILL");
+        let _ = broker.child.wait();
+    });
+    let rows = pg.query_texts("SELECT channel || ':' || seq AS v FROM messages");
+    assert_eq!(rows, ["dm:alice:bob:1"]);
 }

@@ -21,7 +21,6 @@ use tokio::sync::oneshot;
 
 use super::models::GroupRow;
 use super::sqlite::checkpointer::{CheckpointWal, WalCheckpointer};
-use super::sqlite::writer::MessageWriter;
 use super::write::{WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
 use crate::fast_map::FastMap;
@@ -135,7 +134,8 @@ impl BatchStats {
 
 /// The batching actor in front of the writer threads.
 pub struct WriteBatcher {
-    writer: Addr<MessageWriter>,
+    /// The backend's writer threads.
+    writer: Recipient<WriteBatch>,
     cfg: BatchConfig,
     pending: Vec<(WriteOp, Waiter)>,
     /// Waiters of the batch being committed (kept here, not in the future, so that a
@@ -155,7 +155,7 @@ pub struct WriteBatcher {
 impl WriteBatcher {
     /// A batcher in front of `writer`; with `checkpoints`, WAL checkpoints follow its commits.
     pub fn new(
-        writer: Addr<MessageWriter>,
+        writer: Recipient<WriteBatch>,
         cfg: BatchConfig,
         checkpoints: Option<CheckpointPlan>,
         stats: Arc<BatchStats>,

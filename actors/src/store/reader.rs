@@ -4,49 +4,51 @@
 //! [`Reads`], whose methods are the store's read operations: no code outside the store
 //! names a connection.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use diesel::sqlite::SqliteConnection;
 
-use super::models::Page;
-use super::models::{GroupRow, StoredMessage};
+use super::models::{GroupRow, Page, StoredMessage};
 use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
-use super::sqlite::{DbConn, DbPool};
-use super::StoreError;
+use super::{postgres, StoreError};
 use crate::health::{ActorHealth, Probe};
 
-type Work<R> = Box<dyn FnOnce(&mut DbConn) -> Result<R, StoreError> + Send>;
+type Work<C, R> = Box<dyn FnOnce(&mut C) -> Result<R, StoreError> + Send>;
 
-/// A read to run on a pooled connection.
-pub struct Query<R: Send + 'static>(pub Work<R>);
+/// A read to run on a pooled connection of type `C`.
+pub struct Query<C, R: Send + 'static>(pub Work<C, R>);
 
-impl<R: Send + 'static> Message for Query<R> {
+impl<C: 'static, R: Send + 'static> Message for Query<C, R> {
     type Result = Result<R, StoreError>;
 }
 
-/// One of the reader threads.
-pub struct StoreReader {
+/// One of the reader threads, over a pool of `C` connections.
+pub struct StoreReader<C: R2D2Connection + 'static> {
     /// The shared pool.
-    pub pool: DbPool,
+    pub pool: Pool<ConnectionManager<C>>,
     /// Shared by every reader thread.
     pub health: Arc<ActorHealth>,
 }
 
-impl Actor for StoreReader {
+impl<C: R2D2Connection + 'static> Actor for StoreReader<C> {
     type Context = SyncContext<Self>;
 }
 
-impl<R: Send + 'static> Handler<Query<R>> for StoreReader {
+impl<C: R2D2Connection + 'static, R: Send + 'static> Handler<Query<C, R>> for StoreReader<C> {
     type Result = Result<R, StoreError>;
-    fn handle(&mut self, q: Query<R>, _: &mut SyncContext<Self>) -> Self::Result {
+    fn handle(&mut self, q: Query<C, R>, _: &mut SyncContext<Self>) -> Self::Result {
         self.health.handled();
         let mut conn = self.pool.get()?;
         (q.0)(&mut conn)
     }
 }
 
-impl Handler<Probe> for StoreReader {
+impl<C: R2D2Connection + 'static> Handler<Probe> for StoreReader<C> {
     type Result = u64;
     fn handle(&mut self, _: Probe, _: &mut SyncContext<Self>) -> u64 {
         self.health.handled_count()
@@ -62,46 +64,82 @@ pub struct ChannelStart {
     pub members: Option<Option<Vec<String>>>,
 }
 
-/// A cheap handle for running reads from async code.
+/// A cheap handle for running reads from async code: the store's read operations, each
+/// answered by the backend's own queries.
 #[derive(Clone)]
-pub struct Reads {
-    addr: Addr<StoreReader>,
-    index: ChannelIndex,
+pub enum Reads {
+    /// SQLite readers, and the writer's places of recent messages (reads by seq look in
+    /// memory first).
+    Sqlite {
+        /// The reader threads.
+        addr: Addr<StoreReader<SqliteConnection>>,
+        /// The writer's channel index.
+        index: ChannelIndex,
+    },
+    /// PostgreSQL readers.
+    Postgres {
+        /// The reader threads.
+        addr: Addr<StoreReader<PgConnection>>,
+    },
+}
+
+/// Sends `f` to `addr`'s reader threads.
+fn run<C, R, F>(
+    addr: &Addr<StoreReader<C>>,
+    f: F,
+) -> impl Future<Output = Result<R, StoreError>> + 'static
+where
+    C: R2D2Connection + 'static,
+    R: Send + 'static,
+    F: FnOnce(&mut C) -> Result<R, StoreError> + Send + 'static,
+{
+    let req = addr.send(Query(Box::new(f)));
+    async move { req.await.map_err(|_| StoreError::WriterGone)? }
 }
 
 impl Reads {
-    /// Wraps the reader pool's address; `index` is the writer's, for reads by seq.
-    pub fn new(addr: Addr<StoreReader>, index: ChannelIndex) -> Self {
-        Reads { addr, index }
+    /// The SQLite writer's places of recent messages, for `/status`.
+    pub fn index(&self) -> Option<&ChannelIndex> {
+        match self {
+            Reads::Sqlite { index, .. } => Some(index),
+            Reads::Postgres { .. } => None,
+        }
     }
 
-    /// The places of recent messages by channel (for reads by seq inside [`Reads::run`]).
-    pub fn index(&self) -> &ChannelIndex {
-        &self.index
-    }
-
-    /// A page of `channel`'s history ([`queries::history`]).
+    /// A page of `channel`'s history, and whether more lie beyond it.
     pub fn history(
         &self,
         channel: String,
         page: Page,
-    ) -> impl std::future::Future<Output = Result<(Vec<StoredMessage>, bool), StoreError>> + 'static
-    {
-        let index = self.index.clone();
-        self.run(move |c| {
-            // Memory first, then the table (store::channel_index).
-            let recent = index.recent(&channel);
-            Ok(queries::history(c, &channel, &recent, page)?)
-        })
+    ) -> impl Future<Output = Result<(Vec<StoredMessage>, bool), StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, index } => {
+                let index = index.clone();
+                Box::pin(run(addr, move |c| {
+                    // Memory first, then the table (store::sqlite::channel_index).
+                    let recent = index.recent(&channel);
+                    Ok(queries::history(c, &channel, &recent, page)?)
+                }))
+            }
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                postgres::queries::history(c, &channel, page)
+            })),
+        };
+        fut
     }
 
     /// A group and its members, or `None` if there is no such group.
     pub fn group(
         &self,
         id: String,
-    ) -> impl std::future::Future<Output = Result<Option<(GroupRow, Vec<String>)>, StoreError>> + 'static
-    {
-        self.run(move |c| Ok(queries::group(c, &id)?))
+    ) -> impl Future<Output = Result<Option<(GroupRow, Vec<String>)>, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| Ok(queries::group(c, &id)?))),
+            Reads::Postgres { addr } => {
+                Box::pin(run(addr, move |c| Ok(postgres::queries::group(c, &id)?)))
+            }
+        };
+        fut
     }
 
     /// What a channel actor starts from: the channel's last seq, and for a group channel
@@ -110,36 +148,43 @@ impl Reads {
         &self,
         channel: String,
         group: Option<String>,
-    ) -> impl std::future::Future<Output = Result<ChannelStart, StoreError>> + 'static {
-        let index = self.index.clone();
-        self.run(move |c| {
-            let (head, _) = index.head_seq(c, &channel)?;
-            let members = match group {
-                Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
-                None => None,
-            };
-            Ok(ChannelStart {
-                head: head.max(0) as u64,
-                members,
-            })
-        })
+    ) -> impl Future<Output = Result<ChannelStart, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, index } => {
+                let index = index.clone();
+                Box::pin(run(addr, move |c| {
+                    let (head, _) = index.head_seq(c, &channel)?;
+                    let members = match group {
+                        Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
+                        None => None,
+                    };
+                    Ok(ChannelStart {
+                        head: head.max(0) as u64,
+                        members,
+                    })
+                }))
+            }
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                let head = postgres::queries::head_seq(c, &channel)?;
+                let members = match group {
+                    Some(g) => Some(postgres::queries::group(c, &g)?.map(|(_, m)| m)),
+                    None => None,
+                };
+                Ok(ChannelStart {
+                    head: head.max(0) as u64,
+                    members,
+                })
+            })),
+        };
+        fut
     }
 
     /// Whether the database answers a trivial query (readiness).
-    pub fn ping(&self) -> impl std::future::Future<Output = Result<(), StoreError>> + 'static {
-        self.run(|c| Ok(queries::ping(c)?))
-    }
-
-    /// Runs `f` on a reader thread.
-    pub(crate) fn run<R, F>(
-        &self,
-        f: F,
-    ) -> impl std::future::Future<Output = Result<R, StoreError>> + 'static
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut DbConn) -> Result<R, StoreError> + Send + 'static,
-    {
-        let req = self.addr.send(Query(Box::new(f)));
-        async move { req.await.map_err(|_| StoreError::WriterGone)? }
+    pub fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => Box::pin(run(addr, |c| Ok(queries::ping(c)?))),
+            Reads::Postgres { addr } => Box::pin(run(addr, |c| Ok(postgres::queries::ping(c)?))),
+        };
+        fut
     }
 }

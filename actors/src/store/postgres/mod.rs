@@ -3,8 +3,8 @@
 //!
 //! Its schema (`migrations/postgres`) lets the database enforce what SQLite's single writer
 //! process keeps in memory: one message per (channel, seq), one per resend key, and seq
-//! counters taken inside the writing transaction. This build applies the schema
-//! (`switchboard migrate`); serving from it is not built yet, and `serve` refuses the URL.
+//! counters taken inside the writing transaction. Nothing of the store is kept in memory
+//! between batches, so several broker processes may write to one database.
 
 pub mod queries;
 pub mod writer;
@@ -21,6 +21,37 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/post
 /// Whether `url` names a PostgreSQL database.
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Opens a pool of `size` connections to `url`; every statement of a connection is
+/// cancelled after `statement_timeout` (0: never), so a stuck database fails writes with an
+/// error (retry) instead of holding them.
+pub fn open_pool(
+    url: &str,
+    size: u32,
+    statement_timeout: std::time::Duration,
+) -> Result<writer::PgPool, StoreError> {
+    #[derive(Debug)]
+    struct Timeout(u128);
+    impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for Timeout {
+        fn on_acquire(&self, c: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+            use diesel::connection::SimpleConnection;
+            c.batch_execute(&format!("SET statement_timeout = {}", self.0))
+                .map_err(diesel::r2d2::Error::QueryError)
+        }
+    }
+    diesel::r2d2::Pool::builder()
+        .max_size(size.max(2))
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connection_customizer(Box::new(Timeout(statement_timeout.as_millis())))
+        .build(diesel::r2d2::ConnectionManager::new(url))
+        .map_err(|e| StoreError::Setup(format!("cannot connect to PostgreSQL: {e}")))
+}
+
+/// Token ids revoked and not yet expired.
+pub fn revoked_jtis(pool: &writer::PgPool) -> Result<Vec<String>, StoreError> {
+    let mut c = pool.get()?;
+    Ok(queries::revoked_jtis(&mut c, crate::ids::now_ms())?)
 }
 
 /// Connects to `url` and applies pending migrations; returns the versions applied.

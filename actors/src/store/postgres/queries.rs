@@ -385,3 +385,8 @@ pub fn revoked_jtis(c: &mut PgConnection, now: i64) -> QueryResult<Vec<String>> 
         .load(c)?;
     Ok(rows.into_iter().map(|r| r.jti).collect())
 }
+
+/// A trivial query: the connection works.
+pub fn ping(c: &mut PgConnection) -> QueryResult<()> {
+    diesel::sql_query("SELECT 1").execute(c).map(drop)
+}
