@@ -34,6 +34,8 @@ use crate::store::DbPool;
 use crate::sync_engine::SyncEngine;
 
 /// The store a tree runs on, opened (and, for SQLite, read back) by the server's start-up.
+// Made once at start-up and consumed by `Tree::start`: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum StoreBackend {
     /// The embedded database, with the resend keys and channel places read back from it.
     Sqlite {
