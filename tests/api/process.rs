@@ -681,3 +681,109 @@ fn migrate_applies_the_postgres_schema_and_serve_runs_on_it() {
     let rows = pg.query_texts("SELECT channel || ':' || seq AS v FROM messages");
     assert_eq!(rows, ["dm:alice:bob:1"]);
 }
+
+/// Two broker processes on one PostgreSQL database, a sender on each writing into one
+/// group at full speed: every seq is given out once, history holds every message once
+/// under the seq its ack named, and a resend through the other node gets the original ack.
+#[test]
+fn two_brokers_on_one_postgres_database_give_out_each_seq_once() {
+    let pg = crate::helpers::PgDatabase::create();
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    );
+    let env = [("SWITCHBOARD__DATABASE__URL", pg.url.as_str())];
+    actix_web::rt::System::new().block_on(async {
+        let mut a = start_broker_with(dir_a.path(), &env);
+        let mut b = start_broker_with(dir_b.path(), &env);
+        let admin = token_with_roles("admin", &["admin"]);
+        let resp = awc::Client::default()
+            .post(format!("http://127.0.0.1:{}/api/groups", a.port))
+            .bearer_auth(&admin)
+            .send_json(&serde_json::json!({"id": "team", "name": "Team",
+                "members": ["alice", "bob"]}))
+            .await
+            .expect("create group");
+        assert_eq!(resp.status().as_u16(), 201);
+        let n = 300;
+        let send = |port: u16, user: &'static str| async move {
+            let mut c = connect(port, user).await;
+            for i in 0..n {
+                c.send(crate::helpers::group_msg(
+                    "team",
+                    &format!("{user}-{i}"),
+                    "x",
+                ))
+                .await;
+            }
+            let mut acks = HashMap::new();
+            while acks.len() < n {
+                let f = c.recv().await;
+                if f["type"] == "ack" {
+                    let p = &f["payload"];
+                    let id = p["ref_id"].as_str().expect("ref_id").to_owned();
+                    acks.insert(
+                        id,
+                        (p["seq"].as_u64().expect("seq"), p["message_id"].clone()),
+                    );
+                }
+            }
+            acks
+        };
+        let (from_a, from_b) = tokio::join!(send(a.port, "alice"), send(b.port, "bob"));
+        let mut seqs: Vec<u64> = from_a
+            .values()
+            .chain(from_b.values())
+            .map(|v| v.0)
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=2 * n as u64).collect::<Vec<_>>());
+        // History, read through node B, holds every message once under its acked seq.
+        let client = awc::Client::builder().timeout(WAIT).finish();
+        let mut stored = HashMap::new();
+        let mut after = 0;
+        loop {
+            let page: Value = client
+                .get(format!(
+                    "http://127.0.0.1:{}/api/messages/group/team?after_seq={after}&limit=200",
+                    b.port
+                ))
+                .bearer_auth(token("alice"))
+                .send()
+                .await
+                .expect("history")
+                .json()
+                .limit(16 << 20)
+                .await
+                .expect("json");
+            for m in page["messages"].as_array().expect("messages") {
+                let seq = m["meta"]["seq"].as_u64().expect("seq");
+                assert!(
+                    stored.insert(seq, m["id"].clone()).is_none(),
+                    "seq {seq} twice"
+                );
+                after = seq;
+            }
+            if page["has_more"] != true {
+                break;
+            }
+        }
+        assert_eq!(stored.len(), 2 * n);
+        for (seq, id) in from_a.values().chain(from_b.values()) {
+            assert_eq!(stored.get(seq), Some(id), "seq {seq}");
+        }
+        // Alice resends her first frame through node B: the original ack comes back.
+        let mut again = connect(b.port, "alice").await;
+        again
+            .send(crate::helpers::group_msg("team", "alice-0", "x"))
+            .await;
+        let ack = again.recv_type("ack").await;
+        let (seq, id) = &from_a["alice-0"];
+        assert_eq!(ack["payload"]["seq"].as_u64(), Some(*seq));
+        assert_eq!(&ack["payload"]["message_id"], id);
+        for broker in [&mut a, &mut b] {
+            let _ = broker.child.kill();
+            let _ = broker.child.wait();
+        }
+    });
+}
