@@ -73,9 +73,11 @@ impl StoreError {
     /// The wire error code for this failure.
     pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::Pool(_) | StoreError::WriterGone | StoreError::Overloaded => {
-                ErrorCode::Unavailable
-            }
+            StoreError::Pool(_)
+            | StoreError::WriterGone
+            | StoreError::Overloaded
+            | StoreError::ResendRace => ErrorCode::Unavailable,
+            StoreError::Query(e) if transient(e) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }
@@ -99,5 +101,28 @@ impl StoreError {
             }
         };
         (code, message)
+    }
+}
+
+/// Whether a failed query may succeed when retried: the database server went away, is
+/// restarting, or cancelled the statement (PostgreSQL's `statement_timeout`).
+fn transient(e: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match e {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection, _) => true,
+        Error::DatabaseError(_, info) => {
+            let m = info.message();
+            [
+                "canceling statement due to statement timeout",
+                "terminating connection",
+                "the database system is shutting down",
+                "the database system is starting up",
+                "server closed the connection",
+            ]
+            .iter()
+            .any(|t| m.contains(t))
+        }
+        Error::BrokenTransactionManager => true,
+        _ => false,
     }
 }

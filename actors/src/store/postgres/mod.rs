@@ -115,3 +115,37 @@ impl Drop for TestDatabase {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use diesel::RunQueryDsl;
+
+    use super::*;
+    use crate::error_code::ErrorCode;
+
+    #[test]
+    fn a_cancelled_or_cut_statement_is_unavailable_and_a_bad_one_internal() {
+        let db = TestDatabase::create();
+        let pool = open_pool(&db.url, 2, Duration::from_millis(50)).expect("pool");
+        let mut c = pool.get().expect("conn");
+        let slow = diesel::sql_query("SELECT pg_sleep(2)").execute(&mut c);
+        let e = StoreError::from(slow.expect_err("cancelled by statement_timeout"));
+        assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+        let bad = diesel::sql_query("SELECT * FROM no_such_table").execute(&mut c);
+        let e = StoreError::from(bad.expect_err("no such table"));
+        assert_eq!(e.code(), ErrorCode::Internal, "{e}");
+        // The server ends the connection (as a restart would).
+        let mut other = pool.get().expect("second conn");
+        diesel::sql_query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .execute(&mut other)
+        .expect("terminate");
+        let cut = diesel::sql_query("SELECT 1").execute(&mut c);
+        let e = StoreError::from(cut.expect_err("connection ended"));
+        assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    }
+}
