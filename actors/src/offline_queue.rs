@@ -1,10 +1,10 @@
 //! `OfflineQueue`: what each device has not received yet.
 //!
 //! Messages for offline users already wait in the store (every message is persisted before
-//! fan-out); this actor keeps the per-device bookkeeping. In this issue it records every
-//! device (user, client_id) that connects, batched through the write batcher, which the
-//! offline-delivery issue builds on to give a new device its bounded backlog and to serve
-//! `sync` and `delivered`. Stateless between messages: a restart loses nothing.
+//! fan-out); this actor keeps the per-device bookkeeping. It records every device
+//! (user, client_id) that connects, batched through the write batcher: what a new device's
+//! bounded backlog and `sync` / `delivered` will be built on. Stateless between messages: a
+//! restart loses nothing.
 
 use std::sync::Arc;
 

@@ -151,12 +151,7 @@ impl Tree {
                             key_stats: held.clone(),
                         });
                     board.register(h, writers.clone().recipient());
-                    let (p, hh) = (pool.clone(), hr.clone());
-                    let readers =
-                        SyncArbiter::start(cfg.reader_threads.max(1), move || StoreReader {
-                            pool: p.clone(),
-                            health: hh.clone(),
-                        });
+                    let readers = StoreReader::start(cfg.reader_threads, pool.clone(), hr.clone());
                     board.register(hr, readers.clone().recipient());
                     let reads = Reads::Sqlite {
                         addr: readers,
@@ -173,12 +168,7 @@ impl Tree {
                         health: hw.clone(),
                     });
                     board.register(h, writers.clone().recipient());
-                    let (p, hh) = (pool.clone(), hr.clone());
-                    let readers =
-                        SyncArbiter::start(cfg.reader_threads.max(1), move || StoreReader {
-                            pool: p.clone(),
-                            health: hh.clone(),
-                        });
+                    let readers = StoreReader::start(cfg.reader_threads, pool.clone(), hr.clone());
                     board.register(hr, readers.clone().recipient());
                     let reads = Reads::Postgres { addr: readers };
                     (writers.recipient(), reads, StorePools::Postgres(pool), None)

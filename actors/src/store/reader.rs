@@ -35,6 +35,20 @@ pub struct StoreReader<C: R2D2Connection + 'static> {
     pub health: Arc<ActorHealth>,
 }
 
+impl<C: R2D2Connection + 'static> StoreReader<C> {
+    /// Starts `threads` reader threads on `pool`, sharing `health`.
+    pub fn start(
+        threads: usize,
+        pool: Pool<ConnectionManager<C>>,
+        health: Arc<ActorHealth>,
+    ) -> Addr<Self> {
+        SyncArbiter::start(threads.max(1), move || StoreReader {
+            pool: pool.clone(),
+            health: health.clone(),
+        })
+    }
+}
+
 impl<C: R2D2Connection + 'static> Actor for StoreReader<C> {
     type Context = SyncContext<Self>;
 }

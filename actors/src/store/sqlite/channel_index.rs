@@ -282,12 +282,7 @@ impl ChannelIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn places(seqs: &[i64]) -> Vec<Place> {
-        seqs.iter()
-            .map(|&seq| Place { seq, pos: seq * 10 })
-            .collect()
-    }
+    use crate::store::sqlite::positions::places;
 
     #[test]
     fn runs_are_cut_at_gaps_in_seqs_and_at_their_longest() {

@@ -47,15 +47,17 @@ pub fn decode_positions(
     }))
 }
 
+/// Places at `seqs`, each at ten times its seq (for tests).
+#[cfg(test)]
+pub(crate) fn places(seqs: &[i64]) -> Vec<Place> {
+    seqs.iter()
+        .map(|&seq| Place { seq, pos: seq * 10 })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn places(seqs: &[i64]) -> Vec<Place> {
-        seqs.iter()
-            .map(|&seq| Place { seq, pos: seq * 10 })
-            .collect()
-    }
 
     #[test]
     fn positions_round_trip_through_their_encoding_and_are_checked_against_the_seqs() {
