@@ -7,8 +7,9 @@
 //! ├── Supervisor ── PresenceTracker
 //! ├── Supervisor ── OfflineQueue
 //! ├── Supervisor ── SyncEngine
-//! ├── Supervisor ── WriteBatcher ─┬── SyncArbiter ── MessageWriter × writer_threads
-//! │                               └── SyncArbiter ── WalCheckpointer
+//! ├── Supervisor ── WriteBatcher ─┬── SyncArbiter ── MessageWriter (SQLite) or PgWriter
+//! │                               │                  × writer_threads
+//! │                               └── SyncArbiter ── WalCheckpointer (SQLite)
 //! └── SyncArbiter ── StoreReader × reader_threads
 //! ```
 
