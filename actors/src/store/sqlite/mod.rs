@@ -71,7 +71,6 @@ pub struct StoreConfig {
 struct SqlitePragmas {
     synchronous: Synchronous,
     wal_autocheckpoint: u32,
-    page_size: u32,
 }
 
 impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
@@ -82,17 +81,32 @@ impl CustomizeConnection<DbConn, diesel::r2d2::Error> for SqlitePragmas {
         };
         // A checkpoint runs inside the commit that crosses the threshold; a larger WAL means
         // fewer of them, and a page changed by many batches is copied back once per checkpoint.
-        // The page size comes first: it only applies to a file not yet written, which the
-        // journal mode would write. Larger pages mean fewer WAL frames (each a header and a
-        // page written separately) for the rows a commit appends (docs/BENCHMARKS.md).
+        // None of these takes a lock: the pool opens its connections in parallel.
         conn.batch_execute(&format!(
-            "PRAGMA page_size = {}; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = {}; \
-             PRAGMA foreign_keys = ON;",
-            self.page_size, self.wal_autocheckpoint
+            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = {sync}; \
+             PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = ON;",
+            self.wal_autocheckpoint
         ))
         .map_err(diesel::r2d2::Error::QueryError)
     }
+}
+
+/// Creates the database file if needed and puts it in WAL mode, through one connection
+/// before the pool opens any: switching the journal mode takes the file's exclusive lock,
+/// which connections opening side by side would fight over ("database is locked"). Both
+/// settings live in the file. The page size comes first: it applies only to a file not yet
+/// written, which the journal mode would write. Larger pages mean fewer WAL frames (each a
+/// header and a page written separately) for the rows a commit appends
+/// (docs/BENCHMARKS.md).
+fn prepare_file(path: &str, page_size: u32) -> Result<(), StoreError> {
+    use diesel::Connection;
+    let mut conn = DbConn::establish(path)
+        .map_err(|e| StoreError::Setup(format!("cannot open database `{path}`: {e}")))?;
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = 5000; PRAGMA page_size = {page_size}; \
+         PRAGMA journal_mode = WAL;"
+    ))
+    .map_err(|e| StoreError::Setup(format!("cannot set up database `{path}`: {e}")))
 }
 
 /// The file path a database URL names.
@@ -153,8 +167,18 @@ pub fn lock_database(url: &str) -> Result<DatabaseLock, StoreError> {
 
 /// Opens (creating if needed) the database and its pool.
 pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
+    build_pool(cfg, Box::new(diesel::r2d2::LoggingErrorHandler))
+}
+
+/// [`open_pool`], with what becomes of the errors met while opening connections (r2d2
+/// retries them; by default they are logged).
+fn build_pool(
+    cfg: &StoreConfig,
+    errors: Box<dyn diesel::r2d2::HandleError<diesel::r2d2::Error>>,
+) -> Result<DbPool, StoreError> {
     let path = sqlite_path(&cfg.url)?;
     create_parent_dir(path)?;
+    prepare_file(path, cfg.page_size)?;
     Pool::builder()
         .max_size(cfg.pool_size.max(2))
         .connection_timeout(Duration::from_secs(5))
@@ -162,10 +186,10 @@ pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
         // dropped; a SQLite connection is a file handle in this process and does not go
         // stale, and the writer checks one out per commit (2 % of its time at 10 k/s).
         .test_on_check_out(false)
+        .error_handler(errors)
         .connection_customizer(Box::new(SqlitePragmas {
             synchronous: cfg.synchronous,
             wal_autocheckpoint: cfg.wal_autocheckpoint,
-            page_size: cfg.page_size,
         }))
         .build(ConnectionManager::<DbConn>::new(path))
         .map_err(|e| StoreError::Setup(format!("cannot open database `{path}`: {e}")))
@@ -219,4 +243,56 @@ pub fn run_migrations(pool: &DbPool) -> Result<Vec<String>, StoreError> {
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Setup(format!("migrations: {e}")))?;
     Ok(applied.iter().map(|v| v.to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Keeps the errors r2d2 met while opening connections.
+    #[derive(Debug, Default, Clone)]
+    struct Errors(Arc<Mutex<Vec<String>>>);
+
+    impl diesel::r2d2::HandleError<diesel::r2d2::Error> for Errors {
+        fn handle_error(&self, error: diesel::r2d2::Error) {
+            self.0.lock().expect("errors").push(error.to_string());
+        }
+    }
+
+    #[test]
+    fn a_new_file_opens_in_wal_mode_with_its_page_size_and_no_connection_fails() {
+        let errors = Errors::default();
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let cfg = StoreConfig {
+                url: dir.path().join("t.db").display().to_string(),
+                pool_size: 8,
+                synchronous: Synchronous::Normal,
+                wal_autocheckpoint: 1000,
+                page_size: 16384,
+            };
+            let pool = build_pool(&cfg, Box::new(errors.clone())).expect("pool");
+            let mut conn = pool.get().expect("conn");
+            #[derive(diesel::QueryableByName)]
+            struct Mode {
+                #[diesel(sql_type = diesel::sql_types::Text)]
+                journal_mode: String,
+            }
+            #[derive(diesel::QueryableByName)]
+            struct Size {
+                #[diesel(sql_type = diesel::sql_types::BigInt)]
+                page_size: i64,
+            }
+            use diesel::RunQueryDsl;
+            let mode: Mode = diesel::sql_query("PRAGMA journal_mode")
+                .get_result(&mut conn)
+                .expect("mode");
+            let size: Size = diesel::sql_query("PRAGMA page_size")
+                .get_result(&mut conn)
+                .expect("size");
+            assert_eq!((mode.journal_mode.as_str(), size.page_size), ("wal", 16384));
+        }
+        assert!(errors.0.lock().expect("errors").is_empty(), "{errors:?}");
+    }
 }
