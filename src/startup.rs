@@ -2,6 +2,7 @@
 //! and shut down gracefully (contract section 9).
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_http::HttpService;
@@ -11,6 +12,7 @@ use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
+use switchboard_actors::store::health::DatabaseHealth;
 use switchboard_actors::store::sqlite::dedupe::DedupeSettings;
 use switchboard_actors::store::{self, DatabaseLock, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{StoreBackend, Tree, TreeConfig};
@@ -73,8 +75,12 @@ pub fn enter_batch_scheduling() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens the database and applies pending migrations.
-pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
+/// Opens the database and applies pending migrations; errors met opening connections go to
+/// `database`.
+pub fn open_store(
+    settings: &Settings,
+    database: Arc<DatabaseHealth>,
+) -> Result<DbPool, StoreError> {
     let cfg = StoreConfig {
         url: settings.database_url(),
         pool_size: settings.database.pool_size,
@@ -82,7 +88,7 @@ pub fn open_store(settings: &Settings) -> Result<DbPool, StoreError> {
         wal_autocheckpoint: settings.database.sqlite_wal_autocheckpoint,
         page_size: settings.database.sqlite_page_size,
     };
-    let pool = store::open_pool(&cfg)?;
+    let pool = store::open_pool(&cfg, database)?;
     let applied = store::run_migrations(&pool)?;
     if !applied.is_empty() {
         log::info!("applied migrations: {}", applied.join(", "));
@@ -106,7 +112,7 @@ pub fn migrate(settings: &Settings) -> Result<(), StoreError> {
         );
         return Ok(());
     }
-    open_store(settings)?;
+    open_store(settings, Default::default())?;
     println!("migrations applied to {url}");
     Ok(())
 }
@@ -134,18 +140,24 @@ impl Application {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
         let db = &settings.database;
         let url = settings.database_url();
+        let database = Arc::new(DatabaseHealth::default());
         let (lock, backend) = if store::postgres::is_postgres_url(&url) {
             // Several broker processes may share a PostgreSQL database: no lock.
             let applied = store::postgres::migrate(&url)?;
             if !applied.is_empty() {
                 log::info!("applied PostgreSQL migrations: {}", applied.join(", "));
             }
-            let pool = store::postgres::open_pool(&url, db.pool_size, db.statement_timeout)?;
+            let pool = store::postgres::open_pool(
+                &url,
+                db.pool_size,
+                db.statement_timeout,
+                database.clone(),
+            )?;
             auth.revoke_all(store::postgres::revoked_jtis(&pool)?);
             (None, StoreBackend::Postgres { pool })
         } else {
             let lock = store::lock_database(&url)?;
-            let pool = open_store(&settings)?;
+            let pool = open_store(&settings, database.clone())?;
             if db.dedupe_slices.is_some() {
                 log::warn!(
                     "database.dedupe_slices is no longer used (see database.dedupe_run_keys)"
@@ -194,6 +206,7 @@ impl Application {
                 presence_grace: settings.presence.offline_grace,
             },
             backend,
+            database,
         );
         let gate = ConnectionGate::new(&settings.limits, settings.server.trusted_proxies.clone());
         let workers = match settings.server.workers {

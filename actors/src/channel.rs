@@ -336,7 +336,13 @@ impl ChannelActor {
                 };
             }
             Err(e) => {
-                log::error!("channel {}: cannot load: {e}", act.channel.name);
+                // Loaded again on the next request; a database outage is logged by the
+                // store's health once, not per channel.
+                if e.is_transient() {
+                    log::debug!("channel {}: cannot load: {e}", act.channel.name);
+                } else {
+                    log::error!("channel {}: cannot load: {e}", act.channel.name);
+                }
                 act.members = Members::Unknown;
             }
         }));

@@ -24,6 +24,7 @@ use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher, Writes};
+use crate::store::health::DatabaseHealth;
 use crate::store::postgres::writer::{PgPool, PgWriter};
 use crate::store::reader::{Reads, StoreReader};
 use crate::store::sqlite::channel_index::ChannelIndex;
@@ -72,14 +73,32 @@ impl StorePools {
         }
     }
 
-    /// Connections open in the pool, and how many of them are idle.
-    pub fn state(&self) -> (u32, u32) {
-        let s = match self {
-            StorePools::Sqlite(p) => p.state(),
-            StorePools::Postgres(p) => p.state(),
+    /// The pool's size and use, for `/status`.
+    pub fn state(&self) -> PoolState {
+        let (max, s) = match self {
+            StorePools::Sqlite(p) => (p.max_size(), p.state()),
+            StorePools::Postgres(p) => (p.max_size(), p.state()),
         };
-        (s.connections, s.idle_connections)
+        PoolState {
+            max,
+            open: s.connections,
+            idle: s.idle_connections,
+            in_use: s.connections.saturating_sub(s.idle_connections),
+        }
     }
+}
+
+/// A connection pool's size and use.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PoolState {
+    /// Connections it may open.
+    pub max: u32,
+    /// Connections open now.
+    pub open: u32,
+    /// Open and waiting for work.
+    pub idle: u32,
+    /// Checked out by a reader or writer.
+    pub in_use: u32,
 }
 
 /// Settings of the tree.
@@ -119,6 +138,8 @@ pub struct Tree {
     pub writes: Writes,
     /// The backend's connection pool (`/status`).
     pub pools: StorePools,
+    /// Whether the database answers (`/status`).
+    pub database: Arc<DatabaseHealth>,
     /// Health of every actor above.
     pub health: Arc<HealthBoard>,
     /// What the write batcher committed.
@@ -130,13 +151,15 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Starts the tree on the current actix system, on `store`.
-    pub fn start(cfg: TreeConfig, store: StoreBackend) -> Tree {
+    /// Starts the tree on the current actix system, on `store`, whose readers and writers
+    /// report to `database`.
+    pub fn start(cfg: TreeConfig, store: StoreBackend, database: Arc<DatabaseHealth>) -> Tree {
         let board = HealthBoard::new();
         let resend_keys = Arc::new(ResendKeyStats::default());
         let h = ActorHealth::new("store_writer");
         let hw = h.clone();
         let hr = ActorHealth::new("store_reader");
+        let dw = database.clone();
         let (writers, reads, pools, sqlite_pool): (Recipient<WriteBatch>, Reads, StorePools, _) =
             match store {
                 StoreBackend::Sqlite { pool, keys, index } => {
@@ -150,9 +173,15 @@ impl Tree {
                             health: hw.clone(),
                             memory: memory.clone(),
                             key_stats: held.clone(),
+                            database: dw.clone(),
                         });
                     board.register(h, writers.clone().recipient());
-                    let readers = StoreReader::start(cfg.reader_threads, pool.clone(), hr.clone());
+                    let readers = StoreReader::start(
+                        cfg.reader_threads,
+                        pool.clone(),
+                        hr.clone(),
+                        database.clone(),
+                    );
                     board.register(hr, readers.clone().recipient());
                     let reads = Reads::Sqlite {
                         addr: readers,
@@ -167,9 +196,15 @@ impl Tree {
                         pool: p.clone(),
                         ids: MessageIds::default(),
                         health: hw.clone(),
+                        database: dw.clone(),
                     });
                     board.register(h, writers.clone().recipient());
-                    let readers = StoreReader::start(cfg.reader_threads, pool.clone(), hr.clone());
+                    let readers = StoreReader::start(
+                        cfg.reader_threads,
+                        pool.clone(),
+                        hr.clone(),
+                        database.clone(),
+                    );
                     board.register(hr, readers.clone().recipient());
                     let reads = Reads::Postgres { addr: readers };
                     (writers.recipient(), reads, StorePools::Postgres(pool), None)
@@ -239,6 +274,7 @@ impl Tree {
             sync,
             reads,
             pools,
+            database,
             health: board,
             batch_stats,
             checkpoint_stats,

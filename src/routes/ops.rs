@@ -68,7 +68,6 @@ pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
 pub async fn status(app: web::Data<AppState>) -> HttpResponse {
     let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;
     let stats = app.tree.router.send(GetStats).await.unwrap_or_default();
-    let (connections, idle) = app.tree.pools.state();
     let healthy = actors
         .iter()
         .all(|a| a.state == "running" && a.mailbox.is_some());
@@ -89,7 +88,8 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
         },
         "database": {
             "backend": app.tree.pools.backend(),
-            "pool": { "size": connections, "idle": idle },
+            "health": app.tree.database.snapshot(),
+            "pool": app.tree.pools.state(),
             "writes": app.tree.batch_stats.snapshot(),
             "wal_checkpoints": app.tree.checkpoint_stats.snapshot(),
             "resend_keys_in_memory": app.tree.resend_keys.snapshot().in_memory,

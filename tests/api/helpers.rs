@@ -565,20 +565,25 @@ impl PgDatabase {
 
     /// Runs `sql` on this database and returns the first column of each row as text.
     pub fn query_texts(&self, sql: &str) -> Vec<String> {
-        use diesel::{Connection, RunQueryDsl};
-        #[derive(diesel::QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            v: String,
-        }
-        let mut c = diesel::pg::PgConnection::establish(&self.url).expect("connect");
-        diesel::sql_query(sql)
-            .load::<Row>(&mut c)
-            .expect("query")
-            .into_iter()
-            .map(|r| r.v)
-            .collect()
+        pg_query_texts(&self.url, sql)
     }
+}
+
+/// Runs `sql` on the PostgreSQL database at `url`; its one text column `v` of each row.
+pub fn pg_query_texts(url: &str, sql: &str) -> Vec<String> {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v: String,
+    }
+    let mut c = diesel::pg::PgConnection::establish(url).expect("connect");
+    diesel::sql_query(sql)
+        .load::<Row>(&mut c)
+        .expect("query")
+        .into_iter()
+        .map(|r| r.v)
+        .collect()
 }
 
 impl Drop for PgDatabase {

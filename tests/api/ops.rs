@@ -314,7 +314,8 @@ async fn database_errors_reach_clients_as_a_reference_not_as_database_text() {
     match app.pg() {
         Some(pg) => pg.execute("DROP TABLE group_members; DROP TABLE groups;"),
         None => {
-            let pool = switchboard::startup::open_store(&app.settings).expect("store");
+            let pool =
+                switchboard::startup::open_store(&app.settings, Default::default()).expect("store");
             let mut c = pool.get().expect("conn");
             c.batch_execute("DROP TABLE group_members; DROP TABLE groups;")
                 .expect("drop");

@@ -184,7 +184,7 @@ async fn revoked_tokens_get_401_at_upgrade() {
         .jti
         .expect("jti");
     {
-        let pool = switchboard::startup::open_store(&settings).expect("store");
+        let pool = switchboard::startup::open_store(&settings, Default::default()).expect("store");
         let mut c = pool.get().expect("conn");
         diesel::insert_into(revoked_tokens::table)
             .values((

@@ -5,11 +5,13 @@
 //! [`reader::Reads`] (typed read operations on reader threads). Nothing outside this module
 //! names a connection.
 //!
-//! Backends: [`sqlite`] (embedded, bundled, WAL; the default, and what `serve` runs on
-//! today) and [`postgres`] (its schema and migrations; serving from it comes next).
-//! Shared by both: [`models`], [`batcher`], [`write`], [`reader`].
+//! Backends: [`sqlite`] (embedded, bundled, WAL; the default: one broker process per file)
+//! and [`postgres`] (production: several broker processes may share one database), chosen
+//! by the database URL. Shared by both: [`models`], [`batcher`], [`write`], [`reader`], and
+//! [`health`] (whether the database answers).
 
 pub mod batcher;
+pub mod health;
 pub mod models;
 pub mod postgres;
 pub mod reader;
@@ -36,6 +38,9 @@ pub enum StoreError {
     /// Opening the database or applying migrations failed.
     #[error("database setup: {0}")]
     Setup(String),
+    /// The database cannot be reached or is restarting; the client should retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// A persistence actor is gone (restarting or shut down) before answering.
     #[error("persistence actor unavailable")]
     WriterGone,
@@ -61,12 +66,9 @@ pub enum StoreError {
         /// The lock file.
         lock: String,
     },
-    /// The database URL names a backend this build cannot serve from yet.
-    #[error(
-        "database url `{0}`: serving from PostgreSQL is not built yet (`switchboard migrate` \
-         applies its schema); use a SQLite path or sqlite:// URL"
-    )]
-    UnsupportedUrl(String),
+    /// A PostgreSQL URL where a SQLite file is expected.
+    #[error("database url `{0}` names PostgreSQL, not a SQLite file")]
+    NotSqlite(String),
 }
 
 impl StoreError {
@@ -74,6 +76,7 @@ impl StoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
             StoreError::Pool(_)
+            | StoreError::Unavailable(_)
             | StoreError::WriterGone
             | StoreError::Overloaded
             | StoreError::ResendRace => ErrorCode::Unavailable,
@@ -90,7 +93,8 @@ impl StoreError {
         let message = match self {
             StoreError::Overloaded => "the store is overloaded; retry".to_owned(),
             _ if code == ErrorCode::Unavailable => {
-                log::warn!("store unavailable: {self}");
+                // `DatabaseHealth` logs when the database starts and stops failing.
+                log::debug!("store unavailable: {self}");
                 "the store is unavailable; retry".to_owned()
             }
             _ => {
@@ -101,6 +105,12 @@ impl StoreError {
             }
         };
         (code, message)
+    }
+
+    /// Whether a retry may succeed where this failed: the database was unreachable,
+    /// restarting or too slow, or the writers were busy or racing another node.
+    pub fn is_transient(&self) -> bool {
+        self.code() == ErrorCode::Unavailable
     }
 }
 

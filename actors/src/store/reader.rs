@@ -12,6 +12,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 
+use super::health::DatabaseHealth;
 use super::models::{GroupRow, Page, StoredMessage};
 use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
@@ -33,18 +34,22 @@ pub struct StoreReader<C: R2D2Connection + 'static> {
     pub pool: Pool<ConnectionManager<C>>,
     /// Shared by every reader thread.
     pub health: Arc<ActorHealth>,
+    /// Whether the database answers, shared with the writers.
+    pub database: Arc<DatabaseHealth>,
 }
 
 impl<C: R2D2Connection + 'static> StoreReader<C> {
-    /// Starts `threads` reader threads on `pool`, sharing `health`.
+    /// Starts `threads` reader threads on `pool`, sharing `health` and `database`.
     pub fn start(
         threads: usize,
         pool: Pool<ConnectionManager<C>>,
         health: Arc<ActorHealth>,
+        database: Arc<DatabaseHealth>,
     ) -> Addr<Self> {
         SyncArbiter::start(threads.max(1), move || StoreReader {
             pool: pool.clone(),
             health: health.clone(),
+            database: database.clone(),
         })
     }
 }
@@ -57,8 +62,16 @@ impl<C: R2D2Connection + 'static, R: Send + 'static> Handler<Query<C, R>> for St
     type Result = Result<R, StoreError>;
     fn handle(&mut self, q: Query<C, R>, _: &mut SyncContext<Self>) -> Self::Result {
         self.health.handled();
-        let mut conn = self.pool.get()?;
-        (q.0)(&mut conn)
+        let done = self
+            .pool
+            .get()
+            .map_err(StoreError::from)
+            .and_then(|mut conn| (q.0)(&mut conn));
+        match &done {
+            Ok(_) => self.database.ok(),
+            Err(e) => self.database.failed(e),
+        }
+        done
     }
 }
 

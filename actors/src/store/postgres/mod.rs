@@ -13,6 +13,7 @@ use diesel::pg::PgConnection;
 use diesel::Connection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::health::{DatabaseHealth, PoolErrors};
 use super::StoreError;
 
 /// The migrations in `migrations/postgres`, compiled into the binary.
@@ -25,11 +26,12 @@ pub fn is_postgres_url(url: &str) -> bool {
 
 /// Opens a pool of `size` connections to `url`; every statement of a connection is
 /// cancelled after `statement_timeout` (0: never), so a stuck database fails writes with an
-/// error (retry) instead of holding them.
+/// error (retry) instead of holding them. Errors met opening connections go to `database`.
 pub fn open_pool(
     url: &str,
     size: u32,
     statement_timeout: std::time::Duration,
+    database: std::sync::Arc<DatabaseHealth>,
 ) -> Result<writer::PgPool, StoreError> {
     #[derive(Debug)]
     struct Timeout(u128);
@@ -44,6 +46,7 @@ pub fn open_pool(
         .max_size(size.max(2))
         .connection_timeout(std::time::Duration::from_secs(5))
         .connection_customizer(Box::new(Timeout(statement_timeout.as_millis())))
+        .error_handler(Box::new(PoolErrors(database)))
         .build(diesel::r2d2::ConnectionManager::new(url))
         .map_err(|e| StoreError::Setup(format!("cannot connect to PostgreSQL: {e}")))
 }
@@ -128,7 +131,8 @@ mod tests {
     #[test]
     fn a_cancelled_or_cut_statement_is_unavailable_and_a_bad_one_internal() {
         let db = TestDatabase::create();
-        let pool = open_pool(&db.url, 2, Duration::from_millis(50)).expect("pool");
+        let pool =
+            open_pool(&db.url, 2, Duration::from_millis(50), Default::default()).expect("pool");
         let mut c = pool.get().expect("conn");
         let slow = diesel::sql_query("SELECT pg_sleep(2)").execute(&mut c);
         let e = StoreError::from(slow.expect_err("cancelled by statement_timeout"));

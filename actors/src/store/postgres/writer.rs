@@ -19,6 +19,7 @@ use diesel::Connection;
 use super::queries;
 use crate::health::{ActorHealth, Probe};
 use crate::ids::{now_ms, MessageIds};
+use crate::store::health::DatabaseHealth;
 use crate::store::models::StoredMessage;
 use crate::store::write::{WriteBatch, WriteOp, WriteOutcome};
 use crate::store::StoreError;
@@ -34,6 +35,8 @@ pub struct PgWriter {
     pub ids: MessageIds,
     /// Shared by every writer thread.
     pub health: std::sync::Arc<ActorHealth>,
+    /// Whether the database answers, shared with the readers.
+    pub database: std::sync::Arc<DatabaseHealth>,
 }
 
 impl Actor for PgWriter {
@@ -48,18 +51,19 @@ impl Handler<WriteBatch> for PgWriter {
         let window = batch.dedupe_window_ms;
         let mut c = match self.pool.get() {
             Ok(c) => c,
-            Err(e) => {
-                self.health.failed(e.to_string());
-                return batch
-                    .ops
-                    .iter()
-                    .map(|_| Err(StoreError::WriterGone))
-                    .collect();
-            }
+            Err(e) => return self.all_failed(&batch, StoreError::Pool(e)),
         };
         let ids = &mut self.ids;
         match c.transaction(|c| apply(c, ids, &batch.ops, window)) {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Ok(outcomes) => {
+                self.database.ok();
+                outcomes.into_iter().map(Ok).collect()
+            }
+            // The database is unreachable, restarting or too slow: every write of the
+            // batch would fail alike, so each is answered at once (retry).
+            Err(e) if e.is_transient() && !matches!(e, StoreError::ResendRace) => {
+                self.all_failed(&batch, e)
+            }
             Err(e) => {
                 // A bad row, or a resend another node stored meanwhile: write by write, so
                 // that a bad row fails alone and a resend finds its message.
@@ -68,6 +72,7 @@ impl Handler<WriteBatch> for PgWriter {
                     batch.ops.len()
                 );
                 self.health.failed(e.to_string());
+                self.database.failed(&e);
                 batch
                     .ops
                     .iter()
@@ -81,6 +86,24 @@ impl Handler<WriteBatch> for PgWriter {
                     .collect()
             }
         }
+    }
+}
+
+impl PgWriter {
+    /// Answers every write of `batch` with `unavailable`, recording why.
+    fn all_failed(
+        &self,
+        batch: &WriteBatch,
+        e: StoreError,
+    ) -> Vec<Result<WriteOutcome, StoreError>> {
+        self.health.failed(e.to_string());
+        self.database.failed(&e);
+        let why = e.to_string();
+        batch
+            .ops
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(why.clone())))
+            .collect()
     }
 }
 

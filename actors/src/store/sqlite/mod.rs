@@ -22,6 +22,7 @@ pub mod seqs;
 pub mod writer;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -29,6 +30,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
+use super::health::{DatabaseHealth, PoolErrors};
 use super::postgres;
 use super::StoreError;
 
@@ -112,7 +114,7 @@ fn prepare_file(path: &str, page_size: u32) -> Result<(), StoreError> {
 /// The file path a database URL names.
 pub fn sqlite_path(url: &str) -> Result<&str, StoreError> {
     if postgres::is_postgres_url(url) {
-        return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        return Err(StoreError::NotSqlite(url.to_owned()));
     }
     Ok(url
         .strip_prefix("sqlite://")
@@ -165,9 +167,10 @@ pub fn lock_database(url: &str) -> Result<DatabaseLock, StoreError> {
     }
 }
 
-/// Opens (creating if needed) the database and its pool.
-pub fn open_pool(cfg: &StoreConfig) -> Result<DbPool, StoreError> {
-    build_pool(cfg, Box::new(diesel::r2d2::LoggingErrorHandler))
+/// Opens (creating if needed) the database and its pool; errors met opening connections
+/// go to `database`.
+pub fn open_pool(cfg: &StoreConfig, database: Arc<DatabaseHealth>) -> Result<DbPool, StoreError> {
+    build_pool(cfg, Box::new(PoolErrors(database)))
 }
 
 /// [`open_pool`], with what becomes of the errors met while opening connections (r2d2
@@ -200,13 +203,16 @@ fn build_pool(
 #[cfg(test)]
 pub(crate) fn temp_pool(wal_autocheckpoint: u32, page_size: u32) -> (tempfile::TempDir, DbPool) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let pool = open_pool(&StoreConfig {
-        url: dir.path().join("t.db").display().to_string(),
-        pool_size: 2,
-        synchronous: Synchronous::Normal,
-        wal_autocheckpoint,
-        page_size,
-    })
+    let pool = open_pool(
+        &StoreConfig {
+            url: dir.path().join("t.db").display().to_string(),
+            pool_size: 2,
+            synchronous: Synchronous::Normal,
+            wal_autocheckpoint,
+            page_size,
+        },
+        Default::default(),
+    )
     .expect("pool");
     (dir, pool)
 }

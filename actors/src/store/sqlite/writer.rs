@@ -18,6 +18,7 @@ use super::{queries, DbConn, DbPool};
 use crate::fast_map::FastMap;
 use crate::health::{ActorHealth, Probe};
 use crate::ids::{now_ms, MessageId, MessageIds};
+use crate::store::health::DatabaseHealth;
 use crate::store::models::StoredMessage;
 use crate::store::write::{WriteBatch, WriteOp, WriteOutcome};
 use crate::store::StoreError;
@@ -59,6 +60,8 @@ pub struct MessageWriter {
     pub memory: Arc<Mutex<WriterMemory>>,
     /// Where the resend keys are, for `/status`.
     pub key_stats: Arc<ResendKeyStats>,
+    /// Whether the database answers, shared with the readers.
+    pub database: Arc<DatabaseHealth>,
 }
 
 impl Actor for MessageWriter {
@@ -73,17 +76,19 @@ impl Handler<WriteBatch> for MessageWriter {
         let mut conn = match self.pool.get() {
             Ok(c) => c,
             Err(e) => {
-                let msg = e.to_string();
-                self.health.failed(msg.clone());
+                let e = StoreError::Pool(e);
+                self.health.failed(e.to_string());
+                self.database.failed(&e);
+                let why = e.to_string();
                 return batch
                     .ops
                     .iter()
-                    .map(|_| Err(StoreError::Setup(msg.clone())))
+                    .map(|_| Err(StoreError::Unavailable(why.clone())))
                     .collect();
             }
         };
         let mut memory = self.memory.lock().unwrap_or_else(PoisonError::into_inner);
-        let out = commit(&mut conn, &mut memory, batch, &self.health);
+        let out = commit(&mut conn, &mut memory, batch, &self.health, &self.database);
         self.key_stats.record(&memory.keys);
         out
     }
@@ -97,6 +102,7 @@ fn commit(
     memory: &mut WriterMemory,
     batch: WriteBatch,
     health: &ActorHealth,
+    database: &DatabaseHealth,
 ) -> Vec<Result<WriteOutcome, StoreError>> {
     let window = batch.dedupe_window_ms;
     let mut staged = Staged::from(batch.ops);
@@ -107,13 +113,17 @@ fn commit(
         Ok::<_, StoreError>((applied, (Some(moved), Some(placed))))
     });
     match done {
-        Ok((applied, moved)) => staged.committed(applied, moved, memory),
+        Ok((applied, moved)) => {
+            database.ok();
+            staged.committed(applied, moved, memory)
+        }
         Err(e) => {
             log::warn!(
                 "batch of {} failed ({e}); retrying row by row",
                 staged.writes.len()
             );
             health.failed(e.to_string());
+            database.failed(&e);
             // A counter may be what failed (the file was changed behind the writer's back,
             // which the database lock should rule out): read every counter again.
             memory.seqs.forget();
@@ -473,13 +483,16 @@ mod tests {
         assert_eq!(page_size(&pool), 16384);
         let old = dir.path().join("old.db").display().to_string();
         let open = |page_size| {
-            open_pool(&StoreConfig {
-                url: old.clone(),
-                pool_size: 2,
-                synchronous: Synchronous::Normal,
-                wal_autocheckpoint: 1000,
-                page_size,
-            })
+            open_pool(
+                &StoreConfig {
+                    url: old.clone(),
+                    pool_size: 2,
+                    synchronous: Synchronous::Normal,
+                    wal_autocheckpoint: 1000,
+                    page_size,
+                },
+                Default::default(),
+            )
             .expect("pool")
         };
         let four = open(4096);
@@ -539,13 +552,19 @@ mod tests {
             ops,
             dedupe_window_ms: WINDOW,
         };
-        commit(&mut c, mem, batch, &ActorHealth::new("test"))
-            .into_iter()
-            .map(|r| match r {
-                Ok(WriteOutcome::Stored { msg, duplicate }) => (msg.id, duplicate),
-                other => panic!("not stored: {other:?}"),
-            })
-            .collect()
+        commit(
+            &mut c,
+            mem,
+            batch,
+            &ActorHealth::new("test"),
+            &DatabaseHealth::default(),
+        )
+        .into_iter()
+        .map(|r| match r {
+            Ok(WriteOutcome::Stored { msg, duplicate }) => (msg.id, duplicate),
+            other => panic!("not stored: {other:?}"),
+        })
+        .collect()
     }
 
     /// Every (key, position) pair in the live runs, sorted, checking that no pair is in two
