@@ -156,7 +156,8 @@ pub struct DatabaseSettings {
     /// PostgreSQL: a statement running longer than this is cancelled (0s: never).
     #[serde(with = "duration_str")]
     pub statement_timeout: Duration,
-    /// Writer threads (SQLite: 1).
+    /// Writer threads committing batches side by side on PostgreSQL; 0: the default
+    /// ([`DatabaseSettings::writers`]). SQLite always has one.
     pub writer_threads: usize,
     /// Reader threads.
     pub reader_threads: usize,
@@ -190,13 +191,25 @@ pub struct DatabaseSettings {
     pub resend_filter_mib: u32,
 }
 
+impl DatabaseSettings {
+    /// Writer threads, each committing its own batches: SQLite has one writer at a time;
+    /// PostgreSQL takes `writer_threads`, 2 when it is 0.
+    pub fn writers(&self, postgres: bool) -> usize {
+        match (postgres, self.writer_threads) {
+            (false, _) => 1,
+            (true, 0) => 2,
+            (true, n) => n,
+        }
+    }
+}
+
 impl Default for DatabaseSettings {
     fn default() -> Self {
         DatabaseSettings {
             url: String::new(),
             pool_size: 8,
             statement_timeout: Duration::from_secs(5),
-            writer_threads: 1,
+            writer_threads: 0,
             reader_threads: 4,
             sqlite_synchronous: Synchronous::Full,
             sqlite_wal_autocheckpoint: 2_500,

@@ -141,7 +141,12 @@ impl Application {
         let db = &settings.database;
         let url = settings.database_url();
         let database = Arc::new(DatabaseHealth::default());
-        let (lock, backend) = if store::postgres::is_postgres_url(&url) {
+        let postgres = store::postgres::is_postgres_url(&url);
+        let writers = db.writers(postgres);
+        if !postgres && db.writer_threads > 1 {
+            log::warn!("database.writer_threads is 1 on SQLite (one writer at a time)");
+        }
+        let (lock, backend) = if postgres {
             // Several broker processes may share a PostgreSQL database: no lock.
             let applied = store::postgres::migrate(&url)?;
             if !applied.is_empty() {
@@ -194,12 +199,13 @@ impl Application {
         };
         let tree = Tree::start(
             TreeConfig {
-                writer_threads: db.writer_threads,
+                writer_threads: writers,
                 reader_threads: db.reader_threads,
                 batch: BatchConfig {
                     max_batch: db.batch_max.max(1),
                     max_pending: db.max_pending_writes.max(1),
                     dedupe_window_ms: db.dedupe_window.as_millis() as i64,
+                    lanes: writers,
                 },
                 wal_checkpoint_after: db.sqlite_checkpoint_after,
                 channel_idle: settings.channels.idle_timeout,

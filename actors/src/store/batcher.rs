@@ -2,9 +2,13 @@
 //!
 //! While a batch is being committed, new writes wait here; when it commits, everything that
 //! waited goes out as the next batch. So an idle broker writes each message at once, and a
-//! busy one commits hundreds per transaction, with no timer in between. At most one batch is
-//! in flight, so batches commit in the order they were formed and every channel's seqs reach
-//! the channel actor in order.
+//! busy one commits hundreds per transaction, with no timer in between.
+//!
+//! Writes queue in lanes, one per writer thread the backend can use at once (SQLite: one;
+//! PostgreSQL: `database.writer_threads`). A write's lane follows from what it writes to (a
+//! message's channel, a group, a user's devices), and each lane has at most one batch in
+//! flight, so a channel's batches commit in the order they were formed and its seqs reach
+//! the channel actor in order, while other lanes commit beside it.
 //!
 //! Receives [`PersistFor`] (the hot path: answered with one [`Committed`] message per channel
 //! per batch, no future or oneshot per write), [`Persist`] (answered after commit, for the
@@ -83,6 +87,34 @@ pub struct BatchConfig {
     pub max_pending: usize,
     /// Resend recognition window, ms.
     pub dedupe_window_ms: i64,
+    /// Batches committed side by side (1 for SQLite, which has one writer at a time).
+    pub lanes: usize,
+}
+
+/// Writes of one lane: those waiting and those being committed.
+#[derive(Default)]
+struct Lane {
+    pending: Vec<(WriteOp, Waiter)>,
+    /// Waiters of the batch being committed (kept here, not in the future, so that a
+    /// restart can answer them).
+    in_flight: Option<Vec<Waiter>>,
+}
+
+/// The lane of `op` among `lanes`: writes to one channel, group or user share a lane.
+fn lane_of(op: &WriteOp, lanes: usize) -> usize {
+    if lanes <= 1 {
+        return 0;
+    }
+    let key: &str = match op {
+        WriteOp::Message(m) => &m.channel,
+        WriteOp::ReadCursor { channel, .. } => channel,
+        WriteOp::CreateGroup { group, .. } => &group.id,
+        WriteOp::AddMember { group, .. } | WriteOp::RemoveMember { group, .. } => group,
+        WriteOp::TouchDevice { user_id, .. } => user_id,
+    };
+    // A fixed seed: a key keeps its lane for the life of the process.
+    let hash = std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), key);
+    (hash % lanes as u64) as usize
 }
 
 /// Who copies the WAL into the database file after commits, and how soon
@@ -137,10 +169,9 @@ pub struct WriteBatcher {
     /// The backend's writer threads.
     writer: Recipient<WriteBatch>,
     cfg: BatchConfig,
-    pending: Vec<(WriteOp, Waiter)>,
-    /// Waiters of the batch being committed (kept here, not in the future, so that a
-    /// restart can answer them).
-    in_flight: Option<Vec<Waiter>>,
+    lanes: Vec<Lane>,
+    /// Writes waiting in all lanes (bounded by `max_pending`).
+    waiting: usize,
     drained: Vec<oneshot::Sender<()>>,
     stats: Arc<BatchStats>,
     checkpoints: Option<CheckpointPlan>,
@@ -163,9 +194,9 @@ impl WriteBatcher {
     ) -> Self {
         WriteBatcher {
             writer,
+            lanes: (0..cfg.lanes.max(1)).map(|_| Lane::default()).collect(),
             cfg,
-            pending: Vec::new(),
-            in_flight: None,
+            waiting: 0,
             drained: Vec::new(),
             stats,
             checkpoints,
@@ -213,26 +244,38 @@ impl WriteBatcher {
         }));
     }
 
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight.is_some() {
+    /// Sends lane `i`'s next batch unless one is in flight; answers drains once every lane
+    /// is idle.
+    fn flush(&mut self, i: usize, ctx: &mut Context<Self>) {
+        let Some(lane) = self.lanes.get_mut(i) else {
+            return;
+        };
+        if lane.in_flight.is_some() {
             return;
         }
-        if self.pending.is_empty() {
-            for d in self.drained.drain(..) {
-                let _ = d.send(());
+        if lane.pending.is_empty() {
+            if self.waiting == 0 && self.lanes.iter().all(|l| l.in_flight.is_none()) {
+                for d in self.drained.drain(..) {
+                    let _ = d.send(());
+                }
             }
             return;
         }
-        let n = self.pending.len().min(self.cfg.max_batch);
-        let (ops, waiters): (Vec<WriteOp>, Vec<Waiter>) = self.pending.drain(..n).unzip();
-        self.in_flight = Some(waiters);
+        let n = lane.pending.len().min(self.cfg.max_batch);
+        let (ops, waiters): (Vec<WriteOp>, Vec<Waiter>) = lane.pending.drain(..n).unzip();
+        lane.in_flight = Some(waiters);
+        self.waiting -= n;
         self.stats.record(ops.len());
         let req = self.writer.send(WriteBatch {
             ops,
             dedupe_window_ms: self.cfg.dedupe_window_ms,
         });
         ctx.spawn(req.into_actor(self).map(move |res, act, ctx| {
-            let waiters = act.in_flight.take().unwrap_or_default();
+            let waiters = act
+                .lanes
+                .get_mut(i)
+                .and_then(|l| l.in_flight.take())
+                .unwrap_or_default();
             match res {
                 Ok(results) => {
                     answer(waiters, results.into_iter());
@@ -246,17 +289,21 @@ impl WriteBatcher {
                     );
                 }
             }
-            act.flush(ctx);
+            act.flush(i, ctx);
         }));
     }
 
     fn enqueue(&mut self, op: WriteOp, waiter: Waiter, ctx: &mut Context<Self>) {
         self.health.handled();
-        if self.pending.len() >= self.cfg.max_pending {
+        if self.waiting >= self.cfg.max_pending {
             return answer(vec![waiter], std::iter::once(Err(StoreError::Overloaded)));
         }
-        self.pending.push((op, waiter));
-        self.flush(ctx);
+        let i = lane_of(&op, self.lanes.len());
+        if let Some(lane) = self.lanes.get_mut(i) {
+            lane.pending.push((op, waiter));
+            self.waiting += 1;
+        }
+        self.flush(i, ctx);
     }
 }
 
@@ -274,8 +321,12 @@ impl Supervised for WriteBatcher {
         self.checkpoint_due = false;
         // The in-flight batch's future is gone with the old context; its writes may still
         // commit, and the resends they cause are deduplicated.
-        let mut waiters: Vec<Waiter> = self.in_flight.take().unwrap_or_default();
-        waiters.extend(self.pending.drain(..).map(|(_, w)| w));
+        let mut waiters: Vec<Waiter> = Vec::new();
+        for lane in &mut self.lanes {
+            waiters.extend(lane.in_flight.take().unwrap_or_default());
+            waiters.extend(lane.pending.drain(..).map(|(_, w)| w));
+        }
+        self.waiting = 0;
         answer(
             waiters,
             std::iter::repeat_with(|| Err(StoreError::WriterGone)),
@@ -387,7 +438,7 @@ impl Handler<Drain> for WriteBatcher {
         self.health.handled();
         let (tx, rx) = oneshot::channel();
         self.drained.push(tx);
-        self.flush(ctx);
+        self.flush(0, ctx);
         Box::pin(async move {
             let _ = rx.await;
         })
