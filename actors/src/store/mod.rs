@@ -47,11 +47,6 @@ pub enum StoreError {
     /// Too many writes are waiting; the client should retry.
     #[error("write queue full")]
     Overloaded,
-    /// Another writer stored a message under one of the batch's resend keys after the
-    /// batch looked them up (PostgreSQL, several nodes): the batch is retried write by
-    /// write, which finds that message.
-    #[error("a resend key was taken by another writer meanwhile")]
-    ResendRace,
     /// A bug: an internal invariant did not hold.
     #[error("internal invariant broken: {0}")]
     Invariant(&'static str),
@@ -78,8 +73,7 @@ impl StoreError {
             StoreError::Pool(_)
             | StoreError::Unavailable(_)
             | StoreError::WriterGone
-            | StoreError::Overloaded
-            | StoreError::ResendRace => ErrorCode::Unavailable,
+            | StoreError::Overloaded => ErrorCode::Unavailable,
             StoreError::Query(e) if transient(e) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
@@ -115,7 +109,8 @@ impl StoreError {
 }
 
 /// Whether a failed query may succeed when retried: the database server went away, is
-/// restarting, or cancelled the statement (PostgreSQL's `statement_timeout`).
+/// restarting, cancelled the statement (PostgreSQL's `statement_timeout`), or ended the
+/// transaction to break a deadlock.
 fn transient(e: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match e {
@@ -128,6 +123,8 @@ fn transient(e: &diesel::result::Error) -> bool {
                 "the database system is shutting down",
                 "the database system is starting up",
                 "server closed the connection",
+                "deadlock detected",
+                "could not serialize access",
             ]
             .iter()
             .any(|t| m.contains(t))

@@ -73,118 +73,61 @@ pub struct ResendHit {
     pub message: MessageRow,
 }
 
-/// The messages stored under the resend keys `(senders[i], ids[i])` since `since` (ms).
+/// The messages stored under the resend keys `(senders[i], ids[i])`.
 pub fn resend_hits(
     c: &mut PgConnection,
     senders: &[&str],
     ids: &[&str],
-    since: i64,
 ) -> QueryResult<Vec<ResendHit>> {
     diesel::sql_query(format!(
         "SELECT r.sender_id AS key_sender, r.client_msg_id AS key_id, {MESSAGE_COLUMNS} \
-         FROM resend_keys r JOIN messages m ON m.channel = r.channel AND m.seq = r.seq \
+         FROM resend_keys r JOIN messages m ON m.id = r.message_id \
          WHERE (r.sender_id, r.client_msg_id) IN \
-               (SELECT * FROM unnest($1::text[], $2::text[])) \
-           AND r.created_at >= $3"
+               (SELECT * FROM unnest($1::text[], $2::text[]))"
     ))
     .bind::<Array<Text>, _>(senders)
     .bind::<Array<Text>, _>(ids)
-    .bind::<BigInt, _>(since)
     .load(c)
 }
 
+/// A seq given to one appended message (`write_no` counts from 1 in the rows given).
 #[derive(QueryableByName)]
-struct ChannelSeq {
-    #[diesel(sql_type = Text)]
-    name: String,
+pub struct Given {
+    /// The row's place in the rows given, from 1.
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    pub write_no: i32,
+    /// Its seq in its channel.
     #[diesel(sql_type = BigInt)]
-    last_seq: i64,
+    pub given_seq: i64,
 }
 
-/// Takes `counts[i]` seqs in channel `names[i]` (names sorted, so that concurrent writers
-/// lock the counter rows in one order); answers each channel's last seq after it. The rows
-/// stay locked until the transaction ends: a writer on another node waits, then continues
-/// from the committed counter.
-pub fn take_seqs(
+/// Appends `rows` (all stored at `now`, their seqs unset, no two with one resend key) in
+/// one statement, `switchboard_append` (migration 2): their resend keys, their channels'
+/// counters and the messages. Answers the rows that were stored, with their seqs; a row
+/// left out is a resend of a message whose key is newer than `expired_before`.
+pub fn append(
     c: &mut PgConnection,
-    names: &[&str],
-    counts: &[i64],
+    rows: &[StoredMessage],
     now: i64,
-) -> QueryResult<Vec<(String, i64)>> {
-    let rows: Vec<ChannelSeq> = diesel::sql_query(
-        "INSERT INTO channels (name, last_seq, created_at) \
-         SELECT name, n, $3 FROM unnest($1::text[], $2::bigint[]) AS t(name, n) ORDER BY name \
-         ON CONFLICT (name) DO UPDATE SET last_seq = channels.last_seq + EXCLUDED.last_seq \
-         RETURNING name, last_seq",
-    )
-    .bind::<Array<Text>, _>(names)
-    .bind::<Array<BigInt>, _>(counts)
-    .bind::<BigInt, _>(now)
-    .load(c)?;
-    Ok(rows.into_iter().map(|r| (r.name, r.last_seq)).collect())
-}
-
-/// Inserts messages (all stored at `created_at`), one statement.
-pub fn insert_messages(c: &mut PgConnection, rows: &[StoredMessage]) -> QueryResult<usize> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
+    expired_before: i64,
+) -> QueryResult<Vec<Given>> {
     let col = |f: fn(&StoredMessage) -> &str| rows.iter().map(f).collect::<Vec<&str>>();
-    let seqs: Vec<i64> = rows.iter().map(|m| m.seq).collect();
-    let ids: Vec<&str> = rows.iter().map(|m| m.id.as_str()).collect();
-    let client_ids: Vec<Option<&str>> = rows.iter().map(|m| m.client_id.as_deref()).collect();
-    let frame_ids: Vec<Option<&str>> = rows.iter().map(|m| m.client_msg_id.as_deref()).collect();
+    let opt = |f: fn(&StoredMessage) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
     diesel::sql_query(
-        "INSERT INTO messages (channel, seq, id, kind, sender_id, target_id, client_id, \
-                               client_msg_id, payload, created_at) \
-         SELECT c, s, i, k, f, t, d, r, p, $10 FROM unnest($1::text[], $2::bigint[], \
-                $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-                $9::text[]) AS u(c, s, i, k, f, t, d, r, p)",
+        "SELECT write_no, given_seq FROM switchboard_append($1, $2, $3, $4, $5, $6, $7, $8, \
+                                                           $9, $10)",
     )
     .bind::<Array<Text>, _>(col(|m| &m.channel))
-    .bind::<Array<BigInt>, _>(seqs)
-    .bind::<Array<Text>, _>(ids)
     .bind::<Array<Text>, _>(col(|m| &m.kind))
     .bind::<Array<Text>, _>(col(|m| &m.sender_id))
     .bind::<Array<Text>, _>(col(|m| &m.target_id))
-    .bind::<Array<Nullable<Text>>, _>(client_ids)
-    .bind::<Array<Nullable<Text>>, _>(frame_ids)
+    .bind::<Array<Nullable<Text>>, _>(opt(|m| m.client_id.as_deref()))
+    .bind::<Array<Nullable<Text>>, _>(opt(|m| m.client_msg_id.as_deref()))
     .bind::<Array<Text>, _>(col(|m| &m.payload))
-    .bind::<BigInt, _>(rows.first().map(|m| m.created_at).unwrap_or(0))
-    .execute(c)
-}
-
-/// Records the resend keys of new messages. A key already held by a message newer than
-/// `expired_before` is left alone: the answer (rows written) is then below the number of
-/// keys, which means another writer stored the same frame since this batch looked.
-pub fn insert_resend_keys(
-    c: &mut PgConnection,
-    keys: &[(&str, &str, &str, i64)],
-    now: i64,
-    expired_before: i64,
-) -> QueryResult<usize> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    let senders: Vec<&str> = keys.iter().map(|k| k.0).collect();
-    let ids: Vec<&str> = keys.iter().map(|k| k.1).collect();
-    let channels: Vec<&str> = keys.iter().map(|k| k.2).collect();
-    let seqs: Vec<i64> = keys.iter().map(|k| k.3).collect();
-    diesel::sql_query(
-        "INSERT INTO resend_keys (sender_id, client_msg_id, channel, seq, created_at) \
-         SELECT s, i, c, q, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) \
-                AS u(s, i, c, q) \
-         ON CONFLICT (sender_id, client_msg_id) DO UPDATE \
-            SET channel = EXCLUDED.channel, seq = EXCLUDED.seq, created_at = EXCLUDED.created_at \
-            WHERE resend_keys.created_at < $6",
-    )
-    .bind::<Array<Text>, _>(senders)
-    .bind::<Array<Text>, _>(ids)
-    .bind::<Array<Text>, _>(channels)
-    .bind::<Array<BigInt>, _>(seqs)
+    .bind::<Array<Text>, _>(col(|m| m.id.as_str()))
     .bind::<BigInt, _>(now)
     .bind::<BigInt, _>(expired_before)
-    .execute(c)
+    .load(c)
 }
 
 #[derive(QueryableByName)]

@@ -1,13 +1,14 @@
 //! `PgWriter`: commits one batch per transaction on PostgreSQL, where writers of several
 //! broker processes may share the database.
 //!
-//! Nothing about the store is kept in memory between batches: inside the transaction the
-//! batch looks up its resend keys, takes its seqs from the channels' counter rows (locked
-//! until commit, so another node's writer continues after them), inserts its messages and
-//! their resend keys with one statement each, and the database enforces one message per
-//! (channel, seq) and per resend key. A key that another node stored after this batch
-//! looked fails the batch ([`StoreError::ResendRace`]); the batcher then retries it write by
-//! write, and the retry finds that message and answers with it.
+//! Nothing about the store is kept in memory between batches. A batch's messages go to the
+//! database in one statement (`switchboard_append`, migration 2), which takes their resend
+//! keys, then their seqs from the channels' counter rows (locked until commit, so another
+//! writer continues after them), then inserts them; the database enforces one message per
+//! (channel, seq) and per resend key. A key another transaction holds uncommitted makes the
+//! statement wait for it, so a resend through another node finds the message it repeats.
+//! A batch of messages only is that one statement, committed on its own; a batch with other
+//! writes runs in a transaction.
 
 use std::collections::HashMap;
 
@@ -54,19 +55,16 @@ impl Handler<WriteBatch> for PgWriter {
             Err(e) => return self.all_failed(&batch, StoreError::Pool(e)),
         };
         let ids = &mut self.ids;
-        match c.transaction(|c| apply(c, ids, &batch.ops, window)) {
+        match write(&mut c, ids, &batch.ops, window) {
             Ok(outcomes) => {
                 self.database.ok();
                 outcomes.into_iter().map(Ok).collect()
             }
             // The database is unreachable, restarting or too slow: every write of the
             // batch would fail alike, so each is answered at once (retry).
-            Err(e) if e.is_transient() && !matches!(e, StoreError::ResendRace) => {
-                self.all_failed(&batch, e)
-            }
+            Err(e) if e.is_transient() => self.all_failed(&batch, e),
             Err(e) => {
-                // A bad row, or a resend another node stored meanwhile: write by write, so
-                // that a bad row fails alone and a resend finds its message.
+                // A bad row: write by write, so that it fails alone.
                 log::warn!(
                     "batch of {} failed ({e}); retrying row by row",
                     batch.ops.len()
@@ -77,15 +75,28 @@ impl Handler<WriteBatch> for PgWriter {
                     .ops
                     .iter()
                     .map(|op| {
-                        c.transaction(|c| apply(c, ids, std::slice::from_ref(op), window))
-                            .and_then(|mut one| {
-                                one.pop()
-                                    .ok_or(StoreError::Invariant("a write without an outcome"))
-                            })
+                        write(&mut c, ids, std::slice::from_ref(op), window).and_then(|mut one| {
+                            one.pop()
+                                .ok_or(StoreError::Invariant("a write without an outcome"))
+                        })
                     })
                     .collect()
             }
         }
+    }
+}
+
+/// Commits `ops`: messages alone in their one statement, anything else in a transaction.
+fn write(
+    c: &mut PgConnection,
+    ids: &mut MessageIds,
+    ops: &[WriteOp],
+    window: i64,
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    if ops.iter().all(|op| matches!(op, WriteOp::Message(_))) {
+        apply(c, ids, ops, window)
+    } else {
+        c.transaction(|c| apply(c, ids, ops, window))
     }
 }
 
@@ -114,17 +125,16 @@ impl Handler<Probe> for PgWriter {
     }
 }
 
-/// What became of one write while the batch is applied.
+/// What became of one message write while the batch is applied.
 enum Slot {
-    /// A new message: index into the rows to insert.
-    New(usize),
-    /// A resend of a message stored earlier.
-    Earlier(StoredMessage),
+    /// Stored, or a resend of a message stored earlier: index into the rows given.
+    Row(usize),
     /// A resend of write `j` of this batch.
     SameAs(usize),
 }
 
-/// Applies `ops` inside the caller's transaction; answers an outcome per write, in order.
+/// Applies `ops` (inside the caller's transaction where they are not all messages);
+/// answers an outcome per write, in order.
 pub fn apply(
     c: &mut PgConnection,
     ids: &mut MessageIds,
@@ -134,76 +144,64 @@ pub fn apply(
     let now = now_ms();
     let since = now.saturating_sub(dedupe_window_ms);
 
-    // Resends: every key of the batch looked up in one statement.
-    let keyed: Vec<(&str, &str)> = ops
-        .iter()
-        .filter_map(|op| match op {
-            WriteOp::Message(m) => m.client_msg_id.as_deref().map(|id| (&*m.sender_id, id)),
-            _ => None,
-        })
-        .collect();
-    let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
-    if !keyed.is_empty() {
-        let senders: Vec<&str> = keyed.iter().map(|k| k.0).collect();
-        let frame_ids: Vec<&str> = keyed.iter().map(|k| k.1).collect();
-        for hit in queries::resend_hits(c, &senders, &frame_ids, since)? {
-            earlier.insert((hit.key_sender, hit.key_id), hit.message.into_stored()?);
-        }
-    }
-
-    // Which writes store a new message, and how many seqs each channel needs.
+    // One row per message write; a resend of an earlier write of the batch shares its row.
     let mut slots = Vec::with_capacity(ops.len());
     let mut rows: Vec<StoredMessage> = Vec::new();
     let mut in_batch: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut counts: HashMap<&str, i64> = HashMap::new();
     for (i, op) in ops.iter().enumerate() {
         let WriteOp::Message(m) = op else {
             slots.push(None);
             continue;
         };
         if let Some(frame) = m.client_msg_id.as_deref() {
-            if let Some(old) = earlier.get(&(m.sender_id.to_string(), frame.to_owned())) {
-                slots.push(Some(Slot::Earlier(old.clone())));
-                continue;
-            }
             if let Some(&j) = in_batch.get(&(&*m.sender_id, frame)) {
                 slots.push(Some(Slot::SameAs(j)));
                 continue;
             }
             in_batch.insert((&m.sender_id, frame), i);
         }
-        *counts.entry(&m.channel).or_default() += 1;
-        slots.push(Some(Slot::New(rows.len())));
+        slots.push(Some(Slot::Row(rows.len())));
         rows.push(m.clone().stored(ids.next(now), 0, now));
     }
 
-    // Seqs from the counter rows, handed out in the batch's order within each channel.
+    // Rows not stored are resends of messages stored earlier: those replace them.
+    let mut duplicate = vec![false; rows.len()];
     if !rows.is_empty() {
-        let mut names: Vec<&str> = counts.keys().copied().collect();
-        names.sort_unstable();
-        let wanted: Vec<i64> = names.iter().map(|n| counts[n]).collect();
-        let mut next: HashMap<String, i64> = HashMap::new();
-        for (name, last) in queries::take_seqs(c, &names, &wanted, now)? {
-            let n = counts.get(name.as_str()).copied().unwrap_or(0);
-            next.insert(name, last - n + 1);
+        let mut stored = vec![false; rows.len()];
+        for given in queries::append(c, &rows, now, since)? {
+            let r = usize::try_from(given.write_no - 1)
+                .ok()
+                .filter(|&r| r < rows.len())
+                .ok_or(StoreError::Invariant("a seq for a row not given"))?;
+            rows[r].seq = given.given_seq;
+            stored[r] = true;
         }
-        for row in &mut rows {
-            let seq = next
-                .get_mut(&*row.channel)
-                .ok_or(StoreError::Invariant("a channel without a counter row"))?;
-            row.seq = *seq;
-            *seq += 1;
-        }
-        queries::insert_messages(c, &rows)?;
-        let keys: Vec<(&str, &str, &str, i64)> = rows
-            .iter()
-            .filter_map(|m| {
-                let frame = m.client_msg_id.as_deref()?;
-                Some((&*m.sender_id, frame, &*m.channel, m.seq))
-            })
-            .collect();
-        if queries::insert_resend_keys(c, &keys, now, since)? < keys.len() {
-            return Err(StoreError::ResendRace);
+        let resent: Vec<usize> = (0..rows.len()).filter(|&r| !stored[r]).collect();
+        if !resent.is_empty() {
+            let keys: Vec<(&str, &str)> = resent
+                .iter()
+                .filter_map(|&r| {
+                    let m = &rows[r];
+                    Some((&*m.sender_id, m.client_msg_id.as_deref()?))
+                })
+                .collect();
+            let senders: Vec<&str> = keys.iter().map(|k| k.0).collect();
+            let frames: Vec<&str> = keys.iter().map(|k| k.1).collect();
+            let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
+            for hit in queries::resend_hits(c, &senders, &frames)? {
+                earlier.insert((hit.key_sender, hit.key_id), hit.message.into_stored()?);
+            }
+            for r in resent {
+                let m = &rows[r];
+                let key = (
+                    m.sender_id.to_string(),
+                    m.client_msg_id.clone().unwrap_or_default(),
+                );
+                rows[r] = earlier
+                    .remove(&key)
+                    .ok_or(StoreError::Invariant("a resend without its message"))?;
+                duplicate[r] = true;
+            }
         }
     }
 
@@ -211,16 +209,12 @@ pub fn apply(
     let mut outcomes: Vec<WriteOutcome> = Vec::with_capacity(ops.len());
     for (op, slot) in ops.iter().zip(slots) {
         let outcome = match (slot, op) {
-            (Some(Slot::New(r)), _) => WriteOutcome::Stored {
+            (Some(Slot::Row(r)), _) => WriteOutcome::Stored {
                 msg: rows
                     .get(r)
                     .cloned()
-                    .ok_or(StoreError::Invariant("a new message without its row"))?,
-                duplicate: false,
-            },
-            (Some(Slot::Earlier(msg)), _) => WriteOutcome::Stored {
-                msg,
-                duplicate: true,
+                    .ok_or(StoreError::Invariant("a message without its row"))?,
+                duplicate: duplicate.get(r).copied().unwrap_or(false),
             },
             (Some(Slot::SameAs(j)), _) => match outcomes.get(j) {
                 Some(WriteOutcome::Stored { msg, .. }) => WriteOutcome::Stored {
@@ -424,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn a_resend_stored_by_another_writer_meanwhile_fails_the_batch_and_is_found_after() {
+    fn a_resend_stored_by_another_writer_meanwhile_waits_for_it_and_gets_its_message() {
         let db = TestDatabase::create();
         let pool = db.pool(4);
         let applied = Arc::new(Barrier::new(2));
@@ -436,8 +430,8 @@ mod tests {
                 c.transaction(|c| {
                     let out = apply(c, &mut ids, &[msg("dm:a:b", "a", Some("k"), "hi")], DAY_MS);
                     applied.wait();
-                    // The other writer looks now, finds nothing committed, and waits on
-                    // the key until this commits.
+                    // The other writer tries the key now and waits on it until this
+                    // commits.
                     std::thread::sleep(Duration::from_millis(300));
                     out
                 })
@@ -448,11 +442,36 @@ mod tests {
         let mut c = pool.get().expect("conn");
         let mut ids = MessageIds::default();
         let ops = [msg("dm:a:b", "a", Some("k"), "hi")];
-        let lost = c.transaction(|c| apply(c, &mut ids, &ops, DAY_MS));
-        assert!(matches!(lost, Err(StoreError::ResendRace)), "{lost:?}");
+        let second = write(&mut c, &mut ids, &ops);
         let winner = first.join().expect("first");
-        let retry = write(&mut c, &mut ids, &ops);
-        assert_eq!(stored(&retry[0]), (stored(&winner[0]).0, true));
+        assert_eq!(stored(&second[0]), (stored(&winner[0]).0, true));
         assert_eq!(queries::head_seq(&mut c, "dm:a:b").expect("head"), 1);
+    }
+
+    #[test]
+    fn a_batch_of_messages_only_commits_without_a_transaction_and_a_bad_row_fails_alone() {
+        let db = TestDatabase::create();
+        let pool = db.pool(2);
+        let mut c = pool.get().expect("conn");
+        let mut ids = MessageIds::default();
+        let ops = [
+            msg("dm:a:b", "a", Some("f1"), "one"),
+            msg("dm:a:b", "a", Some("f2"), "nul \u{0} is no PostgreSQL text"),
+            msg("dm:a:b", "a", Some("f3"), "three"),
+        ];
+        let batch = super::write(&mut c, &mut ids, &ops, DAY_MS);
+        assert!(batch.is_err(), "the bad row fails the statement: {batch:?}");
+        assert_eq!(
+            queries::head_seq(&mut c, "dm:a:b").expect("head"),
+            0,
+            "nothing kept"
+        );
+        let one_by_one: Vec<_> = ops
+            .iter()
+            .map(|op| super::write(&mut c, &mut ids, std::slice::from_ref(op), DAY_MS))
+            .collect();
+        assert_eq!(stored(&one_by_one[0].as_ref().expect("first")[0]).0.seq, 1);
+        assert!(one_by_one[1].is_err());
+        assert_eq!(stored(&one_by_one[2].as_ref().expect("third")[0]).0.seq, 2);
     }
 }
