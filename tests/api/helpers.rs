@@ -12,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard::auth::Authority;
 use switchboard::{Application, Settings};
+use switchboard_actors::store::postgres as pg;
 
 /// How long any single expected frame may take to arrive.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -540,10 +541,10 @@ pub struct PgDatabase {
 impl PgDatabase {
     /// Creates an empty database with a fresh name.
     pub fn create() -> Self {
-        use diesel::{Connection, RunQueryDsl};
+        use diesel::RunQueryDsl;
         let admin = pg_admin_url();
         let name = format!("sb_test_{}", uuid::Uuid::new_v4().simple());
-        let mut c = diesel::pg::PgConnection::establish(&admin)
+        let mut c = pg::connect(&admin)
             .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (CI starts it): {e}"));
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut c)
@@ -558,8 +559,7 @@ impl PgDatabase {
     /// Runs `sql` (statements separated by `;`) on this database.
     pub fn execute(&self, sql: &str) {
         use diesel::connection::SimpleConnection;
-        use diesel::Connection;
-        let mut c = diesel::pg::PgConnection::establish(&self.url).expect("connect");
+        let mut c = pg::connect(&self.url).expect("connect");
         c.batch_execute(sql).expect("sql");
     }
 
@@ -571,13 +571,13 @@ impl PgDatabase {
 
 /// Runs `sql` on the PostgreSQL database at `url`; its one text column `v` of each row.
 pub fn pg_query_texts(url: &str, sql: &str) -> Vec<String> {
-    use diesel::{Connection, RunQueryDsl};
+    use diesel::RunQueryDsl;
     #[derive(diesel::QueryableByName)]
     struct Row {
         #[diesel(sql_type = diesel::sql_types::Text)]
         v: String,
     }
-    let mut c = diesel::pg::PgConnection::establish(url).expect("connect");
+    let mut c = pg::connect(url).expect("connect");
     diesel::sql_query(sql)
         .load::<Row>(&mut c)
         .expect("query")
@@ -588,8 +588,8 @@ pub fn pg_query_texts(url: &str, sql: &str) -> Vec<String> {
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
-        use diesel::{Connection, RunQueryDsl};
-        if let Ok(mut c) = diesel::pg::PgConnection::establish(&pg_admin_url()) {
+        use diesel::RunQueryDsl;
+        if let Ok(mut c) = pg::connect(&pg_admin_url()) {
             let _ = diesel::sql_query(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name

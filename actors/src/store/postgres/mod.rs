@@ -24,6 +24,20 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
+/// Sets up OpenSSL, which libpq uses, without its exit handler: that handler frees
+/// OpenSSL's state when the process exits while pool threads may still be connecting
+/// through it (a crash at exit). Runs once; call before the first connection.
+pub fn init_client() {
+    openssl_sys::init();
+}
+
+/// One connection to `url` (OpenSSL set up first, [`init_client`]).
+pub fn connect(url: &str) -> Result<PgConnection, StoreError> {
+    init_client();
+    PgConnection::establish(url)
+        .map_err(|e| StoreError::Setup(format!("cannot connect to PostgreSQL: {e}")))
+}
+
 /// Opens a pool of `size` connections to `url`; every statement of a connection is
 /// cancelled after `statement_timeout` (0: never), so a stuck database fails writes with an
 /// error (retry) instead of holding them. Errors met opening connections go to `database`.
@@ -42,6 +56,7 @@ pub fn open_pool(
                 .map_err(diesel::r2d2::Error::QueryError)
         }
     }
+    init_client();
     diesel::r2d2::Pool::builder()
         .max_size(size.max(2))
         .connection_timeout(std::time::Duration::from_secs(5))
@@ -59,8 +74,7 @@ pub fn revoked_jtis(pool: &writer::PgPool) -> Result<Vec<String>, StoreError> {
 
 /// Connects to `url` and applies pending migrations; returns the versions applied.
 pub fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
-    let mut conn = PgConnection::establish(url)
-        .map_err(|e| StoreError::Setup(format!("cannot connect to PostgreSQL: {e}")))?;
+    let mut conn = connect(url)?;
     let applied = conn
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Setup(format!("migrations: {e}")))?;
@@ -86,8 +100,8 @@ impl TestDatabase {
         use diesel::RunQueryDsl;
         let admin = Self::admin_url();
         let name = format!("sb_unit_{}", uuid::Uuid::new_v4().simple());
-        let mut c = PgConnection::establish(&admin)
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} (CI starts it): {e}"));
+        let mut c =
+            connect(&admin).unwrap_or_else(|e| panic!("PostgreSQL at {admin} (CI starts it): {e}"));
         diesel::sql_query(format!("CREATE DATABASE \"{name}\""))
             .execute(&mut c)
             .expect("create database");
@@ -109,7 +123,7 @@ impl TestDatabase {
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         use diesel::RunQueryDsl;
-        if let Ok(mut c) = PgConnection::establish(&Self::admin_url()) {
+        if let Ok(mut c) = connect(&Self::admin_url()) {
             let _ = diesel::sql_query(format!(
                 "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
                 self.name
