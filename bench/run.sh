@@ -13,7 +13,9 @@
 #   SERVER_CPU / TOOL_CPU (default 0 / 1), NO_FLOOR=1 (skip the floor runs),
 #   NO_BUILD=1 (use the binaries already built), TIMEOUT (tool --timeout, default 120 s),
 #   SEED_DIR (a broker data directory copied into each fresh broker's: runs against a
-#   database that already holds many messages; docs/BENCHMARKS.md, "At scale").
+#   database that already holds many messages; docs/BENCHMARKS.md, "At scale"),
+#   DATABASE_URL (a postgres:// URL: each fresh broker runs on a new database created
+#   beside the one the URL names, and dropped after the run; unset = SQLite in the data dir).
 # Everything runs on 127.0.0.1 and stops by itself (tool --timeout, plus `timeout` around it).
 set -euo pipefail
 
@@ -33,7 +35,7 @@ TIMEOUT=${TIMEOUT:-120}
 SECRET="bench-secret-$$-$RANDOM"
 
 usage() {
-    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 [ $# -ge 1 ] || usage
@@ -87,6 +89,22 @@ wait_port() {
 SERVER_PID=""
 SERVER_DIR=""
 SERVER_URL=""
+SERVER_DB=""
+RUN_NO=0
+case "${DATABASE_URL:-}" in
+"" | sqlite://* | /*) ;;
+postgres://* | postgresql://*)
+    command -v psql >/dev/null || { echo "DATABASE_URL is PostgreSQL but psql is missing" >&2; exit 2; }
+    psql "$DATABASE_URL" -qtAc 'SELECT 1' >/dev/null || { echo "cannot reach $DATABASE_URL" >&2; exit 2; }
+    ;;
+*) echo "DATABASE_URL must be a postgres:// URL or unset" >&2 && exit 2 ;;
+esac
+# pg_url NAME: DATABASE_URL with its database name replaced by NAME (query string kept).
+pg_url() {
+    local base=${DATABASE_URL%%\?*} query=""
+    [ "$base" = "$DATABASE_URL" ] || query="?${DATABASE_URL#*\?}"
+    echo "${base%/*}/$1$query"
+}
 stop_server() {
     if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
@@ -98,6 +116,10 @@ stop_server() {
         wait "$SERVER_PID" 2>/dev/null || true
     fi
     SERVER_PID=""
+    if [ -n "$SERVER_DB" ]; then
+        psql "$DATABASE_URL" -qtAc "DROP DATABASE IF EXISTS $SERVER_DB WITH (FORCE)" >/dev/null || true
+    fi
+    SERVER_DB=""
     if [ -n "$SERVER_DIR" ]; then rm -rf "$SERVER_DIR"; fi
     SERVER_DIR=""
 }
@@ -113,7 +135,17 @@ start_broker() {
         # the run wait behind it (ack p99 in the hundreds of ms).
         sync
     fi
-    SWITCHBOARD__SERVER__HOST=127.0.0.1 \
+    local db_url=""
+    case "${DATABASE_URL:-}" in
+    postgres://* | postgresql://*)
+        RUN_NO=$((RUN_NO + 1))
+        SERVER_DB="switchboard_bench_$$_$RUN_NO"
+        psql "$DATABASE_URL" -qtAc "CREATE DATABASE $SERVER_DB" >/dev/null
+        db_url=$(pg_url "$SERVER_DB")
+        ;;
+    esac
+    SWITCHBOARD__DATABASE__URL=$db_url \
+        SWITCHBOARD__SERVER__HOST=127.0.0.1 \
         SWITCHBOARD__SERVER__PORT=$port \
         SWITCHBOARD__SERVER__DATA_DIR=$SERVER_DIR \
         SWITCHBOARD__SERVER__WORKERS=1 \
