@@ -4,7 +4,7 @@
 //! Owns the channel's member list (loaded from the store when it starts), its highest
 //! committed seq, and its explicit subscribers. Receives `Publish`, `Committed` (from the
 //! write batcher), `Join`, `Leave`, `Typing`, `Receipt`, `ReloadMembers` and `Stop` (from the
-//! router when idle). Sends `PersistFor` to the write batcher, acks straight to the
+//! router when idle). Sends `PersistAndNotify` to the write batcher, acks straight to the
 //! publishing session, and deliveries either to the router's `FanOut` (channels addressed to
 //! users: DMs, groups, `user:*`) or straight to its subscribers (`broadcast:*`).
 //!
@@ -25,8 +25,9 @@ use tokio::sync::oneshot;
 use crate::fast_map::FastMap;
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
 use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, ErrorCode};
+use crate::seq::Seq;
 use crate::session_handle::{Delivery, FanOut, Outbound, SessionHandle};
-use crate::store::batcher::{Committed, Persist, PersistFor, WriteBatcher};
+use crate::store::batcher::{Committed, PersistAndNotify, PersistAndReply, WriteBatcher};
 use crate::store::reader::{ChannelStart, Reads};
 use crate::store::write::{WriteOp, WriteOutcome};
 use crate::store::{NewMessage, StoreError, StoredMessage};
@@ -243,7 +244,7 @@ pub struct ChannelActor {
     channel: Channel,
     deps: ChannelDeps,
     members: Members,
-    head: u64,
+    head: Seq,
     /// Publishes waiting for their commit, in the order they were sent to the batcher.
     in_flight: VecDeque<InFlight>,
     /// Tag of the next publish; tags in `in_flight` are consecutive.
@@ -262,7 +263,7 @@ pub struct ChannelActor {
 
 type CommitResult = Result<WriteOutcome, StoreError>;
 
-/// A publish between `PersistFor` and its commit.
+/// A publish between `PersistAndNotify` and its commit.
 struct InFlight {
     tag: u64,
     /// Filled in when the batcher answers.
@@ -277,7 +278,7 @@ impl ChannelActor {
             channel,
             deps,
             members: Members::Unknown,
-            head: 0,
+            head: Seq::ZERO,
             in_flight: VecDeque::new(),
             next_tag: 0,
             committed_to: None,
@@ -407,7 +408,7 @@ impl ChannelActor {
     }
 
     fn fan_out(&mut self, msg: &StoredMessage, origin: Option<ConnId>) {
-        let seq = msg.seq as u64;
+        let seq = Seq::from_stored(msg.seq);
         if seq <= self.head {
             log::error!(
                 "channel {}: seq {seq} committed after {}",
@@ -452,7 +453,7 @@ impl ChannelActor {
         slot.commit = Some(res);
         while self.in_flight.front().is_some_and(|f| f.commit.is_some()) {
             if let Some(mut f) = self.in_flight.pop_front() {
-                let res = f.commit.take().unwrap_or(Err(StoreError::WriterGone));
+                let res = f.commit.take().unwrap_or(Err(StoreError::StoreGone));
                 self.committed(f, res);
             }
         }
@@ -527,7 +528,7 @@ impl Handler<Publish> for ChannelActor {
             commit: None,
             reply: p.reply,
         });
-        self.deps.batcher.do_send(PersistFor {
+        self.deps.batcher.do_send(PersistAndNotify {
             op: WriteOp::Message(p.msg),
             tag,
             to,
@@ -553,14 +554,14 @@ impl Handler<Committed> for ChannelActor {
 
 /// Subscribe a connection; answered with the channel's head seq.
 #[derive(Message)]
-#[rtype(result = "Result<u64, ChannelError>")]
+#[rtype(result = "Result<Seq, ChannelError>")]
 pub struct Join {
     /// The subscribing session.
     pub handle: SessionHandle,
 }
 
 impl Handler<Join> for ChannelActor {
-    type Result = Result<u64, ChannelError>;
+    type Result = Result<Seq, ChannelError>;
     fn handle(&mut self, j: Join, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.check_read(&j.handle.user) {
             if matches!(self.members, Members::Unknown) {
@@ -660,24 +661,24 @@ impl Handler<Typing> for ChannelActor {
 #[derive(Serialize)]
 struct ReceiptPayload<'a> {
     channel: &'a str,
-    up_to_seq: u64,
+    up_to_seq: Seq,
     user_id: &'a str,
 }
 
 /// `user` has read this channel up to `up_to_seq`: store it and tell the other members.
 #[derive(Message)]
-#[rtype(result = "Result<u64, ChannelError>")]
+#[rtype(result = "Result<Seq, ChannelError>")]
 pub struct Receipt {
     /// The reader.
     pub user: UserId,
     /// The reading connection (its user's other connections are told too).
     pub origin: ConnId,
     /// Highest seq read.
-    pub up_to_seq: u64,
+    pub up_to_seq: Seq,
 }
 
 impl Handler<Receipt> for ChannelActor {
-    type Result = ResponseActFuture<Self, Result<u64, ChannelError>>;
+    type Result = ResponseActFuture<Self, Result<Seq, ChannelError>>;
     fn handle(&mut self, r: Receipt, _: &mut Context<Self>) -> Self::Result {
         if let Err(e) = self.check_read(&r.user) {
             return Box::pin(fut::ready(Err(e)));
@@ -690,12 +691,12 @@ impl Handler<Receipt> for ChannelActor {
         let op = WriteOp::ReadCursor {
             user_id: r.user.to_string(),
             channel: self.channel.name.to_string(),
-            up_to_seq: r.up_to_seq as i64,
+            up_to_seq: r.up_to_seq.to_stored(),
         };
-        let req = self.deps.batcher.send(Persist(op));
+        let req = self.deps.batcher.send(PersistAndReply(op));
         Box::pin(req.into_actor(self).map(move |res, act, _| match res {
             Ok(Ok(WriteOutcome::Cursor { up_to_seq })) => {
-                let up_to_seq = up_to_seq as u64;
+                let up_to_seq = Seq::from_stored(up_to_seq);
                 let frame = encode(
                     "read_receipt",
                     None,

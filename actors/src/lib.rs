@@ -29,6 +29,7 @@ pub mod offline_queue;
 pub mod presence;
 pub mod protocol;
 pub mod router;
+pub mod seq;
 pub mod session_handle;
 pub mod store;
 pub mod sync_engine;

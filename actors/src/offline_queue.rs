@@ -12,7 +12,7 @@ use actix::prelude::*;
 
 use crate::health::ActorHealth;
 use crate::ids::UserId;
-use crate::store::batcher::{Persist, WriteBatcher};
+use crate::store::batcher::{PersistAndReply, WriteBatcher};
 use crate::store::write::WriteOp;
 
 /// The offline-queue actor.
@@ -68,7 +68,7 @@ impl Handler<DeviceSeen> for OfflineQueue {
         let health = self.health.clone();
         ctx.spawn(
             self.batcher
-                .send(Persist(op))
+                .send(PersistAndReply(op))
                 .into_actor(self)
                 .map(move |res, _, _| {
                     if let Ok(Err(e)) = res {

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 pub use crate::error_code::ErrorCode;
 use crate::ids::{valid_id, Channel, MessageId, UserId};
 use crate::json_check::check_json;
+use crate::seq::Seq;
 use crate::store::StoredMessage;
 
 /// Why a client frame was refused; becomes one `error` frame (the connection stays open).
@@ -102,14 +103,14 @@ struct TypingPayload {
 #[derive(Deserialize)]
 struct ChannelSeqPayload {
     channel: String,
-    up_to_seq: u64,
+    up_to_seq: Seq,
 }
 
 #[derive(Deserialize)]
 struct SubscribePayload {
     channel: String,
     #[serde(default)]
-    since_seq: Option<u64>,
+    since_seq: Option<Seq>,
 }
 
 #[derive(Deserialize)]
@@ -162,14 +163,14 @@ pub enum ClientFrame {
         /// The channel read.
         channel: Channel,
         /// Highest seq read.
-        up_to_seq: u64,
+        up_to_seq: Seq,
     },
     /// Start receiving `channel` (with replay after `since_seq`).
     Subscribe {
         /// The channel.
         channel: Channel,
         /// Replay everything after this seq.
-        since_seq: Option<u64>,
+        since_seq: Option<Seq>,
     },
     /// Stop receiving an explicitly subscribed channel.
     Unsubscribe {
@@ -491,7 +492,7 @@ pub struct Ack {
     /// The channel it was stored in.
     pub channel: String,
     /// Its seq in that channel.
-    pub seq: u64,
+    pub seq: Seq,
     /// Server time of storage, ms since epoch.
     pub timestamp: i64,
 }
@@ -503,7 +504,7 @@ impl Ack {
             ref_id: ref_id.map(str::to_owned),
             message_id: String::from(m.id.as_str()),
             channel: String::from(&*m.channel),
-            seq: m.seq as u64,
+            seq: Seq::from_stored(m.seq),
             timestamp: m.created_at,
         }
     }

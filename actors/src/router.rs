@@ -1,7 +1,7 @@
 //! `Router`: the session registry and the channel registry.
 //!
 //! Owns every connected session's handle (by user) and the address of every active channel
-//! actor. Receives `Connect`/`Disconnect` from sessions, `Route<M>` (a message for a channel
+//! actor. Receives `Connect`/`Disconnect` from sessions, `AskChannel<M>` (a message for a channel
 //! actor, started on first use) and `FanOut` (deliver to every connection of some users).
 //! Sends connection events to a user's other connections and tells the presence tracker and
 //! offline queue who came and went.
@@ -285,15 +285,16 @@ impl Handler<FanOut> for Router {
     }
 }
 
-/// A message for the actor of `channel`, started if it is not running.
-pub struct Route<M> {
+/// A message for the actor of `channel` (started if it is not running), whose answer the
+/// sender awaits.
+pub struct AskChannel<M> {
     /// Target channel.
     pub channel: Channel,
     /// The message.
     pub msg: M,
 }
 
-impl<M> Message for Route<M>
+impl<M> Message for AskChannel<M>
 where
     M: Message + Send + 'static,
     M::Result: Send,
@@ -301,14 +302,14 @@ where
     type Result = Result<M::Result, MailboxError>;
 }
 
-impl<M> Handler<Route<M>> for Router
+impl<M> Handler<AskChannel<M>> for Router
 where
     M: Message + Send + 'static,
     M::Result: Send,
     ChannelActor: Handler<M>,
 {
     type Result = ResponseFuture<Result<M::Result, MailboxError>>;
-    fn handle(&mut self, r: Route<M>, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, r: AskChannel<M>, ctx: &mut Context<Self>) -> Self::Result {
         self.health.handled();
         let req = self.channel(&r.channel, ctx).send(r.msg);
         Box::pin(req)
@@ -318,38 +319,39 @@ where
 /// A message for the actor of `channel` (started if it is not running), queued without
 /// waiting for an answer. Refused (dropped) when that actor's mailbox is full, so `M` must
 /// answer its sender when dropped, as [`crate::channel::Publish`] does.
-pub struct Forward<M> {
+pub struct TellChannel<M> {
     /// Target channel.
     pub channel: Channel,
     /// The message.
     pub msg: M,
 }
 
-impl<M: Message + Send + 'static> Message for Forward<M> {
+impl<M: Message + Send + 'static> Message for TellChannel<M> {
     type Result = ();
 }
 
-impl<M> Handler<Forward<M>> for Router
+impl<M> Handler<TellChannel<M>> for Router
 where
     M: Message<Result = ()> + Send + 'static,
     ChannelActor: Handler<M>,
 {
     type Result = ();
-    fn handle(&mut self, f: Forward<M>, ctx: &mut Context<Self>) {
+    fn handle(&mut self, f: TellChannel<M>, ctx: &mut Context<Self>) {
         self.health.handled();
         let _ = self.channel(&f.channel, ctx).try_send(f.msg);
     }
 }
 
-/// Route `msg` only if the channel's actor is running (membership changes need no actor).
-pub struct RouteIfActive<M> {
+/// A message for the actor of `channel` only if it is running (membership changes start
+/// no actor); no answer.
+pub struct TellChannelIfActive<M> {
     /// Target channel.
     pub channel: Channel,
     /// The message.
     pub msg: M,
 }
 
-impl<M> Message for RouteIfActive<M>
+impl<M> Message for TellChannelIfActive<M>
 where
     M: Message + Send + 'static,
     M::Result: Send,
@@ -357,14 +359,14 @@ where
     type Result = ();
 }
 
-impl<M> Handler<RouteIfActive<M>> for Router
+impl<M> Handler<TellChannelIfActive<M>> for Router
 where
     M: Message + Send + 'static,
     M::Result: Send,
     ChannelActor: Handler<M>,
 {
     type Result = ();
-    fn handle(&mut self, r: RouteIfActive<M>, _: &mut Context<Self>) {
+    fn handle(&mut self, r: TellChannelIfActive<M>, _: &mut Context<Self>) {
         self.health.handled();
         if let Some(e) = self.channels.get(&r.channel.name) {
             e.addr.do_send(r.msg);

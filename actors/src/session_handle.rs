@@ -15,12 +15,13 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use crate::ids::{ConnId, UserId};
+use crate::seq::Seq;
 
 /// One committed message as its channel fans it out.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// Seq of the message (the session orders replays by it).
-    pub seq: u64,
+    pub seq: Seq,
     /// The encoded delivery frame, shared by every recipient.
     pub frame: ByteString,
     /// The publishing connection: it got an ack instead, so it skips this one.
@@ -202,7 +203,7 @@ mod tests {
     fn a_connection_is_charged_only_for_the_deliveries_it_will_write() {
         let (me, other) = (ConnId::next(), ConnId::next());
         let d = |skip_conn| Delivery {
-            seq: 1,
+            seq: Seq::new(1),
             frame: ByteString::from_static("{}"),
             skip_conn,
         };

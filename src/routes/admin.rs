@@ -8,7 +8,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use switchboard_actors::channel::{ChannelError, Publish, Reply, Sender};
 use switchboard_actors::ids::{Channel, ChannelKind};
-use switchboard_actors::router::Forward;
+use switchboard_actors::router::TellChannel;
 use switchboard_actors::store::NewMessage;
 
 use crate::error::ApiError;
@@ -99,7 +99,7 @@ pub async fn publish(
     let (reply, answer) = Reply::caller(r.id);
     app.tree
         .router
-        .send(Forward {
+        .send(TellChannel {
             channel,
             msg: Publish {
                 msg,

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::channel::ReloadMembers;
 use switchboard_actors::ids::{now_ms, valid_id, Channel, MAX_ID_LEN};
-use switchboard_actors::router::RouteIfActive;
+use switchboard_actors::router::TellChannelIfActive;
 use switchboard_actors::store::models::GroupRow;
 
 use crate::error::ApiError;
@@ -57,7 +57,7 @@ async fn load(app: &AppState, id: &str) -> Result<(GroupRow, Vec<String>), ApiEr
 }
 
 fn members_changed(app: &AppState, id: &str) {
-    app.tree.router.do_send(RouteIfActive {
+    app.tree.router.do_send(TellChannelIfActive {
         channel: Channel::group(id),
         msg: ReloadMembers,
     });

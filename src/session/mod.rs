@@ -3,7 +3,7 @@
 //! Owns the connection: its authentication state, heartbeat, rate-limit bookkeeping, explicit
 //! subscriptions and any replay in progress. Receives client frames from the socket and
 //! [`Outbound`] from the engine (its mailbox is bounded to `limits.outbound_queue`). Sends
-//! `Connect`/`Disconnect`, `Forward<Publish>` and `Route<…>` to the router.
+//! `Connect`/`Disconnect`, `TellChannel<Publish>` and `AskChannel<…>` to the router.
 //! Not supervised: when it stops, the client reconnects and resumes by `subscribe`/`sync`.
 //!
 //! The session owns its socket (handed over by the upgrade service, `routes::ws`): frames
@@ -36,8 +36,9 @@ use switchboard_actors::protocol::{
     ParsedFrame, TypingTarget,
 };
 use switchboard_actors::router::{
-    Arrived, Connect, Disconnect, FanOut, Forward, Route, RouteIfActive,
+    Arrived, AskChannel, Connect, Disconnect, FanOut, TellChannel, TellChannelIfActive,
 };
+use switchboard_actors::seq::Seq;
 use switchboard_actors::session_handle::{Outbound, OutboundGauge, SessionHandle};
 use switchboard_actors::store::NewMessage;
 use switchboard_actors::store::Page;
@@ -220,7 +221,7 @@ pub struct SessionActor {
     pending_bucket: TokenBucket,
     subscriptions: HashSet<Arc<str>>,
     muted: HashSet<Arc<str>>,
-    replaying: HashMap<Arc<str>, Vec<(u64, ByteString)>>,
+    replaying: HashMap<Arc<str>, Vec<(Seq, ByteString)>>,
     fragments: Option<(bool, BytesMut)>,
     /// Shared with the [`ReadCodec`]: asks it to release a grown read buffer, and holds
     /// reading while a frame whose effect is asynchronous (`subscribe`) takes effect and is
@@ -320,7 +321,7 @@ struct ServerTime {
 #[derive(Serialize)]
 struct Subscribed<'a> {
     channel: &'a str,
-    seq: u64,
+    seq: Seq,
     recovered: bool,
 }
 
@@ -598,7 +599,7 @@ impl SessionActor {
                     origin: self.conn,
                     up_to_seq,
                 };
-                let req = self.app.tree.router.send(Route { channel, msg });
+                let req = self.app.tree.router.send(AskChannel { channel, msg });
                 ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(Ok(Ok(_))) => {}
                     Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
@@ -684,7 +685,7 @@ impl SessionActor {
         // The ack (or error) comes back through the outbound queue; no future waits here.
         // Refused when the router's queue is full: dropping the publish answers it
         // `unavailable`, and the client retries.
-        let _ = self.app.tree.router.try_send(Forward {
+        let _ = self.app.tree.router.try_send(TellChannel {
             channel,
             msg: publish,
         });
@@ -710,7 +711,7 @@ impl SessionActor {
                 });
             }
             TypingTarget::Group(channel) => {
-                let req = self.app.tree.router.send(Route {
+                let req = self.app.tree.router.send(AskChannel {
                     channel,
                     msg: Typing { from: user, typing },
                 });
@@ -726,7 +727,7 @@ impl SessionActor {
     fn subscribe(
         &mut self,
         channel: Channel,
-        since: Option<u64>,
+        since: Option<Seq>,
         id: Option<String>,
         ctx: &mut Ctx,
     ) {
@@ -748,7 +749,7 @@ impl SessionActor {
         }
         // The frames after this one wait until it has taken effect and been answered.
         self.read.hold();
-        let req = self.app.tree.router.send(Route {
+        let req = self.app.tree.router.send(AskChannel {
             channel,
             msg: Join {
                 handle: (**handle).clone(),
@@ -769,7 +770,7 @@ impl SessionActor {
                 }
             }
             other => {
-                act.flush_replay_buffer(&name, 0, ctx);
+                act.flush_replay_buffer(&name, Seq::ZERO, ctx);
                 match other {
                     Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
                     _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
@@ -779,7 +780,7 @@ impl SessionActor {
         }));
     }
 
-    fn subscribed(&mut self, name: &str, seq: u64, recovered: bool, ctx: &mut Ctx) {
+    fn subscribed(&mut self, name: &str, seq: Seq, recovered: bool, ctx: &mut Ctx) {
         let frame = encode(
             "subscribed",
             None,
@@ -794,11 +795,11 @@ impl SessionActor {
 
     /// Sends `subscribed`, then every stored message after `since` (below `head`), then the
     /// live ones that arrived meanwhile (without repeating any); then reads on.
-    fn replay(&mut self, name: Arc<str>, since: u64, head: u64, ctx: &mut Ctx) {
+    fn replay(&mut self, name: Arc<str>, since: Seq, head: Seq, ctx: &mut Ctx) {
         let limit = self.app.settings.limits.max_replay;
         let ch = name.to_string();
         let page = Page {
-            after_seq: Some(since.min(head) as i64),
+            after_seq: Some(since.min(head).to_stored()),
             before_seq: None,
             limit,
         };
@@ -806,7 +807,10 @@ impl SessionActor {
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
             match res {
                 Ok((rows, has_more)) => {
-                    let last = rows.last().map(|m| m.seq as u64).unwrap_or(since);
+                    let last = rows
+                        .last()
+                        .map(|m| Seq::from_stored(m.seq))
+                        .unwrap_or(since);
                     act.subscribed(&name, head.max(last), !has_more, ctx);
                     for m in &rows {
                         act.text(&delivery_frame(m), ctx);
@@ -815,7 +819,7 @@ impl SessionActor {
                 }
                 Err(e) => {
                     log::warn!("conn {}: replay of {name} failed: {e}", act.conn);
-                    act.flush_replay_buffer(&name, 0, ctx);
+                    act.flush_replay_buffer(&name, Seq::ZERO, ctx);
                     act.error(ErrorCode::Unavailable, "replay failed; retry", None, ctx);
                 }
             }
@@ -823,7 +827,7 @@ impl SessionActor {
         }));
     }
 
-    fn flush_replay_buffer(&mut self, name: &Arc<str>, after: u64, ctx: &mut Ctx) {
+    fn flush_replay_buffer(&mut self, name: &Arc<str>, after: Seq, ctx: &mut Ctx) {
         for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
             if seq > after {
                 self.text(&frame, ctx);
@@ -847,7 +851,7 @@ impl SessionActor {
             self.muted.insert(name.clone());
         }
         if self.subscriptions.remove(&name) {
-            self.app.tree.router.do_send(RouteIfActive {
+            self.app.tree.router.do_send(TellChannelIfActive {
                 channel,
                 msg: Leave { conn: self.conn },
             });
@@ -973,7 +977,7 @@ impl SessionActor {
         };
         for name in self.subscriptions.drain() {
             if let Some(channel) = Channel::parse(&name) {
-                router.do_send(RouteIfActive {
+                router.do_send(TellChannelIfActive {
                     channel,
                     msg: Leave { conn: self.conn },
                 });

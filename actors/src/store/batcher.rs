@@ -10,10 +10,10 @@
 //! flight, so a channel's batches commit in the order they were formed and its seqs reach
 //! the channel actor in order, while other lanes commit beside it.
 //!
-//! Receives [`PersistFor`] (the hot path: answered with one [`Committed`] message per channel
-//! per batch, no future or oneshot per write), [`Persist`] (answered after commit, for the
+//! Receives [`PersistAndNotify`] (the hot path: answered with one [`Committed`] message per channel
+//! per batch, no future or oneshot per write), [`PersistAndReply`] (answered after commit, for the
 //! occasional write that awaits its result) and [`Drain`] (answered once nothing is pending).
-//! A restart answers what was pending and in flight with `StoreError::WriterGone`, and the
+//! A restart answers what was pending and in flight with `StoreError::StoreGone`, and the
 //! client's resend is deduplicated.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +35,7 @@ type Tagged = (u64, WriteResult);
 
 /// Who waits for a write.
 enum Waiter {
-    /// A caller awaiting [`Persist`].
+    /// A caller awaiting [`PersistAndReply`].
     Reply(oneshot::Sender<WriteResult>),
     /// A channel actor, told with [`Committed`] under its own tag.
     Tagged {
@@ -285,7 +285,7 @@ impl WriteBatcher {
                     act.health.failed("writer thread gone");
                     answer(
                         waiters,
-                        std::iter::repeat_with(|| Err(StoreError::WriterGone)),
+                        std::iter::repeat_with(|| Err(StoreError::StoreGone)),
                     );
                 }
             }
@@ -329,7 +329,7 @@ impl Supervised for WriteBatcher {
         self.waiting = 0;
         answer(
             waiters,
-            std::iter::repeat_with(|| Err(StoreError::WriterGone)),
+            std::iter::repeat_with(|| Err(StoreError::StoreGone)),
         );
     }
 }
@@ -345,7 +345,7 @@ pub struct Committed {
 /// Store one write and tell `to` under `tag` once its transaction commits (or fails).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct PersistFor {
+pub struct PersistAndNotify {
     /// The write.
     pub op: WriteOp,
     /// The sender's tag for it.
@@ -354,9 +354,9 @@ pub struct PersistFor {
     pub to: Arc<Recipient<Committed>>,
 }
 
-impl Handler<PersistFor> for WriteBatcher {
+impl Handler<PersistAndNotify> for WriteBatcher {
     type Result = ();
-    fn handle(&mut self, msg: PersistFor, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: PersistAndNotify, ctx: &mut Context<Self>) {
         let waiter = Waiter::Tagged {
             tag: msg.tag,
             to: msg.to,
@@ -368,15 +368,15 @@ impl Handler<PersistFor> for WriteBatcher {
 /// Store one write; answered after its transaction commits.
 #[derive(Message)]
 #[rtype(result = "Result<WriteOutcome, StoreError>")]
-pub struct Persist(pub WriteOp);
+pub struct PersistAndReply(pub WriteOp);
 
-impl Handler<Persist> for WriteBatcher {
+impl Handler<PersistAndReply> for WriteBatcher {
     type Result = ResponseFuture<Result<WriteOutcome, StoreError>>;
 
-    fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: PersistAndReply, ctx: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.enqueue(msg.0, Waiter::Reply(tx), ctx);
-        Box::pin(async move { rx.await.unwrap_or(Err(StoreError::WriterGone)) })
+        Box::pin(async move { rx.await.unwrap_or(Err(StoreError::StoreGone)) })
     }
 }
 
@@ -395,9 +395,9 @@ impl Writes {
 
     async fn write(&self, op: WriteOp) -> Result<WriteOutcome, StoreError> {
         self.batcher
-            .send(Persist(op))
+            .send(PersistAndReply(op))
             .await
-            .map_err(|_| StoreError::WriterGone)?
+            .map_err(|_| StoreError::StoreGone)?
     }
 
     /// Creates `group` with `members`; `false` if its id is taken.

@@ -41,9 +41,10 @@ pub enum StoreError {
     /// The database cannot be reached or is restarting; the client should retry.
     #[error("database unavailable: {0}")]
     Unavailable(String),
-    /// A persistence actor is gone (restarting or shut down) before answering.
-    #[error("persistence actor unavailable")]
-    WriterGone,
+    /// A store actor (write batcher, writer or reader thread) is gone, restarting or shut
+    /// down, before answering.
+    #[error("store actor unavailable")]
+    StoreGone,
     /// Too many writes are waiting; the client should retry.
     #[error("write queue full")]
     Overloaded,
@@ -72,7 +73,7 @@ impl StoreError {
         match self {
             StoreError::Pool(_)
             | StoreError::Unavailable(_)
-            | StoreError::WriterGone
+            | StoreError::StoreGone
             | StoreError::Overloaded => ErrorCode::Unavailable,
             StoreError::Query(e) if transient(e) => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,

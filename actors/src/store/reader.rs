@@ -18,6 +18,7 @@ use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
 use super::{postgres, StoreError};
 use crate::health::{ActorHealth, Probe};
+use crate::seq::Seq;
 
 type Work<C, R> = Box<dyn FnOnce(&mut C) -> Result<R, StoreError> + Send>;
 
@@ -86,7 +87,7 @@ impl<C: R2D2Connection + 'static> Handler<Probe> for StoreReader<C> {
 #[derive(Debug, Clone)]
 pub struct ChannelStart {
     /// The channel's last seq (0 when empty).
-    pub head: u64,
+    pub head: Seq,
     /// For a group channel: its members, or `None` if the group does not exist.
     pub members: Option<Option<Vec<String>>>,
 }
@@ -121,7 +122,7 @@ where
     F: FnOnce(&mut C) -> Result<R, StoreError> + Send + 'static,
 {
     let req = addr.send(Query(Box::new(f)));
-    async move { req.await.map_err(|_| StoreError::WriterGone)? }
+    async move { req.await.map_err(|_| StoreError::StoreGone)? }
 }
 
 impl Reads {
@@ -186,7 +187,7 @@ impl Reads {
                         None => None,
                     };
                     Ok(ChannelStart {
-                        head: head.max(0) as u64,
+                        head: Seq::from_stored(head),
                         members,
                     })
                 }))
@@ -198,7 +199,7 @@ impl Reads {
                     None => None,
                 };
                 Ok(ChannelStart {
-                    head: head.max(0) as u64,
+                    head: Seq::from_stored(head),
                     members,
                 })
             })),
