@@ -51,8 +51,11 @@ use crate::auth::{Claims, DEVICES};
 use crate::gate::{GateError, NodeTicket, PendingTicket, TokenBucket, UserTicket};
 use crate::state::AppState;
 
+mod outbound;
 mod reader;
+mod subscriptions;
 
+use outbound::Outgoing;
 use reader::FrameReader;
 pub use reader::{check_header, ReadCodec, ReadControl, ReadError};
 
@@ -78,105 +81,6 @@ pub mod close {
 
 /// Rate-limited frames are counted over this window for the 1008 close.
 const REJECT_WINDOW_S: u64 = 10;
-
-/// An outgoing buffer larger than this is released as soon as it has been written out, so
-/// that a burst (a replay of large messages, say) is not kept.
-const KEEP_WRITE_BUFFER: usize = 64 * 1024;
-
-/// An outgoing buffer larger than this is released at a heartbeat tick that finds it empty
-/// and nothing written since the previous tick: busy sessions keep theirs, idle ones do not.
-const IDLE_WRITE_BUFFER: usize = 1024;
-
-/// How long a closing session waits for its close frame to be written and for the client to
-/// close its side, before it drops the connection anyway.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
-
-/// A session's outgoing frames on their way to the socket.
-struct Outgoing {
-    writer: OwnedWriteHalf,
-    codec: Codec,
-    buf: BytesMut,
-    /// Bytes the socket has taken since the session began.
-    written: u64,
-    /// Where each frame still (partly) in `buf` ends, counted like `written`: its length is
-    /// the outbound queue's length. A client that reads keeps it short even when `buf`
-    /// never quite empties under steady load.
-    ends: VecDeque<u64>,
-    /// A [`Flush`] is running.
-    flushing: bool,
-    /// A close frame is queued: once it is written, the socket's write side is shut down and
-    /// the session waits for the client to close its side (or for `CLOSE_GRACE`), so that
-    /// what the client still sends does not turn into a reset that could destroy the close
-    /// frame before the client reads it.
-    closing: bool,
-    /// The client's side has ended.
-    read_done: bool,
-    /// A text frame was queued since the last heartbeat tick (pings do not count).
-    wrote: bool,
-}
-
-impl Outgoing {
-    /// Releases the buffer of a session that wrote nothing since the last call.
-    fn shed_if_idle(&mut self) {
-        if !std::mem::take(&mut self.wrote)
-            && self.buf.is_empty()
-            && self.buf.capacity() > IDLE_WRITE_BUFFER
-        {
-            self.buf = BytesMut::new();
-            self.ends = VecDeque::new();
-        }
-    }
-}
-
-/// Writes a session's outgoing buffer to its socket; finishes when the buffer is empty.
-/// Spawned when the first frame after an empty buffer is queued, so the frames of one
-/// wake-up go out in one write.
-struct Flush;
-
-impl ActorFuture<SessionActor> for Flush {
-    type Output = ();
-
-    fn poll(
-        self: Pin<&mut Self>,
-        act: &mut SessionActor,
-        ctx: &mut Ctx,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<()> {
-        let out = &mut act.out;
-        while !out.buf.is_empty() {
-            match Pin::new(&mut out.writer).poll_write(task, &out.buf) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
-                    out.flushing = false;
-                    ctx.stop();
-                    return Poll::Ready(());
-                }
-                Poll::Ready(Ok(n)) => {
-                    out.buf.advance(n);
-                    out.written += n as u64;
-                    while out.ends.front().is_some_and(|&end| end <= out.written) {
-                        out.ends.pop_front();
-                    }
-                }
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if out.closing {
-            if Pin::new(&mut out.writer).poll_shutdown(task).is_pending() {
-                return Poll::Pending;
-            }
-            if out.read_done {
-                ctx.stop();
-            }
-        }
-        out.flushing = false;
-        out.ends.clear();
-        if out.buf.capacity() > KEEP_WRITE_BUFFER {
-            out.buf = BytesMut::new();
-            out.ends = VecDeque::new();
-        }
-        Poll::Ready(())
-    }
-}
 
 enum AuthState {
     /// Waiting for an `auth` frame, holding a place among the connections that wait (none
@@ -318,18 +222,6 @@ struct ServerTime {
     server_time: i64,
 }
 
-#[derive(Serialize)]
-struct Subscribed<'a> {
-    channel: &'a str,
-    seq: Seq,
-    recovered: bool,
-}
-
-#[derive(Serialize)]
-struct ChannelOnly<'a> {
-    channel: &'a str,
-}
-
 #[derive(Deserialize)]
 struct IdOnly {
     #[serde(default)]
@@ -343,97 +235,6 @@ impl SessionActor {
         match &self.auth {
             AuthState::Ready { handle, .. } => Some(&handle.user),
             AuthState::Pending { .. } => None,
-        }
-    }
-
-    /// Queues a frame for the socket. Beyond `limits.outbound_queue` frames not yet written,
-    /// the client is not reading: close with 1013.
-    fn send(&mut self, msg: Message, ctx: &mut Ctx) {
-        let out = &mut self.out;
-        if out.closing {
-            return;
-        }
-        if out.codec.encode(msg, &mut out.buf).is_err() {
-            return ctx.stop();
-        }
-        self.queued(ctx);
-    }
-
-    /// A frame went into the write buffer: flush it soon, and close with 1013 beyond
-    /// `limits.outbound_queue` frames not yet written.
-    fn queued(&mut self, ctx: &mut Ctx) {
-        let out = &mut self.out;
-        out.ends.push_back(out.written + out.buf.len() as u64);
-        self.flush_soon(ctx);
-        if self.out.ends.len() > self.app.settings.limits.outbound_queue {
-            self.overflow(ctx);
-        }
-    }
-
-    /// The outbound queue (mailbox or unwritten frames) is full: the client is not reading.
-    fn overflow(&mut self, ctx: &mut Ctx) {
-        if !self.out.closing {
-            log::info!(
-                "conn {} (user {}): outbound queue full, closing with 1013",
-                self.conn,
-                self.user().map(UserId::as_str).unwrap_or("-"),
-            );
-        }
-        self.close(
-            close::TRY_AGAIN_LATER,
-            "outbound queue full; reconnect and resume",
-            ctx,
-        );
-    }
-
-    /// Queues a text frame. Written straight into the buffer (a server's frames are not
-    /// masked), so a delivery shared by many sessions is copied once into each socket buffer
-    /// and never cloned or handed to the codec.
-    fn text(&mut self, text: &str, ctx: &mut Ctx) {
-        let out = &mut self.out;
-        if out.closing {
-            return;
-        }
-        out.wrote = true;
-        Parser::write_message(&mut out.buf, text, OpCode::Text, true, false);
-        self.queued(ctx);
-    }
-
-    /// Queues a close frame; the session stops once it is written and the client has closed
-    /// its side (or after `CLOSE_GRACE`).
-    fn close(&mut self, code: u16, reason: &str, ctx: &mut Ctx) {
-        self.close_with(
-            Some(CloseReason {
-                code: CloseCode::from(code),
-                description: Some(reason.to_owned()),
-            }),
-            ctx,
-        );
-    }
-
-    fn close_with(&mut self, reason: Option<CloseReason>, ctx: &mut Ctx) {
-        let out = &mut self.out;
-        if out.closing {
-            return;
-        }
-        out.closing = true;
-        if out
-            .codec
-            .encode(Message::Close(reason), &mut out.buf)
-            .is_err()
-        {
-            return ctx.stop();
-        }
-        self.flush_soon(ctx);
-        self.leave();
-        ctx.run_later(CLOSE_GRACE, |_, ctx| ctx.stop());
-    }
-
-    /// Makes sure a [`Flush`] runs once this wake-up's messages are handled.
-    fn flush_soon(&mut self, ctx: &mut Ctx) {
-        if !self.out.flushing {
-            self.out.flushing = true;
-            ctx.spawn(Flush);
         }
     }
 
@@ -724,144 +525,6 @@ impl SessionActor {
         }
     }
 
-    fn subscribe(
-        &mut self,
-        channel: Channel,
-        since: Option<Seq>,
-        id: Option<String>,
-        ctx: &mut Ctx,
-    ) {
-        let name = channel.name.clone();
-        if !self.subscriptions.contains(&name) && !self.channel_slots_left() {
-            return self.error(
-                ErrorCode::Forbidden,
-                "subscription limit of this connection reached",
-                id.as_deref(),
-                ctx,
-            );
-        }
-        let AuthState::Ready { handle, .. } = &self.auth else {
-            return;
-        };
-        // From now on live deliveries of this channel wait until the replay is out.
-        if since.is_some() {
-            self.replaying.entry(name.clone()).or_default();
-        }
-        // The frames after this one wait until it has taken effect and been answered.
-        self.read.hold();
-        let req = self.app.tree.router.send(AskChannel {
-            channel,
-            msg: Join {
-                handle: (**handle).clone(),
-            },
-        });
-        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(Ok(head))) => {
-                act.muted.remove(&name);
-                act.subscriptions.insert(name.clone());
-                match since {
-                    // Past the channel's last seq there is nothing to replay.
-                    Some(since) if since < head => act.replay(name, since, head, ctx),
-                    _ => {
-                        act.subscribed(&name, head, since.is_some(), ctx);
-                        act.flush_replay_buffer(&name, head, ctx);
-                        act.read.release();
-                    }
-                }
-            }
-            other => {
-                act.flush_replay_buffer(&name, Seq::ZERO, ctx);
-                match other {
-                    Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
-                    _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
-                }
-                act.read.release();
-            }
-        }));
-    }
-
-    fn subscribed(&mut self, name: &str, seq: Seq, recovered: bool, ctx: &mut Ctx) {
-        let frame = encode(
-            "subscribed",
-            None,
-            Subscribed {
-                channel: name,
-                seq,
-                recovered,
-            },
-        );
-        self.text(&frame, ctx);
-    }
-
-    /// Sends `subscribed`, then every stored message after `since` (below `head`), then the
-    /// live ones that arrived meanwhile (without repeating any); then reads on.
-    fn replay(&mut self, name: Arc<str>, since: Seq, head: Seq, ctx: &mut Ctx) {
-        let limit = self.app.settings.limits.max_replay;
-        let ch = name.to_string();
-        let page = Page {
-            after_seq: Some(since.min(head).to_stored()),
-            before_seq: None,
-            limit,
-        };
-        let read = self.app.tree.reads.history(ch, page);
-        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
-            match res {
-                Ok((rows, has_more)) => {
-                    let last = rows
-                        .last()
-                        .map(|m| Seq::from_stored(m.seq))
-                        .unwrap_or(since);
-                    act.subscribed(&name, head.max(last), !has_more, ctx);
-                    for m in &rows {
-                        act.text(&delivery_frame(m), ctx);
-                    }
-                    act.flush_replay_buffer(&name, last, ctx);
-                }
-                Err(e) => {
-                    log::warn!("conn {}: replay of {name} failed: {e}", act.conn);
-                    act.flush_replay_buffer(&name, Seq::ZERO, ctx);
-                    act.error(ErrorCode::Unavailable, "replay failed; retry", None, ctx);
-                }
-            }
-            act.read.release();
-        }));
-    }
-
-    fn flush_replay_buffer(&mut self, name: &Arc<str>, after: Seq, ctx: &mut Ctx) {
-        for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
-            if seq > after {
-                self.text(&frame, ctx);
-            }
-        }
-    }
-
-    fn unsubscribe(&mut self, channel: Channel, id: Option<String>, ctx: &mut Ctx) {
-        let name = channel.name.clone();
-        let implicit = !matches!(channel.kind, ChannelKind::Broadcast(_));
-        if implicit && !self.muted.contains(&name) && !self.channel_slots_left() {
-            return self.error(
-                ErrorCode::Forbidden,
-                "subscription limit of this connection reached",
-                id.as_deref(),
-                ctx,
-            );
-        }
-        if implicit {
-            // Membership deliveries (DMs, groups, user:*) stop on this connection too.
-            self.muted.insert(name.clone());
-        }
-        if self.subscriptions.remove(&name) {
-            self.app.tree.router.do_send(TellChannelIfActive {
-                channel,
-                msg: Leave { conn: self.conn },
-            });
-        }
-        self.text(
-            &encode("unsubscribed", None, ChannelOnly { channel: &name }),
-            ctx,
-        );
-    }
-
     fn on_binary(&mut self, ctx: &mut Ctx) {
         if self.admit_frame(None, ctx) {
             self.error(
@@ -871,11 +534,6 @@ impl SessionActor {
                 ctx,
             );
         }
-    }
-
-    /// Whether one more subscribed or muted channel fits the per-connection limit.
-    fn channel_slots_left(&self) -> bool {
-        self.subscriptions.len() + self.muted.len() < self.app.settings.limits.max_subscriptions
     }
 
     fn on_fragment(&mut self, item: Item, ctx: &mut Ctx) {
@@ -987,53 +645,6 @@ impl SessionActor {
             user: Some(handle.user.clone()),
             conn: self.conn,
         });
-    }
-}
-
-impl Handler<Outbound> for SessionActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Outbound, ctx: &mut Ctx) {
-        self.gauge.taken(msg.frames_for(self.conn));
-        if self.gauge.overflowed() {
-            return self.overflow(ctx);
-        }
-        match msg {
-            Outbound::Frame(frame) => self.text(&frame, ctx),
-            Outbound::Frames(frames) => {
-                for frame in &frames {
-                    self.text(frame, ctx);
-                }
-            }
-            Outbound::Deliveries { channel, items } => {
-                if !self.muted.is_empty() && self.muted.contains(&channel) {
-                    return;
-                }
-                for d in items.iter() {
-                    if d.skip_conn == Some(self.conn) {
-                        continue;
-                    }
-                    if self.out.closing {
-                        return;
-                    }
-                    if !self.replaying.is_empty() {
-                        if let Some(buf) = self.replaying.get_mut(&channel) {
-                            if buf.len() >= self.app.settings.limits.outbound_queue {
-                                return self.close(
-                                    close::TRY_AGAIN_LATER,
-                                    "replay buffer full",
-                                    ctx,
-                                );
-                            }
-                            buf.push((d.seq, d.frame.clone()));
-                            continue;
-                        }
-                    }
-                    self.text(&d.frame, ctx)
-                }
-            }
-            Outbound::Close { code, reason } => self.close(code, reason, ctx),
-        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Random and mutated input for the frame reader, the frame parser and a live session
 //! (proptest). No input may panic, grow a buffer past the frame limit, or stop the broker
 //! from answering. `FUZZ_CASES` sets the number of inputs of the pure parts (default
-//! 3,000 here and in CI; docs/OPERATIONS.md gives the 1,000,000-input run).
+//! 3,000 here and in CI; README.md, "Testing", gives the 1,000,000-input run).
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -449,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_of_messages_only_commits_without_a_transaction_and_a_bad_row_fails_alone() {
+    fn a_bad_row_fails_its_batch_whole_and_alone_when_written_one_by_one() {
         let db = TestDatabase::create();
         let pool = db.pool(2);
         let mut c = pool.get().expect("conn");

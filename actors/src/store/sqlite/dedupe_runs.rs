@@ -2,10 +2,9 @@
 //! pairs that are merged a few blocks per commit (a log-structured merge tree in two
 //! tables, migration 000007).
 //!
-//! Keys are random (hashes of client frame ids), so keeping them in one sorted B-tree made
-//! each moved key rewrite a page of its own once the tree was large: at 3.0 M stored
-//! messages, moving keys took 40 % of the writer and durable throughput fell from 107 k to
-//! 43 k acked/s (docs/BENCHMARKS.md, "resend keys at scale"). Here a move writes the keys
+//! Keys are random (hashes of client frame ids), so in one sorted B-tree each moved key
+//! would rewrite a page of its own once the tree is large (docs/BENCHMARKS.md, "resend
+//! keys at scale", has the figures). A move writes the keys
 //! held in memory as a new run, sorted, appended to the table; when [`FANIN`] runs of about
 //! the same size exist they are merged into one, at most a budget of pairs per commit, so a
 //! key is rewritten once per size class it passes through (a handful of times), always

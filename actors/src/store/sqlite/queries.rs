@@ -25,7 +25,7 @@ use crate::store::models::{ChannelIndexRow, GroupRow, KeyedMessage, Page, Stored
 /// The counter is the larger of `channels.last_seq` (written when the channel got its first
 /// message, a floor under the counter) and the highest seq stored: `newest_recent`, the
 /// newest place the channel holds in memory (`store::channel_index`), or else the highest
-/// in `channel_index`. The writer keeps counters in memory and no longer rewrites the row on
+/// in `channel_index`. The writer keeps counters in memory and does not rewrite the row on
 /// every commit (`store::seqs`). Both are single index look-ups.
 pub fn head_seq(
     c: &mut DbConn,

@@ -1,9 +1,9 @@
 //! `SeqCounters`: the last seq given out in each channel, kept in memory by the writer.
 //!
-//! Every commit used to read each channel's counter from its `channels` row and write it
-//! back: two statements per channel per batch, and the row's page in the WAL of every
-//! commit (docs/BENCHMARKS.md, "pages per commit"). The counter is now read once, on first
-//! use, and then kept here; a commit only inserts the `channels` row of a channel it creates.
+//! A channel's counter is read once, on first use, and then kept here, so that a commit
+//! neither reads nor rewrites each channel's `channels` row (two statements per channel
+//! per batch, and the row's page in the WAL of every commit); a commit only inserts the
+//! `channels` row of a channel it creates.
 //!
 //! What the store holds stays the truth: a channel's counter is the larger of
 //! `channels.last_seq` and the highest seq stored (`ChannelIndex::head_seq`: the channel's
