@@ -446,3 +446,47 @@ impl Handler<Drain> for WriteBatcher {
 }
 
 crate::health_handlers!(WriteBatcher);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::models::NewMessage;
+
+    fn message(channel: &str) -> WriteOp {
+        WriteOp::Message(NewMessage {
+            channel: channel.into(),
+            kind: "chat_message".into(),
+            sender_id: "a".into(),
+            target_id: "b".into(),
+            client_id: None,
+            client_msg_id: None,
+            payload: r#"{"content":"x"}"#.into(),
+        })
+    }
+
+    #[test]
+    fn a_channel_keeps_its_lane_and_channels_spread_over_the_lanes() {
+        assert_eq!(
+            lane_of(&message("dm:a:b"), 1),
+            0,
+            "one lane takes everything"
+        );
+        for lanes in [2, 4] {
+            let mut used = vec![false; lanes];
+            for i in 0..100 {
+                let channel = format!("dm:u{i}:v{i}");
+                let lane = lane_of(&message(&channel), lanes);
+                assert_eq!(lane, lane_of(&message(&channel), lanes), "{channel}");
+                used[lane] = true;
+            }
+            assert!(used.iter().all(|&u| u), "{lanes} lanes: {used:?}");
+            // A read cursor commits in the lane of its channel's messages.
+            let cursor = WriteOp::ReadCursor {
+                user_id: "a".into(),
+                channel: "dm:a:b".into(),
+                up_to_seq: 1,
+            };
+            assert_eq!(lane_of(&cursor, lanes), lane_of(&message("dm:a:b"), lanes));
+        }
+    }
+}
