@@ -320,12 +320,15 @@ pub struct PresenceSettings {
     /// After a user's last connection closes, wait this long before they count as offline.
     #[serde(with = "duration_str")]
     pub offline_grace: Duration,
+    /// Most users one connection may watch with `presence_subscribe`.
+    pub max_watched: usize,
 }
 
 impl Default for PresenceSettings {
     fn default() -> Self {
         PresenceSettings {
             offline_grace: Duration::from_secs(5),
+            max_watched: 1000,
         }
     }
 }

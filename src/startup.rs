@@ -210,6 +210,7 @@ impl Application {
                 wal_checkpoint_after: db.sqlite_checkpoint_after,
                 channel_idle: settings.channels.idle_timeout,
                 presence_grace: settings.presence.offline_grace,
+                presence_max_watched: settings.presence.max_watched.max(1),
             },
             backend,
             database,

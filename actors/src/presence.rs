@@ -1,10 +1,18 @@
-//! `PresenceTracker`: who is online.
+//! `PresenceTracker`: who is online, and who watches whom (contract guarantee 5).
 //!
-//! Owns a connection count per user and a grace timer per user whose last connection went
-//! away (contract guarantee 5: watchers see `offline` only after the grace period).
-//! Receives `ConnOpened`, `ConnClosed` (from the router) and `GetPresence`.
-//! This issue's scope: online/offline and last-seen; status texts and watcher fan-out come
-//! with the presence issue. A restart forgets who is online until they reconnect.
+//! A user is online while any of their connections is alive on this node. When the last one
+//! closes (or is dropped for missing heartbeats), watchers see `offline` only after
+//! `presence.offline_grace`, so a reconnect within the grace period shows no flap; a
+//! second device of an online user changes nothing for watchers. A user's own status
+//! (`online`, `away`, `busy`, `invisible`, with an optional text) holds while they are
+//! online and starts over at `online` once they have gone offline; `invisible` users are
+//! shown as `offline` and receive everything.
+//!
+//! Receives `ConnOpened`, `ConnClosed`, and sessions' `SetStatus` and `Watch` from the
+//! router (so that a session's messages arrive between its opening and its closing), and
+//! `GetPresence` and `GetPresences` (REST). Watchers get `status_update` frames
+//! through their sessions' bounded queues, never waited for. A restart forgets who is
+//! online and who watches until they reconnect or subscribe again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,28 +21,153 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::{now_ms, ConnId, UserId};
+use crate::protocol::{encode, error_frame, ErrorCode, PresenceStatus};
+use crate::session_handle::{Outbound, SessionHandle};
+
+/// One user as the tracker knows them.
+#[derive(Default)]
+struct UserState {
+    /// Connections alive.
+    conns: usize,
+    /// What the user set; `None` is plain `online`.
+    status: Option<PresenceStatus>,
+    text: Option<Arc<str>>,
+    /// When their last connection closed, ms since epoch.
+    last_seen: Option<i64>,
+    /// Running while the last connection is closed and watchers still see them online.
+    grace: Option<SpawnHandle>,
+}
+
+impl UserState {
+    /// Online for the tracker: a connection is alive, or the grace period runs.
+    fn online(&self) -> bool {
+        self.conns > 0 || self.grace.is_some()
+    }
+
+    /// What others see.
+    fn shown(&self) -> Shown {
+        match self.status {
+            _ if !self.online() => Shown::Offline,
+            Some(PresenceStatus::Invisible) => Shown::Offline,
+            Some(PresenceStatus::Away) => Shown::Away,
+            Some(PresenceStatus::Busy) => Shown::Busy,
+            Some(PresenceStatus::Online) | None => Shown::Online,
+        }
+    }
+
+    /// Whether this user is worth keeping in memory.
+    fn idle(&self) -> bool {
+        !self.online() && self.last_seen.is_none()
+    }
+}
+
+/// A status as others see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shown {
+    /// Connected and available.
+    Online,
+    /// Connected, away.
+    Away,
+    /// Connected, do not disturb.
+    Busy,
+    /// Not connected, or invisible.
+    Offline,
+}
+
+/// A user's presence as others see it: the `status_update` payload and the REST reply.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Presence {
+    /// The user.
+    pub user_id: String,
+    /// `online`, `away`, `busy` or `offline`.
+    pub status: Shown,
+    /// The user's status text, while it is shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// When their last connection closed, ms since epoch (not shown while they are online).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<i64>,
+}
 
 /// The presence actor.
 pub struct PresenceTracker {
-    online: HashMap<UserId, usize>,
-    grace: HashMap<UserId, SpawnHandle>,
-    last_seen: HashMap<UserId, i64>,
+    users: HashMap<UserId, UserState>,
+    /// Watched user → the connections watching them.
+    watchers: HashMap<UserId, FastMap<ConnId, SessionHandle>>,
+    /// Watching connection → whom it watches (to forget it when it closes).
+    watching: FastMap<ConnId, Vec<UserId>>,
     grace_period: Duration,
+    max_watched: usize,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
 
 impl PresenceTracker {
-    /// A tracker with the given offline grace period.
-    pub fn new(grace_period: Duration, health: Arc<ActorHealth>) -> Self {
+    /// A tracker with the offline grace period; a connection watches at most `max_watched`
+    /// users.
+    pub fn new(grace_period: Duration, max_watched: usize, health: Arc<ActorHealth>) -> Self {
         PresenceTracker {
-            online: HashMap::new(),
-            grace: HashMap::new(),
-            last_seen: HashMap::new(),
+            users: HashMap::new(),
+            watchers: HashMap::new(),
+            watching: FastMap::default(),
             grace_period,
+            max_watched,
             health,
+        }
+    }
+
+    fn presence(&self, user: &UserId) -> Presence {
+        let state = self.users.get(user);
+        let shown = state.map(UserState::shown).unwrap_or(Shown::Offline);
+        Presence {
+            user_id: user.to_string(),
+            status: shown,
+            text: state
+                .filter(|_| shown != Shown::Offline)
+                .and_then(|s| s.text.as_deref().map(str::to_owned)),
+            last_seen: state
+                .filter(|_| shown == Shown::Offline)
+                .and_then(|s| s.last_seen),
+        }
+    }
+
+    /// Runs `change` on `user`'s state and tells watchers if what they see changed.
+    fn change(&mut self, user: &UserId, change: impl FnOnce(&mut UserState)) {
+        let before = self.presence(user);
+        change(self.users.entry(user.clone()).or_default());
+        if self.users.get(user).is_some_and(UserState::idle) {
+            self.users.remove(user);
+        }
+        let after = self.presence(user);
+        if after.status != before.status || after.text != before.text {
+            self.tell_watchers(user, &after);
+        }
+    }
+
+    fn tell_watchers(&mut self, user: &UserId, presence: &Presence) {
+        let Some(watchers) = self.watchers.get_mut(user) else {
+            return;
+        };
+        let frame = encode("status_update", None, presence);
+        // A watcher whose queue is full is closing (1013) and is dropped here.
+        watchers.retain(|_, h| {
+            h.push(Outbound::Frame(frame.clone()));
+            h.alive()
+        });
+    }
+
+    fn forget_watcher(&mut self, conn: ConnId) {
+        for user in self.watching.remove(&conn).unwrap_or_default() {
+            if let Some(w) = self.watchers.get_mut(&user) {
+                w.remove(&conn);
+                if w.is_empty() {
+                    self.watchers.remove(&user);
+                }
+            }
         }
     }
 }
@@ -49,10 +182,11 @@ impl Actor for PresenceTracker {
 impl Supervised for PresenceTracker {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.health.restarting();
-        // The restart cancelled the timers; their users count as offline now.
-        for (user, _) in self.grace.drain() {
-            self.online.remove(&user);
+        // The restart cancelled the grace timers: those users are offline now.
+        for state in self.users.values_mut() {
+            state.grace = None;
         }
+        self.users.retain(|_, s| !s.idle());
     }
 }
 
@@ -72,14 +206,17 @@ impl Handler<ConnOpened> for PresenceTracker {
     type Result = ();
     fn handle(&mut self, msg: ConnOpened, ctx: &mut Context<Self>) {
         self.health.handled();
-        if let Some(timer) = self.grace.remove(&msg.user) {
-            ctx.cancel_future(timer);
-        }
-        *self.online.entry(msg.user).or_default() += 1;
+        self.change(&msg.user, |s| {
+            if let Some(timer) = s.grace.take() {
+                ctx.cancel_future(timer);
+            }
+            s.conns += 1;
+        });
     }
 }
 
-/// A connection of `user` closed; the last one starts the offline grace timer.
+/// A connection of `user` closed: it watches no one any more, and the user's last one
+/// starts the offline grace period.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ConnClosed {
@@ -93,34 +230,111 @@ impl Handler<ConnClosed> for PresenceTracker {
     type Result = ();
     fn handle(&mut self, msg: ConnClosed, ctx: &mut Context<Self>) {
         self.health.handled();
-        let Some(n) = self.online.get_mut(&msg.user) else {
+        self.forget_watcher(msg.conn);
+        let Some(state) = self.users.get_mut(&msg.user) else {
             return;
         };
-        *n = n.saturating_sub(1);
-        self.last_seen.insert(msg.user.clone(), now_ms());
-        if *n == 0 {
+        if state.conns == 0 {
+            return;
+        }
+        state.conns -= 1;
+        state.last_seen = Some(now_ms());
+        if state.conns == 0 {
             let user = msg.user.clone();
             let timer = ctx.run_later(self.grace_period, move |act, _| {
-                act.grace.remove(&user);
-                if act.online.get(&user) == Some(&0) {
-                    act.online.remove(&user);
-                }
+                act.change(&user, |s| {
+                    s.grace = None;
+                    if s.conns == 0 {
+                        s.status = None;
+                        s.text = None;
+                    }
+                });
             });
-            self.grace.insert(msg.user, timer);
+            state.grace = Some(timer);
         }
     }
 }
 
-/// A user's presence.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Presence {
-    /// The user.
-    pub user_id: String,
-    /// `online` or `offline`.
-    pub status: &'static str,
-    /// When their last connection closed, ms since epoch.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_seen: Option<i64>,
+/// `user` sets their own status.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetStatus {
+    /// Whose.
+    pub user: UserId,
+    /// The status.
+    pub status: PresenceStatus,
+    /// Its text, if any.
+    pub text: Option<String>,
+}
+
+impl Handler<SetStatus> for PresenceTracker {
+    type Result = ();
+    fn handle(&mut self, msg: SetStatus, _: &mut Context<Self>) {
+        self.health.handled();
+        if self.users.get(&msg.user).is_none_or(|s| s.conns == 0) {
+            return;
+        }
+        self.change(&msg.user, |s| {
+            s.status = Some(msg.status);
+            s.text = msg.text.map(Arc::from);
+        });
+    }
+}
+
+/// A connection watches `users`: it gets a `status_update` for each now, then one on every
+/// change of what others see of them. Beyond `presence.max_watched` users per connection
+/// it gets an `error` `bad_request` (answering `ref_id`) and watches no one more.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
+    /// The watching connection.
+    pub handle: SessionHandle,
+    /// Whom it watches.
+    pub users: Vec<UserId>,
+    /// The `presence_subscribe` frame's id.
+    pub ref_id: Option<String>,
+}
+
+impl Handler<Watch> for PresenceTracker {
+    type Result = ();
+    fn handle(&mut self, msg: Watch, _: &mut Context<Self>) {
+        self.health.handled();
+        if !msg.handle.alive() {
+            return;
+        }
+        let conn = msg.handle.conn;
+        let watched = self.watching.entry(conn).or_default();
+        let new: Vec<UserId> = {
+            let mut seen = std::collections::HashSet::new();
+            msg.users
+                .into_iter()
+                .filter(|u| !watched.contains(u) && seen.insert(u.clone()))
+                .collect()
+        };
+        if watched.len() + new.len() > self.max_watched {
+            if watched.is_empty() {
+                self.watching.remove(&conn);
+            }
+            let message = format!("a connection watches at most {} users", self.max_watched);
+            let frame = error_frame(ErrorCode::BadRequest, &message, msg.ref_id.as_deref());
+            msg.handle.push(Outbound::Frame(frame));
+            return;
+        }
+        watched.extend(new.iter().cloned());
+        let frames: Vec<_> = new
+            .iter()
+            .map(|u| encode("status_update", None, self.presence(u)))
+            .collect();
+        for user in new {
+            self.watchers
+                .entry(user)
+                .or_default()
+                .insert(conn, msg.handle.clone());
+        }
+        if !frames.is_empty() {
+            msg.handle.push(Outbound::Frames(frames));
+        }
+    }
 }
 
 /// Asks for one user's presence (a user never seen is `offline`).
@@ -135,11 +349,22 @@ impl Handler<GetPresence> for PresenceTracker {
     type Result = MessageResult<GetPresence>;
     fn handle(&mut self, msg: GetPresence, _: &mut Context<Self>) -> Self::Result {
         self.health.handled();
-        let online = self.online.contains_key(&msg.user);
-        MessageResult(Presence {
-            user_id: msg.user.to_string(),
-            status: if online { "online" } else { "offline" },
-            last_seen: self.last_seen.get(&msg.user).copied(),
-        })
+        MessageResult(self.presence(&msg.user))
+    }
+}
+
+/// Asks for several users' presence, in the order given.
+#[derive(Message)]
+#[rtype(result = "Vec<Presence>")]
+pub struct GetPresences {
+    /// The users.
+    pub users: Vec<UserId>,
+}
+
+impl Handler<GetPresences> for PresenceTracker {
+    type Result = MessageResult<GetPresences>;
+    fn handle(&mut self, msg: GetPresences, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        MessageResult(msg.users.iter().map(|u| self.presence(u)).collect())
     }
 }

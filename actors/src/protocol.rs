@@ -118,6 +118,36 @@ struct ChannelPayload {
     channel: String,
 }
 
+#[derive(Deserialize)]
+struct StatusPayload {
+    status: PresenceStatus,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PresenceSubscribePayload {
+    user_ids: Vec<String>,
+}
+
+/// Longest status text a user may set, in characters.
+pub const MAX_STATUS_TEXT: usize = 256;
+
+/// What a user says of themselves (`status_update`); `invisible` users appear `offline` to
+/// others and receive everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceStatus {
+    /// Available.
+    Online,
+    /// Away from the device.
+    Away,
+    /// Do not disturb.
+    Busy,
+    /// Connected, but shown to others as offline.
+    Invisible,
+}
+
 /// Who a `typing_indicator` is for.
 #[derive(Debug, Clone)]
 pub enum TypingTarget {
@@ -177,6 +207,18 @@ pub enum ClientFrame {
         /// The channel.
         channel: Channel,
     },
+    /// The sender's own presence status.
+    StatusUpdate {
+        /// The new status.
+        status: PresenceStatus,
+        /// Optional text ("in a meeting"), at most [`MAX_STATUS_TEXT`] characters.
+        text: Option<String>,
+    },
+    /// Watch these users' presence: their status now, then every change.
+    PresenceSubscribe {
+        /// Whom.
+        users: Vec<UserId>,
+    },
     /// A type of the contract that this version does not serve yet.
     NotYetServed {
         /// The type as sent.
@@ -224,8 +266,20 @@ fn payload_of<'a, T: Deserialize<'a>>(
     id: &Option<String>,
 ) -> Result<T, FrameError> {
     match raw {
-        Some(raw) if is_object(raw) => serde_json::from_str(raw.get())
-            .map_err(|e| bad(format!("invalid `{kind}` payload: {e}"), id)),
+        Some(raw) if is_object(raw) => {
+            // The path names the field at fault (`text: invalid type: …`).
+            let mut de = serde_json::Deserializer::from_str(raw.get());
+            serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let message = if field == "." {
+                    format!("invalid `{kind}` payload: {inner}")
+                } else {
+                    format!("invalid `{kind}` payload: `{field}`: {inner}")
+                };
+                bad(message, id)
+            })
+        }
         Some(_) => Err(bad(format!("`{kind}` payload must be an object"), id)),
         None => Err(bad(format!("`{kind}` needs a payload"), id)),
     }
@@ -422,8 +476,37 @@ fn parse_envelope(text: &str, max_depth: usize) -> Result<ParsedFrame, FrameErro
                 channel: channel_named(&p.channel, &id)?,
             }
         }
-        "status_update" | "presence_subscribe" | "sync" | "delivered" | "state_sync"
-        | "command" => ClientFrame::NotYetServed {
+        "status_update" => {
+            let p: StatusPayload = payload_of(env.payload, "status_update", &id)?;
+            if p.text
+                .as_ref()
+                .is_some_and(|t| t.chars().count() > MAX_STATUS_TEXT)
+            {
+                return Err(bad(
+                    format!("`text` is longer than {MAX_STATUS_TEXT} characters"),
+                    &id,
+                ));
+            }
+            ClientFrame::StatusUpdate {
+                status: p.status,
+                text: p.text.filter(|t| !t.is_empty()),
+            }
+        }
+        "presence_subscribe" => {
+            let p: PresenceSubscribePayload = payload_of(env.payload, "presence_subscribe", &id)?;
+            let mut users = Vec::with_capacity(p.user_ids.len());
+            for u in &p.user_ids {
+                if !valid_id(u) {
+                    return Err(bad(
+                        format!("`user_ids` holds an invalid user id: {u:?}"),
+                        &id,
+                    ));
+                }
+                users.push(UserId::new(u));
+            }
+            ClientFrame::PresenceSubscribe { users }
+        }
+        "sync" | "delivered" | "state_sync" | "command" => ClientFrame::NotYetServed {
             kind: env.kind.into_owned(),
         },
         _ => {

@@ -285,6 +285,26 @@ impl Handler<FanOut> for Router {
     }
 }
 
+/// A message for the presence tracker, sent through the router so that a session's
+/// messages reach the tracker after its `Connect` and before its `Disconnect`.
+pub struct ToPresence<M>(pub M);
+
+impl<M: Message<Result = ()> + Send + 'static> Message for ToPresence<M> {
+    type Result = ();
+}
+
+impl<M> Handler<ToPresence<M>> for Router
+where
+    M: Message<Result = ()> + Send + 'static,
+    PresenceTracker: Handler<M>,
+{
+    type Result = ();
+    fn handle(&mut self, m: ToPresence<M>, _: &mut Context<Self>) {
+        self.health.handled();
+        self.presence.do_send(m.0);
+    }
+}
+
 /// A message for the actor of `channel` (started if it is not running), whose answer the
 /// sender awaits.
 pub struct AskChannel<M> {

@@ -117,6 +117,8 @@ pub struct TreeConfig {
     pub channel_idle: Duration,
     /// Offline grace period (presence).
     pub presence_grace: Duration,
+    /// Most users one connection watches (presence).
+    pub presence_max_watched: usize,
 }
 
 /// Addresses of the running tree.
@@ -237,8 +239,8 @@ impl Tree {
         board.register(h, batcher.clone().recipient());
 
         let h = ActorHealth::new("presence_tracker");
-        let (grace, hh) = (cfg.presence_grace, h.clone());
-        let presence = Supervisor::start(move |_| PresenceTracker::new(grace, hh));
+        let (grace, watched, hh) = (cfg.presence_grace, cfg.presence_max_watched, h.clone());
+        let presence = Supervisor::start(move |_| PresenceTracker::new(grace, watched, hh));
         board.register(h, presence.clone().recipient());
 
         let h = ActorHealth::new("offline_queue");

@@ -7,6 +7,7 @@ pub mod caller;
 pub mod groups;
 pub mod messages;
 pub mod ops;
+pub mod users;
 pub mod ws;
 
 use actix_web::web;
@@ -47,6 +48,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                     "/groups/{id}/members/{user_id}",
                     web::delete().to(groups::remove_member),
                 )
+                .route(
+                    "/users/following/status",
+                    web::get().to(users::following_status),
+                )
+                .route("/users/me/following", web::put().to(users::set_following))
+                .route("/users/{user_id}/status", web::get().to(users::status))
                 .route("/admin/publish", web::post().to(admin::publish))
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
                 .route(

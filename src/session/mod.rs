@@ -31,12 +31,13 @@ use switchboard_actors::channel::{
     typing_frame, Join, Leave, Publish, Receipt, Reply, Sender, Typing,
 };
 use switchboard_actors::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
+use switchboard_actors::presence::{PresenceTracker, SetStatus, Watch};
 use switchboard_actors::protocol::{
     delivery_frame, encode, error_frame, parse_client_frame, ClientFrame, ErrorCode, ErrorPayload,
     ParsedFrame, TypingTarget,
 };
 use switchboard_actors::router::{
-    Arrived, AskChannel, Connect, Disconnect, FanOut, TellChannel, TellChannelIfActive,
+    Arrived, AskChannel, Connect, Disconnect, FanOut, TellChannel, TellChannelIfActive, ToPresence,
 };
 use switchboard_actors::seq::Seq;
 use switchboard_actors::session_handle::{Outbound, OutboundGauge, SessionHandle};
@@ -411,6 +412,19 @@ impl SessionActor {
                 self.subscribe(channel, since_seq, id, ctx)
             }
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel, id, ctx),
+            ClientFrame::StatusUpdate { status, text } => {
+                self.tell_presence(SetStatus { user, status, text }, id, ctx)
+            }
+            ClientFrame::PresenceSubscribe { users } => {
+                if let AuthState::Ready { handle, .. } = &self.auth {
+                    let watch = Watch {
+                        handle: SessionHandle::clone(handle),
+                        users,
+                        ref_id: id.clone(),
+                    };
+                    self.tell_presence(watch, id, ctx)
+                }
+            }
             ClientFrame::NotYetServed { kind } => self.error(
                 ErrorCode::UnknownType,
                 &format!("`{kind}` is not served by this version of the broker"),
@@ -490,6 +504,18 @@ impl SessionActor {
             channel,
             msg: publish,
         });
+    }
+
+    /// Sends `msg` to the presence tracker through the router (after this session's
+    /// `Connect`); a full router mailbox answers `unavailable`.
+    fn tell_presence<M>(&mut self, msg: M, id: Option<String>, ctx: &mut Ctx)
+    where
+        M: actix::Message<Result = ()> + Send + 'static,
+        PresenceTracker: Handler<M>,
+    {
+        if self.app.tree.router.try_send(ToPresence(msg)).is_err() {
+            self.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx);
+        }
     }
 
     fn typing(

@@ -9,6 +9,7 @@ mod hardening;
 mod helpers;
 mod history;
 mod ops;
+mod presence;
 mod process;
 mod session;
 mod slow_consumer;

@@ -110,7 +110,7 @@ fn lane_of(op: &WriteOp, lanes: usize) -> usize {
         WriteOp::ReadCursor { channel, .. } => channel,
         WriteOp::CreateGroup { group, .. } => &group.id,
         WriteOp::AddMember { group, .. } | WriteOp::RemoveMember { group, .. } => group,
-        WriteOp::TouchDevice { user_id, .. } => user_id,
+        WriteOp::TouchDevice { user_id, .. } | WriteOp::SetFollowing { user_id, .. } => user_id,
     };
     // A fixed seed: a key keeps its lane for the life of the process.
     let hash = std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), key);
@@ -417,6 +417,20 @@ impl Writes {
         self.write(WriteOp::AddMember { group, user })
             .await
             .map(|_| ())
+    }
+
+    /// Replaces the list of users `user` follows.
+    pub async fn set_following(
+        &self,
+        user: String,
+        follows: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.write(WriteOp::SetFollowing {
+            user_id: user,
+            follows,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Removes `user` from `group` (nothing if not a member).

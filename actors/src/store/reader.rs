@@ -156,6 +156,22 @@ impl Reads {
         fut
     }
 
+    /// The users `user` follows, sorted.
+    pub fn following(
+        &self,
+        user: String,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => {
+                Box::pin(run(addr, move |c| Ok(queries::following_of(c, &user)?)))
+            }
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                Ok(postgres::queries::following_of(c, &user)?)
+            })),
+        };
+        fut
+    }
+
     /// A group and its members, or `None` if there is no such group.
     pub fn group(
         &self,

@@ -41,6 +41,13 @@ pub enum WriteOp {
         /// The user.
         user: String,
     },
+    /// Replace the list of users `user_id` follows (presence).
+    SetFollowing {
+        /// The follower.
+        user_id: String,
+        /// Whom they follow (no duplicates).
+        follows: Vec<String>,
+    },
     /// Note that a device connected (first and last seen).
     TouchDevice {
         /// Owner.

@@ -333,3 +333,34 @@ pub fn revoked_jtis(c: &mut PgConnection, now: i64) -> QueryResult<Vec<String>> 
 pub fn ping(c: &mut PgConnection) -> QueryResult<()> {
     diesel::sql_query("SELECT 1").execute(c).map(drop)
 }
+
+/// Replaces the users `user` follows.
+pub fn set_following(c: &mut PgConnection, user: &str, follows: &[String]) -> QueryResult<()> {
+    diesel::sql_query("DELETE FROM following WHERE user_id = $1")
+        .bind::<Text, _>(user)
+        .execute(c)?;
+    diesel::sql_query(
+        "INSERT INTO following (user_id, follows_id) SELECT $1, f FROM unnest($2::text[]) AS f \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(user)
+    .bind::<Array<Text>, _>(follows)
+    .execute(c)
+    .map(drop)
+}
+
+#[derive(QueryableByName)]
+struct Followed {
+    #[diesel(sql_type = Text)]
+    follows_id: String,
+}
+
+/// The users `user` follows, sorted.
+pub fn following_of(c: &mut PgConnection, user: &str) -> QueryResult<Vec<String>> {
+    let rows: Vec<Followed> = diesel::sql_query(
+        "SELECT follows_id FROM following WHERE user_id = $1 ORDER BY follows_id",
+    )
+    .bind::<Text, _>(user)
+    .load(c)?;
+    Ok(rows.into_iter().map(|r| r.follows_id).collect())
+}

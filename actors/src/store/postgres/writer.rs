@@ -252,6 +252,10 @@ fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutc
             queries::remove_member(c, group, user)?;
             WriteOutcome::Done
         }
+        WriteOp::SetFollowing { user_id, follows } => {
+            queries::set_following(c, user_id, follows)?;
+            WriteOutcome::Done
+        }
         WriteOp::TouchDevice {
             user_id,
             client_id,

@@ -15,7 +15,7 @@ use diesel::sqlite::Sqlite;
 use super::positions::{decode_positions, Place, RUN_MAX};
 use super::schema::{
     channel_index, channel_index_state, channels, dedupe_run_blocks, dedupe_runs, dedupe_state,
-    devices, group_members, groups, messages, revoked_tokens,
+    devices, following, group_members, groups, messages, revoked_tokens,
 };
 use super::DbConn;
 use crate::store::models::{ChannelIndexRow, GroupRow, KeyedMessage, Page, StoredMessage};
@@ -645,4 +645,28 @@ pub fn touch_device(
         .set((devices::last_seen.eq(now), devices::device.eq(device)))
         .execute(c)
         .map(drop)
+}
+
+/// Replaces the users `user` follows.
+pub fn set_following(c: &mut DbConn, user: &str, follows: &[String]) -> QueryResult<()> {
+    diesel::delete(following::table.filter(following::user_id.eq(user))).execute(c)?;
+    for chunk in follows.chunks(256) {
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|f| (following::user_id.eq(user), following::follows_id.eq(f)))
+            .collect();
+        diesel::insert_into(following::table)
+            .values(&rows)
+            .execute(c)?;
+    }
+    Ok(())
+}
+
+/// The users `user` follows, sorted.
+pub fn following_of(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>> {
+    following::table
+        .filter(following::user_id.eq(user))
+        .select(following::follows_id)
+        .order(following::follows_id)
+        .load(c)
 }

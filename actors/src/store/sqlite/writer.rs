@@ -411,6 +411,10 @@ fn apply(
                 queries::remove_member(c, group, user)?;
                 Slot::Done(WriteOutcome::Done)
             }
+            Some(WriteOp::SetFollowing { user_id, follows }) => {
+                queries::set_following(c, user_id, follows)?;
+                Slot::Done(WriteOutcome::Done)
+            }
             Some(WriteOp::TouchDevice {
                 user_id,
                 client_id,
