@@ -469,9 +469,8 @@ impl ChannelActor {
                 }
                 f.reply.acked(&msg, &mut self.acks);
             }
-            Ok(
-                WriteOutcome::Cursor { .. } | WriteOutcome::GroupCreated(_) | WriteOutcome::Done,
-            ) => f.reply.answer(Err(ChannelError::Unavailable)),
+            // Not the outcome of a message: a bug, answered as a retry.
+            Ok(_) => f.reply.answer(Err(ChannelError::Unavailable)),
             Err(e) => f.reply.answer(Err(e.into())),
         }
     }

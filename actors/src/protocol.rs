@@ -126,6 +126,15 @@ struct StatusPayload {
 }
 
 #[derive(Deserialize)]
+struct StateSyncPayload<'a> {
+    collection: String,
+    key: String,
+    #[serde(borrow)]
+    value: &'a RawValue,
+    base_version: u64,
+}
+
+#[derive(Deserialize)]
 struct PresenceSubscribePayload {
     user_ids: Vec<String>,
 }
@@ -213,6 +222,17 @@ pub enum ClientFrame {
         status: PresenceStatus,
         /// Optional text ("in a meeting"), at most [`MAX_STATUS_TEXT`] characters.
         text: Option<String>,
+    },
+    /// Write a synced document if `base_version` is still its version.
+    StateSync {
+        /// Collection (a valid id: `settings`, `tasks`…).
+        collection: String,
+        /// Key within it (a valid id).
+        key: String,
+        /// Any JSON value, as sent (checked like a message payload).
+        value: String,
+        /// The version the device saw (0 for a new key).
+        base_version: i64,
     },
     /// Watch these users' presence: their status now, then every change.
     PresenceSubscribe {
@@ -506,7 +526,26 @@ fn parse_envelope(text: &str, max_depth: usize) -> Result<ParsedFrame, FrameErro
             }
             ClientFrame::PresenceSubscribe { users }
         }
-        "sync" | "delivered" | "state_sync" | "command" => ClientFrame::NotYetServed {
+        "state_sync" => {
+            let p: StateSyncPayload = payload_of(env.payload, "state_sync", &id)?;
+            if !valid_id(&p.collection) {
+                return Err(bad("`collection` is not a valid name", &id));
+            }
+            if !valid_id(&p.key) {
+                return Err(bad("`key` is not a valid key", &id));
+            }
+            check_json(p.value.get(), max_depth)
+                .map_err(|f| bad(format!("invalid `value`: {f}"), &id))?;
+            let base_version = i64::try_from(p.base_version)
+                .map_err(|_| bad("`base_version` is too large", &id))?;
+            ClientFrame::StateSync {
+                collection: p.collection,
+                key: p.key,
+                value: String::from(p.value.get()),
+                base_version,
+            }
+        }
+        "sync" | "delivered" | "command" => ClientFrame::NotYetServed {
             kind: env.kind.into_owned(),
         },
         _ => {

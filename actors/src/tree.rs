@@ -248,11 +248,6 @@ impl Tree {
         let offline = Supervisor::start(move |_| OfflineQueue::new(b, hh));
         board.register(h, offline.clone().recipient());
 
-        let h = ActorHealth::new("sync_engine");
-        let hh = h.clone();
-        let sync = Supervisor::start(move |_| SyncEngine { health: hh });
-        board.register(h, sync.clone().recipient());
-
         let h = ActorHealth::new("router");
         let rcfg = RouterConfig {
             channel_idle: cfg.channel_idle,
@@ -266,6 +261,11 @@ impl Tree {
         );
         let router = Supervisor::start(move |_| Router::new(b, r, p, o, rcfg, hh));
         board.register(h, router.clone().recipient());
+
+        let h = ActorHealth::new("sync_engine");
+        let (b, r, hh) = (batcher.clone(), router.clone(), h.clone());
+        let sync = Supervisor::start(move |_| SyncEngine::new(b, r, hh));
+        board.register(h, sync.clone().recipient());
 
         Tree {
             router,

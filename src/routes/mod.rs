@@ -7,6 +7,7 @@ pub mod caller;
 pub mod groups;
 pub mod messages;
 pub mod ops;
+pub mod state;
 pub mod users;
 pub mod ws;
 
@@ -54,6 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 )
                 .route("/users/me/following", web::put().to(users::set_following))
                 .route("/users/{user_id}/status", web::get().to(users::status))
+                .route("/state/{collection}", web::get().to(state::changes))
+                .route("/state/{collection}/{key}", web::put().to(state::put))
                 .route("/admin/publish", web::post().to(admin::publish))
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
                 .route(

@@ -43,6 +43,7 @@ use switchboard_actors::seq::Seq;
 use switchboard_actors::session_handle::{Outbound, OutboundGauge, SessionHandle};
 use switchboard_actors::store::NewMessage;
 use switchboard_actors::store::Page;
+use switchboard_actors::sync_engine::{state_result, PutDocument};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -414,6 +415,39 @@ impl SessionActor {
             ClientFrame::Unsubscribe { channel } => self.unsubscribe(channel, id, ctx),
             ClientFrame::StatusUpdate { status, text } => {
                 self.tell_presence(SetStatus { user, status, text }, id, ctx)
+            }
+            ClientFrame::StateSync {
+                collection,
+                key,
+                value,
+                base_version,
+            } => {
+                let client_id = match &self.auth {
+                    AuthState::Ready { handle, .. } => Some(handle.client_id.clone()),
+                    AuthState::Pending { .. } => None,
+                };
+                let put = PutDocument {
+                    user,
+                    collection,
+                    key,
+                    value,
+                    base_version,
+                    client_id,
+                    origin: Some(self.conn),
+                };
+                let req = self.app.tree.sync.send(put.clone());
+                ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(Ok(outcome)) => {
+                        let payload =
+                            state_result(id.as_deref(), &put.collection, &put.key, &outcome);
+                        act.text(&encode("state_sync_result", None, payload), ctx);
+                    }
+                    Ok(Err(e)) => {
+                        let (code, message) = e.public();
+                        act.error(code, &message, id.as_deref(), ctx)
+                    }
+                    Err(_) => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
+                }));
             }
             ClientFrame::PresenceSubscribe { users } => {
                 if let AuthState::Ready { handle, .. } = &self.auth {

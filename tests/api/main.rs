@@ -13,4 +13,5 @@ mod presence;
 mod process;
 mod session;
 mod slow_consumer;
+mod state;
 mod subscribe;

@@ -23,7 +23,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::models::GroupRow;
+use super::models::{GroupRow, StateOutcome};
 use super::sqlite::checkpointer::{CheckpointWal, WalCheckpointer};
 use super::write::{WriteBatch, WriteOp, WriteOutcome};
 use super::StoreError;
@@ -110,7 +110,9 @@ fn lane_of(op: &WriteOp, lanes: usize) -> usize {
         WriteOp::ReadCursor { channel, .. } => channel,
         WriteOp::CreateGroup { group, .. } => &group.id,
         WriteOp::AddMember { group, .. } | WriteOp::RemoveMember { group, .. } => group,
-        WriteOp::TouchDevice { user_id, .. } | WriteOp::SetFollowing { user_id, .. } => user_id,
+        WriteOp::TouchDevice { user_id, .. }
+        | WriteOp::SetFollowing { user_id, .. }
+        | WriteOp::PutState { user_id, .. } => user_id,
     };
     // A fixed seed: a key keeps its lane for the life of the process.
     let hash = std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), key);
@@ -417,6 +419,14 @@ impl Writes {
         self.write(WriteOp::AddMember { group, user })
             .await
             .map(|_| ())
+    }
+
+    /// Writes a synced document if `base_version` is its version.
+    pub async fn put_state(&self, op: WriteOp) -> Result<StateOutcome, StoreError> {
+        match self.write(op).await? {
+            WriteOutcome::State(outcome) => Ok(outcome),
+            _ => Err(StoreError::Invariant("a state write answered otherwise")),
+        }
     }
 
     /// Replaces the list of users `user` follows.

@@ -16,6 +16,7 @@ pub mod models;
 pub mod postgres;
 pub mod reader;
 pub mod sqlite;
+pub mod state_sql;
 pub mod write;
 
 use crate::error_code::ErrorCode;

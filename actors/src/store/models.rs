@@ -168,3 +168,54 @@ pub struct Page {
     /// At most this many.
     pub limit: i64,
 }
+
+/// One synced document as stored (`state_documents`).
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+pub struct StateDoc {
+    /// Its key within the collection.
+    #[diesel(sql_type = Text, column_name = doc_key)]
+    pub key: String,
+    /// Its value, JSON text as written.
+    #[diesel(sql_type = Text)]
+    #[serde(serialize_with = "raw_json")]
+    pub value: String,
+    /// Writes applied to this key: 1 after the first.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub version: i64,
+    /// The collection's revision when this key was last written.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub revision: i64,
+    /// When, ms since epoch.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub updated_at: i64,
+    /// The device (`client_id`) that wrote it.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub updated_by: Option<String>,
+}
+
+/// Writes JSON text as it is (it was checked when written).
+fn raw_json<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match serde_json::value::RawValue::from_string(value.to_owned()) {
+        Ok(raw) => raw.serialize(s),
+        Err(_) => serde_json::Value::Null.serialize(s),
+    }
+}
+
+/// What a state write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateOutcome {
+    /// Written: the key's new version and the collection's new revision.
+    Applied {
+        /// The key's version now.
+        version: i64,
+        /// The collection's revision now.
+        revision: i64,
+    },
+    /// `base_version` was not the key's version: nothing written. `current` is the stored
+    /// document, `None` if the key has none (version 0).
+    Conflict {
+        /// The document as stored.
+        current: Option<StateDoc>,
+    },
+}

@@ -13,7 +13,7 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 
 use super::health::DatabaseHealth;
-use super::models::{GroupRow, Page, StoredMessage};
+use super::models::{GroupRow, Page, StateDoc, StoredMessage};
 use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
 use super::{postgres, StoreError};
@@ -151,6 +151,32 @@ impl Reads {
             }
             Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
                 postgres::queries::history(c, &channel, page)
+            })),
+        };
+        fut
+    }
+
+    /// The documents of `user`'s `collection` written after revision `since` (at most
+    /// `limit`, oldest first), and the collection's revision now.
+    pub fn state_since(
+        &self,
+        user: String,
+        collection: String,
+        since: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<(Vec<StateDoc>, i64), StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| {
+                Ok(queries::state_since(c, &user, &collection, since, limit)?)
+            })),
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                Ok(postgres::queries::state_since(
+                    c,
+                    &user,
+                    &collection,
+                    since,
+                    limit,
+                )?)
             })),
         };
         fut

@@ -3,7 +3,7 @@
 
 use actix::prelude::*;
 
-use super::models::{GroupRow, NewMessage, StoredMessage};
+use super::models::{GroupRow, NewMessage, StateOutcome, StoredMessage};
 use super::StoreError;
 
 /// One write.
@@ -48,6 +48,21 @@ pub enum WriteOp {
         /// Whom they follow (no duplicates).
         follows: Vec<String>,
     },
+    /// Write a synced document if `base_version` is its version (optimistic concurrency).
+    PutState {
+        /// Owner.
+        user_id: String,
+        /// Collection (`settings`, `tasks`…).
+        collection: String,
+        /// Key within it.
+        key: String,
+        /// JSON text.
+        value: String,
+        /// The version the writer saw (0 for a new key).
+        base_version: i64,
+        /// The writing device.
+        client_id: Option<String>,
+    },
     /// Note that a device connected (first and last seen).
     TouchDevice {
         /// Owner.
@@ -78,6 +93,8 @@ pub enum WriteOutcome {
     },
     /// Whether a [`WriteOp::CreateGroup`] made the group (`false`: the id was taken).
     GroupCreated(bool),
+    /// What a [`WriteOp::PutState`] did.
+    State(StateOutcome),
     /// A write with nothing to report.
     Done,
 }

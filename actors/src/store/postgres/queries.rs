@@ -364,3 +364,6 @@ pub fn following_of(c: &mut PgConnection, user: &str) -> QueryResult<Vec<String>
     .load(c)?;
     Ok(rows.into_iter().map(|r| r.follows_id).collect())
 }
+
+pub use crate::store::state_sql::PutState;
+crate::store::state_sql::state_queries!(PgConnection);

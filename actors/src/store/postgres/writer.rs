@@ -252,6 +252,25 @@ fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutc
             queries::remove_member(c, group, user)?;
             WriteOutcome::Done
         }
+        WriteOp::PutState {
+            user_id,
+            collection,
+            key,
+            value,
+            base_version,
+            client_id,
+        } => {
+            let put = queries::PutState {
+                user: user_id,
+                collection,
+                key,
+                value,
+                base_version: *base_version,
+                client_id: client_id.as_deref(),
+                now,
+            };
+            WriteOutcome::State(queries::put_state(c, &put)?)
+        }
         WriteOp::SetFollowing { user_id, follows } => {
             queries::set_following(c, user_id, follows)?;
             WriteOutcome::Done
@@ -477,5 +496,60 @@ mod tests {
         assert_eq!(stored(&one_by_one[0].as_ref().expect("first")[0]).0.seq, 1);
         assert!(one_by_one[1].is_err());
         assert_eq!(stored(&one_by_one[2].as_ref().expect("third")[0]).0.seq, 2);
+    }
+
+    #[test]
+    fn two_writers_on_one_base_version_apply_once_and_the_other_conflicts() {
+        use crate::store::models::StateOutcome;
+        let db = TestDatabase::create();
+        let pool = db.pool(4);
+        let ready = Arc::new(Barrier::new(2));
+        let writers: Vec<_> = ["laptop", "phone"]
+            .into_iter()
+            .map(|device| {
+                let (pool, ready) = (pool.clone(), ready.clone());
+                std::thread::spawn(move || {
+                    let mut c = pool.get().expect("conn");
+                    let put = queries::PutState {
+                        user: "alice",
+                        collection: "settings",
+                        key: "theme",
+                        value: "\"dark\"",
+                        base_version: 0,
+                        client_id: Some(device),
+                        now: 1,
+                    };
+                    c.transaction(|c| {
+                        ready.wait();
+                        let out = queries::put_state(c, &put);
+                        // Hold the transaction so that the other writer meets it open.
+                        std::thread::sleep(Duration::from_millis(200));
+                        out
+                    })
+                    .expect("put")
+                })
+            })
+            .collect();
+        let outcomes: Vec<StateOutcome> = writers
+            .into_iter()
+            .map(|w| w.join().expect("writer"))
+            .collect();
+        let applied = outcomes
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    StateOutcome::Applied {
+                        version: 1,
+                        revision: 1
+                    }
+                )
+            })
+            .count();
+        assert_eq!(applied, 1, "{outcomes:?}");
+        assert!(outcomes.iter().any(|o| matches!(
+            o,
+            StateOutcome::Conflict { current: Some(d) } if d.version == 1
+        )));
     }
 }

@@ -670,3 +670,6 @@ pub fn following_of(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>> {
         .order(following::follows_id)
         .load(c)
 }
+
+pub use crate::store::state_sql::PutState;
+crate::store::state_sql::state_queries!(DbConn);

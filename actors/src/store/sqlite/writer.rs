@@ -411,6 +411,25 @@ fn apply(
                 queries::remove_member(c, group, user)?;
                 Slot::Done(WriteOutcome::Done)
             }
+            Some(WriteOp::PutState {
+                user_id,
+                collection,
+                key,
+                value,
+                base_version,
+                client_id,
+            }) => {
+                let put = queries::PutState {
+                    user: user_id,
+                    collection,
+                    key,
+                    value,
+                    base_version: *base_version,
+                    client_id: client_id.as_deref(),
+                    now,
+                };
+                Slot::Done(WriteOutcome::State(queries::put_state(c, &put)?))
+            }
             Some(WriteOp::SetFollowing { user_id, follows }) => {
                 queries::set_following(c, user_id, follows)?;
                 Slot::Done(WriteOutcome::Done)

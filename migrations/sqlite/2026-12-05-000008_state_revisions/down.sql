@@ -1,0 +1,3 @@
+DROP TABLE state_collections;
+DROP INDEX state_documents_by_revision;
+ALTER TABLE state_documents DROP COLUMN revision;

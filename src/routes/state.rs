@@ -1,0 +1,131 @@
+//! The sync engine's documents over HTTP: fetch a collection's changes since a revision,
+//! and write one document with optimistic concurrency (409 with the stored value on a
+//! conflict). Writes reach the user's connected devices as `state_changed`.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use switchboard_actors::ids::valid_id;
+use switchboard_actors::store::models::{StateDoc, StateOutcome};
+use switchboard_actors::sync_engine::{state_result, PutDocument};
+
+use crate::error::ApiError;
+use crate::routes::body::JsonBody;
+use crate::routes::caller::Caller;
+use crate::state::AppState;
+
+/// Most documents one fetch returns.
+const MAX_PAGE: i64 = 1000;
+
+/// `GET /api/state/{collection}` query.
+#[derive(Deserialize)]
+pub struct Since {
+    /// The revision the device has seen (0: everything).
+    #[serde(default)]
+    since_version: u64,
+    /// Most documents to return (default and most: 1,000).
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+/// `GET /api/state/{collection}` reply.
+#[derive(Serialize)]
+pub struct Changes {
+    collection: String,
+    /// Written after `since_version`, oldest first.
+    documents: Vec<StateDoc>,
+    /// The newest revision in `documents` while `has_more`, else the collection's revision:
+    /// the next fetch's `since_version`.
+    revision: i64,
+    has_more: bool,
+}
+
+/// `PUT /api/state/{collection}/{key}` body.
+#[derive(Deserialize)]
+pub struct Put {
+    value: serde_json::Value,
+    base_version: u64,
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    if valid_id(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!("`{what}` is not valid")))
+    }
+}
+
+/// The caller's documents of a collection written after revision `since_version`.
+pub async fn changes(
+    caller: Caller,
+    app: web::Data<AppState>,
+    collection: web::Path<String>,
+    q: web::Query<Since>,
+) -> Result<HttpResponse, ApiError> {
+    let collection = collection.into_inner();
+    check_name("collection", &collection)?;
+    let since = i64::try_from(q.since_version)
+        .map_err(|_| ApiError::BadRequest("`since_version` is too large".into()))?;
+    let limit = q
+        .limit
+        .map_or(MAX_PAGE, |l| i64::from(l).clamp(1, MAX_PAGE));
+    let (mut documents, now) = app
+        .tree
+        .reads
+        .state_since(
+            caller.user.to_string(),
+            collection.clone(),
+            since,
+            limit + 1,
+        )
+        .await?;
+    let has_more = documents.len() as i64 > limit;
+    documents.truncate(limit as usize);
+    let revision = match documents.last() {
+        Some(last) if has_more => last.revision,
+        _ => now.max(since),
+    };
+    Ok(HttpResponse::Ok().json(Changes {
+        collection,
+        documents,
+        revision,
+        has_more,
+    }))
+}
+
+/// Writes one of the caller's documents if `base_version` is still its version.
+pub async fn put(
+    caller: Caller,
+    app: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    body: JsonBody<Put>,
+) -> Result<HttpResponse, ApiError> {
+    let (collection, key) = path.into_inner();
+    check_name("collection", &collection)?;
+    check_name("key", &key)?;
+    let body = body.into_inner();
+    let base_version = i64::try_from(body.base_version)
+        .map_err(|_| ApiError::BadRequest("`base_version` is too large".into()))?;
+    let value = serde_json::to_string(&body.value)
+        .map_err(|e| ApiError::BadRequest(format!("`value`: {e}")))?;
+    let put = PutDocument {
+        user: caller.user.clone(),
+        collection: collection.clone(),
+        key: key.clone(),
+        value,
+        base_version,
+        client_id: None,
+        origin: None,
+    };
+    let outcome = app.tree.sync.send(put).await??;
+    let result = state_result(None, &collection, &key, &outcome);
+    Ok(match outcome {
+        StateOutcome::Applied { .. } => HttpResponse::Ok().json(result),
+        StateOutcome::Conflict { .. } => HttpResponse::Conflict().json(serde_json::json!({
+            "error": {
+                "code": "conflict",
+                "message": format!("`{key}` is at version {}, not {base_version}", result["version"]),
+            },
+            "current": result["current"],
+        })),
+    })
+}
