@@ -670,8 +670,9 @@ struct ReceiptPayload<'a> {
 pub struct Receipt {
     /// The reader.
     pub user: UserId,
-    /// The reading connection (its user's other connections are told too).
-    pub origin: ConnId,
+    /// The reading connection, which is not told (its user's other connections are); `None`
+    /// for a receipt over REST, which every connection is told of.
+    pub origin: Option<ConnId>,
     /// Highest seq read.
     pub up_to_seq: Seq,
 }
@@ -706,7 +707,7 @@ impl Handler<Receipt> for ChannelActor {
                     },
                 );
                 if !matches!(act.members, Members::Open) {
-                    act.deliver(Outbound::Frame(frame), Some(r.origin), None);
+                    act.deliver(Outbound::Frame(frame), r.origin, None);
                 }
                 Ok(up_to_seq)
             }

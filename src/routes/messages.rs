@@ -1,10 +1,14 @@
-//! History: `GET /api/messages/user/{user_id}` and `GET /api/messages/group/{group_id}`.
+//! History: `GET /api/messages/user/{user_id}` and `GET /api/messages/group/{group_id}`;
+//! read cursors: `POST /api/messages/read`.
 
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use switchboard_actors::channel::Receipt;
 use switchboard_actors::ids::{valid_id, Channel, UserId};
 use switchboard_actors::protocol::delivery_frame;
+use switchboard_actors::router::AskChannel;
+use switchboard_actors::seq::Seq;
 use switchboard_actors::store::Page;
 use switchboard_actors::store::StoredMessage;
 
@@ -102,4 +106,45 @@ pub async fn group_history(
         return Err(ApiError::Forbidden("not a member of this group".into()));
     }
     read_page(&app, &Channel::group(&gid), page).await
+}
+
+/// `POST /api/messages/read` body.
+#[derive(Deserialize)]
+pub struct Read {
+    channel: String,
+    up_to_seq: Seq,
+}
+
+/// `POST /api/messages/read` reply: where the caller's cursor stands (it never moves back).
+#[derive(Serialize)]
+pub struct ReadCursor {
+    channel: String,
+    up_to_seq: Seq,
+}
+
+/// Moves the caller's read cursor in a channel they may read; the channel's other members
+/// and the caller's connections get `read_receipt`, as for the WebSocket frame.
+pub async fn read(
+    caller: Caller,
+    app: web::Data<AppState>,
+    body: crate::routes::body::JsonBody<Read>,
+) -> Result<HttpResponse, ApiError> {
+    let Read { channel, up_to_seq } = body.into_inner();
+    let parsed = Channel::parse(&channel).ok_or_else(|| {
+        ApiError::BadRequest(format!("`channel` is not a valid channel: {channel:?}"))
+    })?;
+    let msg = Receipt {
+        user: caller.user.clone(),
+        origin: None,
+        up_to_seq,
+    };
+    let up_to_seq = app
+        .tree
+        .router
+        .send(AskChannel {
+            channel: parsed,
+            msg,
+        })
+        .await???;
+    Ok(HttpResponse::Ok().json(ReadCursor { channel, up_to_seq }))
 }

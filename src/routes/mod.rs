@@ -59,6 +59,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/state/{collection}/{key}", web::put().to(state::put))
                 .route("/admin/publish", web::post().to(admin::publish))
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
+                .route("/messages/read", web::post().to(messages::read))
                 .route(
                     "/messages/user/{user_id}",
                     web::get().to(messages::user_history),

@@ -399,7 +399,7 @@ impl SessionActor {
             ClientFrame::ReadReceipt { channel, up_to_seq } => {
                 let msg = Receipt {
                     user,
-                    origin: self.conn,
+                    origin: Some(self.conn),
                     up_to_seq,
                 };
                 let req = self.app.tree.router.send(AskChannel { channel, msg });

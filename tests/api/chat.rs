@@ -285,3 +285,65 @@ async fn a_note_to_self_reaches_each_other_connection_once() {
     assert_eq!(m["payload"]["content"], "remember milk");
     phone.silent_for(Duration::from_millis(300)).await;
 }
+
+#[actix_web::test]
+async fn read_over_rest_moves_the_cursor_and_tells_the_other_party_and_the_readers_devices() {
+    let app = spawn_app().await;
+    let mut alice = app.ws("alice").await;
+    let mut bob = app.ws("bob").await;
+    alice.dm("bob", "m1", "one").await;
+    alice.dm("bob", "m2", "two").await;
+    bob.recv_type("chat_message").await;
+    bob.recv_type("chat_message").await;
+
+    let bob_token = app.token("bob");
+    let (status, body) = app
+        .post(
+            "/api/messages/read",
+            &bob_token,
+            json!({"channel": "dm:alice:bob", "up_to_seq": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"channel": "dm:alice:bob", "up_to_seq": 2}));
+    for conn in [&mut alice, &mut bob] {
+        let r = conn.recv_type("read_receipt").await;
+        assert_eq!(r["payload"]["user_id"], "bob");
+        assert_eq!(r["payload"]["up_to_seq"], 2);
+    }
+
+    // The cursor never moves back; beyond the last message, or a channel the caller may
+    // not read, is refused.
+    let (_, body) = app
+        .post(
+            "/api/messages/read",
+            &bob_token,
+            json!({"channel": "dm:alice:bob", "up_to_seq": 1}),
+        )
+        .await;
+    assert_eq!(body["up_to_seq"], 2);
+    let (status, _) = app
+        .post(
+            "/api/messages/read",
+            &bob_token,
+            json!({"channel": "dm:alice:bob", "up_to_seq": 3}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = app
+        .post(
+            "/api/messages/read",
+            &app.token("carol"),
+            json!({"channel": "dm:alice:bob", "up_to_seq": 1}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = app
+        .post(
+            "/api/messages/read",
+            &bob_token,
+            json!({"channel": "nonsense", "up_to_seq": 1}),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
