@@ -12,7 +12,8 @@
 //! router (so that a session's messages arrive between its opening and its closing), and
 //! `GetPresence` and `GetPresences` (REST). Watchers get `status_update` frames
 //! through their sessions' bounded queues, never waited for. A restart forgets who is
-//! online and who watches until they reconnect or subscribe again.
+//! online and who watches until they reconnect or subscribe again. Offline users are
+//! remembered (for `last_seen`) for a day.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,6 +93,13 @@ pub struct Presence {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<i64>,
 }
+
+/// How long an offline user's `last_seen` is remembered; older ones are dropped, so the
+/// tracker holds the users seen within this window, not every user ever seen.
+const REMEMBER_OFFLINE: Duration = Duration::from_secs(24 * 3600);
+
+/// How often offline users past [`REMEMBER_OFFLINE`] are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// The presence actor.
 pub struct PresenceTracker {
@@ -174,8 +182,13 @@ impl PresenceTracker {
 
 impl Actor for PresenceTracker {
     type Context = Context<Self>;
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.health.started();
+        ctx.run_interval(PRUNE_EVERY, |act, _| {
+            let before = now_ms() - REMEMBER_OFFLINE.as_millis() as i64;
+            act.users
+                .retain(|_, s| s.online() || s.last_seen.is_some_and(|t| t >= before));
+        });
     }
 }
 
