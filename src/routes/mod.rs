@@ -7,6 +7,7 @@ pub mod caller;
 pub mod groups;
 pub mod messages;
 pub mod ops;
+pub mod search;
 pub mod state;
 pub mod users;
 pub mod ws;
@@ -60,6 +61,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/admin/publish", web::post().to(admin::publish))
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
                 .route("/messages/read", web::post().to(messages::read))
+                .route("/messages/search", web::get().to(search::search))
                 .route(
                     "/messages/user/{user_id}",
                     web::get().to(messages::user_history),

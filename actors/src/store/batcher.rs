@@ -110,6 +110,7 @@ fn lane_of(op: &WriteOp, lanes: usize) -> usize {
         WriteOp::ReadCursor { channel, .. } => channel,
         WriteOp::CreateGroup { group, .. } => &group.id,
         WriteOp::AddMember { group, .. } | WriteOp::RemoveMember { group, .. } => group,
+        WriteOp::IndexSearch { .. } => "",
         WriteOp::TouchDevice { user_id, .. }
         | WriteOp::SetFollowing { user_id, .. }
         | WriteOp::PutState { user_id, .. } => user_id,
@@ -426,6 +427,16 @@ impl Writes {
         match self.write(op).await? {
             WriteOutcome::State(outcome) => Ok(outcome),
             _ => Err(StoreError::Invariant("a state write answered otherwise")),
+        }
+    }
+
+    /// Brings the search index up to date for `channels`; `false` if more is left to do.
+    pub async fn index_search(&self, channels: Vec<String>) -> Result<bool, StoreError> {
+        match self.write(WriteOp::IndexSearch { channels }).await? {
+            WriteOutcome::Indexed { caught_up } => Ok(caught_up),
+            _ => Err(StoreError::Invariant(
+                "a search index write answered otherwise",
+            )),
         }
     }
 

@@ -219,3 +219,21 @@ pub enum StateOutcome {
         current: Option<StateDoc>,
     },
 }
+
+/// A full-text search over the channels a user may read, newest first.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// Words, all of which a message's content must hold (no query syntax).
+    pub words: Vec<String>,
+    /// The channels searched.
+    pub channels: Vec<String>,
+    /// Stored at or after, ms since epoch.
+    pub from: i64,
+    /// Stored at or before, ms since epoch.
+    pub to: i64,
+    /// Only messages before this place in the order (`created_at`, channel, seq), for the
+    /// next page.
+    pub before: Option<(i64, String, i64)>,
+    /// Most messages.
+    pub limit: i64,
+}

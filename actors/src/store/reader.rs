@@ -13,7 +13,7 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 
 use super::health::DatabaseHealth;
-use super::models::{GroupRow, Page, StateDoc, StoredMessage};
+use super::models::{GroupRow, Page, SearchQuery, StateDoc, StoredMessage};
 use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
 use super::{postgres, StoreError};
@@ -177,6 +177,40 @@ impl Reads {
                     since,
                     limit,
                 )?)
+            })),
+        };
+        fut
+    }
+
+    /// Names of the channels `user` may read (DM names may include others; see
+    /// `queries::readable_channels`).
+    pub fn readable_channels(
+        &self,
+        user: String,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| {
+                Ok(queries::readable_channels(c, &user)?)
+            })),
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                Ok(postgres::queries::readable_channels(c, &user)?)
+            })),
+        };
+        fut
+    }
+
+    /// The messages matching `q`, newest first (from what the index holds).
+    pub fn search(
+        &self,
+        q: SearchQuery,
+    ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| Ok(queries::search(c, &q)?))),
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                postgres::queries::search(c, &q)?
+                    .into_iter()
+                    .map(|r| r.into_stored())
+                    .collect()
             })),
         };
         fut

@@ -63,6 +63,12 @@ pub enum WriteOp {
         /// The writing device.
         client_id: Option<String>,
     },
+    /// Bring the search index up to date for these channels (SQLite: for every channel, a
+    /// step of rows at a time).
+    IndexSearch {
+        /// The channels about to be searched.
+        channels: Vec<String>,
+    },
     /// Note that a device connected (first and last seen).
     TouchDevice {
         /// Owner.
@@ -95,6 +101,11 @@ pub enum WriteOutcome {
     GroupCreated(bool),
     /// What a [`WriteOp::PutState`] did.
     State(StateOutcome),
+    /// Whether a [`WriteOp::IndexSearch`] left the index up to date (else: call again).
+    Indexed {
+        /// Up to date.
+        caught_up: bool,
+    },
     /// A write with nothing to report.
     Done,
 }

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
 
 use crate::ids::MessageId;
-use crate::store::models::{GroupRow, Page, StoredMessage};
+use crate::store::models::{GroupRow, Page, SearchQuery, StoredMessage};
 use crate::store::StoreError;
 
 /// The columns of a `messages` row, in the order [`MessageRow`] reads them.
@@ -367,3 +367,73 @@ pub fn following_of(c: &mut PgConnection, user: &str) -> QueryResult<Vec<String>
 
 pub use crate::store::state_sql::PutState;
 crate::store::state_sql::state_queries!(PgConnection);
+
+/// Indexes for search the messages of `channels` stored after each one's
+/// `search_progress.indexed_through` (a channel's seqs commit in order, so none can appear
+/// below it later).
+pub fn search_catch_up(c: &mut PgConnection, channels: &[String]) -> QueryResult<()> {
+    diesel::sql_query(
+        "WITH indexed AS ( \
+             INSERT INTO message_search (channel, seq, created_at, doc) \
+             SELECT m.channel, m.seq, m.created_at, \
+                    to_tsvector('simple', coalesce(m.payload::jsonb ->> 'content', '')) \
+             FROM unnest($1::text[]) AS ch(name) \
+             LEFT JOIN search_progress p ON p.channel = ch.name \
+             JOIN messages m ON m.channel = ch.name AND m.seq > coalesce(p.indexed_through, 0) \
+             ON CONFLICT DO NOTHING \
+             RETURNING channel, seq) \
+         INSERT INTO search_progress (channel, indexed_through) \
+         SELECT channel, max(seq) FROM indexed GROUP BY channel \
+         ON CONFLICT (channel) DO UPDATE \
+            SET indexed_through = GREATEST(search_progress.indexed_through, \
+                                           EXCLUDED.indexed_through)",
+    )
+    .bind::<Array<Text>, _>(channels)
+    .execute(c)
+    .map(drop)
+}
+
+/// The messages matching `q`, newest first (`created_at`, then channel and seq, falling).
+pub fn search(c: &mut PgConnection, q: &SearchQuery) -> QueryResult<Vec<MessageRow>> {
+    let (b_at, b_channel, b_seq) = q.before.clone().unwrap_or((i64::MAX, String::new(), 0));
+    diesel::sql_query(format!(
+        "SELECT {MESSAGE_COLUMNS} FROM message_search s \
+         JOIN messages m ON m.channel = s.channel AND m.seq = s.seq \
+         WHERE s.doc @@ plainto_tsquery('simple', $1) \
+           AND s.channel = ANY($2) \
+           AND s.created_at >= $3 AND s.created_at <= $4 \
+           AND ($5 = 0 OR (s.created_at, s.channel, s.seq) < ($6, $7, $8)) \
+         ORDER BY s.created_at DESC, s.channel DESC, s.seq DESC LIMIT $9"
+    ))
+    .bind::<Text, _>(q.words.join(" "))
+    .bind::<Array<Text>, _>(&q.channels)
+    .bind::<BigInt, _>(q.from)
+    .bind::<BigInt, _>(q.to)
+    .bind::<BigInt, _>(i64::from(q.before.is_some()))
+    .bind::<BigInt, _>(b_at)
+    .bind::<Text, _>(b_channel)
+    .bind::<BigInt, _>(b_seq)
+    .bind::<BigInt, _>(q.limit)
+    .load(c)
+}
+
+/// Names of the channels `user` may read that hold messages: DMs with them (more may be
+/// returned; the caller keeps those whose name has `user` as a party), their groups, their
+/// `user:` channel and every `broadcast:` channel.
+pub fn readable_channels(c: &mut PgConnection, user: &str) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let rows: Vec<Name> = diesel::sql_query(
+        "SELECT name FROM channels WHERE name LIKE 'dm:' || $1 || ':%' \
+                                      OR name LIKE 'dm:%:' || $1 \
+                                      OR name LIKE 'broadcast:%' \
+                                      OR name = 'user:' || $1 \
+         UNION SELECT 'group:' || group_id FROM group_members WHERE user_id = $1",
+    )
+    .bind::<Text, _>(user)
+    .load(c)?;
+    Ok(rows.into_iter().map(|r| r.name).collect())
+}

@@ -271,6 +271,10 @@ fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutc
             };
             WriteOutcome::State(queries::put_state(c, &put)?)
         }
+        WriteOp::IndexSearch { channels } => {
+            queries::search_catch_up(c, channels)?;
+            WriteOutcome::Indexed { caught_up: true }
+        }
         WriteOp::SetFollowing { user_id, follows } => {
             queries::set_following(c, user_id, follows)?;
             WriteOutcome::Done

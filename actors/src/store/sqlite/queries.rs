@@ -18,7 +18,9 @@ use super::schema::{
     devices, following, group_members, groups, messages, revoked_tokens,
 };
 use super::DbConn;
-use crate::store::models::{ChannelIndexRow, GroupRow, KeyedMessage, Page, StoredMessage};
+use crate::store::models::{
+    ChannelIndexRow, GroupRow, KeyedMessage, Page, SearchQuery, StoredMessage,
+};
 
 /// The last seq given out in `channel` (0: none), and whether it has its `channels` row.
 ///
@@ -673,3 +675,114 @@ pub fn following_of(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>> {
 
 pub use crate::store::state_sql::PutState;
 crate::store::state_sql::state_queries!(DbConn);
+
+/// Messages indexed for search per step of [`search_catch_up`]: a step runs in the
+/// writer's transaction, so it stays short (a few milliseconds).
+pub const SEARCH_STEP: i64 = 5000;
+
+#[derive(QueryableByName)]
+struct Pos {
+    #[diesel(sql_type = BigInt)]
+    pos: i64,
+}
+
+/// Indexes for search up to `step` messages stored after `search_state.indexed_through`;
+/// whether that reached the newest message.
+pub fn search_catch_up(c: &mut DbConn, step: i64) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Through {
+        #[diesel(sql_type = BigInt)]
+        indexed_through: i64,
+    }
+    let from: Through =
+        diesel::sql_query("SELECT indexed_through FROM search_state WHERE id = 1").get_result(c)?;
+    let last: Vec<Pos> = diesel::sql_query(
+        "SELECT pos FROM messages WHERE pos > ?1 ORDER BY pos LIMIT 1 OFFSET ?2 - 1",
+    )
+    .bind::<BigInt, _>(from.indexed_through)
+    .bind::<BigInt, _>(step)
+    .load(c)?;
+    // The step's last position, or the newest message when fewer than a step remain.
+    let (through, caught_up) = match last.first() {
+        Some(p) => (p.pos, false),
+        None => {
+            let newest: Option<i64> = messages::table
+                .select(diesel::dsl::max(messages::pos))
+                .first(c)?;
+            (newest.unwrap_or(0).max(from.indexed_through), true)
+        }
+    };
+    if through > from.indexed_through {
+        diesel::sql_query(
+            "INSERT INTO message_search (rowid, body) \
+             SELECT pos, coalesce(json_extract(payload, '$.content'), '') FROM messages \
+             WHERE pos > ?1 AND pos <= ?2",
+        )
+        .bind::<BigInt, _>(from.indexed_through)
+        .bind::<BigInt, _>(through)
+        .execute(c)?;
+        diesel::sql_query("UPDATE search_state SET indexed_through = ?1 WHERE id = 1")
+            .bind::<BigInt, _>(through)
+            .execute(c)?;
+    }
+    Ok(caught_up)
+}
+
+/// The messages matching `q`, newest first (`created_at`, then channel and seq, falling).
+pub fn search(c: &mut DbConn, q: &SearchQuery) -> QueryResult<Vec<StoredMessage>> {
+    // Each word quoted (a quote inside doubled): FTS5 reads them as words, all required.
+    let matched = q
+        .words
+        .iter()
+        .map(|w| format!("\"{}\"", w.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let channels = serde_json::to_string(&q.channels).unwrap_or_else(|_| "[]".into());
+    let (b_at, b_channel, b_seq) = q.before.clone().unwrap_or((i64::MAX, String::new(), 0));
+    let found: Vec<Pos> = diesel::sql_query(
+        "SELECT m.pos AS pos FROM message_search s JOIN messages m ON m.pos = s.rowid \
+         WHERE message_search MATCH ?1 \
+           AND m.channel IN (SELECT value FROM json_each(?2)) \
+           AND m.created_at >= ?3 AND m.created_at <= ?4 \
+           AND (?5 = 0 OR (m.created_at, m.channel, m.seq) < (?6, ?7, ?8)) \
+         ORDER BY m.created_at DESC, m.channel DESC, m.seq DESC LIMIT ?9",
+    )
+    .bind::<Text, _>(matched)
+    .bind::<Text, _>(channels)
+    .bind::<BigInt, _>(q.from)
+    .bind::<BigInt, _>(q.to)
+    .bind::<BigInt, _>(i64::from(q.before.is_some()))
+    .bind::<BigInt, _>(b_at)
+    .bind::<Text, _>(b_channel)
+    .bind::<BigInt, _>(b_seq)
+    .bind::<BigInt, _>(q.limit)
+    .load(c)?;
+    let order: Vec<i64> = found.iter().map(|p| p.pos).collect();
+    let mut rows: Vec<(i64, StoredMessage)> = messages::table
+        .filter(messages::pos.eq_any(&order))
+        .select((messages::pos, StoredMessage::as_select()))
+        .load(c)?;
+    rows.sort_by_key(|(pos, _)| order.iter().position(|p| p == pos));
+    Ok(rows.into_iter().map(|(_, m)| m).collect())
+}
+
+/// Names of the channels `user` may read that hold messages: DMs with them (more may be
+/// returned; the caller keeps those whose name has `user` as a party), their groups, their
+/// `user:` channel and every `broadcast:` channel.
+pub fn readable_channels(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>> {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let rows: Vec<Name> = diesel::sql_query(
+        "SELECT name FROM channels WHERE name LIKE 'dm:' || ?1 || ':%' \
+                                      OR name LIKE 'dm:%:' || ?1 \
+                                      OR name LIKE 'broadcast:%' \
+                                      OR name = 'user:' || ?1 \
+         UNION SELECT 'group:' || group_id FROM group_members WHERE user_id = ?1",
+    )
+    .bind::<Text, _>(user)
+    .load(c)?;
+    Ok(rows.into_iter().map(|r| r.name).collect())
+}

@@ -430,6 +430,9 @@ fn apply(
                 };
                 Slot::Done(WriteOutcome::State(queries::put_state(c, &put)?))
             }
+            Some(WriteOp::IndexSearch { .. }) => Slot::Done(WriteOutcome::Indexed {
+                caught_up: queries::search_catch_up(c, queries::SEARCH_STEP)?,
+            }),
             Some(WriteOp::SetFollowing { user_id, follows }) => {
                 queries::set_following(c, user_id, follows)?;
                 Slot::Done(WriteOutcome::Done)

@@ -949,3 +949,34 @@ fn the_counter_cache_is_bounded() {
     seqs.committed([("c", 1)].into_iter());
     assert_eq!(seqs.held(), 1, "full: starts again with the newest");
 }
+
+#[test]
+fn the_search_index_catches_up_a_step_at_a_time_and_finds_every_message_once() {
+    use crate::store::models::SearchQuery;
+    let (_dir, pool) = fresh();
+    let mut mem = load(&pool, 8192);
+    let ops: Vec<WriteOp> = (0..7).map(|i| dm("alice", &format!("f{i}"))).collect();
+    write(&pool, &mut mem, ops);
+    let mut c = pool.get().expect("conn");
+    let steps: Vec<bool> = (0..4)
+        .map(|_| queries::search_catch_up(&mut c, 3).expect("catch up"))
+        .collect();
+    // 3 + 3 + 1: the third step reaches the newest message; then there is nothing to do.
+    assert_eq!(steps, [false, false, true, true]);
+    let found = queries::search(
+        &mut c,
+        &SearchQuery {
+            words: vec!["hi".into()],
+            channels: vec!["dm:alice:zed".into()],
+            from: 0,
+            to: i64::MAX,
+            before: None,
+            limit: 100,
+        },
+    )
+    .expect("search");
+    let mut seqs: Vec<i64> = found.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [7, 6, 5, 4, 3, 2, 1], "newest first, each once");
+    seqs.dedup();
+    assert_eq!(seqs.len(), 7);
+}

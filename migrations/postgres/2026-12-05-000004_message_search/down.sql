@@ -1,0 +1,2 @@
+DROP TABLE search_progress;
+DROP TABLE message_search;

@@ -1,0 +1,140 @@
+//! `GET /api/messages/search`: full-text search over the messages the caller may read
+//! (their DMs, their groups, their `user:` channel, broadcasts), newest first, with channel
+//! and date filters and paging. The index catches up with new messages before each search
+//! (messages are not indexed when stored, so storing stays as fast as without search).
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use switchboard_actors::protocol::delivery_frame;
+use switchboard_actors::store::models::SearchQuery;
+
+use crate::error::ApiError;
+use crate::routes::caller::Caller;
+use crate::state::AppState;
+
+/// Largest page.
+const MAX_LIMIT: i64 = 100;
+/// Page size when none is asked for.
+const DEFAULT_LIMIT: i64 = 20;
+/// Most words in a query, and longest word.
+const MAX_WORDS: usize = 16;
+const MAX_WORD_LEN: usize = 100;
+/// Steps of index catch-up one search may ask for before it searches what is indexed.
+const MAX_CATCH_UP_STEPS: usize = 40;
+
+/// `GET /api/messages/search` query.
+#[derive(Deserialize)]
+pub struct SearchParams {
+    q: String,
+    channel: Option<String>,
+    from: Option<i64>,
+    to: Option<i64>,
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+/// Whether `user` may read channel `name` (from the store's list, which may hold DMs of
+/// others whose names merely look alike).
+fn may_read(user: &str, name: &str) -> bool {
+    match name.split_once(':') {
+        Some(("dm", pair)) => pair
+            .split_once(':')
+            .is_some_and(|(a, b)| a == user || b == user),
+        Some(("user", who)) => who == user,
+        Some(("group" | "broadcast", _)) => true,
+        _ => false,
+    }
+}
+
+/// `before` as `<created_at>:<seq>:<channel>` (the `next_before` of the previous page).
+fn parse_before(s: &str) -> Result<(i64, String, i64), ApiError> {
+    let bad = || ApiError::BadRequest("`before` is not a cursor from a previous page".into());
+    let mut parts = s.splitn(3, ':');
+    let at = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let seq = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let channel = parts.next().filter(|c| !c.is_empty()).ok_or_else(bad)?;
+    Ok((at, channel.to_owned(), seq))
+}
+
+/// Searches the caller's readable messages.
+pub async fn search(
+    caller: Caller,
+    app: web::Data<AppState>,
+    params: web::Query<SearchParams>,
+) -> Result<HttpResponse, ApiError> {
+    let p = params.into_inner();
+    let words: Vec<String> = p.q.split_whitespace().map(str::to_owned).collect();
+    if words.is_empty() {
+        return Err(ApiError::BadRequest("`q` must hold a word".into()));
+    }
+    if words.len() > MAX_WORDS || words.iter().any(|w| w.chars().count() > MAX_WORD_LEN) {
+        return Err(ApiError::BadRequest(format!(
+            "`q` holds at most {MAX_WORDS} words of at most {MAX_WORD_LEN} characters"
+        )));
+    }
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be from 1 to {MAX_LIMIT}"
+        )));
+    }
+    let before = p.before.as_deref().map(parse_before).transpose()?;
+    let user = caller.user.as_str();
+    let mut channels: Vec<String> = app
+        .tree
+        .reads
+        .readable_channels(user.to_owned())
+        .await?
+        .into_iter()
+        .filter(|c| may_read(user, c))
+        .collect();
+    if let Some(only) = &p.channel {
+        if !channels.contains(only) {
+            return Err(ApiError::Forbidden(format!(
+                "`{only}` is not a channel you may read"
+            )));
+        }
+        channels = vec![only.clone()];
+    }
+    let mut complete = false;
+    for _ in 0..MAX_CATCH_UP_STEPS {
+        if app.tree.writes.index_search(channels.clone()).await? {
+            complete = true;
+            break;
+        }
+    }
+    let q = SearchQuery {
+        words,
+        channels,
+        from: p.from.unwrap_or(0),
+        to: p.to.unwrap_or(i64::MAX),
+        before,
+        limit: limit + 1,
+    };
+    let mut rows = app.tree.reads.search(q).await?;
+    let has_more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+
+    let mut body = String::with_capacity(96 + rows.len() * 256);
+    body.push_str("{\"messages\":[");
+    for (i, m) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&delivery_frame(m));
+    }
+    body.push_str("],\"has_more\":");
+    body.push_str(if has_more { "true" } else { "false" });
+    if let (true, Some(last)) = (has_more, rows.last()) {
+        let cursor = format!("{}:{}:{}", last.created_at, last.seq, last.channel);
+        body.push_str(",\"next_before\":");
+        body.push_str(&serde_json::to_string(&cursor).unwrap_or_else(|_| "null".into()));
+    }
+    body.push_str(",\"complete\":");
+    body.push_str(if complete { "true" } else { "false" });
+    body.push('}');
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
