@@ -61,6 +61,8 @@ pub struct Settings {
     pub session: SessionSettings,
     /// Presence.
     pub presence: PresenceSettings,
+    /// Offline delivery (`sync`).
+    pub sync: SyncSettings,
     /// Channel actors.
     pub channels: ChannelSettings,
     /// Fault drills.
@@ -329,6 +331,31 @@ impl Default for PresenceSettings {
         PresenceSettings {
             offline_grace: Duration::from_secs(5),
             max_watched: 1000,
+        }
+    }
+}
+
+/// `[sync]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// A device that never marked anything delivered gets at most this many of the newest
+    /// messages per channel on its first `sync`.
+    pub new_device_backlog: u32,
+    /// … and none older than this.
+    #[serde(with = "duration_str")]
+    pub new_device_max_age: Duration,
+    /// Most messages one `sync` sends before `sync_complete` says `has_more` (at most half
+    /// of `limits.outbound_queue`).
+    pub max_per_sync: u32,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        SyncSettings {
+            new_device_backlog: 1000,
+            new_device_max_age: Duration::from_secs(30 * 86_400),
+            max_per_sync: 500,
         }
     }
 }

@@ -22,6 +22,20 @@ pub fn valid_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
 }
 
+/// Whether `user` may read channel `name`, as far as the name tells: a DM they are a party
+/// of, their own `user:` channel, any group or broadcast channel (group membership is the
+/// store's to check).
+pub fn names_a_readable_channel(user: &str, name: &str) -> bool {
+    match name.split_once(':') {
+        Some(("dm", pair)) => pair
+            .split_once(':')
+            .is_some_and(|(a, b)| a == user || b == user),
+        Some(("user", who)) => who == user,
+        Some(("group" | "broadcast", _)) => true,
+        _ => false,
+    }
+}
+
 /// Milliseconds since the Unix epoch, on the server clock.
 pub fn now_ms() -> i64 {
     SystemTime::now()

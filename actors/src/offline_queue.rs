@@ -1,38 +1,93 @@
 //! `OfflineQueue`: what each device has not received yet.
 //!
 //! Messages for offline users already wait in the store (every message is persisted before
-//! fan-out); this actor keeps the per-device bookkeeping. It records every device
-//! (user, client_id) that connects, batched through the write batcher: what a new device's
-//! bounded backlog and `sync` / `delivered` will be built on. Stateless between messages: a
-//! restart loses nothing.
+//! fan-out); this actor keeps the per-device bookkeeping: it records every device
+//! (user, client_id) that connects, and each device's delivery cursors. `delivered` frames
+//! are coalesced here, per (device, channel) to the highest seq, and written together
+//! every [`FLUSH_EVERY`] (or at once past [`MAX_HELD`] cursors) through the write batcher,
+//! so marking messages delivered costs one small upsert per device and channel per flush,
+//! not one per message. A sync plan ([`PlanSync`]) adds the cursors held here to the
+//! stored ones. A restart loses the cursors held (at most [`FLUSH_EVERY`] of them): their
+//! messages are sent again at the next `sync`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::health::ActorHealth;
 use crate::ids::UserId;
 use crate::store::batcher::{PersistAndReply, WriteBatcher};
+use crate::store::models::SyncPlan;
+use crate::store::reader::Reads;
 use crate::store::write::WriteOp;
+use crate::store::StoreError;
+
+/// How often held delivery cursors are written.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Held (device, channel) cursors past which they are written at once.
+pub const MAX_HELD: usize = 10_000;
+
+/// A device: (user, client_id).
+type Device = (UserId, Arc<str>);
 
 /// The offline-queue actor.
 pub struct OfflineQueue {
     batcher: Addr<WriteBatcher>,
+    reads: Reads,
+    /// Delivery cursors not yet written: device → channel → seq.
+    held: HashMap<Device, HashMap<String, i64>>,
+    held_count: usize,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
 
 impl OfflineQueue {
-    /// An offline queue writing through `batcher`.
-    pub fn new(batcher: Addr<WriteBatcher>, health: Arc<ActorHealth>) -> Self {
-        OfflineQueue { batcher, health }
+    /// An offline queue writing through `batcher` and reading through `reads`.
+    pub fn new(batcher: Addr<WriteBatcher>, reads: Reads, health: Arc<ActorHealth>) -> Self {
+        OfflineQueue {
+            batcher,
+            reads,
+            held: HashMap::new(),
+            held_count: 0,
+            health,
+        }
+    }
+
+    /// Writes every held cursor, one write per device.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        self.held_count = 0;
+        let held = std::mem::take(&mut self.held);
+        for ((user, client_id), cursors) in held {
+            let op = WriteOp::DeliveryCursors {
+                user_id: user.to_string(),
+                client_id: client_id.to_string(),
+                cursors: cursors.into_iter().collect(),
+            };
+            let health = self.health.clone();
+            ctx.spawn(self.batcher.send(PersistAndReply(op)).into_actor(self).map(
+                move |res, _, _| {
+                    // Lost cursors only mean messages sent again at the next sync.
+                    if let Ok(Err(e)) = res {
+                        health.failed(format!("writing delivery cursors: {e}"));
+                    }
+                },
+            ));
+        }
     }
 }
 
 impl Actor for OfflineQueue {
     type Context = Context<Self>;
-    fn started(&mut self, _: &mut Context<Self>) {
+    fn started(&mut self, ctx: &mut Context<Self>) {
         self.health.started();
+        ctx.run_interval(FLUSH_EVERY, |act, ctx| act.flush(ctx));
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        self.flush(ctx);
+        Running::Stop
     }
 }
 
@@ -76,5 +131,67 @@ impl Handler<DeviceSeen> for OfflineQueue {
                     }
                 }),
         );
+    }
+}
+
+/// A device marked `channel` delivered up to `up_to_seq`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Delivered {
+    /// Owner.
+    pub user: UserId,
+    /// The device.
+    pub client_id: Arc<str>,
+    /// The channel.
+    pub channel: String,
+    /// The last seq it has.
+    pub up_to_seq: i64,
+}
+
+impl Handler<Delivered> for OfflineQueue {
+    type Result = ();
+    fn handle(&mut self, msg: Delivered, ctx: &mut Context<Self>) {
+        self.health.handled();
+        let cursors = self.held.entry((msg.user, msg.client_id)).or_default();
+        let before = cursors.len();
+        let seq = cursors.entry(msg.channel).or_insert(0);
+        *seq = (*seq).max(msg.up_to_seq);
+        self.held_count += cursors.len() - before;
+        if self.held_count >= MAX_HELD {
+            self.flush(ctx);
+        }
+    }
+}
+
+/// What a device's `sync` starts from: the stored plan with the cursors held here.
+#[derive(Message)]
+#[rtype(result = "Result<SyncPlan, StoreError>")]
+pub struct PlanSync {
+    /// Owner.
+    pub user: UserId,
+    /// The device.
+    pub client_id: Arc<str>,
+}
+
+impl Handler<PlanSync> for OfflineQueue {
+    type Result = ResponseActFuture<Self, Result<SyncPlan, StoreError>>;
+    fn handle(&mut self, msg: PlanSync, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let read = self
+            .reads
+            .sync_plan(msg.user.to_string(), msg.client_id.to_string());
+        let device = (msg.user, msg.client_id);
+        Box::pin(read.into_actor(self).map(move |res, act, _| {
+            let mut plan = res?;
+            if let Some(held) = act.held.get(&device) {
+                plan.known_device |= !held.is_empty();
+                for (name, _, cursor) in &mut plan.channels {
+                    if let Some(&seq) = held.get(name) {
+                        *cursor = Some(cursor.unwrap_or(0).max(seq));
+                    }
+                }
+            }
+            Ok(plan)
+        }))
     }
 }

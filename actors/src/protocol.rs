@@ -135,6 +135,12 @@ struct StateSyncPayload<'a> {
 }
 
 #[derive(Deserialize)]
+struct SyncPayload {
+    #[serde(default)]
+    cursors: std::collections::HashMap<String, Seq>,
+}
+
+#[derive(Deserialize)]
 struct PresenceSubscribePayload {
     user_ids: Vec<String>,
 }
@@ -222,6 +228,18 @@ pub enum ClientFrame {
         status: PresenceStatus,
         /// Optional text ("in a meeting"), at most [`MAX_STATUS_TEXT`] characters.
         text: Option<String>,
+    },
+    /// Send this device what it has not marked delivered, then `sync_complete`.
+    Sync {
+        /// What the device says it already has, per channel (sorted by channel name).
+        cursors: Vec<(Channel, Seq)>,
+    },
+    /// This device has `channel` up to `up_to_seq`.
+    Delivered {
+        /// The channel.
+        channel: Channel,
+        /// Its last seq the device has.
+        up_to_seq: Seq,
     },
     /// Write a synced document if `base_version` is still its version.
     StateSync {
@@ -545,7 +563,31 @@ fn parse_envelope(text: &str, max_depth: usize) -> Result<ParsedFrame, FrameErro
                 base_version,
             }
         }
-        "sync" | "delivered" | "command" => ClientFrame::NotYetServed {
+        "sync" => {
+            let p: SyncPayload = match env.payload {
+                None => SyncPayload {
+                    cursors: Default::default(),
+                },
+                Some(raw) => payload_of(Some(raw), "sync", &id)?,
+            };
+            let mut cursors = Vec::with_capacity(p.cursors.len());
+            for (name, seq) in p.cursors {
+                let channel = Channel::parse(&name).ok_or_else(|| {
+                    bad(format!("`cursors` names an invalid channel: {name:?}"), &id)
+                })?;
+                cursors.push((channel, seq));
+            }
+            cursors.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+            ClientFrame::Sync { cursors }
+        }
+        "delivered" => {
+            let p: ChannelSeqPayload = payload_of(env.payload, "delivered", &id)?;
+            ClientFrame::Delivered {
+                channel: channel_named(&p.channel, &id)?,
+                up_to_seq: p.up_to_seq,
+            }
+        }
+        "command" => ClientFrame::NotYetServed {
             kind: env.kind.into_owned(),
         },
         _ => {

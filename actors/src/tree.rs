@@ -244,8 +244,8 @@ impl Tree {
         board.register(h, presence.clone().recipient());
 
         let h = ActorHealth::new("offline_queue");
-        let (b, hh) = (batcher.clone(), h.clone());
-        let offline = Supervisor::start(move |_| OfflineQueue::new(b, hh));
+        let (b, r, hh) = (batcher.clone(), reads.clone(), h.clone());
+        let offline = Supervisor::start(move |_| OfflineQueue::new(b, r, hh));
         board.register(h, offline.clone().recipient());
 
         let h = ActorHealth::new("router");

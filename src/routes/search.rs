@@ -6,6 +6,7 @@
 use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
+use switchboard_actors::ids::names_a_readable_channel;
 use switchboard_actors::protocol::delivery_frame;
 use switchboard_actors::store::models::SearchQuery;
 
@@ -32,19 +33,6 @@ pub struct SearchParams {
     to: Option<i64>,
     limit: Option<i64>,
     before: Option<String>,
-}
-
-/// Whether `user` may read channel `name` (from the store's list, which may hold DMs of
-/// others whose names merely look alike).
-fn may_read(user: &str, name: &str) -> bool {
-    match name.split_once(':') {
-        Some(("dm", pair)) => pair
-            .split_once(':')
-            .is_some_and(|(a, b)| a == user || b == user),
-        Some(("user", who)) => who == user,
-        Some(("group" | "broadcast", _)) => true,
-        _ => false,
-    }
 }
 
 /// `before` as `<created_at>:<seq>:<channel>` (the `next_before` of the previous page).
@@ -87,7 +75,7 @@ pub async fn search(
         .readable_channels(user.to_owned())
         .await?
         .into_iter()
-        .filter(|c| may_read(user, c))
+        .filter(|c| names_a_readable_channel(user, c))
         .collect();
     if let Some(only) = &p.channel {
         if !channels.contains(only) {

@@ -53,6 +53,7 @@ use crate::auth::{Claims, DEVICES};
 use crate::gate::{GateError, NodeTicket, PendingTicket, TokenBucket, UserTicket};
 use crate::state::AppState;
 
+mod offline;
 mod outbound;
 mod reader;
 mod subscriptions;
@@ -128,6 +129,8 @@ pub struct SessionActor {
     subscriptions: HashSet<Arc<str>>,
     muted: HashSet<Arc<str>>,
     replaying: HashMap<Arc<str>, Vec<(Seq, ByteString)>>,
+    /// A `sync` in progress.
+    sync_run: Option<Box<offline::SyncRun>>,
     fragments: Option<(bool, BytesMut)>,
     /// Shared with the [`ReadCodec`]: asks it to release a grown read buffer, and holds
     /// reading while a frame whose effect is asynchronous (`subscribe`) takes effect and is
@@ -191,6 +194,7 @@ pub fn start(app: web::Data<AppState>, up: Upgrade, io: TcpStream, early: Bytes)
             subscriptions: HashSet::new(),
             muted: HashSet::new(),
             replaying: HashMap::new(),
+            sync_run: None,
             fragments: None,
             read,
             out: Outgoing {
@@ -448,6 +452,10 @@ impl SessionActor {
                     }
                     Err(_) => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
                 }));
+            }
+            ClientFrame::Sync { cursors } => self.sync(cursors, id, ctx),
+            ClientFrame::Delivered { channel, up_to_seq } => {
+                self.delivered(channel, up_to_seq, id, ctx)
             }
             ClientFrame::PresenceSubscribe { users } => {
                 if let AuthState::Ready { handle, .. } = &self.auth {

@@ -16,3 +16,4 @@ mod session;
 mod slow_consumer;
 mod state;
 mod subscribe;
+mod sync;

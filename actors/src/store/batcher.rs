@@ -113,7 +113,8 @@ fn lane_of(op: &WriteOp, lanes: usize) -> usize {
         WriteOp::IndexSearch { .. } => "",
         WriteOp::TouchDevice { user_id, .. }
         | WriteOp::SetFollowing { user_id, .. }
-        | WriteOp::PutState { user_id, .. } => user_id,
+        | WriteOp::PutState { user_id, .. }
+        | WriteOp::DeliveryCursors { user_id, .. } => user_id,
     };
     // A fixed seed: a key keeps its lane for the life of the process.
     let hash = std::hash::BuildHasher::hash_one(&foldhash::fast::FixedState::default(), key);

@@ -237,3 +237,14 @@ pub struct SearchQuery {
     /// Most messages.
     pub limit: i64,
 }
+
+/// What a device's `sync` starts from.
+#[derive(Debug, Clone, Default)]
+pub struct SyncPlan {
+    /// The user's channels with messages (DMs, groups, their `user:` channel): name, last
+    /// seq, and this device's delivery cursor in it.
+    pub channels: Vec<(String, i64, Option<i64>)>,
+    /// The device has marked something delivered before (a device that never has gets a
+    /// bounded backlog).
+    pub known_device: bool,
+}

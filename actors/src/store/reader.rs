@@ -13,7 +13,7 @@ use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 
 use super::health::DatabaseHealth;
-use super::models::{GroupRow, Page, SearchQuery, StateDoc, StoredMessage};
+use super::models::{GroupRow, Page, SearchQuery, StateDoc, StoredMessage, SyncPlan};
 use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
 use super::{postgres, StoreError};
@@ -199,6 +199,33 @@ impl Reads {
         fut
     }
 
+    /// What `sync` of device `client_id` of `user` starts from: the user's channels that
+    /// hold messages (not broadcasts), each with its last seq and the device's cursor.
+    pub fn sync_plan(
+        &self,
+        user: String,
+        client_id: String,
+    ) -> impl Future<Output = Result<SyncPlan, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, index } => {
+                let index = index.clone();
+                Box::pin(run(addr, move |c| {
+                    let names = queries::readable_channels(c, &user)?;
+                    let cursors = queries::delivery_cursors(c, &user, &client_id)?;
+                    plan(names, cursors, &user, |name| Ok(index.head_seq(c, name)?.0))
+                }))
+            }
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                let names = postgres::queries::readable_channels(c, &user)?;
+                let cursors = postgres::queries::delivery_cursors(c, &user, &client_id)?;
+                plan(names, cursors, &user, |name| {
+                    Ok(postgres::queries::head_seq(c, name)?)
+                })
+            })),
+        };
+        fut
+    }
+
     /// The messages matching `q`, newest first (from what the index holds).
     pub fn search(
         &self,
@@ -291,4 +318,33 @@ impl Reads {
         };
         fut
     }
+}
+
+/// A sync plan from the user's readable channel names (broadcasts left out), the device's
+/// cursors and each channel's last seq (`head`); channels without messages are left out,
+/// the rest sorted by name.
+fn plan(
+    names: Vec<String>,
+    cursors: Vec<(String, i64)>,
+    user: &str,
+    mut head: impl FnMut(&str) -> Result<i64, StoreError>,
+) -> Result<SyncPlan, StoreError> {
+    let known_device = !cursors.is_empty();
+    let cursors: std::collections::HashMap<String, i64> = cursors.into_iter().collect();
+    let mut channels = Vec::new();
+    for name in names {
+        if name.starts_with("broadcast:") || !crate::ids::names_a_readable_channel(user, &name) {
+            continue;
+        }
+        let last = head(&name)?;
+        if last > 0 {
+            let cursor = cursors.get(&name).copied();
+            channels.push((name, last, cursor));
+        }
+    }
+    channels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(SyncPlan {
+        channels,
+        known_device,
+    })
 }

@@ -69,6 +69,15 @@ pub enum WriteOp {
         /// The channels about to be searched.
         channels: Vec<String>,
     },
+    /// Move a device's delivery cursors forward (never back).
+    DeliveryCursors {
+        /// Owner.
+        user_id: String,
+        /// The device.
+        client_id: String,
+        /// (channel, last seq delivered).
+        cursors: Vec<(String, i64)>,
+    },
     /// Note that a device connected (first and last seen).
     TouchDevice {
         /// Owner.

@@ -44,6 +44,27 @@ async fn acked_messages_survive_kill_9_and_come_back_in_order() {
         assert_eq!(m["id"].as_str(), Some(id.as_str()));
         assert_eq!(m["meta"]["seq"].as_u64(), Some(*seq));
     }
+    // Bob's first sync after the crash brings every acked message, in order, once.
+    let mut bob = connect(broker.port, "bob").await;
+    bob.send(serde_json::json!({"type": "sync", "payload": {}}))
+        .await;
+    let mut synced = Vec::new();
+    loop {
+        let f = bob.recv().await;
+        match f["type"].as_str() {
+            Some("chat_message") => synced.push(f["id"].as_str().unwrap_or("").to_owned()),
+            Some("sync_complete") => {
+                assert_eq!(f["payload"]["cursors"]["dm:alice:bob"], n as u64, "{f}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let in_order: Vec<String> = stored
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(synced, in_order);
     // Seqs continue after the restart with no reuse.
     let mut alice = connect(broker.port, "alice").await;
     assert_eq!(

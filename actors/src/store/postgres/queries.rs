@@ -437,3 +437,4 @@ pub fn readable_channels(c: &mut PgConnection, user: &str) -> QueryResult<Vec<St
     .load(c)?;
     Ok(rows.into_iter().map(|r| r.name).collect())
 }
+crate::store::cursor_sql::cursor_queries!(PgConnection);

@@ -275,6 +275,14 @@ fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutc
             queries::search_catch_up(c, channels)?;
             WriteOutcome::Indexed { caught_up: true }
         }
+        WriteOp::DeliveryCursors {
+            user_id,
+            client_id,
+            cursors,
+        } => {
+            queries::advance_delivery_cursors(c, user_id, client_id, cursors, now)?;
+            WriteOutcome::Done
+        }
         WriteOp::SetFollowing { user_id, follows } => {
             queries::set_following(c, user_id, follows)?;
             WriteOutcome::Done

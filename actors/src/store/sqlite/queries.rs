@@ -786,3 +786,4 @@ pub fn readable_channels(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>>
     .load(c)?;
     Ok(rows.into_iter().map(|r| r.name).collect())
 }
+crate::store::cursor_sql::cursor_queries!(DbConn);

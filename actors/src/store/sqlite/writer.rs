@@ -433,6 +433,14 @@ fn apply(
             Some(WriteOp::IndexSearch { .. }) => Slot::Done(WriteOutcome::Indexed {
                 caught_up: queries::search_catch_up(c, queries::SEARCH_STEP)?,
             }),
+            Some(WriteOp::DeliveryCursors {
+                user_id,
+                client_id,
+                cursors,
+            }) => {
+                queries::advance_delivery_cursors(c, user_id, client_id, cursors, now)?;
+                Slot::Done(WriteOutcome::Done)
+            }
             Some(WriteOp::SetFollowing { user_id, follows }) => {
                 queries::set_following(c, user_id, follows)?;
                 Slot::Done(WriteOutcome::Done)

@@ -1,0 +1,65 @@
+//! Statements of delivery cursors (`delivery_cursors`: how far each device of a user has
+//! marked each channel delivered). The SQL is the same on both backends; [`cursor_queries!`]
+//! expands it once per connection type. Parameters are numbered in order of first
+//! appearance (see `store::state_sql`).
+
+/// Expands `delivery_cursors` and `advance_delivery_cursors` for connection type `$conn`.
+macro_rules! cursor_queries {
+    ($conn:ty) => {
+        /// The delivery cursors of one device: (channel, last seq marked delivered).
+        pub fn delivery_cursors(
+            c: &mut $conn,
+            user: &str,
+            client_id: &str,
+        ) -> diesel::QueryResult<Vec<(String, i64)>> {
+            use diesel::sql_types::{BigInt, Text};
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Cursor {
+                #[diesel(sql_type = Text)]
+                channel: String,
+                #[diesel(sql_type = BigInt)]
+                up_to_seq: i64,
+            }
+            let rows: Vec<Cursor> = diesel::sql_query(
+                "SELECT channel, up_to_seq FROM delivery_cursors \
+                 WHERE user_id = $1 AND client_id = $2",
+            )
+            .bind::<Text, _>(user)
+            .bind::<Text, _>(client_id)
+            .load(c)?;
+            Ok(rows.into_iter().map(|r| (r.channel, r.up_to_seq)).collect())
+        }
+
+        /// Moves a device's cursors forward (never back).
+        pub fn advance_delivery_cursors(
+            c: &mut $conn,
+            user: &str,
+            client_id: &str,
+            cursors: &[(String, i64)],
+            now: i64,
+        ) -> diesel::QueryResult<()> {
+            use diesel::sql_types::{BigInt, Text};
+            use diesel::RunQueryDsl;
+            for (channel, up_to_seq) in cursors {
+                diesel::sql_query(
+                    "INSERT INTO delivery_cursors (user_id, client_id, channel, up_to_seq, \
+                                                   updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (user_id, client_id, channel) DO UPDATE \
+                        SET up_to_seq = excluded.up_to_seq, updated_at = excluded.updated_at \
+                        WHERE excluded.up_to_seq > delivery_cursors.up_to_seq",
+                )
+                .bind::<Text, _>(user)
+                .bind::<Text, _>(client_id)
+                .bind::<Text, _>(channel)
+                .bind::<BigInt, _>(up_to_seq)
+                .bind::<BigInt, _>(now)
+                .execute(c)?;
+            }
+            Ok(())
+        }
+    };
+}
+
+pub(crate) use cursor_queries;

@@ -1,0 +1,200 @@
+//! A session's offline delivery: `sync` sends this device every message of its channels it
+//! has not marked `delivered` (a bounded backlog for a device never seen to mark anything),
+//! in seq order per channel, read a page at a time, then `sync_complete` with the cursors;
+//! `delivered` moves the device's cursors (coalesced by the offline queue).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use switchboard_actors::ids::names_a_readable_channel;
+use switchboard_actors::offline_queue::{Delivered, PlanSync};
+use switchboard_actors::store::models::SyncPlan;
+
+use super::*;
+
+/// Messages read per page of a sync.
+const SYNC_PAGE: i64 = 200;
+
+/// A sync in progress.
+pub(super) struct SyncRun {
+    /// Channels still to send: name, last seq sent (or had), last seq to send.
+    todo: VecDeque<(String, i64, i64)>,
+    /// Per channel, what the device has once this sync is received.
+    cursors: BTreeMap<String, i64>,
+    /// Messages this sync may still send.
+    budget: i64,
+    /// Messages stored before this are not sent (a new device's backlog), ms.
+    not_before: i64,
+    ref_id: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SyncComplete<'a> {
+    cursors: &'a BTreeMap<String, i64>,
+    has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ref_id: Option<&'a str>,
+}
+
+impl SessionActor {
+    /// `sync`: plans it from the stored cursors (and the device's own), then sends pages.
+    pub(super) fn sync(&mut self, cursors: Vec<(Channel, Seq)>, id: Option<String>, ctx: &mut Ctx) {
+        let AuthState::Ready { handle, .. } = &self.auth else {
+            return;
+        };
+        if self.sync_run.is_some() {
+            return self.error(
+                ErrorCode::BadRequest,
+                "a sync of this connection is still running",
+                id.as_deref(),
+                ctx,
+            );
+        }
+        let plan = PlanSync {
+            user: handle.user.clone(),
+            client_id: handle.client_id.clone(),
+        };
+        let req = self.app.tree.offline.send(plan);
+        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(Ok(plan)) => act.start_sync(plan, cursors, id, ctx),
+            Ok(Err(e)) => {
+                let (code, message) = e.public();
+                act.error(code, &message, id.as_deref(), ctx)
+            }
+            Err(_) => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
+        }));
+    }
+
+    fn start_sync(
+        &mut self,
+        plan: SyncPlan,
+        had: Vec<(Channel, Seq)>,
+        ref_id: Option<String>,
+        ctx: &mut Ctx,
+    ) {
+        let cfg = &self.app.settings.sync;
+        let had: HashMap<&str, i64> = had.iter().map(|(c, s)| (&*c.name, s.to_stored())).collect();
+        let new_device = !plan.known_device;
+        let mut run = SyncRun {
+            todo: VecDeque::new(),
+            cursors: BTreeMap::new(),
+            budget: i64::from(cfg.max_per_sync)
+                .min(self.app.settings.limits.outbound_queue as i64 / 2)
+                .max(1),
+            not_before: if new_device {
+                now_ms().saturating_sub(cfg.new_device_max_age.as_millis() as i64)
+            } else {
+                0
+            },
+            ref_id,
+        };
+        for (name, head, stored) in plan.channels {
+            let mut after = stored
+                .unwrap_or(0)
+                .max(had.get(&*name).copied().unwrap_or(0));
+            if new_device && stored.is_none() && !had.contains_key(&*name) {
+                after = after.max(head - i64::from(cfg.new_device_backlog));
+            }
+            let after = after.min(head);
+            run.cursors.insert(name.clone(), after);
+            if after < head {
+                run.todo.push_back((name, after, head));
+            }
+        }
+        self.sync_run = Some(Box::new(run));
+        self.sync_next(ctx);
+    }
+
+    /// Reads and sends the next page, or ends the sync with `sync_complete`.
+    fn sync_next(&mut self, ctx: &mut Ctx) {
+        let Some(run) = self.sync_run.as_mut() else {
+            return;
+        };
+        let next = run.todo.front().cloned().filter(|_| run.budget > 0);
+        let Some((name, after, _)) = next else {
+            let run = self.sync_run.take();
+            if let Some(run) = run {
+                let frame = encode(
+                    "sync_complete",
+                    None,
+                    SyncComplete {
+                        cursors: &run.cursors,
+                        has_more: !run.todo.is_empty(),
+                        ref_id: run.ref_id.as_deref(),
+                    },
+                );
+                self.text(&frame, ctx);
+            }
+            return;
+        };
+        let page = Page {
+            after_seq: Some(after),
+            before_seq: None,
+            limit: SYNC_PAGE.min(run.budget),
+        };
+        let read = self.app.tree.reads.history(name.clone(), page);
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            let rows = match res {
+                Ok((rows, _)) => rows,
+                Err(e) => {
+                    let run = act.sync_run.take();
+                    let (code, message) = e.public();
+                    let id = run.and_then(|r| r.ref_id);
+                    return act.error(code, &message, id.as_deref(), ctx);
+                }
+            };
+            let Some(run) = act.sync_run.as_mut() else {
+                return;
+            };
+            let not_before = run.not_before;
+            let mut frames = Vec::with_capacity(rows.len());
+            let mut last = after;
+            for m in &rows {
+                last = m.seq;
+                if m.created_at >= not_before {
+                    frames.push(delivery_frame(m));
+                }
+            }
+            run.budget -= frames.len() as i64;
+            run.cursors.insert(name.clone(), last);
+            match run.todo.front_mut() {
+                Some(front) if !rows.is_empty() && last < front.2 => front.1 = last,
+                _ => {
+                    run.todo.pop_front();
+                }
+            }
+            for frame in &frames {
+                act.text(frame, ctx);
+            }
+            act.sync_next(ctx);
+        }));
+    }
+
+    /// `delivered`: the device has `channel` up to `up_to_seq`.
+    pub(super) fn delivered(
+        &mut self,
+        channel: Channel,
+        up_to_seq: Seq,
+        id: Option<String>,
+        ctx: &mut Ctx,
+    ) {
+        let AuthState::Ready { handle, .. } = &self.auth else {
+            return;
+        };
+        if !names_a_readable_channel(handle.user.as_str(), &channel.name)
+            || channel.name.starts_with("broadcast:")
+        {
+            return self.error(
+                ErrorCode::Forbidden,
+                "not a channel this user receives messages in",
+                id.as_deref(),
+                ctx,
+            );
+        }
+        self.app.tree.offline.do_send(Delivered {
+            user: handle.user.clone(),
+            client_id: handle.client_id.clone(),
+            channel: channel.name.to_string(),
+            up_to_seq: up_to_seq.to_stored(),
+        });
+    }
+}
