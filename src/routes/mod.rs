@@ -6,6 +6,7 @@ pub mod body;
 pub mod caller;
 pub mod groups;
 pub mod messages;
+pub mod offline;
 pub mod ops;
 pub mod search;
 pub mod state;
@@ -62,6 +63,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
                 .route("/messages/read", web::post().to(messages::read))
                 .route("/messages/search", web::get().to(search::search))
+                .route("/messages/undelivered", web::get().to(offline::undelivered))
+                .route("/messages/unread", web::get().to(offline::unread))
                 .route(
                     "/messages/user/{user_id}",
                     web::get().to(messages::user_history),

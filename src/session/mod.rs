@@ -53,7 +53,7 @@ use crate::auth::{Claims, DEVICES};
 use crate::gate::{GateError, NodeTicket, PendingTicket, TokenBucket, UserTicket};
 use crate::state::AppState;
 
-mod offline;
+pub(crate) mod offline;
 mod outbound;
 mod reader;
 mod subscriptions;

@@ -87,14 +87,7 @@ impl SessionActor {
             },
             ref_id,
         };
-        for (name, head, stored) in plan.channels {
-            let mut after = stored
-                .unwrap_or(0)
-                .max(had.get(&*name).copied().unwrap_or(0));
-            if new_device && stored.is_none() && !had.contains_key(&*name) {
-                after = after.max(head - i64::from(cfg.new_device_backlog));
-            }
-            let after = after.min(head);
+        for (name, after, head) in sync_points(plan, &had, cfg) {
             run.cursors.insert(name.clone(), after);
             if after < head {
                 run.todo.push_back((name, after, head));
@@ -197,4 +190,28 @@ impl SessionActor {
             up_to_seq: up_to_seq.to_stored(),
         });
     }
+}
+
+/// Where a device's sync starts in each channel of `plan`: (channel, the last seq it has,
+/// the channel's last seq). After its stored cursor or what it says it `had`, whichever is
+/// further; a device that never marked anything delivered starts at most
+/// `new_device_backlog` messages before the end.
+pub(crate) fn sync_points(
+    plan: SyncPlan,
+    had: &HashMap<&str, i64>,
+    cfg: &crate::config::SyncSettings,
+) -> Vec<(String, i64, i64)> {
+    let new_device = !plan.known_device;
+    plan.channels
+        .into_iter()
+        .map(|(name, head, stored)| {
+            let mut after = stored
+                .unwrap_or(0)
+                .max(had.get(&*name).copied().unwrap_or(0));
+            if new_device && stored.is_none() && !had.contains_key(&*name) {
+                after = after.max(head - i64::from(cfg.new_device_backlog));
+            }
+            (name, after.min(head), head)
+        })
+        .collect()
 }

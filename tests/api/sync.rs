@@ -167,3 +167,70 @@ async fn bad_sync_and_delivered_frames_are_refused_and_the_connection_stays_open
     let (got, _) = sync(&mut bob, Value::Null).await;
     assert!(got.is_empty());
 }
+
+#[actix_web::test]
+async fn undelivered_over_rest_is_what_the_next_sync_would_send_and_unread_counts_follow_reads() {
+    let app = spawn_app().await;
+    let mut alice = app.ws("alice").await;
+    for i in 1..=3 {
+        alice.dm("bob", &format!("m{i}"), &format!("dm {i}")).await;
+    }
+    let bob = app.token("bob");
+    let (status, body) = app
+        .get("/api/messages/undelivered?client_id=phone", &bob)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let contents: Vec<&str> = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["payload"]["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["dm 1", "dm 2", "dm 3"]);
+    assert_eq!(body["cursors"], json!({"dm:alice:bob": 3}));
+    assert_eq!(body["has_more"], false);
+
+    let mut phone = app.ws_as("bob", "client_id=phone").await;
+    phone
+        .send(json!({"type": "delivered", "payload": {"channel": "dm:alice:bob", "up_to_seq": 2}}))
+        .await;
+    // The cursor is held by the offline queue, and counted at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, body) = app
+            .get("/api/messages/undelivered?client_id=phone", &bob)
+            .await;
+        if body["messages"].as_array().map(Vec::len) == Some(1) {
+            assert_eq!(body["messages"][0]["payload"]["content"], "dm 3");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (_, body) = app
+        .get("/api/messages/undelivered?client_id=laptop&limit=1", &bob)
+        .await;
+    assert_eq!(body["messages"].as_array().map(Vec::len), Some(1));
+    assert_eq!(body["has_more"], true);
+    let (status, _) = app.get("/api/messages/undelivered", &bob).await;
+    assert_eq!(status, 400, "client_id is required");
+
+    let (status, body) = app.get("/api/messages/unread", &bob).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["channels"],
+        json!([{"channel": "dm:alice:bob", "last_seq": 3, "read_up_to": 0, "unread": 3}])
+    );
+    let (status, _) = app
+        .post(
+            "/api/messages/read",
+            &bob,
+            json!({"channel": "dm:alice:bob", "up_to_seq": 2}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = app.get("/api/messages/unread", &bob).await;
+    assert_eq!(body["channels"][0]["unread"], 1);
+    let (_, body) = app.get("/api/messages/unread", &app.token("carol")).await;
+    assert_eq!(body["channels"], json!([]));
+}

@@ -3,7 +3,8 @@
 //! expands it once per connection type. Parameters are numbered in order of first
 //! appearance (see `store::state_sql`).
 
-/// Expands `delivery_cursors` and `advance_delivery_cursors` for connection type `$conn`.
+/// Expands `delivery_cursors`, `read_cursors` and `advance_delivery_cursors` for connection
+/// type `$conn`.
 macro_rules! cursor_queries {
     ($conn:ty) => {
         /// The delivery cursors of one device: (channel, last seq marked delivered).
@@ -28,6 +29,24 @@ macro_rules! cursor_queries {
             .bind::<Text, _>(user)
             .bind::<Text, _>(client_id)
             .load(c)?;
+            Ok(rows.into_iter().map(|r| (r.channel, r.up_to_seq)).collect())
+        }
+
+        /// A user's read cursors: (channel, last seq read).
+        pub fn read_cursors(c: &mut $conn, user: &str) -> diesel::QueryResult<Vec<(String, i64)>> {
+            use diesel::sql_types::{BigInt, Text};
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Cursor {
+                #[diesel(sql_type = Text)]
+                channel: String,
+                #[diesel(sql_type = BigInt)]
+                up_to_seq: i64,
+            }
+            let rows: Vec<Cursor> =
+                diesel::sql_query("SELECT channel, up_to_seq FROM read_cursors WHERE user_id = $1")
+                    .bind::<Text, _>(user)
+                    .load(c)?;
             Ok(rows.into_iter().map(|r| (r.channel, r.up_to_seq)).collect())
         }
 

@@ -226,6 +226,22 @@ impl Reads {
         fut
     }
 
+    /// A user's read cursors: (channel, last seq read).
+    pub fn read_cursors(
+        &self,
+        user: String,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => {
+                Box::pin(run(addr, move |c| Ok(queries::read_cursors(c, &user)?)))
+            }
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                Ok(postgres::queries::read_cursors(c, &user)?)
+            })),
+        };
+        fut
+    }
+
     /// The messages matching `q`, newest first (from what the index holds).
     pub fn search(
         &self,
