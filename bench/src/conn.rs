@@ -96,6 +96,8 @@ pub enum Incoming {
     Nack(String),
     /// Anything else (deliveries are counted by the receiver itself).
     Other,
+    /// A frame to send back (a `delivered` for a delivery).
+    Reply(String),
 }
 
 /// The receiving side of a connection.
@@ -295,6 +297,7 @@ pub async fn drive<R: Recv>(
         };
         let mut next = Some(msg);
         let mut handled = 0;
+        let mut replied = false;
         while let Some(msg) = next.take() {
             match msg {
                 Some(Ok(Message::Text(t))) => {
@@ -312,6 +315,12 @@ pub async fn drive<R: Recv>(
                             st.first_error.get_or_insert(e);
                         }
                         Incoming::Other => {}
+                        Incoming::Reply(frame) => {
+                            if let Err(e) = sink.feed(Message::Text(frame.into())).await {
+                                break 'outer End::Failed(format!("send: {e}"));
+                            }
+                            replied = true;
+                        }
                     }
                     opts.progress.events.fetch_add(1, Ordering::Relaxed);
                 }
@@ -328,6 +337,11 @@ pub async fn drive<R: Recv>(
             handled += 1;
             if handled < READ_BATCH {
                 next = stream.next().now_or_never();
+            }
+        }
+        if replied {
+            if let Err(e) = sink.flush().await {
+                break 'outer End::Failed(format!("send: {e}"));
             }
         }
     };

@@ -45,6 +45,10 @@ pub struct FanoutArgs {
     /// Group id (default: a new id per run, so a reused broker does not answer 409).
     #[arg(long)]
     pub group: Option<String>,
+    /// Every subscriber sends `delivered` for the newest seq it has, after every this many
+    /// deliveries and after the last (contract mode; 0: never).
+    #[arg(long, default_value_t = 0)]
+    pub delivered_every: u64,
 }
 
 /// A subscriber: records every delivery of the publisher's messages.
@@ -55,6 +59,10 @@ struct Subscriber {
     credit: Option<Arc<Credit>>,
     errors: u64,
     progress: Arc<crate::common::Progress>,
+    /// `Some(channel)`: send `delivered` in it every `delivered_every` deliveries.
+    delivered: Option<String>,
+    delivered_every: u64,
+    received: u64,
 }
 
 impl Recv for Subscriber {
@@ -75,12 +83,28 @@ impl Recv for Subscriber {
             &self.progress,
             self.credit.as_ref(),
         );
-        Incoming::Other
+        self.received += 1;
+        let due = self.received.is_multiple_of(self.delivered_every.max(1)) || self.complete();
+        match (&self.delivered, seq_of(text)) {
+            (Some(channel), Some(seq)) if due => Incoming::Reply(format!(
+                r#"{{"type":"delivered","payload":{{"channel":"{channel}","up_to_seq":{seq}}}}}"#
+            )),
+            _ => Incoming::Other,
+        }
     }
 
     fn complete(&self) -> bool {
         self.tracker.unique >= self.expected
     }
+}
+
+/// The `seq` of a delivery frame (`"seq":N` in its meta).
+fn seq_of(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind("\"seq\":")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// The publisher in contract mode reads acks; in floor mode nothing comes back.
@@ -118,7 +142,8 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
         .param("size_bytes", a.load.size)
         .param("window", window)
         .param("rate", a.load.rate)
-        .param("threads", a.common.threads);
+        .param("threads", a.common.threads)
+        .param("delivered_every", a.delivered_every);
 
     if a.mode == Mode::Contract {
         let token = s.minter.token(publisher, &["admin"])?;
@@ -180,6 +205,10 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
             credit: if i == 0 { credit.clone() } else { None },
             errors: 0,
             progress: s.progress.clone(),
+            delivered: (a.delivered_every > 0 && a.mode == Mode::Contract)
+                .then(|| format!("group:{group}")),
+            delivered_every: a.delivered_every,
+            received: 0,
         };
         subs_tasks.push(spawn_drive(
             ws,
