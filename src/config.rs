@@ -63,6 +63,8 @@ pub struct Settings {
     pub presence: PresenceSettings,
     /// Offline delivery (`sync`).
     pub sync: SyncSettings,
+    /// The push hook.
+    pub push: PushSettings,
     /// Channel actors.
     pub channels: ChannelSettings,
     /// Fault drills.
@@ -360,6 +362,33 @@ impl Default for SyncSettings {
     }
 }
 
+/// `[push]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// Where a JSON event is POSTed for each message stored for a user with no connection
+    /// on this broker; empty: off.
+    pub webhook_url: String,
+    /// Events waiting at most; a full queue drops new ones (counted in `/status`).
+    pub queue: usize,
+    /// Tries per event (0.5 s, 1 s, 2 s … apart).
+    pub attempts: u32,
+    /// Time one POST may take.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            webhook_url: String::new(),
+            queue: 10_000,
+            attempts: 5,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `[channels]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -459,6 +488,10 @@ impl Settings {
         }
         if self.limits.frame_timeout.is_zero() {
             return bad("limits.frame_timeout must be > 0");
+        }
+        let hook = &self.push.webhook_url;
+        if !(hook.is_empty() || hook.starts_with("http://") || hook.starts_with("https://")) {
+            return bad("push.webhook_url must be an http:// or https:// URL");
         }
         if !(1..=128).contains(&self.limits.max_json_depth) {
             return bad("limits.max_json_depth must be from 1 to 128");

@@ -10,6 +10,7 @@ use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
+use switchboard_actors::push_notifier::PushConfig;
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
 use switchboard_actors::store::health::DatabaseHealth;
@@ -211,6 +212,12 @@ impl Application {
                 channel_idle: settings.channels.idle_timeout,
                 presence_grace: settings.presence.offline_grace,
                 presence_max_watched: settings.presence.max_watched.max(1),
+                push: (!settings.push.webhook_url.is_empty()).then(|| PushConfig {
+                    url: settings.push.webhook_url.clone(),
+                    queue: settings.push.queue.max(1),
+                    attempts: settings.push.attempts.max(1),
+                    timeout: settings.push.timeout,
+                }),
             },
             backend,
             database,

@@ -28,6 +28,7 @@ pub mod json_check;
 pub mod offline_queue;
 pub mod presence;
 pub mod protocol;
+pub mod push_notifier;
 pub mod router;
 pub mod seq;
 pub mod session_handle;

@@ -25,6 +25,7 @@ use crate::ids::{Channel, ConnId, UserId};
 use crate::offline_queue::{DeviceSeen, OfflineQueue};
 use crate::presence::{ConnClosed, ConnOpened, PresenceTracker};
 use crate::protocol::encode;
+use crate::push_notifier::{PushOffline, PushStats};
 pub use crate::session_handle::FanOut;
 use crate::session_handle::{Outbound, SessionHandle};
 use crate::store::batcher::WriteBatcher;
@@ -46,6 +47,8 @@ pub const MAILBOX_CAPACITY: usize = 16_384;
 pub struct RouterConfig {
     /// A channel actor with no subscriber and no traffic for this long is stopped.
     pub channel_idle: Duration,
+    /// Where messages for users with no connection here go (the push hook), if anywhere.
+    pub push: Option<(Recipient<PushOffline>, Arc<PushStats>)>,
 }
 
 /// The registry actor.
@@ -138,9 +141,31 @@ impl Router {
         });
     }
 
-    fn send_to_user(&mut self, user: &UserId, skip: Option<ConnId>, item: &Outbound) {
-        if let Some(list) = self.sessions.get_mut(user) {
-            list.retain(|h| Some(h.conn) == skip || h.push(item.clone()));
+    /// Queues `item` to every connection of `user` but `skip`; whether `user` has any.
+    fn send_to_user(&mut self, user: &UserId, skip: Option<ConnId>, item: &Outbound) -> bool {
+        match self.sessions.get_mut(user) {
+            Some(list) => {
+                list.retain(|h| Some(h.conn) == skip || h.push(item.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stored messages for `user`, who has no connection here: to the push hook, if one is
+    /// configured, without waiting (a full mailbox drops them, counted).
+    fn push_offline(&self, user: &UserId, item: &Outbound) {
+        let (Some((to, stats)), Outbound::Deliveries { items, .. }) = (&self.cfg.push, item) else {
+            return;
+        };
+        let msg = PushOffline {
+            user: user.clone(),
+            items: items.clone(),
+        };
+        if to.try_send(msg).is_err() {
+            stats
+                .dropped
+                .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -280,7 +305,9 @@ impl Handler<FanOut> for Router {
             if msg.skip_user.as_ref() == Some(user) {
                 continue;
             }
-            self.send_to_user(user, msg.skip_conn, &msg.item);
+            if !self.send_to_user(user, msg.skip_conn, &msg.item) {
+                self.push_offline(user, &msg.item);
+            }
         }
     }
 }

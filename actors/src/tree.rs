@@ -22,6 +22,7 @@ use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::ids::MessageIds;
 use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
+use crate::push_notifier::{PushConfig, PushNotifier, PushStats};
 use crate::router::{Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher, Writes};
 use crate::store::health::DatabaseHealth;
@@ -119,6 +120,8 @@ pub struct TreeConfig {
     pub presence_grace: Duration,
     /// Most users one connection watches (presence).
     pub presence_max_watched: usize,
+    /// The push hook, if configured.
+    pub push: Option<PushConfig>,
 }
 
 /// Addresses of the running tree.
@@ -126,6 +129,8 @@ pub struct TreeConfig {
 pub struct Tree {
     /// Session and channel registries.
     pub router: Addr<Router>,
+    /// The push hook's counters, when one is configured.
+    pub push: Option<Arc<PushStats>>,
     /// Write batching in front of the writers.
     pub batcher: Addr<WriteBatcher>,
     /// Who is online.
@@ -248,9 +253,21 @@ impl Tree {
         let offline = Supervisor::start(move |_| OfflineQueue::new(b, r, hh));
         board.register(h, offline.clone().recipient());
 
+        let push = cfg.push.clone().map(|pcfg| {
+            let h = ActorHealth::new("push_notifier");
+            let stats = Arc::new(PushStats::default());
+            let (st, hh) = (stats.clone(), h.clone());
+            let notifier =
+                Supervisor::start(move |_| PushNotifier::new(pcfg.clone(), st.clone(), hh));
+            board.register(h, notifier.clone().recipient());
+            (notifier.recipient(), stats)
+        });
+        let push_stats = push.as_ref().map(|(_, s)| s.clone());
+
         let h = ActorHealth::new("router");
         let rcfg = RouterConfig {
             channel_idle: cfg.channel_idle,
+            push,
         };
         let (b, r, p, o, hh) = (
             batcher.clone(),
@@ -268,6 +285,7 @@ impl Tree {
         board.register(h, sync.clone().recipient());
 
         Tree {
+            push: push_stats,
             router,
             writes: Writes::new(batcher.clone()),
             batcher,

@@ -97,5 +97,13 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "channel_places_in_memory": app.tree.reads.index().map(|i| i.held()),
         },
         "redis": { "configured": app.redis.is_some() },
+        "push": app.tree.push.as_ref().map(|p| {
+            use std::sync::atomic::Ordering::Relaxed;
+            json!({
+                "sent": p.sent.load(Relaxed),
+                "failed": p.failed.load(Relaxed),
+                "dropped": p.dropped.load(Relaxed),
+            })
+        }),
     }))
 }

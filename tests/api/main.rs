@@ -11,6 +11,7 @@ mod history;
 mod ops;
 mod presence;
 mod process;
+mod push;
 mod search;
 mod session;
 mod slow_consumer;

@@ -1,0 +1,97 @@
+//! The push hook: a message stored for a user with no connection is POSTed to the
+//! configured webhook (retried when it fails); a connected user gets no push.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use serde_json::Value;
+
+use crate::helpers::spawn_app_with;
+
+/// A webhook receiver on a random port: what it was sent, and how many calls to fail
+/// with 500 before it accepts.
+struct Hook {
+    url: String,
+    got: Arc<Mutex<Vec<Value>>>,
+    calls: Arc<Mutex<u32>>,
+}
+
+fn hook(fail_first: u32) -> Hook {
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let calls: Arc<Mutex<u32>> = Arc::default();
+    let (g, c) = (got.clone(), calls.clone());
+    let server = HttpServer::new(move || {
+        let (g, c) = (g.clone(), c.clone());
+        App::new().route(
+            "/hook",
+            web::post().to(move |body: web::Json<Value>| {
+                let (g, c) = (g.clone(), c.clone());
+                async move {
+                    let mut n = c.lock().expect("calls");
+                    *n += 1;
+                    if *n <= fail_first {
+                        return HttpResponse::InternalServerError().finish();
+                    }
+                    g.lock().expect("got").push(body.into_inner());
+                    HttpResponse::NoContent().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind hook");
+    let port = server.addrs()[0].port();
+    actix_web::rt::spawn(server.run());
+    Hook {
+        url: format!("http://127.0.0.1:{port}/hook"),
+        got,
+        calls,
+    }
+}
+
+async fn wait_for(got: &Arc<Mutex<Vec<Value>>>, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = got.lock().expect("got").clone();
+        if now.len() >= n || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix_web::test]
+async fn messages_for_offline_users_are_posted_and_retried_and_online_users_get_none() {
+    let hook = hook(1);
+    let url = hook.url.clone();
+    let app = spawn_app_with(move |s| s.push.webhook_url = url).await;
+    let mut alice = app.ws("alice").await;
+
+    // Bob has no connection: one event per message, the first after a failed try.
+    alice.dm("bob", "p1", "are you up?").await;
+    let got = wait_for(&hook.got, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["event"], "message");
+    assert_eq!(got[0]["user_id"], "bob");
+    assert_eq!(got[0]["message"]["type"], "chat_message");
+    assert_eq!(got[0]["message"]["payload"]["content"], "are you up?");
+    assert_eq!(got[0]["message"]["meta"]["seq"], 1);
+    assert_eq!(
+        *hook.calls.lock().expect("calls"),
+        2,
+        "failed once, then accepted"
+    );
+
+    // Bob connected: no push for him (and never one for alice, who sent it).
+    let mut bob = app.ws("bob").await;
+    alice.dm("bob", "p2", "there you are").await;
+    bob.recv_type("chat_message").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(hook.got.lock().expect("got").len(), 1);
+
+    let (_, status) = app.get("/status", &app.admin_token()).await;
+    assert_eq!(status["push"]["sent"], 1, "{status}");
+    assert_eq!(status["push"]["dropped"], 0);
+}
