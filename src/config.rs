@@ -376,6 +376,10 @@ pub struct PushSettings {
     /// Time one POST may take.
     #[serde(with = "duration_str")]
     pub timeout: Duration,
+    /// Messages delivered to a connected user are pushed too when none of their devices
+    /// has marked them delivered after this long; zero: only users with no connection.
+    #[serde(with = "duration_str")]
+    pub ack_delay: Duration,
 }
 
 impl Default for PushSettings {
@@ -385,6 +389,7 @@ impl Default for PushSettings {
             queue: 10_000,
             attempts: 5,
             timeout: Duration::from_secs(5),
+            ack_delay: Duration::ZERO,
         }
     }
 }

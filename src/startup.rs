@@ -217,6 +217,7 @@ impl Application {
                     queue: settings.push.queue.max(1),
                     attempts: settings.push.attempts.max(1),
                     timeout: settings.push.timeout,
+                    ack_delay: settings.push.ack_delay,
                 }),
             },
             backend,

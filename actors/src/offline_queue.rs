@@ -195,3 +195,32 @@ impl Handler<PlanSync> for OfflineQueue {
         }))
     }
 }
+
+/// The furthest any device of `user` has marked `channel` delivered, held or stored.
+#[derive(Message)]
+#[rtype(result = "Result<i64, StoreError>")]
+pub struct DeliveredUpTo {
+    /// Owner.
+    pub user: UserId,
+    /// The channel.
+    pub channel: String,
+}
+
+impl Handler<DeliveredUpTo> for OfflineQueue {
+    type Result = ResponseActFuture<Self, Result<i64, StoreError>>;
+    fn handle(&mut self, msg: DeliveredUpTo, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let held = self
+            .held
+            .iter()
+            .filter(|((user, _), _)| *user == msg.user)
+            .filter_map(|(_, cursors)| cursors.get(&msg.channel).copied())
+            .max()
+            .unwrap_or(0);
+        let read = self.reads.max_delivered(msg.user.to_string(), msg.channel);
+        Box::pin(
+            read.into_actor(self)
+                .map(move |res, _, _| Ok(res?.max(held))),
+        )
+    }
+}

@@ -2,7 +2,10 @@
 //! connection on this broker, so that it can send a mobile push (FCM/APNs).
 //!
 //! The router hands it the deliveries of a commit for each recipient that has no session
-//! ([`PushOffline`]); it POSTs one small JSON event per message to `push.webhook_url`:
+//! ([`PushOffline`]), and, with `push.ack_delay` set, for each recipient that has one
+//! ([`AwaitDelivered`]): those are pushed if no device of the user has marked them
+//! `delivered` once the delay has passed. It POSTs one small JSON event per message to
+//! `push.webhook_url`:
 //! `{"event": "message", "user_id", "message": <the delivery frame>}`. Off the delivery
 //! path: the router only queues, and the queue is bounded (`push.queue`; a full queue drops
 //! the newest event and counts it). A failed POST (no answer within `push.timeout`, or a
@@ -19,6 +22,7 @@ use bytestring::ByteString;
 
 use crate::health::ActorHealth;
 use crate::ids::UserId;
+use crate::offline_queue::{DeliveredUpTo, OfflineQueue};
 use crate::session_handle::Delivery;
 
 /// Events POSTed at once.
@@ -35,6 +39,9 @@ pub struct PushConfig {
     pub attempts: u32,
     /// Time a POST may take.
     pub timeout: Duration,
+    /// Messages delivered to a connected user are pushed too when no device of theirs has
+    /// marked them delivered after this long (zero: only users with no connection).
+    pub ack_delay: Duration,
 }
 
 /// Counters shown by `/status`.
@@ -57,6 +64,9 @@ struct Event {
 /// The push-notifier actor.
 pub struct PushNotifier {
     cfg: PushConfig,
+    offline: Addr<OfflineQueue>,
+    /// [`AwaitDelivered`]s whose delay runs (bounded by `cfg.queue`).
+    awaiting: usize,
     client: Option<awc::Client>,
     queue: VecDeque<Event>,
     in_flight: usize,
@@ -67,9 +77,16 @@ pub struct PushNotifier {
 
 impl PushNotifier {
     /// A notifier posting to `cfg.url`.
-    pub fn new(cfg: PushConfig, stats: Arc<PushStats>, health: Arc<ActorHealth>) -> Self {
+    pub fn new(
+        cfg: PushConfig,
+        offline: Addr<OfflineQueue>,
+        stats: Arc<PushStats>,
+        health: Arc<ActorHealth>,
+    ) -> Self {
         PushNotifier {
             cfg,
+            offline,
+            awaiting: 0,
             client: None,
             queue: VecDeque::new(),
             in_flight: 0,
@@ -163,8 +180,19 @@ impl Handler<PushOffline> for PushNotifier {
     type Result = ();
     fn handle(&mut self, msg: PushOffline, ctx: &mut Context<Self>) {
         self.health.handled();
-        let user = serde_json::to_string(msg.user.as_str()).unwrap_or_default();
-        for d in msg.items.iter() {
+        self.enqueue(&msg.user, msg.items.iter(), ctx);
+    }
+}
+
+impl PushNotifier {
+    fn enqueue<'a>(
+        &mut self,
+        user: &UserId,
+        items: impl Iterator<Item = &'a Delivery>,
+        ctx: &mut Context<Self>,
+    ) {
+        let user = serde_json::to_string(user.as_str()).unwrap_or_default();
+        for d in items {
             if self.queue.len() >= self.cfg.queue {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -175,6 +203,51 @@ impl Handler<PushOffline> for PushNotifier {
             });
         }
         self.pump(ctx);
+    }
+}
+
+/// Messages of one commit delivered to `user`'s connections: pushed after `push.ack_delay`
+/// unless a device of the user has marked them delivered by then.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AwaitDelivered {
+    /// The recipient.
+    pub user: UserId,
+    /// Their channel.
+    pub channel: Arc<str>,
+    /// The messages.
+    pub items: Arc<[Delivery]>,
+}
+
+impl Handler<AwaitDelivered> for PushNotifier {
+    type Result = ();
+    fn handle(&mut self, msg: AwaitDelivered, ctx: &mut Context<Self>) {
+        self.health.handled();
+        if self.awaiting >= self.cfg.queue {
+            self.stats
+                .dropped
+                .fetch_add(msg.items.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        self.awaiting += 1;
+        ctx.run_later(self.cfg.ack_delay, move |act, ctx| {
+            let ask = act.offline.send(DeliveredUpTo {
+                user: msg.user.clone(),
+                channel: msg.channel.to_string(),
+            });
+            ctx.spawn(ask.into_actor(act).map(move |res, act, ctx| {
+                act.awaiting -= 1;
+                // Not knowing how far the devices got, push: a push too many beats a
+                // message the user never hears of.
+                let delivered = match res {
+                    Ok(Ok(seq)) => seq,
+                    _ => 0,
+                };
+                let items = msg.items.clone();
+                let late = items.iter().filter(|d| d.seq.to_stored() > delivered);
+                act.enqueue(&msg.user, late, ctx);
+            }));
+        });
     }
 }
 

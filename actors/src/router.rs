@@ -25,9 +25,9 @@ use crate::ids::{Channel, ConnId, UserId};
 use crate::offline_queue::{DeviceSeen, OfflineQueue};
 use crate::presence::{ConnClosed, ConnOpened, PresenceTracker};
 use crate::protocol::encode;
-use crate::push_notifier::{PushOffline, PushStats};
+use crate::push_notifier::{AwaitDelivered, PushOffline, PushStats};
 pub use crate::session_handle::FanOut;
-use crate::session_handle::{Outbound, SessionHandle};
+use crate::session_handle::{Delivery, Outbound, SessionHandle};
 use crate::store::batcher::WriteBatcher;
 use crate::store::reader::Reads;
 
@@ -47,8 +47,20 @@ pub const MAILBOX_CAPACITY: usize = 16_384;
 pub struct RouterConfig {
     /// A channel actor with no subscriber and no traffic for this long is stopped.
     pub channel_idle: Duration,
-    /// Where messages for users with no connection here go (the push hook), if anywhere.
-    pub push: Option<(Recipient<PushOffline>, Arc<PushStats>)>,
+    /// Where messages for users go to be pushed (the push hook), if anywhere.
+    pub push: Option<PushRoute>,
+}
+
+/// The push hook as the router reaches it.
+#[derive(Debug, Clone)]
+pub struct PushRoute {
+    /// Messages for users with no connection here.
+    pub offline: Recipient<PushOffline>,
+    /// Messages delivered to connected users, pushed unless marked delivered in time
+    /// (`None`: `push.ack_delay` is zero).
+    pub await_delivered: Option<Recipient<AwaitDelivered>>,
+    /// Counts what the router could not hand over.
+    pub stats: Arc<PushStats>,
 }
 
 /// The registry actor.
@@ -152,18 +164,57 @@ impl Router {
         }
     }
 
-    /// Stored messages for `user`, who has no connection here: to the push hook, if one is
-    /// configured, without waiting (a full mailbox drops them, counted).
-    fn push_offline(&self, user: &UserId, item: &Outbound) {
-        let (Some((to, stats)), Outbound::Deliveries { items, .. }) = (&self.cfg.push, item) else {
+    /// Stored messages for `user` to the push hook, if one is configured, without waiting
+    /// (a full mailbox drops them, counted): at once when `user` has no connection here,
+    /// else to be pushed unless marked delivered in time.
+    fn push(&self, user: &UserId, online: bool, item: &Outbound) {
+        let (Some(push), Outbound::Deliveries { channel, items }) = (&self.cfg.push, item) else {
             return;
         };
-        let msg = PushOffline {
-            user: user.clone(),
-            items: items.clone(),
+        let sent = match (online, &push.await_delivered) {
+            (false, _) => push
+                .offline
+                .try_send(PushOffline {
+                    user: user.clone(),
+                    items: items.clone(),
+                })
+                .is_ok(),
+            (true, Some(to)) => {
+                // What the user sent themselves is not pushed to them.
+                let own = |d: &Delivery| {
+                    d.skip_conn.is_some_and(|c| {
+                        self.sessions
+                            .get(user)
+                            .is_some_and(|l| l.iter().any(|h| h.conn == c))
+                    })
+                };
+                if items.iter().all(own) {
+                    return;
+                }
+                let items: Arc<[Delivery]> = if items.iter().any(own) {
+                    items.iter().filter(|d| !own(d)).cloned().collect()
+                } else {
+                    items.clone()
+                };
+                let n = items.len();
+                let sent = to
+                    .try_send(AwaitDelivered {
+                        user: user.clone(),
+                        channel: channel.clone(),
+                        items,
+                    })
+                    .is_ok();
+                if !sent {
+                    push.stats
+                        .dropped
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                return;
+            }
+            (true, None) => true,
         };
-        if to.try_send(msg).is_err() {
-            stats
+        if !sent {
+            push.stats
                 .dropped
                 .fetch_add(items.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
@@ -305,9 +356,8 @@ impl Handler<FanOut> for Router {
             if msg.skip_user.as_ref() == Some(user) {
                 continue;
             }
-            if !self.send_to_user(user, msg.skip_conn, &msg.item) {
-                self.push_offline(user, &msg.item);
-            }
+            let online = self.send_to_user(user, msg.skip_conn, &msg.item);
+            self.push(user, online, &msg.item);
         }
     }
 }

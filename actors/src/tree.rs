@@ -23,7 +23,7 @@ use crate::ids::MessageIds;
 use crate::offline_queue::OfflineQueue;
 use crate::presence::PresenceTracker;
 use crate::push_notifier::{PushConfig, PushNotifier, PushStats};
-use crate::router::{Router, RouterConfig};
+use crate::router::{PushRoute, Router, RouterConfig};
 use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatcher, Writes};
 use crate::store::health::DatabaseHealth;
 use crate::store::postgres::writer::{PgPool, PgWriter};
@@ -256,13 +256,19 @@ impl Tree {
         let push = cfg.push.clone().map(|pcfg| {
             let h = ActorHealth::new("push_notifier");
             let stats = Arc::new(PushStats::default());
-            let (st, hh) = (stats.clone(), h.clone());
-            let notifier =
-                Supervisor::start(move |_| PushNotifier::new(pcfg.clone(), st.clone(), hh));
+            let awaits = !pcfg.ack_delay.is_zero();
+            let (st, o, hh) = (stats.clone(), offline.clone(), h.clone());
+            let notifier = Supervisor::start(move |_| {
+                PushNotifier::new(pcfg.clone(), o.clone(), st.clone(), hh)
+            });
             board.register(h, notifier.clone().recipient());
-            (notifier.recipient(), stats)
+            PushRoute {
+                offline: notifier.clone().recipient(),
+                await_delivered: awaits.then(|| notifier.recipient()),
+                stats,
+            }
         });
-        let push_stats = push.as_ref().map(|(_, s)| s.clone());
+        let push_stats = push.as_ref().map(|p| p.stats.clone());
 
         let h = ActorHealth::new("router");
         let rcfg = RouterConfig {

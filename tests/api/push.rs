@@ -95,3 +95,34 @@ async fn messages_for_offline_users_are_posted_and_retried_and_online_users_get_
     assert_eq!(status["push"]["sent"], 1, "{status}");
     assert_eq!(status["push"]["dropped"], 0);
 }
+
+#[actix_web::test]
+async fn with_an_ack_delay_a_connected_user_is_pushed_what_no_device_marked_delivered_in_time() {
+    let hook = hook(0);
+    let url = hook.url.clone();
+    let app = spawn_app_with(move |s| {
+        s.push.webhook_url = url;
+        s.push.ack_delay = Duration::from_millis(300);
+    })
+    .await;
+    let mut alice = app.ws("alice").await;
+    let mut bob = app.ws_as("bob", "client_id=phone").await;
+
+    // Delivered to bob's phone, which never says so: pushed once the delay has passed.
+    let sent = Instant::now();
+    alice.dm("bob", "q1", "unseen").await;
+    bob.recv_type("chat_message").await;
+    let got = wait_for(&hook.got, 1).await;
+    assert!(sent.elapsed() >= Duration::from_millis(250));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["message"]["payload"]["content"], "unseen");
+
+    // Marked delivered at once: no push.
+    alice.dm("bob", "q2", "seen").await;
+    let m = bob.recv_type("chat_message").await;
+    bob.send(serde_json::json!({"type": "delivered",
+        "payload": {"channel": "dm:alice:bob", "up_to_seq": m["meta"]["seq"]}}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(hook.got.lock().expect("got").len(), 1);
+}

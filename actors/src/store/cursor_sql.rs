@@ -50,6 +50,25 @@ macro_rules! cursor_queries {
             Ok(rows.into_iter().map(|r| (r.channel, r.up_to_seq)).collect())
         }
 
+        /// The furthest any device of `user` has marked `channel` delivered (0: none).
+        pub fn max_delivered(c: &mut $conn, user: &str, channel: &str) -> diesel::QueryResult<i64> {
+            use diesel::sql_types::{BigInt, Nullable, Text};
+            use diesel::RunQueryDsl;
+            #[derive(diesel::QueryableByName)]
+            struct Max {
+                #[diesel(sql_type = Nullable<BigInt>)]
+                up_to_seq: Option<i64>,
+            }
+            let max: Max = diesel::sql_query(
+                "SELECT max(up_to_seq) AS up_to_seq FROM delivery_cursors \
+                 WHERE user_id = $1 AND channel = $2",
+            )
+            .bind::<Text, _>(user)
+            .bind::<Text, _>(channel)
+            .get_result(c)?;
+            Ok(max.up_to_seq.unwrap_or(0))
+        }
+
         /// Moves a device's cursors forward (never back).
         pub fn advance_delivery_cursors(
             c: &mut $conn,

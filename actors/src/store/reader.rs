@@ -226,6 +226,23 @@ impl Reads {
         fut
     }
 
+    /// The furthest any device of `user` has marked `channel` delivered (0: none).
+    pub fn max_delivered(
+        &self,
+        user: String,
+        channel: String,
+    ) -> impl Future<Output = Result<i64, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| {
+                Ok(queries::max_delivered(c, &user, &channel)?)
+            })),
+            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+                Ok(postgres::queries::max_delivered(c, &user, &channel)?)
+            })),
+        };
+        fut
+    }
+
     /// A user's read cursors: (channel, last seq read).
     pub fn read_cursors(
         &self,
