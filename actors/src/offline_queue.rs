@@ -6,8 +6,8 @@
 //! are coalesced here, per (device, channel) to the highest seq, and written together
 //! every [`FLUSH_EVERY`] (or at once past [`MAX_HELD`] cursors) through the write batcher,
 //! so marking messages delivered costs one small upsert per device and channel per flush,
-//! not one per message. A sync plan ([`PlanSync`]) adds the cursors held here to the
-//! stored ones. A restart loses the cursors held (at most [`FLUSH_EVERY`] of them): their
+//! not one per message. A sync plan ([`PlanSync`]) adds the cursors held here, and those
+//! whose write has not committed yet, to the stored ones. A restart loses the cursors held (at most [`FLUSH_EVERY`] of them): their
 //! messages are sent again at the next `sync`.
 
 use std::collections::HashMap;
@@ -39,6 +39,9 @@ pub struct OfflineQueue {
     /// Delivery cursors not yet written: device → channel → seq.
     held: HashMap<Device, HashMap<String, i64>>,
     held_count: usize,
+    /// Cursors on their way to the database (until their write commits): a read started
+    /// meanwhile may not see them yet, so what is known here is `held` and `writing`.
+    writing: HashMap<Device, HashMap<String, i64>>,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
@@ -51,6 +54,7 @@ impl OfflineQueue {
             reads,
             held: HashMap::new(),
             held_count: 0,
+            writing: HashMap::new(),
             health,
         }
     }
@@ -59,18 +63,33 @@ impl OfflineQueue {
     fn flush(&mut self, ctx: &mut Context<Self>) {
         self.held_count = 0;
         let held = std::mem::take(&mut self.held);
-        for ((user, client_id), cursors) in held {
+        for (device, cursors) in held {
+            let cursors: Vec<(String, i64)> = cursors.into_iter().collect();
+            let writing = self.writing.entry(device.clone()).or_default();
+            for (channel, seq) in &cursors {
+                let w = writing.entry(channel.clone()).or_insert(0);
+                *w = (*w).max(*seq);
+            }
             let op = WriteOp::DeliveryCursors {
-                user_id: user.to_string(),
-                client_id: client_id.to_string(),
-                cursors: cursors.into_iter().collect(),
+                user_id: device.0.to_string(),
+                client_id: device.1.to_string(),
+                cursors: cursors.clone(),
             };
-            let health = self.health.clone();
             ctx.spawn(self.batcher.send(PersistAndReply(op)).into_actor(self).map(
-                move |res, _, _| {
+                move |res, act, _| {
                     // Lost cursors only mean messages sent again at the next sync.
                     if let Ok(Err(e)) = res {
-                        health.failed(format!("writing delivery cursors: {e}"));
+                        act.health.failed(format!("writing delivery cursors: {e}"));
+                    }
+                    if let Some(writing) = act.writing.get_mut(&device) {
+                        for (channel, seq) in &cursors {
+                            if writing.get(channel) == Some(seq) {
+                                writing.remove(channel);
+                            }
+                        }
+                        if writing.is_empty() {
+                            act.writing.remove(&device);
+                        }
                     }
                 },
             ));
@@ -180,15 +199,25 @@ impl Handler<PlanSync> for OfflineQueue {
         let read = self
             .reads
             .sync_plan(msg.user.to_string(), msg.client_id.to_string());
+        // What is known here now: a cursor written before this was committed before the
+        // read starts, so the read sees it.
         let device = (msg.user, msg.client_id);
-        Box::pin(read.into_actor(self).map(move |res, act, _| {
+        let mut known: HashMap<String, i64> = HashMap::new();
+        for map in [self.held.get(&device), self.writing.get(&device)]
+            .into_iter()
+            .flatten()
+        {
+            for (channel, &seq) in map {
+                let k = known.entry(channel.clone()).or_insert(0);
+                *k = (*k).max(seq);
+            }
+        }
+        Box::pin(read.into_actor(self).map(move |res, _, _| {
             let mut plan = res?;
-            if let Some(held) = act.held.get(&device) {
-                plan.known_device |= !held.is_empty();
-                for (name, _, cursor) in &mut plan.channels {
-                    if let Some(&seq) = held.get(name) {
-                        *cursor = Some(cursor.unwrap_or(0).max(seq));
-                    }
+            plan.known_device |= !known.is_empty();
+            for (name, _, cursor) in &mut plan.channels {
+                if let Some(&seq) = known.get(name) {
+                    *cursor = Some(cursor.unwrap_or(0).max(seq));
                 }
             }
             Ok(plan)
@@ -213,6 +242,7 @@ impl Handler<DeliveredUpTo> for OfflineQueue {
         let held = self
             .held
             .iter()
+            .chain(self.writing.iter())
             .filter(|((user, _), _)| *user == msg.user)
             .filter_map(|(_, cursors)| cursors.get(&msg.channel).copied())
             .max()
