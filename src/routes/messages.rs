@@ -43,22 +43,38 @@ impl PageQuery {
     }
 }
 
-/// `{"messages": [delivery frames], "has_more": bool}`, written from the frames' bytes.
-fn page_body(rows: &[StoredMessage], has_more: bool) -> HttpResponse {
-    let mut body = String::with_capacity(64 + rows.len() * 256);
+/// `{"messages": [frames], "has_more": bool, …}`, written from the frames' bytes; `extra`
+/// holds further fields as (name, JSON text).
+pub(crate) fn messages_body<F: AsRef<str>>(
+    frames: impl ExactSizeIterator<Item = F>,
+    has_more: bool,
+    extra: &[(&str, String)],
+) -> HttpResponse {
+    let mut body = String::with_capacity(64 + frames.len() * 256);
     body.push_str("{\"messages\":[");
-    for (i, m) in rows.iter().enumerate() {
+    for (i, f) in frames.enumerate() {
         if i > 0 {
             body.push(',');
         }
-        body.push_str(&delivery_frame(m));
+        body.push_str(f.as_ref());
     }
     body.push_str("],\"has_more\":");
     body.push_str(if has_more { "true" } else { "false" });
+    for (name, json) in extra {
+        body.push_str(",\"");
+        body.push_str(name);
+        body.push_str("\":");
+        body.push_str(json);
+    }
     body.push('}');
     HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(body)
+}
+
+/// A history page: `{"messages": [delivery frames], "has_more": bool}`.
+fn page_body(rows: &[StoredMessage], has_more: bool) -> HttpResponse {
+    messages_body(rows.iter().map(delivery_frame), has_more, &[])
 }
 
 async fn read_page(

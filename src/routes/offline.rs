@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::valid_id;
@@ -13,6 +12,7 @@ use switchboard_actors::store::Page;
 
 use crate::error::ApiError;
 use crate::routes::caller::Caller;
+use crate::routes::messages::messages_body;
 use crate::session::offline::sync_points;
 use crate::state::AppState;
 
@@ -85,22 +85,12 @@ pub async fn undelivered(
         }
         cursors.insert(name, after);
     }
-    let mut body = String::with_capacity(128 + frames.len() * 256);
-    body.push_str("{\"messages\":[");
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(f);
-    }
-    body.push_str("],\"has_more\":");
-    body.push_str(if has_more { "true" } else { "false" });
-    body.push_str(",\"cursors\":");
-    body.push_str(&serde_json::to_string(&cursors).unwrap_or_else(|_| "{}".into()));
-    body.push('}');
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .body(body))
+    let cursors = serde_json::to_string(&cursors).unwrap_or_else(|_| "{}".into());
+    Ok(messages_body(
+        frames.iter(),
+        has_more,
+        &[("cursors", cursors)],
+    ))
 }
 
 /// One channel's unread count.

@@ -3,7 +3,6 @@
 //! and date filters and paging. The index catches up with new messages before each search
 //! (messages are not indexed when stored, so storing stays as fast as without search).
 
-use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use switchboard_actors::ids::names_a_readable_channel;
@@ -12,6 +11,7 @@ use switchboard_actors::store::models::SearchQuery;
 
 use crate::error::ApiError;
 use crate::routes::caller::Caller;
+use crate::routes::messages::messages_body;
 use crate::state::AppState;
 
 /// Largest page.
@@ -104,25 +104,16 @@ pub async fn search(
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
 
-    let mut body = String::with_capacity(96 + rows.len() * 256);
-    body.push_str("{\"messages\":[");
-    for (i, m) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&delivery_frame(m));
-    }
-    body.push_str("],\"has_more\":");
-    body.push_str(if has_more { "true" } else { "false" });
+    let mut extra = Vec::with_capacity(2);
     if let (true, Some(last)) = (has_more, rows.last()) {
         let cursor = format!("{}:{}:{}", last.created_at, last.seq, last.channel);
-        body.push_str(",\"next_before\":");
-        body.push_str(&serde_json::to_string(&cursor).unwrap_or_else(|_| "null".into()));
+        let cursor = serde_json::to_string(&cursor).unwrap_or_else(|_| "null".into());
+        extra.push(("next_before", cursor));
     }
-    body.push_str(",\"complete\":");
-    body.push_str(if complete { "true" } else { "false" });
-    body.push('}');
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .body(body))
+    extra.push(("complete", complete.to_string()));
+    Ok(messages_body(
+        rows.iter().map(delivery_frame),
+        has_more,
+        &extra,
+    ))
 }

@@ -766,24 +766,4 @@ pub fn search(c: &mut DbConn, q: &SearchQuery) -> QueryResult<Vec<StoredMessage>
     Ok(rows.into_iter().map(|(_, m)| m).collect())
 }
 
-/// Names of the channels `user` may read that hold messages: DMs with them (more may be
-/// returned; the caller keeps those whose name has `user` as a party), their groups, their
-/// `user:` channel and every `broadcast:` channel.
-pub fn readable_channels(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>> {
-    #[derive(QueryableByName)]
-    struct Name {
-        #[diesel(sql_type = Text)]
-        name: String,
-    }
-    let rows: Vec<Name> = diesel::sql_query(
-        "SELECT name FROM channels WHERE name LIKE 'dm:' || ?1 || ':%' \
-                                      OR name LIKE 'dm:%:' || ?1 \
-                                      OR name LIKE 'broadcast:%' \
-                                      OR name = 'user:' || ?1 \
-         UNION SELECT 'group:' || group_id FROM group_members WHERE user_id = ?1",
-    )
-    .bind::<Text, _>(user)
-    .load(c)?;
-    Ok(rows.into_iter().map(|r| r.name).collect())
-}
 crate::store::cursor_sql::cursor_queries!(DbConn);
