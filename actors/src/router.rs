@@ -27,7 +27,7 @@ use crate::presence::{ConnClosed, ConnOpened, PresenceTracker};
 use crate::protocol::encode;
 use crate::push_notifier::{AwaitDelivered, PushOffline, PushStats};
 pub use crate::session_handle::FanOut;
-use crate::session_handle::{Delivery, Outbound, SessionHandle};
+use crate::session_handle::{Delivery, Outbound, SessionHandle, Transport};
 use crate::store::batcher::WriteBatcher;
 use crate::store::reader::Reads;
 
@@ -295,8 +295,11 @@ impl Handler<Connect> for Router {
         self.health.handled();
         let h = msg.handle;
         self.pending.remove(&h.conn);
-        let event = connection_event("connected", &h);
-        self.send_to_user(&h.user, None, &event);
+        // A long poll is one request: its coming and going is not news to other devices.
+        if h.transport != Transport::Poll {
+            let event = connection_event("connected", &h);
+            self.send_to_user(&h.user, None, &event);
+        }
         self.presence.do_send(ConnOpened {
             user: h.user.clone(),
             conn: h.conn,
@@ -337,7 +340,7 @@ impl Handler<Disconnect> for Router {
                 self.sessions.remove(&user);
             }
         }
-        if let Some(h) = gone {
+        if let Some(h) = gone.filter(|h| h.transport != Transport::Poll) {
             let event = connection_event("disconnected", &h);
             self.send_to_user(&user, None, &event);
         }
@@ -510,6 +513,8 @@ pub struct RouterStats {
     pub users: usize,
     /// Connections by `device` (`unknown` when the client did not say).
     pub by_device: BTreeMap<String, usize>,
+    /// Connections by transport (`websocket`, `sse`, `poll`).
+    pub by_transport: BTreeMap<&'static str, usize>,
     /// Channels in the router's registry (their actors are running).
     pub active_channels: usize,
     /// Channel actors alive, in the registry or finishing an idle stop; more than
@@ -536,6 +541,7 @@ impl Handler<GetStats> for Router {
             s.connections += 1;
             let d = h.device.as_deref().unwrap_or("unknown").to_owned();
             *s.by_device.entry(d).or_default() += 1;
+            *s.by_transport.entry(h.transport.as_str()).or_default() += 1;
         }
         MessageResult(s)
     }

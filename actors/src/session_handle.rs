@@ -121,6 +121,31 @@ impl OutboundGauge {
     }
 }
 
+/// How a client is connected: the session core is the same, its adapter differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// `GET /ws`.
+    WebSocket,
+    /// `GET /sse`: Server-Sent Events.
+    Sse,
+    /// `GET /poll`: one long-polling request.
+    Poll,
+    /// `POST /api/messages`: one frame sent over HTTP (never registered with the router).
+    Http,
+}
+
+impl Transport {
+    /// The name `/status` counts it under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+            Transport::Poll => "poll",
+            Transport::Http => "http",
+        }
+    }
+}
+
 /// A connection as the engine sees it.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -132,6 +157,8 @@ pub struct SessionHandle {
     pub client_id: Arc<str>,
     /// Device kind (`web`, `mobile`…), if the client said.
     pub device: Option<Arc<str>>,
+    /// How it is connected.
+    pub transport: Transport,
     recipient: Recipient<Outbound>,
     gauge: Arc<OutboundGauge>,
 }
@@ -143,6 +170,7 @@ impl SessionHandle {
         user: UserId,
         client_id: Arc<str>,
         device: Option<Arc<str>>,
+        transport: Transport,
         recipient: Recipient<Outbound>,
         gauge: Arc<OutboundGauge>,
     ) -> Self {
@@ -151,6 +179,7 @@ impl SessionHandle {
             user,
             client_id,
             device,
+            transport,
             recipient,
             gauge,
         }

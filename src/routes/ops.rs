@@ -79,6 +79,7 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "total": stats.connections,
             "users": stats.users,
             "by_device": stats.by_device,
+            "by_transport": stats.by_transport,
             "admitted": app.gate.connections(),
             "pending": app.gate.pending(),
         },

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use crate::auth::{bearer, DEVICES};
 use crate::error::ApiError;
 use crate::gate::GateError;
-use crate::session::{self, Upgrade};
+use crate::session::{self, Admission};
 use crate::state::AppState;
 
 /// The path WebSocket clients connect to.
@@ -54,7 +54,7 @@ fn gate_error(e: GateError) -> ApiError {
 }
 
 /// Everything the upgrade request from `peer` establishes, or the error to answer it with.
-fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Upgrade, ApiError> {
+fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Admission, ApiError> {
     if req.path() != PATH {
         return Err(ApiError::NotFound(format!(
             "no WebSocket at `{}`",
@@ -112,7 +112,7 @@ fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Upgrade, ApiErro
             Some(app.gate.admit_pending(client).map_err(gate_error)?),
         ),
     };
-    Ok(Upgrade {
+    Ok(Admission {
         client_id,
         device,
         auth,
@@ -171,7 +171,7 @@ pub async fn upgrade(
     let parts = framed.into_parts();
     // Copied out, so that the dispatcher's 8 KiB read buffer is freed now.
     let early = Bytes::copy_from_slice(&parts.read_buf);
-    session::start(app, up, parts.io, early);
+    session::ws::start(app, up, parts.io, early);
     Ok(())
 }
 

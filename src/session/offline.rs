@@ -2,14 +2,30 @@
 //! has not marked `delivered` (a bounded backlog for a device never seen to mark anything),
 //! in seq order per channel, read a page at a time, then `sync_complete` with the cursors;
 //! `delivered` moves the device's cursors (coalesced by the offline queue).
+//!
+//! While a channel is being synced, its live deliveries wait in the run and follow its last
+//! page (those the pages already sent are dropped): each channel arrives in seq order with
+//! nothing repeated.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
 
-use switchboard_actors::ids::names_a_readable_channel;
+use actix::prelude::*;
+use bytestring::ByteString;
+use serde::Serialize;
+use switchboard_actors::ids::{names_a_readable_channel, now_ms, Channel};
 use switchboard_actors::offline_queue::{Delivered, PlanSync};
+use switchboard_actors::protocol::{delivery_frame, encode, ErrorCode};
+use switchboard_actors::seq::Seq;
+use switchboard_actors::session_handle::Delivery;
 use switchboard_actors::store::models::SyncPlan;
+use switchboard_actors::store::Page;
 
-use super::*;
+use super::{AuthState, Ctx, SessionActor, Wire};
+
+/// How long a sync waits before its next page while the client has not taken half of its
+/// outbound queue.
+const SYNC_PACE: Duration = Duration::from_millis(20);
 
 /// Messages read per page of a sync.
 const SYNC_PAGE: i64 = 200;
@@ -25,6 +41,33 @@ pub(super) struct SyncRun {
     /// Messages stored before this are not sent (a new device's backlog), ms.
     not_before: i64,
     ref_id: Option<String>,
+    /// Live deliveries of the channels in `todo`, held until their last page is out.
+    held: HashMap<String, Vec<(Seq, ByteString)>>,
+    /// Frames in `held`.
+    held_count: usize,
+}
+
+impl SyncRun {
+    /// Holds live delivery `d` of `channel` if the run has yet to send that channel:
+    /// `Some(true)` held, `Some(false)` not held because `limit` frames are held already,
+    /// `None` the channel is not the run's to send (write it now).
+    pub(super) fn hold(&mut self, channel: &str, d: &Delivery, limit: usize) -> Option<bool> {
+        let held = self.held.get_mut(channel)?;
+        if self.held_count >= limit {
+            return Some(false);
+        }
+        held.push((d.seq, d.frame.clone()));
+        self.held_count += 1;
+        Some(true)
+    }
+
+    /// Live deliveries held for `channel` that come after `after`, which the pages sent.
+    fn release(&mut self, channel: &str, after: i64) -> Vec<(Seq, ByteString)> {
+        let mut held = self.held.remove(channel).unwrap_or_default();
+        self.held_count -= held.len();
+        held.retain(|(seq, _)| seq.to_stored() > after);
+        held
+    }
 }
 
 #[derive(Serialize)]
@@ -35,9 +78,14 @@ struct SyncComplete<'a> {
     ref_id: Option<&'a str>,
 }
 
-impl SessionActor {
+impl<W: Wire> SessionActor<W> {
     /// `sync`: plans it from the stored cursors (and the device's own), then sends pages.
-    pub(super) fn sync(&mut self, cursors: Vec<(Channel, Seq)>, id: Option<String>, ctx: &mut Ctx) {
+    pub(super) fn sync(
+        &mut self,
+        cursors: Vec<(Channel, Seq)>,
+        id: Option<String>,
+        ctx: &mut Ctx<W>,
+    ) {
         let AuthState::Ready { handle, .. } = &self.auth else {
             return;
         };
@@ -69,7 +117,7 @@ impl SessionActor {
         plan: SyncPlan,
         had: Vec<(Channel, Seq)>,
         ref_id: Option<String>,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<W>,
     ) {
         let cfg = &self.app.settings.sync;
         let had: HashMap<&str, i64> = had.iter().map(|(c, s)| (&*c.name, s.to_stored())).collect();
@@ -77,19 +125,20 @@ impl SessionActor {
         let mut run = SyncRun {
             todo: VecDeque::new(),
             cursors: BTreeMap::new(),
-            budget: i64::from(cfg.max_per_sync)
-                .min(self.app.settings.limits.outbound_queue as i64 / 2)
-                .max(1),
+            budget: W::sync_budget(self).max(1),
             not_before: if new_device {
                 now_ms().saturating_sub(cfg.new_device_max_age.as_millis() as i64)
             } else {
                 0
             },
             ref_id,
+            held: HashMap::new(),
+            held_count: 0,
         };
         for (name, after, head) in sync_points(plan, &had, cfg) {
             run.cursors.insert(name.clone(), after);
             if after < head {
+                run.held.insert(name.clone(), Vec::new());
                 run.todo.push_back((name, after, head));
             }
         }
@@ -98,27 +147,19 @@ impl SessionActor {
     }
 
     /// Reads and sends the next page, or ends the sync with `sync_complete`.
-    fn sync_next(&mut self, ctx: &mut Ctx) {
+    fn sync_next(&mut self, ctx: &mut Ctx<W>) {
         let Some(run) = self.sync_run.as_mut() else {
             return;
         };
         let next = run.todo.front().cloned().filter(|_| run.budget > 0);
         let Some((name, after, _)) = next else {
-            let run = self.sync_run.take();
-            if let Some(run) = run {
-                let frame = encode(
-                    "sync_complete",
-                    None,
-                    SyncComplete {
-                        cursors: &run.cursors,
-                        has_more: !run.todo.is_empty(),
-                        ref_id: run.ref_id.as_deref(),
-                    },
-                );
-                self.text(&frame, ctx);
-            }
-            return;
+            return self.end_sync(ctx);
         };
+        if W::backlog(&self.wire) > self.app.settings.limits.outbound_queue / 2 {
+            // The client has not taken what was sent so far: the next page waits.
+            ctx.run_later(SYNC_PACE, |act, ctx| act.sync_next(ctx));
+            return;
+        }
         let page = Page {
             after_seq: Some(after),
             before_seq: None,
@@ -144,22 +185,57 @@ impl SessionActor {
             for m in &rows {
                 last = m.seq;
                 if m.created_at >= not_before {
-                    frames.push(delivery_frame(m));
+                    frames.push((Seq::from_stored(m.seq), delivery_frame(m)));
                 }
             }
             run.budget -= frames.len() as i64;
             run.cursors.insert(name.clone(), last);
-            match run.todo.front_mut() {
-                Some(front) if !rows.is_empty() && last < front.2 => front.1 = last,
+            let live = match run.todo.front_mut() {
+                Some(front) if !rows.is_empty() && last < front.2 => {
+                    front.1 = last;
+                    Vec::new()
+                }
                 _ => {
                     run.todo.pop_front();
+                    run.release(&name, last)
                 }
+            };
+            for (seq, frame) in &frames {
+                W::delivery(act, &name, *seq, frame, ctx);
             }
-            for frame in &frames {
-                act.text(frame, ctx);
+            for (seq, frame) in &live {
+                W::delivery(act, &name, *seq, frame, ctx);
             }
             act.sync_next(ctx);
         }));
+    }
+
+    /// Ends the sync with `sync_complete`. Channels its budget left unsent keep their live
+    /// deliveries only where the transport cannot be asked again for what it skips.
+    fn end_sync(&mut self, ctx: &mut Ctx<W>) {
+        let Some(mut run) = self.sync_run.take() else {
+            return;
+        };
+        let has_more = !run.todo.is_empty();
+        let frame = encode(
+            "sync_complete",
+            None,
+            SyncComplete {
+                cursors: &run.cursors,
+                has_more,
+                ref_id: run.ref_id.as_deref(),
+            },
+        );
+        self.text(&frame, ctx);
+        if !W::RESUMABLE {
+            let unsent: Vec<(String, i64, i64)> = run.todo.drain(..).collect();
+            for (name, after, _) in unsent {
+                for (seq, frame) in run.release(&name, after) {
+                    W::delivery(self, &name, seq, &frame, ctx);
+                }
+            }
+        }
+        W::synced(self, has_more, ctx);
     }
 
     /// `delivered`: the device has `channel` up to `up_to_seq`.
@@ -168,20 +244,30 @@ impl SessionActor {
         channel: Channel,
         up_to_seq: Seq,
         id: Option<String>,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<W>,
     ) {
-        let AuthState::Ready { handle, .. } = &self.auth else {
-            return;
-        };
-        if !names_a_readable_channel(handle.user.as_str(), &channel.name)
-            || channel.name.starts_with("broadcast:")
-        {
-            return self.error(
+        if self.store_delivered(&channel, up_to_seq) {
+            W::settled(self, ctx)
+        } else {
+            self.error(
                 ErrorCode::Forbidden,
                 "not a channel this user receives messages in",
                 id.as_deref(),
                 ctx,
-            );
+            )
+        }
+    }
+
+    /// Moves this device's cursor in `channel` to `up_to_seq` (coalesced by the offline
+    /// queue); false for a channel the user has no cursor in (not theirs, or broadcast).
+    pub(super) fn store_delivered(&mut self, channel: &Channel, up_to_seq: Seq) -> bool {
+        let AuthState::Ready { handle, .. } = &self.auth else {
+            return false;
+        };
+        if !names_a_readable_channel(handle.user.as_str(), &channel.name)
+            || channel.name.starts_with("broadcast:")
+        {
+            return false;
         }
         self.app.tree.offline.do_send(Delivered {
             user: handle.user.clone(),
@@ -189,6 +275,7 @@ impl SessionActor {
             channel: channel.name.to_string(),
             up_to_seq: up_to_seq.to_stored(),
         });
+        true
     }
 }
 

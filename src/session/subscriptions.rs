@@ -1,7 +1,18 @@
 //! A session's explicit subscriptions: `subscribe` (with a replay after `since_seq` that
 //! hands over to live deliveries without a gap or a repeat) and `unsubscribe`.
 
-use super::*;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+use switchboard_actors::channel::{Join, Leave};
+use switchboard_actors::ids::{Channel, ChannelKind};
+use switchboard_actors::protocol::{delivery_frame, encode, ErrorCode};
+use switchboard_actors::router::{AskChannel, TellChannelIfActive};
+use switchboard_actors::seq::Seq;
+use switchboard_actors::store::Page;
+
+use super::{AuthState, Ctx, SessionActor, Wire};
 
 #[derive(Serialize)]
 struct Subscribed<'a> {
@@ -15,13 +26,13 @@ struct ChannelOnly<'a> {
     channel: &'a str,
 }
 
-impl SessionActor {
+impl<W: Wire> SessionActor<W> {
     pub(super) fn subscribe(
         &mut self,
         channel: Channel,
         since: Option<Seq>,
         id: Option<String>,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<W>,
     ) {
         let name = channel.name.clone();
         if !self.subscriptions.contains(&name) && !self.channel_slots_left() {
@@ -40,7 +51,7 @@ impl SessionActor {
             self.replaying.entry(name.clone()).or_default();
         }
         // The frames after this one wait until it has taken effect and been answered.
-        self.read.hold();
+        self.wire.hold_reading();
         let req = self.app.tree.router.send(AskChannel {
             channel,
             msg: Join {
@@ -57,7 +68,7 @@ impl SessionActor {
                     _ => {
                         act.subscribed(&name, head, since.is_some(), ctx);
                         act.flush_replay_buffer(&name, head, ctx);
-                        act.read.release();
+                        act.wire.release_reading();
                     }
                 }
             }
@@ -67,12 +78,12 @@ impl SessionActor {
                     Ok(Ok(Err(e))) => act.error(e.code(), &e.to_string(), id.as_deref(), ctx),
                     _ => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
                 }
-                act.read.release();
+                act.wire.release_reading();
             }
         }));
     }
 
-    pub(super) fn subscribed(&mut self, name: &str, seq: Seq, recovered: bool, ctx: &mut Ctx) {
+    pub(super) fn subscribed(&mut self, name: &str, seq: Seq, recovered: bool, ctx: &mut Ctx<W>) {
         let frame = encode(
             "subscribed",
             None,
@@ -87,7 +98,7 @@ impl SessionActor {
 
     /// Sends `subscribed`, then every stored message after `since` (below `head`), then the
     /// live ones that arrived meanwhile (without repeating any); then reads on.
-    pub(super) fn replay(&mut self, name: Arc<str>, since: Seq, head: Seq, ctx: &mut Ctx) {
+    pub(super) fn replay(&mut self, name: Arc<str>, since: Seq, head: Seq, ctx: &mut Ctx<W>) {
         let limit = self.app.settings.limits.max_replay;
         let ch = name.to_string();
         let page = Page {
@@ -105,7 +116,8 @@ impl SessionActor {
                         .unwrap_or(since);
                     act.subscribed(&name, head.max(last), !has_more, ctx);
                     for m in &rows {
-                        act.text(&delivery_frame(m), ctx);
+                        let seq = Seq::from_stored(m.seq);
+                        W::delivery(act, &name, seq, &delivery_frame(m), ctx);
                     }
                     act.flush_replay_buffer(&name, last, ctx);
                 }
@@ -115,19 +127,19 @@ impl SessionActor {
                     act.error(ErrorCode::Unavailable, "replay failed; retry", None, ctx);
                 }
             }
-            act.read.release();
+            act.wire.release_reading();
         }));
     }
 
-    pub(super) fn flush_replay_buffer(&mut self, name: &Arc<str>, after: Seq, ctx: &mut Ctx) {
+    pub(super) fn flush_replay_buffer(&mut self, name: &Arc<str>, after: Seq, ctx: &mut Ctx<W>) {
         for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
             if seq > after {
-                self.text(&frame, ctx);
+                W::delivery(self, name, seq, &frame, ctx);
             }
         }
     }
 
-    pub(super) fn unsubscribe(&mut self, channel: Channel, id: Option<String>, ctx: &mut Ctx) {
+    pub(super) fn unsubscribe(&mut self, channel: Channel, id: Option<String>, ctx: &mut Ctx<W>) {
         let name = channel.name.clone();
         let implicit = !matches!(channel.kind, ChannelKind::Broadcast(_));
         if implicit && !self.muted.contains(&name) && !self.channel_slots_left() {

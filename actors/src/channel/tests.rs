@@ -56,6 +56,7 @@ async fn a_commits_acks_reach_each_session_in_one_slot_and_in_order() {
             UserId::new(user),
             Arc::from(user),
             None,
+            crate::session_handle::Transport::WebSocket,
             addr.clone().recipient(),
             Arc::new(crate::session_handle::OutboundGauge::new(64)),
         )));
