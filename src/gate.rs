@@ -87,6 +87,24 @@ struct UserSlot {
     bucket: Arc<Mutex<TokenBucket>>,
 }
 
+impl UserSlot {
+    /// A slot with no connection whose bucket has refilled says nothing a new one would
+    /// not. One with a bucket still drawn is kept: reconnecting (or sending over HTTP,
+    /// which connects for one frame) must not hand a user a full bucket.
+    fn forgettable(&self) -> bool {
+        self.conns == 0 && self.bucket.lock().map(|b| b.refilled()).unwrap_or(true)
+    }
+}
+
+/// Users slots kept before the gate sweeps out those that say nothing.
+const USER_SWEEP_FLOOR: usize = 4096;
+
+struct Users {
+    slots: HashMap<UserId, UserSlot>,
+    /// Sweep once the map holds this many slots.
+    sweep_at: usize,
+}
+
 /// What the gate knows of one client address.
 struct AddressSlot {
     /// Its connections not yet authenticated.
@@ -123,7 +141,7 @@ pub struct ConnectionGate {
     upgrade_burst: f64,
     total: AtomicUsize,
     pending: AtomicUsize,
-    users: Mutex<HashMap<UserId, UserSlot>>,
+    users: Mutex<Users>,
     addresses: Mutex<Addresses>,
     /// `server.trusted_proxies`.
     trusted_proxies: Vec<IpRange>,
@@ -161,10 +179,10 @@ impl UserTicket {
 impl Drop for UserTicket {
     fn drop(&mut self) {
         if let Ok(mut users) = self.gate.users.lock() {
-            if let Some(slot) = users.get_mut(&self.user) {
+            if let Some(slot) = users.slots.get_mut(&self.user) {
                 slot.conns = slot.conns.saturating_sub(1);
-                if slot.conns == 0 {
-                    users.remove(&self.user);
+                if slot.forgettable() {
+                    users.slots.remove(&self.user);
                 }
             }
         }
@@ -208,7 +226,10 @@ impl ConnectionGate {
             upgrade_burst: l.upgrades_per_ip_burst,
             total: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::new(Users {
+                slots: HashMap::new(),
+                sweep_at: USER_SWEEP_FLOOR,
+            }),
             addresses: Mutex::new(Addresses {
                 slots: HashMap::new(),
                 sweep_at: ADDRESS_SWEEP_FLOOR,
@@ -319,7 +340,11 @@ impl ConnectionGate {
     /// Takes one of `user`'s places.
     pub fn admit_user(self: &Arc<Self>, user: &UserId) -> Result<UserTicket, GateError> {
         let mut users = self.users.lock().map_err(|_| GateError::NodeFull)?;
-        let slot = users.entry(user.clone()).or_insert_with(|| UserSlot {
+        if users.slots.len() >= users.sweep_at {
+            users.slots.retain(|_, s| !s.forgettable());
+            users.sweep_at = (users.slots.len() * 2).max(USER_SWEEP_FLOOR);
+        }
+        let slot = users.slots.entry(user.clone()).or_insert_with(|| UserSlot {
             conns: 0,
             bucket: Arc::new(Mutex::new(TokenBucket::new(self.rate, self.burst))),
         });

@@ -10,6 +10,7 @@ pub mod offline;
 pub mod ops;
 pub mod search;
 pub mod state;
+pub mod transports;
 pub mod users;
 pub mod ws;
 
@@ -34,6 +35,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .route("/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
         .route("/status", web::get().to(ops::status))
+        .route("/sse", web::get().to(transports::sse))
+        .route("/poll", web::get().to(transports::poll))
         .service(
             web::scope("/api")
                 .route("/auth/token", web::post().to(auth::mint_token))
@@ -61,6 +64,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/state/{collection}/{key}", web::put().to(state::put))
                 .route("/admin/publish", web::post().to(admin::publish))
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
+                .route("/messages", web::post().to(transports::send))
                 .route("/messages/read", web::post().to(messages::read))
                 .route("/messages/search", web::get().to(search::search))
                 .route("/messages/undelivered", web::get().to(offline::undelivered))

@@ -36,7 +36,9 @@ struct WsQuery {
     device: Option<String>,
 }
 
-fn gate_error(e: GateError) -> ApiError {
+/// The HTTP answer to a refused admission: 503 when the node is full, 429 for one user or
+/// address.
+pub(crate) fn gate_error(e: GateError) -> ApiError {
     let (status, retry_after_ms) = match e {
         GateError::NodeFull | GateError::PendingFull => (StatusCode::SERVICE_UNAVAILABLE, None),
         GateError::UserFull | GateError::AddressPendingFull => {

@@ -32,9 +32,13 @@ use crate::auth::{Claims, DEVICES};
 use crate::gate::{NodeTicket, PendingTicket, TokenBucket, UserTicket};
 use crate::state::AppState;
 
+pub mod cursor;
 mod dispatch;
+pub mod http;
 pub(crate) mod offline;
 mod outbound;
+pub mod poll;
+pub mod sse;
 mod subscriptions;
 mod wire;
 pub mod ws;

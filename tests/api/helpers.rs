@@ -26,7 +26,8 @@ pub struct TestApp {
     /// The settings it runs with.
     pub settings: Settings,
     auth: Authority,
-    _dir: tempfile::TempDir,
+    /// Removed when the first node of the data dir stops (a second node shares it).
+    _dir: Option<tempfile::TempDir>,
     /// With `SWITCHBOARD_TEST_BACKEND=postgres`: the broker's own database.
     _pg: Option<PgDatabase>,
 }
@@ -89,8 +90,28 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Setti
         ws_base: format!("ws://127.0.0.1:{port}"),
         settings,
         auth,
-        _dir: dir,
+        _dir: Some(dir),
         _pg: pg,
+    }
+}
+
+/// A second broker on the same database as `first` (another node of one deployment: on
+/// SQLite, another server on the same file).
+pub async fn another_node(first: &TestApp) -> TestApp {
+    let settings = first.settings.clone();
+    let auth = Authority::from_settings(&settings).expect("keys");
+    let app = Application::build(settings.clone())
+        .await
+        .expect("second node builds");
+    let port = app.port();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        base: format!("http://127.0.0.1:{port}"),
+        ws_base: format!("ws://127.0.0.1:{port}"),
+        settings,
+        auth,
+        _dir: None,
+        _pg: None,
     }
 }
 
@@ -595,6 +616,127 @@ impl Drop for PgDatabase {
                 self.name
             ))
             .execute(&mut c);
+        }
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    /// `event:`
+    pub event: String,
+    /// `id:`
+    pub id: String,
+    /// `data:`, parsed.
+    pub data: Value,
+}
+
+/// A reader of `GET /sse`.
+pub struct SseClient {
+    body: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>>>,
+    >,
+    buf: String,
+}
+
+impl TestApp {
+    /// Opens `GET /sse?{query}` with a bearer token and, when given, `Last-Event-ID`;
+    /// the status and JSON body when it is refused.
+    pub async fn sse(
+        &self,
+        query: &str,
+        token: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Result<SseClient, (u16, Value)> {
+        let client = awc::Client::builder().disable_timeout().finish();
+        let mut req = client.get(format!("{}/sse?{query}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(id) = last_event_id {
+            req = req.insert_header(("Last-Event-ID", id));
+        }
+        let mut resp = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("SSE answers in time")
+            .expect("SSE request");
+        if resp.status() != 200 {
+            let body = resp.body().await.expect("body");
+            let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            return Err((resp.status().as_u16(), json));
+        }
+        assert_eq!(
+            resp.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("text/event-stream")
+        );
+        Ok(SseClient {
+            body: Box::pin(resp),
+            buf: String::new(),
+        })
+    }
+
+    /// `GET /poll?{query}`: the status and JSON body.
+    pub async fn poll(&self, query: &str, token: &str) -> (u16, Value) {
+        let client = awc::Client::builder().timeout(WAIT * 13).finish();
+        let mut resp = client
+            .get(format!("{}/poll?{query}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("poll request");
+        let bytes = resp.body().limit(16 << 20).await.expect("body");
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (resp.status().as_u16(), json)
+    }
+}
+
+impl SseClient {
+    /// The next event (comments and the `retry:` field skipped), or `None` when the
+    /// stream ends or nothing comes within `wait`.
+    pub async fn try_next(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::new(), String::new(), None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).expect("data is JSON"));
+                    }
+                }
+                match data {
+                    Some(data) => return Some(SseEvent { event, id, data }),
+                    None => continue,
+                }
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await;
+            match chunk {
+                Ok(Some(Ok(bytes))) => self
+                    .buf
+                    .push_str(std::str::from_utf8(&bytes).expect("UTF-8")),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next event; fails the test after `WAIT`.
+    pub async fn next(&mut self) -> SseEvent {
+        self.try_next(WAIT).await.expect("an SSE event in time")
+    }
+
+    /// The next event of type `event`, skipping others.
+    pub async fn next_of(&mut self, event: &str) -> SseEvent {
+        loop {
+            let e = self.next().await;
+            if e.event == event {
+                return e;
+            }
         }
     }
 }

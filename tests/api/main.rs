@@ -18,3 +18,4 @@ mod slow_consumer;
 mod state;
 mod subscribe;
 mod sync;
+mod transports;

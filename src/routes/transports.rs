@@ -1,0 +1,312 @@
+//! The fallback transports (contract section 2): `GET /sse` (Server-Sent Events),
+//! `GET /poll` (long polling) and `POST /api/messages` (a client frame over HTTP). Each
+//! admits its client as the WebSocket upgrade does (token, `client_id`, `device`, the
+//! node's and the user's connection limits) and hands it to a session over its wire.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{self, ContentType, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
+use switchboard_actors::ids::{valid_id, Channel, ChannelKind, UserId};
+use switchboard_actors::protocol::{parse_client_frame, ClientFrame, ErrorCode, ErrorPayload};
+
+use crate::auth::{bearer, DEVICES};
+use crate::error::ApiError;
+use crate::routes::ws::gate_error;
+use crate::session::cursor::{ResumeCursor, MAX_CHANNELS};
+use crate::session::http::HttpAnswer;
+use crate::session::{self, Admission};
+use crate::state::AppState;
+
+/// Longest `timeout_s` of a poll.
+const MAX_POLL_TIMEOUT_S: u64 = 120;
+/// `timeout_s` when none is given.
+const DEFAULT_POLL_TIMEOUT_S: u64 = 25;
+
+/// Query of `GET /sse` and `GET /poll`.
+#[derive(Deserialize, Default)]
+pub struct StreamQuery {
+    token: Option<String>,
+    client_id: Option<String>,
+    device: Option<String>,
+    /// Channels to subscribe to, comma-separated (broadcast channels, typically).
+    subscribe: Option<String>,
+    /// The poll's cursor.
+    cursor: Option<String>,
+    /// For EventSource polyfills that cannot set headers: the `Last-Event-ID`.
+    last_event_id: Option<String>,
+    /// The poll's longest wait, seconds.
+    timeout_s: Option<u64>,
+}
+
+/// Admits a client of a fallback transport: authenticated by its token (no `auth` frame
+/// here), on device `client_id` (the cursor's, the query's, or a new one).
+fn admit(
+    app: &AppState,
+    req: &HttpRequest,
+    token: Option<&str>,
+    client_id: Option<&str>,
+    device: Option<&str>,
+) -> Result<Admission, ApiError> {
+    let token = bearer(req.headers()).or(token).ok_or_else(|| {
+        ApiError::Unauthorized("missing token (`Authorization: Bearer` or `?token=`)".into())
+    })?;
+    let claims = app.auth.verify(token)?;
+    let client_id: Arc<str> = match client_id {
+        Some(c) if valid_id(c) => Arc::from(c),
+        Some(_) => return Err(ApiError::BadRequest("`client_id` is not a valid id".into())),
+        None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+    };
+    let device = match device {
+        Some(d) if DEVICES.contains(&d) => Some(Arc::from(d)),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "`device` must be one of {}",
+                DEVICES.join(", ")
+            )))
+        }
+        None => None,
+    };
+    let node = app.gate.admit_node().map_err(gate_error)?;
+    let ticket = app
+        .gate
+        .admit_user(&UserId::new(&claims.sub))
+        .map_err(gate_error)?;
+    Ok(Admission {
+        client_id,
+        device,
+        auth: Some((claims, ticket)),
+        pending: None,
+        node,
+    })
+}
+
+/// The resume cursor a request names (the poll's `cursor`, or SSE's `Last-Event-ID`).
+fn resume_cursor(text: Option<&str>) -> Result<Option<ResumeCursor>, ApiError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => ResumeCursor::parse(t)
+            .map(Some)
+            .map_err(|e| ApiError::BadRequest(e.to_string())),
+    }
+}
+
+/// The device of a request: the cursor's, which a `client_id` in the query must match.
+fn device_of<'a>(
+    cursor: Option<&'a ResumeCursor>,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, ApiError> {
+    match (cursor.map(|c| &*c.client_id), query) {
+        (Some(c), Some(q)) if c != q => Err(ApiError::BadRequest(
+            "`client_id` differs from the cursor's device".into(),
+        )),
+        (Some(c), _) => Ok(Some(c)),
+        (None, q) => Ok(q),
+    }
+}
+
+/// `?subscribe=a,b`: channels to join for the stream's life.
+fn subscriptions(list: Option<&str>, max: usize) -> Result<Vec<Channel>, ApiError> {
+    let mut out = Vec::new();
+    for name in list.unwrap_or("").split(',').filter(|n| !n.is_empty()) {
+        let channel = Channel::parse(name)
+            .ok_or_else(|| ApiError::BadRequest(format!("`{name}` is not a channel")))?;
+        if !matches!(channel.kind, ChannelKind::Broadcast(_)) {
+            return Err(ApiError::BadRequest(format!(
+                "`{name}`: only broadcast channels are subscribed to; the user's own \
+                 channels come without asking"
+            )));
+        }
+        out.push(channel);
+    }
+    if out.len() > max.min(MAX_CHANNELS) {
+        return Err(ApiError::BadRequest(
+            "more channels than one connection may subscribe to".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `GET /sse`: a stream of server frames as Server-Sent Events.
+pub async fn sse(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let last_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(q.last_event_id);
+    let resume = resume_cursor(last_id.as_deref())?;
+    let subscribe = subscriptions(
+        q.subscribe.as_deref(),
+        app.settings.limits.max_subscriptions,
+    )?;
+    let peer = req.peer_addr().map(|a| a.ip());
+    if let Some(peer) = peer {
+        let forwarded = req.headers().get_all(header::X_FORWARDED_FOR);
+        let client = app
+            .gate
+            .client_address(peer, forwarded.filter_map(|v| v.to_str().ok()));
+        app.gate.admit_upgrade(client).map_err(gate_error)?;
+    }
+    let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
+    let adm = admit(
+        &app,
+        &req,
+        q.token.as_deref(),
+        client_id,
+        q.device.as_deref(),
+    )?;
+    let body = session::sse::start(app, adm, session::sse::SseStart { resume, subscribe });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .insert_header(("X-Accel-Buffering", HeaderValue::from_static("no")))
+        .streaming(body))
+}
+
+/// `GET /poll`: `{"frames": […], "cursor": "…"}` once frames wait or `timeout_s` passes.
+pub async fn poll(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let resume = resume_cursor(q.cursor.as_deref())?;
+    let subscribe = subscriptions(
+        q.subscribe.as_deref(),
+        app.settings.limits.max_subscriptions,
+    )?;
+    let timeout_s = q.timeout_s.unwrap_or(DEFAULT_POLL_TIMEOUT_S);
+    if timeout_s > MAX_POLL_TIMEOUT_S {
+        return Err(ApiError::BadRequest(format!(
+            "`timeout_s` is at most {MAX_POLL_TIMEOUT_S}"
+        )));
+    }
+    let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
+    let adm = admit(
+        &app,
+        &req,
+        q.token.as_deref(),
+        client_id,
+        q.device.as_deref(),
+    )?;
+    let start = session::poll::PollStart {
+        resume,
+        subscribe,
+        timeout: Duration::from_secs(timeout_s),
+    };
+    let answer = session::poll::start(app, adm, start)
+        .await
+        .map_err(|_| ApiError::Unavailable("the poll ended without an answer; retry".into()))?;
+    let mut body =
+        String::with_capacity(64 + answer.frames.iter().map(|f| f.len() + 1).sum::<usize>());
+    body.push_str("{\"frames\":[");
+    for (i, f) in answer.frames.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(f);
+    }
+    body.push_str("],\"cursor\":");
+    body.push_str(&serde_json::to_string(&answer.cursor).unwrap_or_default());
+    body.push('}');
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .body(body))
+}
+
+/// Query of `POST /api/messages`.
+#[derive(Deserialize, Default)]
+pub struct SendQuery {
+    client_id: Option<String>,
+}
+
+/// `POST /api/messages`: the body is a client frame; the answer is the frame a WebSocket
+/// would have got (`ack`, `error`, `state_sync_result`, `response`, `heartbeat`), or 204
+/// for a frame with no answer. An `error` comes with the HTTP status of its code.
+pub async fn send(
+    app: web::Data<AppState>,
+    req: HttpRequest,
+    q: web::Query<SendQuery>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    if body.len() > app.settings.limits.max_frame_bytes {
+        return Err(ApiError::TooLarge(format!(
+            "a frame is at most {} bytes",
+            app.settings.limits.max_frame_bytes
+        )));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?
+        .to_owned();
+    // Frames that only make sense on a connection are refused before anything runs.
+    match parse_client_frame(&text, app.settings.limits.max_json_depth) {
+        Ok(f) => {
+            if let Some(why) = needs_a_connection(&f.frame) {
+                let frame = switchboard_actors::protocol::error_frame(
+                    ErrorCode::BadRequest,
+                    why,
+                    f.id.as_deref(),
+                );
+                return Ok(frame_response(frame.as_ref()));
+            }
+        }
+        Err(e) => {
+            let frame =
+                switchboard_actors::protocol::error_frame(e.code(), &e.to_string(), e.ref_id());
+            return Ok(frame_response(frame.as_ref()));
+        }
+    }
+    let q = q.into_inner();
+    let adm = admit(&app, &req, None, q.client_id.as_deref(), None)?;
+    match session::http::send(app, adm, text).await {
+        Ok(HttpAnswer::Frame(frame)) => Ok(frame_response(&frame)),
+        Ok(HttpAnswer::Settled) => Ok(HttpResponse::NoContent().finish()),
+        Err(_) => Err(ApiError::Unavailable("no answer; retry".into())),
+    }
+}
+
+/// Why a frame cannot be sent over HTTP, if it cannot.
+fn needs_a_connection(frame: &ClientFrame) -> Option<&'static str> {
+    match frame {
+        ClientFrame::Auth { .. } => Some("`auth` re-authenticates a connection; over HTTP send the token in `Authorization`"),
+        ClientFrame::Subscribe { .. } | ClientFrame::Unsubscribe { .. } => Some(
+            "subscriptions belong to a connection: use `GET /sse?subscribe=` or `GET /poll?subscribe=`",
+        ),
+        ClientFrame::Sync { .. } => Some(
+            "`sync` belongs to a connection: use `GET /poll` or `GET /api/messages/undelivered`",
+        ),
+        ClientFrame::PresenceSubscribe { .. } => Some(
+            "`presence_subscribe` belongs to a connection: use `PUT /api/users/me/following`",
+        ),
+        _ => None,
+    }
+}
+
+/// A server frame as the HTTP answer: 200, or the status of its error code.
+fn frame_response(frame: &str) -> HttpResponse {
+    let status = if session::sse::frame_type(frame) == "error" {
+        serde_json::from_str::<ErrorFrame>(frame)
+            .map(|f| ApiError::from_code(f.payload.code, String::new()).status_code())
+            .unwrap_or(StatusCode::BAD_REQUEST)
+    } else {
+        StatusCode::OK
+    };
+    HttpResponse::build(status)
+        .content_type(ContentType::json())
+        .body(frame.to_owned())
+}
+
+#[derive(Deserialize)]
+struct ErrorFrame {
+    payload: ErrorPayload,
+}

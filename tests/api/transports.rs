@@ -1,0 +1,458 @@
+//! The fallback transports (contract section 2) driven against each other: SSE readers,
+//! long pollers and HTTP senders meet WebSocket clients, and resume from their cursor
+//! after a drop, on the node that served them or another.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    another_node, chat, spawn_app, spawn_app_with, without_rate_limit, SseClient, TestApp, WAIT,
+};
+
+/// Contents of the chat messages among `events`.
+fn contents(events: &[crate::helpers::SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.event == "chat_message")
+        .map(|e| {
+            e.data["payload"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Reads events until `sync_complete`; returns those before it.
+async fn until_synced(sse: &mut SseClient) -> Vec<crate::helpers::SseEvent> {
+    let mut got = Vec::new();
+    loop {
+        let e = sse.next().await;
+        if e.event == "sync_complete" {
+            return got;
+        }
+        got.push(e);
+    }
+}
+
+/// Contents of the chat messages of a poll answer.
+fn polled(body: &Value) -> Vec<String> {
+    body["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter(|f| f["type"] == "chat_message")
+        .map(|f| f["payload"]["content"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// Sends a client frame over HTTP as `user`: the status and the answer.
+async fn http_send(app: &TestApp, user: &str, frame: Value) -> (u16, Value) {
+    app.post("/api/messages", &app.token(user), frame).await
+}
+
+#[actix_web::test]
+async fn an_sse_reader_gets_what_a_websocket_writer_sent_one_event_per_frame() {
+    let app = spawn_app().await;
+    let mut bob = app
+        .sse("client_id=bob-web", Some(&app.token("bob")), None)
+        .await
+        .expect("stream opens");
+    let connected = bob.next().await;
+    assert_eq!(connected.event, "connected");
+    assert_eq!(connected.data["payload"]["client_id"], "bob-web");
+    assert_eq!(connected.id, "bob-web!", "nothing received yet");
+    assert!(until_synced(&mut bob).await.is_empty());
+
+    let mut alice = app.ws("alice").await;
+    for i in 1..=3 {
+        alice.dm("bob", &format!("m{i}"), &format!("hi {i}")).await;
+    }
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(bob.next_of("chat_message").await);
+    }
+    assert_eq!(contents(&events), ["hi 1", "hi 2", "hi 3"]);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.data["type"], "chat_message", "data is the delivery frame");
+        assert_eq!(e.data["meta"]["seq"], i as u64 + 1);
+        assert_eq!(e.id, format!("bob-web!dm:alice:bob~{}", i + 1));
+    }
+    let (_, status) = app.get("/status", &app.admin_token()).await;
+    assert_eq!(status["connections"]["by_transport"]["sse"], 1);
+    assert_eq!(status["connections"]["by_transport"]["websocket"], 1);
+}
+
+#[actix_web::test]
+async fn last_event_id_resumes_after_a_drop_with_nothing_lost_or_doubled() {
+    let app = spawn_app().await;
+    let bob_token = app.token("bob");
+    let mut alice = app.ws("alice").await;
+    let mut bob = app
+        .sse("client_id=bob-web", Some(&bob_token), None)
+        .await
+        .expect("opens");
+    until_synced(&mut bob).await;
+    alice.dm("bob", "m1", "one").await;
+    alice.dm("bob", "m2", "two").await;
+    bob.next_of("chat_message").await;
+    let last = bob.next_of("chat_message").await;
+    drop(bob);
+
+    // While bob is away: two more, and a message in a group he is in.
+    alice.dm("bob", "m3", "three").await;
+    alice.dm("bob", "m4", "four").await;
+    app.group("team", "alice", &["alice", "bob"]).await;
+    alice
+        .request(crate::helpers::group_msg("team", "g1", "team one"))
+        .await;
+
+    let mut bob = app
+        .sse("", Some(&bob_token), Some(&last.id))
+        .await
+        .expect("resumes");
+    let connected = bob.next().await;
+    assert_eq!(
+        connected.data["payload"]["client_id"], "bob-web",
+        "the device comes from the cursor"
+    );
+    let missed = until_synced(&mut bob).await;
+    assert_eq!(contents(&missed), ["three", "four"]);
+    let group: Vec<_> = missed
+        .iter()
+        .filter(|e| e.event == "group_message")
+        .collect();
+    assert_eq!(group.len(), 1);
+    let last = missed.last().expect("events").id.clone();
+    assert!(last.contains("dm:alice:bob~4") && last.contains("group:team~1"));
+
+    // Live again after the sync, then a third stream from the last id gets nothing twice.
+    alice.dm("bob", "m5", "five").await;
+    let live = bob.next_of("chat_message").await;
+    assert_eq!(live.data["payload"]["content"], "five");
+    drop(bob);
+    let mut bob = app
+        .sse("", Some(&bob_token), Some(&live.id))
+        .await
+        .expect("resumes");
+    let again = until_synced(&mut bob).await;
+    assert!(
+        contents(&again).is_empty(),
+        "nothing doubled: {:?}",
+        contents(&again)
+    );
+}
+
+/// Two brokers on one PostgreSQL database (one SQLite file serves one broker; on SQLite
+/// `process::lifecycle` resumes a poller on a restarted broker instead).
+#[actix_web::test]
+async fn a_cursor_resumes_on_another_node() {
+    if !crate::helpers::on_postgres() {
+        return;
+    }
+    let app = spawn_app().await;
+    let bob_token = app.token("bob");
+    let mut alice = app.ws("alice").await;
+    alice.dm("bob", "m1", "one").await;
+    let (status, first) = app.poll("client_id=bob-cli&timeout_s=5", &bob_token).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(polled(&first), ["one"]);
+    alice.dm("bob", "m2", "two").await;
+
+    // The next poll and a resumed SSE stream go to a node that never saw bob.
+    let node2 = another_node(&app).await;
+    let cursor = first["cursor"].as_str().expect("cursor");
+    let (status, next) = node2
+        .poll(&format!("cursor={cursor}&timeout_s=5"), &bob_token)
+        .await;
+    assert_eq!(status, 200, "{next}");
+    assert_eq!(polled(&next), ["two"]);
+    let mut sse = node2
+        .sse(
+            "",
+            Some(&bob_token),
+            Some(next["cursor"].as_str().expect("cursor")),
+        )
+        .await
+        .expect("opens");
+    assert!(contents(&until_synced(&mut sse).await).is_empty());
+}
+
+#[actix_web::test]
+async fn a_poller_gets_what_waits_at_once_and_then_waits_for_the_next_frame() {
+    let app = spawn_app().await;
+    let bob = app.token("bob");
+    let mut alice = app.ws("alice").await;
+
+    // Nothing waits: an empty list after the timeout, and a cursor naming the device.
+    let (status, empty) = app.poll("client_id=bob-cli&timeout_s=1", &bob).await;
+    assert_eq!(status, 200, "{empty}");
+    assert_eq!(empty["frames"], json!([]));
+    assert_eq!(empty["cursor"], "bob-cli!");
+
+    for i in 1..=3 {
+        alice.dm("bob", &format!("m{i}"), &format!("m {i}")).await;
+    }
+    let started = std::time::Instant::now();
+    let (_, first) = app.poll("cursor=bob-cli!&timeout_s=20", &bob).await;
+    assert_eq!(polled(&first), ["m 1", "m 2", "m 3"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered at once"
+    );
+    let cursor = first["cursor"].as_str().expect("cursor").to_owned();
+    assert_eq!(cursor, "bob-cli!dm:alice:bob~3");
+
+    // A gap: two more while the poller is away; then the same cursor twice (an answer
+    // lost on the way is asked for again), then the next.
+    alice.dm("bob", "m4", "m 4").await;
+    alice.dm("bob", "m5", "m 5").await;
+    let (_, second) = app
+        .poll(&format!("cursor={cursor}&timeout_s=20"), &bob)
+        .await;
+    assert_eq!(polled(&second), ["m 4", "m 5"]);
+    let (_, repeated) = app
+        .poll(&format!("cursor={cursor}&timeout_s=20"), &bob)
+        .await;
+    assert_eq!(polled(&repeated), ["m 4", "m 5"], "nothing lost");
+
+    // Nothing waits now: the poll holds until the next message comes.
+    let cursor = second["cursor"].as_str().expect("cursor").to_owned();
+    let waiting = {
+        let app_base = app.base.clone();
+        let bob = bob.clone();
+        actix_web::rt::spawn(async move {
+            let client = awc::Client::builder().timeout(WAIT * 3).finish();
+            let mut resp = client
+                .get(format!("{app_base}/poll?cursor={cursor}&timeout_s=20"))
+                .bearer_auth(bob)
+                .send()
+                .await
+                .expect("poll");
+            let body: Value = resp.json().await.expect("json");
+            body
+        })
+    };
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    alice.dm("bob", "m6", "m 6").await;
+    let third = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiting poll answers when the message comes")
+        .expect("task");
+    assert_eq!(polled(&third), ["m 6"]);
+}
+
+#[actix_web::test]
+async fn an_http_senders_messages_reach_websocket_and_sse_readers_in_seq_order() {
+    let app = spawn_app().await;
+    let mut bob_ws = app.ws("bob").await;
+    let mut bob_sse = app
+        .sse("client_id=bob-tab", Some(&app.token("bob")), None)
+        .await
+        .expect("opens");
+    until_synced(&mut bob_sse).await;
+    for i in 1..=5u64 {
+        let (status, ack) = http_send(
+            &app,
+            "alice",
+            chat("bob", &format!("h{i}"), &format!("http {i}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{ack}");
+        assert_eq!(ack["type"], "ack");
+        assert_eq!(ack["payload"]["ref_id"], format!("h{i}"));
+        assert_eq!(ack["payload"]["seq"], i);
+    }
+    for i in 1..=5u64 {
+        let f = bob_ws.recv_type("chat_message").await;
+        assert_eq!(f["meta"]["seq"], i);
+        assert_eq!(f["payload"]["content"], format!("http {i}"));
+        let e = bob_sse.next_of("chat_message").await;
+        assert_eq!(e.data["meta"]["seq"], i);
+    }
+
+    // Idempotent by frame id, like the WebSocket: the original ack, nothing stored.
+    let (status, again) = http_send(&app, "alice", chat("bob", "h3", "http 3")).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["payload"]["seq"], 3);
+    bob_ws.silent_for(Duration::from_millis(300)).await;
+    let (_, history) = app
+        .get("/api/messages/user/alice?limit=50", &app.token("bob"))
+        .await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(5));
+}
+
+#[actix_web::test]
+async fn http_send_answers_each_frame_as_a_connection_would() {
+    let app = spawn_app().await;
+    let mut bob = app.ws("bob").await;
+
+    // No answer on success: 204, and the effect happens.
+    let typing = json!({"type": "typing_indicator", "id": "t1", "payload": {"typing": true},
+        "meta": {"target_id": "bob"}});
+    let (status, body) = http_send(&app, "alice", typing).await;
+    assert_eq!((status, body), (204, Value::Null));
+    let t = bob.recv_type("typing_indicator").await;
+    assert_eq!(t["meta"]["sender_id"], "alice");
+
+    let hb = json!({"type": "heartbeat", "id": "hb"});
+    let (status, body) = http_send(&app, "alice", hb).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["type"], "heartbeat");
+
+    let doc = json!({"type": "state_sync", "id": "s1", "payload": {"collection": "settings",
+        "key": "theme", "value": "dark", "base_version": 0}});
+    let (status, body) = http_send(&app, "alice", doc).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["type"], "state_sync_result");
+    assert_eq!(body["payload"]["status"], "applied");
+
+    // Errors are error frames with the status of their code.
+    let (status, body) = http_send(&app, "alice", json!({"type": "nope", "id": "x"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["payload"]["code"], "unknown_type");
+    assert_eq!(body["payload"]["ref_id"], "x");
+    app.group("closed", "carol", &["carol"]).await;
+    let (status, body) = http_send(
+        &app,
+        "alice",
+        crate::helpers::group_msg("closed", "g", "hi"),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["payload"]["code"], "forbidden");
+    let sub = json!({"type": "subscribe", "id": "s", "payload": {"channel": "broadcast:news"}});
+    let (status, body) = http_send(&app, "alice", sub).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["payload"]["code"], "bad_request");
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/messages",
+            None,
+            Some(chat("bob", "n", "no token")),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    bob.silent_for(Duration::from_millis(300)).await;
+}
+
+#[actix_web::test]
+async fn fallback_transports_share_the_websockets_rate_limit() {
+    let app = spawn_app_with(|s| {
+        s.limits.frames_per_second = 1.0;
+        s.limits.frames_burst = 3.0;
+    })
+    .await;
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let (status, body) = http_send(&app, "alice", chat("bob", &format!("r{i}"), "x")).await;
+        codes.push((status, body["payload"]["code"].clone()));
+    }
+    let limited = codes.iter().filter(|(s, _)| *s == 429).count();
+    assert!(limited >= 2, "{codes:?}");
+    assert!(codes.iter().any(|(s, c)| *s == 429 && *c == "rate_limited"));
+}
+
+#[actix_web::test]
+async fn an_sse_reader_that_stops_reading_is_dropped_not_buffered() {
+    let app = spawn_app_with(|s| {
+        without_rate_limit(s);
+        s.limits.outbound_queue = 16;
+    })
+    .await;
+    let bob = app.token("bob");
+    let mut stalled = app
+        .sse("client_id=stalled", Some(&bob), None)
+        .await
+        .expect("opens");
+    let mut alice = app.ws("alice").await;
+    let big = "x".repeat(32 * 1024);
+    // Far more than the socket buffers hold, while the stalled reader reads nothing.
+    for round in 0..50 {
+        for i in 0..8 {
+            alice
+                .send(chat("bob", &format!("b{round}-{i}"), &big))
+                .await;
+        }
+        for _ in 0..8 {
+            alice.recv_type("ack").await;
+        }
+    }
+    // Its stream was ended with a close event (1013); reading now finds that end.
+    let mut closed = None;
+    while let Some(e) = stalled.try_next(WAIT).await {
+        if e.event == "close" {
+            closed = Some(e);
+        }
+    }
+    let closed = closed.expect("a close event before the end of the stream");
+    assert_eq!(closed.data["code"], 1013);
+    let (_, status) = app.get("/status", &app.admin_token()).await;
+    assert!(status["connections"]["by_transport"]["sse"].is_null());
+}
+
+#[actix_web::test]
+async fn fallback_transports_refuse_bad_requests_clearly() {
+    let app = spawn_app().await;
+    let bob = app.token("bob");
+    let (status, body) = app.poll("timeout_s=1000", &bob).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "bad_request");
+    let (status, body) = app.poll("cursor=no-mark", &bob).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = app.poll("cursor=a!&client_id=b", &bob).await;
+    assert_eq!(status, 400, "the cursor's device and client_id differ");
+    let (status, _) = app.poll("subscribe=group:x", &bob).await;
+    assert_eq!(status, 400, "only broadcast channels are subscribed to");
+    match app.sse("", None, None).await {
+        Err((401, body)) => assert_eq!(body["error"]["code"], "unauthorized"),
+        other => panic!("expected 401, got {:?}", other.err()),
+    }
+    match app.sse("", Some("forged"), None).await {
+        Err((status, _)) => assert_eq!(status, 401),
+        Ok(_) => panic!("a forged token opened a stream"),
+    }
+}
+
+#[actix_web::test]
+async fn broadcast_subscriptions_resume_from_the_cursor() {
+    let app = spawn_app().await;
+    let admin = app.admin_token();
+    let publish =
+        |n: u64| json!({"channel": "broadcast:news", "type": "notification", "payload": {"n": n}});
+    let mut reader = app
+        .sse(
+            "client_id=r1&subscribe=broadcast:news",
+            Some(&app.token("bob")),
+            None,
+        )
+        .await
+        .expect("opens");
+    reader.next_of("subscribed").await;
+    app.post("/api/admin/publish", &admin, publish(1)).await;
+    let first = reader.next_of("notification").await;
+    assert!(first.id.contains("broadcast:news~1"), "{}", first.id);
+    drop(reader);
+    app.post("/api/admin/publish", &admin, publish(2)).await;
+    app.post("/api/admin/publish", &admin, publish(3)).await;
+    let mut reader = app
+        .sse(
+            "subscribe=broadcast:news",
+            Some(&app.token("bob")),
+            Some(&first.id),
+        )
+        .await
+        .expect("resumes");
+    let a = reader.next_of("notification").await;
+    let b = reader.next_of("notification").await;
+    assert_eq!(
+        (
+            a.data["payload"]["n"].clone(),
+            b.data["payload"]["n"].clone()
+        ),
+        (json!(2), json!(3))
+    );
+}
