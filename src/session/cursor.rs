@@ -2,7 +2,7 @@
 //! poll `cursor` (contract section 2).
 //!
 //! It names the device and, per channel, the last seq the client has:
-//! `web-1!dm:alice:bob~12,group:g1~40`. That is all a broker needs to resume the client,
+//! `web-1/dm:alice:bob~12,group:g1~40`. That is all a broker needs to resume the client,
 //! on any node: the device's cursors for the channels it does not name are in the store
 //! (each arrival stores the ones it names, as `delivered` does), and the positions in
 //! broadcast channels, which have no stored cursor, travel in it. It holds only the
@@ -20,7 +20,7 @@ use switchboard_actors::seq::Seq;
 pub const MAX_CHANNELS: usize = 1024;
 
 /// Between the device and its channels.
-const DEVICE_END: char = '!';
+const DEVICE_END: char = '/';
 /// Between two channels.
 const SEPARATOR: char = ',';
 /// Between a channel and its seq.
@@ -29,7 +29,7 @@ const SEQ_MARK: char = '~';
 /// Why a cursor was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CursorError {
-    /// Not `device!channel~seq,…`.
+    /// Not `device/channel~seq,…`.
     #[error("the resume cursor is malformed: {0}")]
     Malformed(&'static str),
     /// Over [`MAX_CHANNELS`].
@@ -62,7 +62,7 @@ impl ResumeCursor {
     pub fn parse(text: &str) -> Result<Self, CursorError> {
         let (device, list) = text
             .split_once(DEVICE_END)
-            .ok_or(CursorError::Malformed("no `!` after the device id"))?;
+            .ok_or(CursorError::Malformed("no `/` after the device id"))?;
         if !valid_id(device) {
             return Err(CursorError::Malformed("the device id is not a valid id"));
         }
@@ -154,12 +154,12 @@ mod tests {
     #[test]
     fn a_cursor_reads_back_what_it_wrote() {
         let mut c = ResumeCursor::new(Arc::from("web-1"));
-        assert_eq!(c.text(), "web-1!");
+        assert_eq!(c.text(), "web-1/");
         assert!(c.advance("dm:alice:bob", Seq::new(12)));
         assert!(c.advance("broadcast:news", Seq::new(3)));
         assert!(!c.advance("dm:alice:bob", Seq::new(11)), "never backwards");
         let text = c.text().to_owned();
-        assert_eq!(text, "web-1!broadcast:news~3,dm:alice:bob~12");
+        assert_eq!(text, "web-1/broadcast:news~3,dm:alice:bob~12");
         let mut back = ResumeCursor::parse(&text).expect("parses");
         assert_eq!(back.text(), text);
         assert_eq!(back.broadcasts().count(), 1);
@@ -172,21 +172,21 @@ mod tests {
         for bad in [
             "",
             "no-device-mark",
-            "bad id!",
-            "web!dm:a:b",
-            "web!dm:a:b~x",
-            "web!nochannel~1",
-            "web!dm:a:b~-1",
-            "web!dm:a:b~99999999999999999999",
+            "bad id/",
+            "web/dm:a:b",
+            "web/dm:a:b~x",
+            "web/nochannel~1",
+            "web/dm:a:b~-1",
+            "web/dm:a:b~99999999999999999999",
         ] {
             assert!(ResumeCursor::parse(bad).is_err(), "{bad:?}");
         }
-        assert!(ResumeCursor::parse("web!").is_ok());
+        assert!(ResumeCursor::parse("web/").is_ok());
         let long: Vec<String> = (0..=MAX_CHANNELS)
             .map(|i| format!("group:g{i}~1"))
             .collect();
         assert_eq!(
-            ResumeCursor::parse(&format!("web!{}", long.join(","))),
+            ResumeCursor::parse(&format!("web/{}", long.join(","))),
             Err(CursorError::TooLong)
         );
     }

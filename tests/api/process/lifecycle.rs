@@ -430,3 +430,47 @@ async fn client_mistakes_are_not_logged_as_errors_and_a_1013_close_is_logged() {
     drop(reader);
     stop(broker);
 }
+
+/// `GET /poll?{query}` on `port` as `user`: the JSON answer.
+async fn poll(port: u16, user: &str, query: &str) -> Value {
+    let mut resp = awc::Client::builder()
+        .timeout(WAIT * 3)
+        .finish()
+        .get(format!("http://127.0.0.1:{port}/poll?{query}"))
+        .bearer_auth(token(user))
+        .send()
+        .await
+        .expect("poll");
+    assert_eq!(resp.status(), 200);
+    resp.json().limit(16 << 20).await.expect("json")
+}
+
+fn polled(answer: &Value) -> Vec<String> {
+    answer["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .map(|f| f["payload"]["content"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_poller_resumes_from_its_cursor_on_a_broker_restarted_after_kill_9() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut broker = start_broker(dir.path());
+    let mut alice = connect(broker.port, "alice").await;
+    alice.dm("bob", "m1", "one").await;
+    alice.dm("bob", "m2", "two").await;
+    let first = poll(broker.port, "bob", "client_id=bob-cli&timeout_s=5").await;
+    assert_eq!(polled(&first), ["one", "two"]);
+    alice.dm("bob", "m3", "three").await;
+    broker.child.kill().expect("SIGKILL");
+    broker.child.wait().expect("reaped");
+
+    // The new process knows nothing of the poller but what the cursor and the store say.
+    let broker = start_broker(dir.path());
+    let cursor = first["cursor"].as_str().expect("cursor");
+    let next = poll(broker.port, "bob", &format!("cursor={cursor}&timeout_s=5")).await;
+    assert_eq!(polled(&next), ["three"]);
+    stop(broker);
+}
