@@ -637,6 +637,8 @@ pub struct SseClient {
         Box<dyn futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>>>,
     >,
     buf: String,
+    /// Comment lines (`: …`) read so far.
+    pub comments: Vec<String>,
 }
 
 impl TestApp {
@@ -674,6 +676,7 @@ impl TestApp {
         Ok(SseClient {
             body: Box::pin(resp),
             buf: String::new(),
+            comments: Vec::new(),
         })
     }
 
@@ -708,6 +711,8 @@ impl SseClient {
                         id = v.to_owned();
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         data = Some(serde_json::from_str(v).expect("data is JSON"));
+                    } else if let Some(v) = line.strip_prefix(':') {
+                        self.comments.push(v.trim().to_owned());
                     }
                 }
                 match data {

@@ -456,3 +456,42 @@ async fn broadcast_subscriptions_resume_from_the_cursor() {
         (json!(2), json!(3))
     );
 }
+
+#[actix_web::test]
+async fn idle_sse_streams_are_kept_alive_and_a_poller_counts_as_online() {
+    let app = spawn_app_with(|s| s.session.heartbeat_interval = Duration::from_millis(300)).await;
+    let bob = app.token("bob");
+    let mut sse = app
+        .sse("client_id=bob-web", Some(&bob), None)
+        .await
+        .expect("opens");
+    until_synced(&mut sse).await;
+    assert!(
+        sse.try_next(Duration::from_millis(1000)).await.is_none(),
+        "no event"
+    );
+    assert!(
+        sse.comments.iter().any(|c| c == "keep-alive"),
+        "{:?}",
+        sse.comments
+    );
+    drop(sse);
+
+    let carol = app.token("carol");
+    let base = app.base.clone();
+    let poll = actix_web::rt::spawn(async move {
+        let client = awc::Client::builder().timeout(WAIT).finish();
+        client
+            .get(format!("{base}/poll?client_id=carol-cli&timeout_s=2"))
+            .bearer_auth(carol)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    let (_, presence) = app.get("/api/users/carol/status", &bob).await;
+    assert_eq!(presence["status"], "online", "{presence}");
+    let (_, status) = app.get("/status", &app.admin_token()).await;
+    assert_eq!(status["connections"]["by_transport"]["poll"], 1);
+    assert_eq!(poll.await.expect("task").expect("poll"), 200);
+}
