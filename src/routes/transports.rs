@@ -3,19 +3,18 @@
 //! admits its client as the WebSocket upgrade does (token, `client_id`, `device`, the
 //! node's and the user's connection limits) and hands it to a session over its wire.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, ContentType, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
-use switchboard_actors::ids::{valid_id, Channel, ChannelKind, UserId};
+use switchboard_actors::ids::{Channel, ChannelKind, UserId};
 use switchboard_actors::protocol::{parse_client_frame, ClientFrame, ErrorCode, ErrorPayload};
 
-use crate::auth::{bearer, DEVICES};
+use crate::auth::bearer;
 use crate::error::ApiError;
-use crate::routes::ws::gate_error;
+use crate::routes::ws::{client_identity, gate_error};
 use crate::session::cursor::{ResumeCursor, MAX_CHANNELS};
 use crate::session::http::HttpAnswer;
 use crate::session::{self, Admission};
@@ -55,21 +54,7 @@ fn admit(
         ApiError::Unauthorized("missing token (`Authorization: Bearer` or `?token=`)".into())
     })?;
     let claims = app.auth.verify(token)?;
-    let client_id: Arc<str> = match client_id {
-        Some(c) if valid_id(c) => Arc::from(c),
-        Some(_) => return Err(ApiError::BadRequest("`client_id` is not a valid id".into())),
-        None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
-    };
-    let device = match device {
-        Some(d) if DEVICES.contains(&d) => Some(Arc::from(d)),
-        Some(_) => {
-            return Err(ApiError::BadRequest(format!(
-                "`device` must be one of {}",
-                DEVICES.join(", ")
-            )))
-        }
-        None => None,
-    };
+    let (client_id, device) = client_identity(client_id, device)?;
     let node = app.gate.admit_node().map_err(gate_error)?;
     let ticket = app
         .gate
@@ -130,6 +115,24 @@ fn subscriptions(list: Option<&str>, max: usize) -> Result<Vec<Channel>, ApiErro
     Ok(out)
 }
 
+/// Admits an SSE or poll client resuming from `cursor`: its admission, its cursor and the
+/// broadcast channels it subscribes to.
+fn admit_resumable(
+    app: &AppState,
+    req: &HttpRequest,
+    q: &StreamQuery,
+    cursor: Option<&str>,
+) -> Result<(Admission, Option<ResumeCursor>, Vec<Channel>), ApiError> {
+    let resume = resume_cursor(cursor)?;
+    let subscribe = subscriptions(
+        q.subscribe.as_deref(),
+        app.settings.limits.max_subscriptions,
+    )?;
+    let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
+    let adm = admit(app, req, q.token.as_deref(), client_id, q.device.as_deref())?;
+    Ok((adm, resume, subscribe))
+}
+
 /// `GET /sse`: a stream of server frames as Server-Sent Events.
 pub async fn sse(
     app: web::Data<AppState>,
@@ -142,12 +145,7 @@ pub async fn sse(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or(q.last_event_id);
-    let resume = resume_cursor(last_id.as_deref())?;
-    let subscribe = subscriptions(
-        q.subscribe.as_deref(),
-        app.settings.limits.max_subscriptions,
-    )?;
+        .or_else(|| q.last_event_id.clone());
     let peer = req.peer_addr().map(|a| a.ip());
     if let Some(peer) = peer {
         let forwarded = req.headers().get_all(header::X_FORWARDED_FOR);
@@ -156,14 +154,7 @@ pub async fn sse(
             .client_address(peer, forwarded.filter_map(|v| v.to_str().ok()));
         app.gate.admit_upgrade(client).map_err(gate_error)?;
     }
-    let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
-    let adm = admit(
-        &app,
-        &req,
-        q.token.as_deref(),
-        client_id,
-        q.device.as_deref(),
-    )?;
+    let (adm, resume, subscribe) = admit_resumable(&app, &req, &q, last_id.as_deref())?;
     let body = session::sse::start(app, adm, session::sse::SseStart { resume, subscribe });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -179,25 +170,13 @@ pub async fn poll(
     q: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = q.into_inner();
-    let resume = resume_cursor(q.cursor.as_deref())?;
-    let subscribe = subscriptions(
-        q.subscribe.as_deref(),
-        app.settings.limits.max_subscriptions,
-    )?;
     let timeout_s = q.timeout_s.unwrap_or(DEFAULT_POLL_TIMEOUT_S);
     if timeout_s > MAX_POLL_TIMEOUT_S {
         return Err(ApiError::BadRequest(format!(
             "`timeout_s` is at most {MAX_POLL_TIMEOUT_S}"
         )));
     }
-    let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
-    let adm = admit(
-        &app,
-        &req,
-        q.token.as_deref(),
-        client_id,
-        q.device.as_deref(),
-    )?;
+    let (adm, resume, subscribe) = admit_resumable(&app, &req, &q, q.cursor.as_deref())?;
     let start = session::poll::PollStart {
         resume,
         subscribe,

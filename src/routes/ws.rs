@@ -55,6 +55,30 @@ pub(crate) fn gate_error(e: GateError) -> ApiError {
     }
 }
 
+/// A connection's device id (the one given, checked, or a new one) and device kind (one
+/// of [`DEVICES`], or none), as every transport takes them from its query.
+pub(crate) fn client_identity(
+    client_id: Option<&str>,
+    device: Option<&str>,
+) -> Result<(Arc<str>, Option<Arc<str>>), ApiError> {
+    let client_id: Arc<str> = match client_id {
+        Some(c) if valid_id(c) => Arc::from(c),
+        Some(_) => return Err(ApiError::BadRequest("`client_id` is not a valid id".into())),
+        None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
+    };
+    let device = match device {
+        Some(d) if DEVICES.contains(&d) => Some(Arc::from(d)),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "`device` must be one of {}",
+                DEVICES.join(", ")
+            )))
+        }
+        None => None,
+    };
+    Ok((client_id, device))
+}
+
 /// Everything the upgrade request from `peer` establishes, or the error to answer it with.
 fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Admission, ApiError> {
     if req.path() != PATH {
@@ -85,21 +109,7 @@ fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Admission, ApiEr
         Some(t) => Some(app.auth.verify(&t)?),
         None => None,
     };
-    let client_id: Arc<str> = match q.client_id {
-        Some(c) if valid_id(&c) => Arc::from(c),
-        Some(_) => return Err(ApiError::BadRequest("`client_id` is not a valid id".into())),
-        None => Arc::from(uuid::Uuid::new_v4().simple().to_string()),
-    };
-    let device = match q.device {
-        Some(d) if DEVICES.contains(&d.as_str()) => Some(Arc::from(d)),
-        Some(_) => {
-            return Err(ApiError::BadRequest(format!(
-                "`device` must be one of {}",
-                DEVICES.join(", ")
-            )))
-        }
-        None => None,
-    };
+    let (client_id, device) = client_identity(q.client_id.as_deref(), q.device.as_deref())?;
     let node = app.gate.admit_node().map_err(gate_error)?;
     let (auth, pending) = match claims {
         Some(c) => {

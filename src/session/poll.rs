@@ -158,11 +158,6 @@ impl Wire for PollWire {
         self.frames.len()
     }
 
-    fn sync_budget(act: &PollSession) -> i64 {
-        let cfg = &act.app.settings;
-        i64::from(cfg.sync.max_per_sync).min(cfg.limits.outbound_queue as i64 / 2)
-    }
-
     fn tick(_: &mut PollSession, _: &mut Ctx<Self>) {}
 
     fn ready(act: &mut PollSession, ctx: &mut Ctx<Self>) {

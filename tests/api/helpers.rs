@@ -79,6 +79,15 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Setti
         settings.database.url = pg.url.clone();
     }
     adjust(&mut settings);
+    serve(settings, Some(dir), pg).await
+}
+
+/// Builds and runs a broker with `settings`, keeping `dir` and `pg` as long as it lives.
+async fn serve(
+    settings: Settings,
+    dir: Option<tempfile::TempDir>,
+    pg: Option<PgDatabase>,
+) -> TestApp {
     let auth = Authority::from_settings(&settings).expect("keys");
     let app = Application::build(settings.clone())
         .await
@@ -90,7 +99,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Setti
         ws_base: format!("ws://127.0.0.1:{port}"),
         settings,
         auth,
-        _dir: Some(dir),
+        _dir: dir,
         _pg: pg,
     }
 }
@@ -98,21 +107,7 @@ pub async fn spawn_app_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut Setti
 /// A second broker on the same database as `first` (another node of one deployment: on
 /// SQLite, another server on the same file).
 pub async fn another_node(first: &TestApp) -> TestApp {
-    let settings = first.settings.clone();
-    let auth = Authority::from_settings(&settings).expect("keys");
-    let app = Application::build(settings.clone())
-        .await
-        .expect("second node builds");
-    let port = app.port();
-    actix_web::rt::spawn(app.run_until_stopped());
-    TestApp {
-        base: format!("http://127.0.0.1:{port}"),
-        ws_base: format!("ws://127.0.0.1:{port}"),
-        settings,
-        auth,
-        _dir: None,
-        _pg: None,
-    }
+    serve(first.settings.clone(), None, None).await
 }
 
 impl TestApp {
