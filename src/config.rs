@@ -65,6 +65,8 @@ pub struct Settings {
     pub sync: SyncSettings,
     /// The push hook.
     pub push: PushSettings,
+    /// The backend `command` frames are forwarded to.
+    pub command: CommandSettings,
     /// Channel actors.
     pub channels: ChannelSettings,
     /// Fault drills.
@@ -394,6 +396,42 @@ impl Default for PushSettings {
     }
 }
 
+/// `[command]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandSettings {
+    /// Where `command` frames are POSTed; empty: `command` is answered `not_configured`.
+    pub backend_url: String,
+    /// Sent as `Authorization: Bearer <secret>` with every call; empty: no header.
+    pub secret: String,
+    /// Time one call may take, answer included (at most 25 s).
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Calls open at once across the broker; more are answered `unavailable` at once.
+    pub max_in_flight: usize,
+    /// Failures in a row (timeouts, 5xx, unreachable) that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker answers `unavailable` without calling.
+    #[serde(with = "duration_str")]
+    pub breaker_cooldown: Duration,
+    /// Largest answer body accepted from the backend.
+    pub max_response_bytes: usize,
+}
+
+impl Default for CommandSettings {
+    fn default() -> Self {
+        CommandSettings {
+            backend_url: String::new(),
+            secret: String::new(),
+            timeout: Duration::from_secs(10),
+            max_in_flight: 256,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            max_response_bytes: 64 * 1024,
+        }
+    }
+}
+
 /// `[channels]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -497,6 +535,22 @@ impl Settings {
         let hook = &self.push.webhook_url;
         if !(hook.is_empty() || hook.starts_with("http://") || hook.starts_with("https://")) {
             return bad("push.webhook_url must be an http:// or https:// URL");
+        }
+        let cmd = &self.command;
+        if !(cmd.backend_url.is_empty()
+            || cmd.backend_url.starts_with("http://")
+            || cmd.backend_url.starts_with("https://"))
+        {
+            return bad("command.backend_url must be an http:// or https:// URL");
+        }
+        // An HTTP send waits 30 s for its answer: a call must end well before.
+        if cmd.timeout.is_zero() || cmd.timeout > Duration::from_secs(25) {
+            return bad("command.timeout must be > 0 and at most 25s");
+        }
+        if cmd.max_in_flight == 0 || cmd.breaker_failures == 0 || cmd.max_response_bytes == 0 {
+            return bad(
+                "command.max_in_flight, command.breaker_failures and command.max_response_bytes must be at least 1",
+            );
         }
         if !(1..=128).contains(&self.limits.max_json_depth) {
             return bad("limits.max_json_depth must be from 1 to 128");

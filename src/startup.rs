@@ -10,6 +10,7 @@ use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
+use switchboard_actors::command_proxy::CommandConfig;
 use switchboard_actors::push_notifier::PushConfig;
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
@@ -218,6 +219,18 @@ impl Application {
                     attempts: settings.push.attempts.max(1),
                     timeout: settings.push.timeout,
                     ack_delay: settings.push.ack_delay,
+                }),
+                command: (!settings.command.backend_url.is_empty()).then(|| {
+                    let c = &settings.command;
+                    CommandConfig {
+                        url: c.backend_url.clone(),
+                        secret: c.secret.clone(),
+                        timeout: c.timeout,
+                        max_in_flight: c.max_in_flight,
+                        breaker_failures: c.breaker_failures,
+                        breaker_cooldown: c.breaker_cooldown,
+                        max_response_bytes: c.max_response_bytes,
+                    }
                 }),
             },
             backend,

@@ -17,9 +17,11 @@
 //! - [`channel`]: one actor per active channel.
 //! - [`presence`], [`offline_queue`], [`sync_engine`]: per-user trackers.
 //! - [`store`]: schema, queries, the batching writer and the readers.
+//! - [`push_notifier`], [`command_proxy`]: calls out to the application's HTTP backend.
 //! - [`health`]: what `/status` reports; [`tree`]: starts and supervises all of it.
 
 pub mod channel;
+pub mod command_proxy;
 pub mod error_code;
 pub mod fast_map;
 pub mod health;

@@ -135,6 +135,13 @@ struct StateSyncPayload<'a> {
 }
 
 #[derive(Deserialize)]
+struct CommandPayload<'a> {
+    name: String,
+    #[serde(borrow, default)]
+    args: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
 struct SyncPayload {
     #[serde(default)]
     cursors: std::collections::HashMap<String, Seq>,
@@ -257,10 +264,12 @@ pub enum ClientFrame {
         /// Whom.
         users: Vec<UserId>,
     },
-    /// A type of the contract that this version does not serve yet.
-    NotYetServed {
-        /// The type as sent.
-        kind: String,
+    /// Call the application's backend (answered with `response`).
+    Command {
+        /// The command's name (1 to 128 characters, no control characters).
+        name: String,
+        /// Its arguments: any JSON value as sent (checked like a payload), `null` if none.
+        args: String,
     },
 }
 
@@ -587,9 +596,21 @@ fn parse_envelope(text: &str, max_depth: usize) -> Result<ParsedFrame, FrameErro
                 up_to_seq: p.up_to_seq,
             }
         }
-        "command" => ClientFrame::NotYetServed {
-            kind: env.kind.into_owned(),
-        },
+        "command" => {
+            let p: CommandPayload = payload_of(env.payload, "command", &id)?;
+            if p.name.is_empty() || p.name.len() > 128 || p.name.chars().any(char::is_control) {
+                return Err(bad(
+                    "`name` must be 1 to 128 characters without control characters",
+                    &id,
+                ));
+            }
+            let args = p.args.map_or("null", RawValue::get);
+            check_json(args, max_depth).map_err(|f| bad(format!("invalid `args`: {f}"), &id))?;
+            ClientFrame::Command {
+                name: p.name,
+                args: String::from(args),
+            }
+        }
         _ => {
             return Err(FrameError::UnknownType {
                 kind: env.kind.into_owned(),

@@ -7,6 +7,7 @@
 //! ├── Supervisor ── PresenceTracker
 //! ├── Supervisor ── OfflineQueue
 //! ├── Supervisor ── SyncEngine
+//! ├── Supervisor ── PushNotifier, CommandProxy (when configured)
 //! ├── Supervisor ── WriteBatcher ─┬── SyncArbiter ── MessageWriter (SQLite) or PgWriter
 //! │                               │                  × writer_threads
 //! │                               └── SyncArbiter ── WalCheckpointer (SQLite)
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::command_proxy::{CommandConfig, CommandProxy, CommandStats};
 use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::ids::MessageIds;
 use crate::offline_queue::OfflineQueue;
@@ -122,6 +124,8 @@ pub struct TreeConfig {
     pub presence_max_watched: usize,
     /// The push hook, if configured.
     pub push: Option<PushConfig>,
+    /// The command backend, if configured.
+    pub command: Option<CommandConfig>,
 }
 
 /// Addresses of the running tree.
@@ -131,6 +135,8 @@ pub struct Tree {
     pub router: Addr<Router>,
     /// The push hook's counters, when one is configured.
     pub push: Option<Arc<PushStats>>,
+    /// The command proxy and its counters, when a backend is configured.
+    pub command: Option<(Addr<CommandProxy>, Arc<CommandStats>)>,
     /// Write batching in front of the writers.
     pub batcher: Addr<WriteBatcher>,
     /// Who is online.
@@ -290,8 +296,18 @@ impl Tree {
         let sync = Supervisor::start(move |_| SyncEngine::new(b, r, hh));
         board.register(h, sync.clone().recipient());
 
+        let command = cfg.command.clone().map(|ccfg| {
+            let h = ActorHealth::new("command_proxy");
+            let stats = Arc::new(CommandStats::default());
+            let (st, hh) = (stats.clone(), h.clone());
+            let proxy = Supervisor::start(move |_| CommandProxy::new(ccfg.clone(), st.clone(), hh));
+            board.register(h, proxy.clone().recipient());
+            (proxy, stats)
+        });
+
         Tree {
             push: push_stats,
+            command,
             router,
             writes: Writes::new(batcher.clone()),
             batcher,

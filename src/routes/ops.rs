@@ -106,5 +106,22 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
                 "dropped": p.dropped.load(Relaxed),
             })
         }),
+        "command": command_status(&app),
     }))
+}
+
+/// The command proxy's part of `/status`.
+fn command_status(app: &AppState) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    match &app.tree.command {
+        None => json!({ "configured": false }),
+        Some((_, s)) => json!({
+            "configured": true,
+            "breaker": s.breaker(),
+            "in_flight": s.in_flight.load(Relaxed),
+            "ok": s.ok.load(Relaxed),
+            "failed": s.failed.load(Relaxed),
+            "rejected": s.rejected.load(Relaxed),
+        }),
+    }
 }

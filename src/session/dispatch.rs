@@ -9,6 +9,7 @@ use std::time::Instant;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 use switchboard_actors::channel::{typing_frame, Publish, Receipt, Reply, Sender, Typing};
+use switchboard_actors::command_proxy::{answer_frame as command_answer, Call, CommandError};
 use switchboard_actors::ids::{now_ms, Channel, UserId};
 use switchboard_actors::presence::{PresenceTracker, SetStatus, Watch};
 use switchboard_actors::protocol::{
@@ -198,13 +199,36 @@ impl<W: Wire> SessionActor<W> {
                     self.tell_presence(watch, id, ctx)
                 }
             }
-            ClientFrame::NotYetServed { kind } => self.error(
-                ErrorCode::UnknownType,
-                &format!("`{kind}` is not served by this version of the broker"),
-                id.as_deref(),
-                ctx,
-            ),
+            ClientFrame::Command { name, args } => self.command(user, name, args, id, ctx),
         }
+    }
+
+    /// Forwards a `command` to the backend; its `response` (or `error`) comes when the
+    /// call ends, while the session goes on.
+    fn command(
+        &mut self,
+        user: UserId,
+        name: String,
+        args: String,
+        id: Option<String>,
+        ctx: &mut Ctx<W>,
+    ) {
+        let Some((proxy, _)) = &self.app.tree.command else {
+            let res = Err(CommandError::NotConfigured);
+            return self.text(&command_answer(&res, id.as_deref()), ctx);
+        };
+        let call = Call {
+            user,
+            client_id: self.client_id.clone(),
+            name,
+            args,
+            ref_id: id.clone(),
+        };
+        let req = proxy.send(call);
+        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(res) => act.text(&command_answer(&res, id.as_deref()), ctx),
+            Err(_) => act.error(ErrorCode::Unavailable, "retry", id.as_deref(), ctx),
+        }));
     }
 
     /// The DM channel between this session's `user` and `to`.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod chat;
+mod command;
 mod fuzz;
 mod groups;
 mod hardening;
