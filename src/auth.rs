@@ -1,6 +1,6 @@
 //! Tokens: minting and checking JWTs (contract section 1).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::RwLock;
 use std::time::Duration;
@@ -11,6 +11,11 @@ use switchboard_actors::ids::{now_ms, valid_id};
 
 use crate::config::{Environment, Settings};
 use crate::error::ApiError;
+
+/// The longest any token the broker mints may live (an access token's `ttl_s` limit, and
+/// above any sane `auth.refresh_ttl`): how long a revoked id read back without its expiry
+/// is kept.
+pub const MAX_TOKEN_LIFE_S: u64 = 90 * 24 * 3600;
 
 /// Device kinds a token or connection may name.
 pub const DEVICES: [&str; 6] = ["web", "desktop", "mobile", "extension", "cli", "server"];
@@ -61,6 +66,9 @@ pub enum AuthError {
     /// A refresh token used as an access token.
     #[error("refresh tokens cannot be used for access")]
     WrongKind,
+    /// An access token where a refresh token belongs.
+    #[error("not a refresh token")]
+    NotRefresh,
     /// The broker has no signing secret (RS256/ES256 verification only).
     #[error("this broker verifies tokens but cannot mint them (no HS256 secret)")]
     CannotMint,
@@ -91,7 +99,8 @@ pub struct Authority {
     encoding: Option<EncodingKey>,
     decoding: DecodingKey,
     validation: Validation,
-    revoked: RwLock<HashSet<String>>,
+    /// Revoked token ids, with the expiry (s) after which they can be forgotten.
+    revoked: RwLock<HashMap<String, u64>>,
 }
 
 /// A freshly minted token.
@@ -148,39 +157,94 @@ impl Authority {
             encoding,
             decoding,
             validation,
-            revoked: RwLock::new(HashSet::new()),
+            revoked: RwLock::new(HashMap::new()),
         }
     }
 
-    /// Marks token ids as revoked (loaded from the store at start).
-    pub fn revoke_all(&self, jtis: impl IntoIterator<Item = String>) {
+    /// Marks token ids as revoked, each until its token's expiry (ms), as the store keeps
+    /// them; returns those that were not already.
+    pub fn revoke_all(&self, jtis: impl IntoIterator<Item = (String, i64)>) -> Vec<String> {
+        let Ok(mut r) = self.revoked.write() else {
+            return Vec::new();
+        };
+        let mut new = Vec::new();
+        for (jti, exp_ms) in jtis {
+            let exp = (exp_ms.max(0) / 1000) as u64;
+            if r.insert(jti.clone(), exp).is_none() {
+                new.push(jti);
+            }
+        }
+        new
+    }
+
+    /// Marks one token id as revoked until `exp` (s).
+    pub fn revoke(&self, jti: &str, exp: u64) {
         if let Ok(mut r) = self.revoked.write() {
-            r.extend(jtis);
+            r.insert(jti.to_owned(), exp);
         }
     }
 
-    /// Checks an access token.
-    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+    /// Forgets revoked ids whose tokens have expired (leeway included); how many are left.
+    pub fn forget_expired(&self) -> usize {
+        let now = (now_ms() / 1000) as u64;
+        let leeway = self.validation.leeway;
+        match self.revoked.write() {
+            Ok(mut r) => {
+                r.retain(|_, exp| exp.saturating_add(leeway) >= now);
+                r.len()
+            }
+            Err(_) => 0,
+        }
+    }
+
+    fn is_revoked(&self, jti: &str) -> bool {
+        self.revoked
+            .read()
+            .map(|r| r.contains_key(jti))
+            .unwrap_or(false)
+    }
+
+    /// Checks a token's signature and time claims, of either kind.
+    fn signed_claims(&self, token: &str) -> Result<Claims, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
         let c = data.claims;
         if !valid_id(&c.sub) {
             return Err(AuthError::Invalid("`sub` is not a valid user id".into()));
         }
+        Ok(c)
+    }
+
+    /// Checks a token's signature, time claims and revocation, of either kind.
+    fn decode(&self, token: &str) -> Result<Claims, AuthError> {
+        let c = self.signed_claims(token)?;
+        if c.jti.as_deref().is_some_and(|j| self.is_revoked(j)) {
+            return Err(AuthError::Revoked);
+        }
+        Ok(c)
+    }
+
+    /// Checks an access token.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let c = self.decode(token)?;
         if c.typ.as_deref() == Some("refresh") {
             return Err(AuthError::WrongKind);
         }
-        if let Some(jti) = &c.jti {
-            if self
-                .revoked
-                .read()
-                .map(|r| r.contains(jti))
-                .unwrap_or(false)
-            {
-                return Err(AuthError::Revoked);
-            }
+        Ok(c)
+    }
+
+    /// Checks a refresh token (it must carry a `jti`, which its use revokes).
+    pub fn verify_refresh(&self, token: &str) -> Result<Claims, AuthError> {
+        let c = self.decode(token)?;
+        if c.typ.as_deref() != Some("refresh") || c.jti.is_none() {
+            return Err(AuthError::NotRefresh);
         }
         Ok(c)
+    }
+
+    /// Checks a token of either kind, revoked or not, for its revocation.
+    pub fn verify_any(&self, token: &str) -> Result<Claims, AuthError> {
+        self.signed_claims(token)
     }
 
     /// Mints a token for `user`.

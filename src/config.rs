@@ -132,9 +132,13 @@ pub struct AuthSettings {
     /// Lifetime of access tokens minted by `POST /api/auth/token` without `ttl_s`.
     #[serde(with = "duration_str")]
     pub access_ttl: Duration,
-    /// Lifetime of refresh tokens.
+    /// Lifetime of refresh tokens (at most 90 days).
     #[serde(with = "duration_str")]
     pub refresh_ttl: Duration,
+    /// How often the broker reads revocations made on other nodes sharing its database
+    /// (tokens and API keys), and closes the connections they end.
+    #[serde(with = "duration_str")]
+    pub revocation_poll: Duration,
 }
 
 impl Default for AuthSettings {
@@ -147,6 +151,7 @@ impl Default for AuthSettings {
             auth_timeout: Duration::from_secs(10),
             access_ttl: Duration::from_secs(3600),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            revocation_poll: Duration::from_secs(5),
         }
     }
 }
@@ -582,6 +587,14 @@ impl Settings {
             "HS256" | "RS256" | "ES256"
         ) {
             return bad("auth.jwt_algorithm must be HS256, RS256 or ES256");
+        }
+        if self.auth.refresh_ttl.is_zero()
+            || self.auth.refresh_ttl.as_secs() > crate::auth::MAX_TOKEN_LIFE_S
+        {
+            return bad("auth.refresh_ttl must be > 0 and at most 90days");
+        }
+        if self.auth.revocation_poll < Duration::from_millis(100) {
+            return bad("auth.revocation_poll must be at least 100ms");
         }
         Ok(())
     }

@@ -8,11 +8,13 @@
 //! A client frame travels: [`session`] → router → channel → persistence → ack → fan-out
 //! (see `switchboard_actors`).
 
+pub mod api_keys;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gate;
 pub mod net;
+pub mod revocation_watch;
 pub mod routes;
 pub mod session;
 pub mod startup;

@@ -5,12 +5,14 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::Supervisor;
 use actix_http::HttpService;
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config};
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::command_proxy::CommandConfig;
+use switchboard_actors::health::ActorHealth;
 use switchboard_actors::push_notifier::PushConfig;
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
@@ -19,9 +21,11 @@ use switchboard_actors::store::sqlite::dedupe::DedupeSettings;
 use switchboard_actors::store::{self, DatabaseLock, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{StoreBackend, Tree, TreeConfig};
 
+use crate::api_keys::ApiKeys;
 use crate::auth::{Authority, KeyError};
 use crate::config::Settings;
 use crate::gate::ConnectionGate;
+use crate::revocation_watch::RevocationWatch;
 use crate::routes;
 use crate::session::close;
 use crate::state::AppState;
@@ -247,10 +251,15 @@ impl Application {
             settings,
             tree,
             auth,
+            api_keys: ApiKeys::default(),
             gate,
             redis,
             started: Instant::now(),
         });
+        let h = ActorHealth::new("revocation_watch");
+        let (watched, hh) = (state.clone(), h.clone());
+        let watch = Supervisor::start(move |_| RevocationWatch::new(watched, hh));
+        state.tree.health.register(h, watch.recipient());
         let data = state.clone();
         // actix-web's `HttpServer` has no upgrade hook, so the HTTP service is put together
         // here: upgrades go to `routes::ws::upgrade` (the session then owns the socket),

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use switchboard_actors::tree::Tree;
 
+use crate::api_keys::ApiKeys;
 use crate::auth::Authority;
 use crate::config::Settings;
 use crate::gate::ConnectionGate;
@@ -17,6 +18,8 @@ pub struct AppState {
     pub tree: Tree,
     /// Token minting and checking.
     pub auth: Authority,
+    /// API key checking (verified keys remembered).
+    pub api_keys: ApiKeys,
     /// Connection and rate limits.
     pub gate: Arc<ConnectionGate>,
     /// Redis pool, when `redis.url` is set.

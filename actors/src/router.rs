@@ -10,13 +10,17 @@
 //! end); channel actors it forgot are started again on next use.
 
 use std::collections::hash_map::Entry;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
+
+mod connections;
+pub use connections::{
+    CloseAll, CloseConnection, CloseRevoked, ConnectionInfo, GetStats, ListConnections, RouterStats,
+};
 
 use crate::channel::{ChannelActor, ChannelDeps, Stop};
 use crate::fast_map::FastMap;
@@ -471,78 +475,5 @@ where
         if let Some(e) = self.channels.get(&r.channel.name) {
             e.addr.do_send(r.msg);
         }
-    }
-}
-
-/// Close every session with `code` (graceful shutdown uses 1012).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CloseAll {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason.
-    pub reason: &'static str,
-}
-
-impl Handler<CloseAll> for Router {
-    type Result = usize;
-    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
-        self.health.handled();
-        let mut n = 0;
-        for h in self.sessions.values().flatten() {
-            n += 1;
-            h.close(msg.code, msg.reason);
-        }
-        for r in self.pending.values() {
-            n += 1;
-            r.do_send(Outbound::Close {
-                code: msg.code,
-                reason: msg.reason,
-            });
-        }
-        n
-    }
-}
-
-/// Connection and channel counts for `/status`.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct RouterStats {
-    /// Open, authenticated connections.
-    pub connections: usize,
-    /// Distinct users connected.
-    pub users: usize,
-    /// Connections by `device` (`unknown` when the client did not say).
-    pub by_device: BTreeMap<String, usize>,
-    /// Connections by transport (`websocket`, `sse`, `poll`).
-    pub by_transport: BTreeMap<&'static str, usize>,
-    /// Channels in the router's registry (their actors are running).
-    pub active_channels: usize,
-    /// Channel actors alive, in the registry or finishing an idle stop; more than
-    /// `active_channels` for long would be actors no one can reach.
-    pub live_channel_actors: usize,
-}
-
-/// Asks for [`RouterStats`].
-#[derive(Message)]
-#[rtype(result = "RouterStats")]
-pub struct GetStats;
-
-impl Handler<GetStats> for Router {
-    type Result = MessageResult<GetStats>;
-    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        self.health.handled();
-        let mut s = RouterStats {
-            users: self.sessions.len(),
-            active_channels: self.channels.len(),
-            live_channel_actors: self.live_channels.load(Ordering::Relaxed),
-            ..RouterStats::default()
-        };
-        for h in self.sessions.values().flatten() {
-            s.connections += 1;
-            let d = h.device.as_deref().unwrap_or("unknown").to_owned();
-            *s.by_device.entry(d).or_default() += 1;
-            *s.by_transport.entry(h.transport.as_str()).or_default() += 1;
-        }
-        MessageResult(s)
     }
 }

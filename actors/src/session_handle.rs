@@ -47,6 +47,8 @@ pub enum Outbound {
         /// The messages, in seq order.
         items: Arc<[Delivery]>,
     },
+    /// These token ids were revoked: the session closes with 4001 if it holds one.
+    Revoked(Arc<[Arc<str>]>),
     /// Close the connection with this WebSocket close code.
     Close {
         /// Close code (1012 on shutdown, 4001 on auth expiry…).
@@ -66,7 +68,7 @@ impl Outbound {
             Outbound::Deliveries { items, .. } => {
                 items.iter().filter(|d| d.skip_conn != Some(conn)).count()
             }
-            Outbound::Close { .. } => 0,
+            Outbound::Close { .. } | Outbound::Revoked(_) => 0,
         }
     }
 }
@@ -159,6 +161,8 @@ pub struct SessionHandle {
     pub device: Option<Arc<str>>,
     /// How it is connected.
     pub transport: Transport,
+    /// When it authenticated, ms since epoch.
+    pub connected_at: i64,
     recipient: Recipient<Outbound>,
     gauge: Arc<OutboundGauge>,
 }
@@ -180,6 +184,7 @@ impl SessionHandle {
             client_id,
             device,
             transport,
+            connected_at: crate::ids::now_ms(),
             recipient,
             gauge,
         }
@@ -216,6 +221,11 @@ impl SessionHandle {
     /// Asks the session to close with `code`, even past a full queue (shutdown, revocation).
     pub fn close(&self, code: u16, reason: &'static str) {
         self.recipient.do_send(Outbound::Close { code, reason });
+    }
+
+    /// Tells the session which token ids were revoked, even past a full queue.
+    pub fn revoked(&self, jtis: Arc<[Arc<str>]>) {
+        self.recipient.do_send(Outbound::Revoked(jtis));
     }
 
     /// Whether the session is still there to receive.

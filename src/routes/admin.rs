@@ -13,7 +13,7 @@ use switchboard_actors::store::NewMessage;
 
 use crate::error::ApiError;
 use crate::routes::body::JsonBody;
-use crate::routes::caller::Caller;
+use crate::routes::caller::Principal;
 use crate::state::AppState;
 
 /// Frame types a publish may not use: they mean something else to clients.
@@ -55,11 +55,11 @@ fn notification() -> String {
 
 /// Stores and delivers a message on any channel; replies with its ack payload.
 pub async fn publish(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     body: JsonBody<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    caller.require_admin()?;
+    caller.require_publish()?;
     let r = body.into_inner();
     let channel = Channel::parse(&r.channel).ok_or_else(|| {
         ApiError::BadRequest(format!("`{}` is not a valid channel name", r.channel))
@@ -118,7 +118,7 @@ pub async fn publish(
 /// `POST /api/admin/debug/crash/{actor}`: makes a supervised actor fail (fault drills).
 /// Only with `debug.fault_injection = true`.
 pub async fn crash(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

@@ -9,7 +9,7 @@ use switchboard_actors::store::models::GroupRow;
 
 use crate::error::ApiError;
 use crate::routes::body::JsonBody;
-use crate::routes::caller::Caller;
+use crate::routes::caller::{Caller, Principal};
 use crate::state::AppState;
 
 /// Most members a group may be created with in one request.
@@ -109,20 +109,20 @@ pub async fn create(
 
 /// Reads a group (its members, its owner and admins).
 pub async fn get(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (g, members) = load(&app, &path).await?;
     let me = caller.user.as_str();
-    if !caller.is_admin() && g.owner_id != me && !members.iter().any(|m| m == me) {
+    if !caller.reads_all() && g.owner_id != me && !members.iter().any(|m| m == me) {
         return Err(ApiError::Forbidden("not a member of this group".into()));
     }
     Ok(HttpResponse::Ok().json(view(g, members)))
 }
 
 async fn change_member(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     path: web::Path<(String, String)>,
     add: bool,
@@ -150,7 +150,7 @@ async fn change_member(
 
 /// `PUT /api/groups/{id}/members/{user_id}`
 pub async fn add_member(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -159,7 +159,7 @@ pub async fn add_member(
 
 /// `DELETE /api/groups/{id}/members/{user_id}`
 pub async fn remove_member(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {

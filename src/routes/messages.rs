@@ -13,7 +13,7 @@ use switchboard_actors::store::Page;
 use switchboard_actors::store::StoredMessage;
 
 use crate::error::ApiError;
-use crate::routes::caller::Caller;
+use crate::routes::caller::{Caller, Principal};
 use crate::state::AppState;
 
 /// Largest page.
@@ -104,7 +104,7 @@ pub async fn user_history(
 
 /// Group history, for members (and admins).
 pub async fn group_history(
-    caller: Caller,
+    caller: Principal,
     app: web::Data<AppState>,
     path: web::Path<String>,
     q: web::Query<PageQuery>,
@@ -118,7 +118,7 @@ pub async fn group_history(
     let Some((_, members)) = group else {
         return Err(ApiError::NotFound(format!("no group `{gid}`")));
     };
-    if !caller.is_admin() && !members.iter().any(|m| m == caller.user.as_str()) {
+    if !caller.reads_all() && !members.iter().any(|m| m == caller.user.as_str()) {
         return Err(ApiError::Forbidden("not a member of this group".into()));
     }
     read_page(&app, &Channel::group(&gid), page).await

@@ -1,9 +1,11 @@
 //! HTTP routes: the WebSocket entry, operations endpoints and the REST API.
 
 pub mod admin;
+pub mod api_keys;
 pub mod auth;
 pub mod body;
 pub mod caller;
+pub mod connections;
 pub mod groups;
 pub mod messages;
 pub mod offline;
@@ -40,6 +42,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .service(
             web::scope("/api")
                 .route("/auth/token", web::post().to(auth::mint_token))
+                .route("/auth/refresh", web::post().to(auth::refresh))
+                .route("/auth/revoke", web::post().to(auth::revoke))
+                .route("/auth/validate", web::get().to(auth::validate))
                 .service(
                     web::resource("/groups")
                         .app_data(web::PayloadConfig::new(groups::CREATE_BODY_LIMIT))
@@ -63,6 +68,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/state/{collection}", web::get().to(state::changes))
                 .route("/state/{collection}/{key}", web::put().to(state::put))
                 .route("/admin/publish", web::post().to(admin::publish))
+                .route("/admin/api-keys", web::post().to(api_keys::create))
+                .route("/admin/api-keys", web::get().to(api_keys::list))
+                .route("/admin/api-keys/{id}", web::delete().to(api_keys::revoke))
+                .route("/admin/connections", web::get().to(connections::list))
+                .route(
+                    "/admin/connections/{conn_id}",
+                    web::delete().to(connections::close),
+                )
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
                 .route("/messages", web::post().to(transports::send))
                 .route("/messages/read", web::post().to(messages::read))

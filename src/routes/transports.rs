@@ -9,11 +9,12 @@ use actix_web::http::header::{self, ContentType, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Deserialize;
-use switchboard_actors::ids::{Channel, ChannelKind, UserId};
+use switchboard_actors::ids::{now_ms, valid_id, Channel, ChannelKind, UserId};
 use switchboard_actors::protocol::{parse_client_frame, ClientFrame, ErrorCode, ErrorPayload};
 
-use crate::auth::bearer;
+use crate::auth::{bearer, Claims};
 use crate::error::ApiError;
+use crate::routes::caller::API_KEY_HEADER;
 use crate::routes::ws::{client_identity, gate_error};
 use crate::session::cursor::{ResumeCursor, MAX_CHANNELS};
 use crate::session::http::HttpAnswer;
@@ -54,6 +55,16 @@ fn admit(
         ApiError::Unauthorized("missing token (`Authorization: Bearer` or `?token=`)".into())
     })?;
     let claims = app.auth.verify(token)?;
+    admit_claims(app, claims, client_id, device)
+}
+
+/// Admits a client authenticated as `claims`.
+fn admit_claims(
+    app: &AppState,
+    claims: Claims,
+    client_id: Option<&str>,
+    device: Option<&str>,
+) -> Result<Admission, ApiError> {
     let (client_id, device) = client_identity(client_id, device)?;
     let node = app.gate.admit_node().map_err(gate_error)?;
     let ticket = app
@@ -207,6 +218,46 @@ pub async fn poll(
 #[derive(Deserialize, Default)]
 pub struct SendQuery {
     client_id: Option<String>,
+    /// With an API key: the user the frame is sent as.
+    user_id: Option<String>,
+}
+
+/// How long the identity an API key sends with lasts: longer than any answer takes.
+const KEY_SEND_TTL_S: u64 = 300;
+
+/// Admits a frame sent with an API key (scope `publish`) as user `q.user_id`.
+async fn admit_key(
+    app: &AppState,
+    key: &HeaderValue,
+    q: &SendQuery,
+) -> Result<Admission, ApiError> {
+    let key = key
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("invalid API key".into()))?;
+    let holder = app.api_keys.check(&app.tree.reads, key.trim()).await?;
+    if !holder.scopes.publish() {
+        return Err(ApiError::Forbidden(
+            "sending as a user needs an API key with scope `publish`".into(),
+        ));
+    }
+    let user = q.user_id.as_deref().ok_or_else(|| {
+        ApiError::BadRequest("an API key sends as a user: give `?user_id=`".into())
+    })?;
+    if !valid_id(user) {
+        return Err(ApiError::BadRequest("`user_id` is not a valid id".into()));
+    }
+    let now = (now_ms() / 1000) as u64;
+    let claims = Claims {
+        sub: user.to_owned(),
+        exp: now + KEY_SEND_TTL_S,
+        iat: Some(now),
+        nbf: None,
+        jti: None,
+        roles: Vec::new(),
+        device: Some("server".into()),
+        typ: None,
+    };
+    admit_claims(app, claims, q.client_id.as_deref(), None)
 }
 
 /// `POST /api/messages`: the body is a client frame; the answer is the frame a WebSocket
@@ -246,7 +297,15 @@ pub async fn send(
         }
     }
     let q = q.into_inner();
-    let adm = admit(&app, &req, None, q.client_id.as_deref(), None)?;
+    let adm = match req.headers().get(API_KEY_HEADER) {
+        Some(key) => admit_key(&app, key, &q).await?,
+        None if q.user_id.is_some() => {
+            return Err(ApiError::BadRequest(
+                "`user_id` is for API keys: a token sends as its own user".into(),
+            ))
+        }
+        None => admit(&app, &req, None, q.client_id.as_deref(), None)?,
+    };
     match session::http::send(app, adm, text).await {
         Ok(HttpAnswer::Frame(frame)) => Ok(frame_response(&frame)),
         Ok(HttpAnswer::Settled) => Ok(HttpResponse::NoContent().finish()),

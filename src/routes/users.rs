@@ -8,7 +8,7 @@ use switchboard_actors::presence::{GetPresence, GetPresences, Presence};
 
 use crate::error::ApiError;
 use crate::routes::body::JsonBody;
-use crate::routes::caller::Caller;
+use crate::routes::caller::{Caller, Principal};
 use crate::state::AppState;
 
 /// Most users one may follow.
@@ -28,7 +28,7 @@ pub struct FollowingStatus {
 
 /// The presence of one user (`offline` for a user never seen).
 pub async fn status(
-    _caller: Caller,
+    _caller: Principal,
     app: web::Data<AppState>,
     user_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {

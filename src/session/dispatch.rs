@@ -102,7 +102,7 @@ impl<W: Wire> SessionActor<W> {
         match frame {
             ClientFrame::Auth { token } => match self.app.auth.verify(&token) {
                 Ok(c) if c.sub == user.as_str() => {
-                    self.schedule_expiry(c.exp, ctx);
+                    self.hold_token(&c, ctx);
                     W::settled(self, ctx)
                 }
                 Ok(_) => self.error(

@@ -89,6 +89,8 @@ pub struct SessionActor<W: Wire> {
     /// Authenticated on arrival; consumed in `started`.
     arrival_auth: Option<(Claims, UserTicket)>,
     _node: NodeTicket,
+    /// The `jti` of the token the session holds: its revocation closes the session.
+    jti: Option<Arc<str>>,
     /// When the token stops being valid (its `exp` plus leeway), ms since epoch.
     expires_at_ms: i64,
     /// The close at `expires_at_ms`, armed only once it is within one heartbeat interval, so
@@ -159,6 +161,7 @@ impl<W: Wire> SessionActor<W> {
             },
             arrival_auth: adm.auth,
             _node: adm.node,
+            jti: None,
             expires_at_ms: i64::MAX,
             expiry_timer: None,
             gauge,
@@ -222,7 +225,7 @@ impl<W: Wire> SessionActor<W> {
             self.gauge.clone(),
         );
         let handle = Arc::new(handle);
-        self.schedule_expiry(claims.exp, ctx);
+        self.hold_token(&claims, ctx);
         if !W::REGISTERS {
             self.auth = AuthState::Ready { handle, ticket };
             return W::ready(self, ctx);
@@ -249,12 +252,14 @@ impl<W: Wire> SessionActor<W> {
         W::ready(self, ctx);
     }
 
-    /// Closes with 4001 once `exp` (plus leeway) passes, unless a fresh `auth` moves it.
-    fn schedule_expiry(&mut self, exp: u64, ctx: &mut Ctx<W>) {
+    /// Holds the token of `claims`: closes with 4001 once its `exp` (plus leeway) passes or
+    /// its `jti` is revoked, unless a fresh `auth` replaces it.
+    fn hold_token(&mut self, claims: &Claims, ctx: &mut Ctx<W>) {
+        self.jti = claims.jti.as_deref().map(Arc::from);
         if let Some(h) = self.expiry_timer.take() {
             ctx.cancel_future(h);
         }
-        self.expires_at_ms = (exp as i64)
+        self.expires_at_ms = (claims.exp as i64)
             .saturating_mul(1000)
             .saturating_add(self.app.settings.auth.leeway.as_millis() as i64);
         self.arm_expiry(ctx);

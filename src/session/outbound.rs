@@ -83,6 +83,11 @@ impl<W: Wire> Handler<Outbound> for SessionActor<W> {
                 }
             }
             Outbound::Close { code, reason } => self.close(code, reason, ctx),
+            Outbound::Revoked(jtis) => {
+                if self.jti.as_ref().is_some_and(|j| jtis.contains(j)) {
+                    self.close(close::UNAUTHORIZED, "token revoked", ctx);
+                }
+            }
         }
     }
 }

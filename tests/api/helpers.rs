@@ -17,6 +17,19 @@ use switchboard_actors::store::postgres as pg;
 /// How long any single expected frame may take to arrive.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// How a REST call authenticates.
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// Not at all.
+    None,
+    /// `Authorization: Bearer`.
+    Bearer(&'a str),
+    /// `X-Api-Key`.
+    ApiKey(&'a str),
+    /// Both headers.
+    Both(&'a str, &'a str),
+}
+
 /// A running broker.
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`
@@ -181,11 +194,38 @@ impl TestApp {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
+        let auth = token.map_or(Credential::None, Credential::Bearer);
+        self.call_as(method, path, auth, body).await
+    }
+
+    /// A REST call with an API key: the status and the JSON body.
+    pub async fn call_key(
+        &self,
+        method: &str,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_as(method, path, Credential::ApiKey(key), body)
+            .await
+    }
+
+    /// A REST call with `auth`: the status and the JSON body (`null` when empty).
+    pub async fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Credential<'_>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let client = awc::Client::builder().timeout(WAIT).finish();
         let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = client.request(method, format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+        match auth {
+            Credential::None => {}
+            Credential::Bearer(t) => req = req.bearer_auth(t),
+            Credential::ApiKey(k) => req = req.insert_header(("X-Api-Key", k)),
+            Credential::Both(t, k) => req = req.bearer_auth(t).insert_header(("X-Api-Key", k)),
         }
         let mut resp = match body {
             Some(b) => req.send_json(&b).await,

@@ -1,6 +1,8 @@
 //! Acceptance tests: the wire contract (`shared/spec/PROTOCOL.md`) against a real broker.
 //! One test binary; every test starts its own server through `helpers::spawn_app`.
 
+mod admin_connections;
+mod api_keys;
 mod bad_input;
 mod chat;
 mod command;
@@ -19,4 +21,5 @@ mod slow_consumer;
 mod state;
 mod subscribe;
 mod sync;
+mod tokens;
 mod transports;

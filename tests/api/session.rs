@@ -167,7 +167,7 @@ async fn silent_connections_are_dropped_after_heartbeat_timeout() {
 #[actix_web::test]
 async fn revoked_tokens_get_401_at_upgrade() {
     if crate::helpers::on_postgres() {
-        return; // Revokes by writing the SQLite file; the revoke API (issue 21) serves both.
+        return; // Writes the SQLite file; tokens.rs covers PostgreSQL through the revoke API.
     }
     use diesel::prelude::*;
     use switchboard_actors::store::sqlite::schema::revoked_tokens;

@@ -23,6 +23,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
+use super::credentials_sql::ApiKeyRow;
 use super::models::{GroupRow, StateOutcome};
 use super::sqlite::checkpointer::{CheckpointWal, WalCheckpointer};
 use super::write::{WriteBatch, WriteOp, WriteOutcome};
@@ -111,6 +112,9 @@ fn lane_of(op: &WriteOp, lanes: usize) -> usize {
         WriteOp::CreateGroup { group, .. } => &group.id,
         WriteOp::AddMember { group, .. } | WriteOp::RemoveMember { group, .. } => group,
         WriteOp::IndexSearch { .. } => "",
+        WriteOp::RevokeToken { jti: key, .. }
+        | WriteOp::RevokeApiKey { id: key }
+        | WriteOp::CreateApiKey(ApiKeyRow { id: key, .. }) => key,
         WriteOp::TouchDevice { user_id, .. }
         | WriteOp::SetFollowing { user_id, .. }
         | WriteOp::PutState { user_id, .. }
@@ -453,6 +457,28 @@ impl Writes {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Revokes token id `jti` until `expires_at` (ms); `false` if it already was.
+    pub async fn revoke_token(&self, jti: String, expires_at: i64) -> Result<bool, StoreError> {
+        self.revoked(WriteOp::RevokeToken { jti, expires_at }).await
+    }
+
+    /// Stores a new API key.
+    pub async fn create_api_key(&self, key: ApiKeyRow) -> Result<(), StoreError> {
+        self.write(WriteOp::CreateApiKey(key)).await.map(|_| ())
+    }
+
+    /// Revokes API key `id`; `false` if there is none or it already was.
+    pub async fn revoke_api_key(&self, id: String) -> Result<bool, StoreError> {
+        self.revoked(WriteOp::RevokeApiKey { id }).await
+    }
+
+    async fn revoked(&self, op: WriteOp) -> Result<bool, StoreError> {
+        match self.write(op).await? {
+            WriteOutcome::Revoked(newly) => Ok(newly),
+            _ => Err(StoreError::Invariant("a revocation answered otherwise")),
+        }
     }
 
     /// Removes `user` from `group` (nothing if not a member).

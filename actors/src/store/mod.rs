@@ -11,6 +11,7 @@
 //! [`health`] (whether the database answers).
 
 pub mod batcher;
+pub mod credentials_sql;
 pub mod cursor_sql;
 pub mod health;
 pub mod models;

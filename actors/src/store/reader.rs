@@ -12,6 +12,7 @@ use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 
+use super::credentials_sql::ApiKeyRow;
 use super::health::DatabaseHealth;
 use super::models::{GroupRow, Page, SearchQuery, StateDoc, StoredMessage, SyncPlan};
 use super::sqlite::channel_index::ChannelIndex;
@@ -123,6 +124,22 @@ where
 {
     let req = addr.send(Query(Box::new(f)));
     async move { req.await.map_err(|_| StoreError::StoreGone)? }
+}
+
+/// Runs query `$f`, which both backends' `queries` modules define alike, on `$reads`'
+/// reader threads.
+macro_rules! on_either_backend {
+    ($reads:expr, $f:ident ( $($arg:expr),* )) => {{
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match $reads {
+            Reads::Sqlite { addr, .. } => {
+                Box::pin(run(addr, move |c| Ok(queries::$f(c, $($arg),*)?)))
+            }
+            Reads::Postgres { addr } => {
+                Box::pin(run(addr, move |c| Ok(postgres::queries::$f(c, $($arg),*)?)))
+            }
+        };
+        fut
+    }};
 }
 
 impl Reads {
@@ -341,6 +358,37 @@ impl Reads {
             })),
         };
         fut
+    }
+
+    /// Token ids revoked at or after `since` (ms) and not yet expired, with their tokens'
+    /// expiry (ms).
+    pub fn revoked_since(
+        &self,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + 'static {
+        let now = crate::ids::now_ms();
+        on_either_backend!(self, revoked_since(since, now))
+    }
+
+    /// API key `id`, revoked or not.
+    pub fn api_key(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<ApiKeyRow>, StoreError>> + 'static {
+        on_either_backend!(self, api_key(&id))
+    }
+
+    /// Every API key, newest first.
+    pub fn api_keys(&self) -> impl Future<Output = Result<Vec<ApiKeyRow>, StoreError>> + 'static {
+        on_either_backend!(self, api_keys())
+    }
+
+    /// Ids of API keys revoked at or after `since` (ms).
+    pub fn api_keys_revoked_since(
+        &self,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + 'static {
+        on_either_backend!(self, api_keys_revoked_since(since))
     }
 
     /// Whether the database answers a trivial query (readiness).

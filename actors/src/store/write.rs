@@ -3,6 +3,7 @@
 
 use actix::prelude::*;
 
+use super::credentials_sql::ApiKeyRow;
 use super::models::{GroupRow, NewMessage, StateOutcome, StoredMessage};
 use super::StoreError;
 
@@ -78,6 +79,20 @@ pub enum WriteOp {
         /// (channel, last seq delivered).
         cursors: Vec<(String, i64)>,
     },
+    /// Revoke a token id (until the token would have expired anyway).
+    RevokeToken {
+        /// The token's `jti`.
+        jti: String,
+        /// When the token expires, ms; the id is forgotten after that.
+        expires_at: i64,
+    },
+    /// Store a new API key.
+    CreateApiKey(ApiKeyRow),
+    /// Revoke an API key.
+    RevokeApiKey {
+        /// Its id.
+        id: String,
+    },
     /// Note that a device connected (first and last seen).
     TouchDevice {
         /// Owner.
@@ -115,6 +130,9 @@ pub enum WriteOutcome {
         /// Up to date.
         caught_up: bool,
     },
+    /// Whether a [`WriteOp::RevokeToken`] or [`WriteOp::RevokeApiKey`] revoked something
+    /// (`false`: it already was, or there is no such key).
+    Revoked(bool),
     /// A write with nothing to report.
     Done,
 }

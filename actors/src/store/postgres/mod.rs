@@ -66,10 +66,10 @@ pub fn open_pool(
         .map_err(|e| StoreError::Setup(format!("cannot connect to PostgreSQL: {e}")))
 }
 
-/// Token ids revoked and not yet expired.
-pub fn revoked_jtis(pool: &writer::PgPool) -> Result<Vec<String>, StoreError> {
+/// Token ids revoked and not yet expired, with their tokens' expiry (ms).
+pub fn revoked_jtis(pool: &writer::PgPool) -> Result<Vec<(String, i64)>, StoreError> {
     let mut c = pool.get()?;
-    Ok(queries::revoked_jtis(&mut c, crate::ids::now_ms())?)
+    Ok(queries::revoked_since(&mut c, 0, crate::ids::now_ms())?)
 }
 
 /// Connects to `url` and applies pending migrations; returns the versions applied.

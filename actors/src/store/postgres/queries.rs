@@ -316,19 +316,6 @@ pub fn history(
     Ok((page_rows, has_more))
 }
 
-/// Token ids revoked and not yet expired.
-pub fn revoked_jtis(c: &mut PgConnection, now: i64) -> QueryResult<Vec<String>> {
-    #[derive(QueryableByName)]
-    struct Jti {
-        #[diesel(sql_type = Text)]
-        jti: String,
-    }
-    let rows: Vec<Jti> = diesel::sql_query("SELECT jti FROM revoked_tokens WHERE expires_at > $1")
-        .bind::<BigInt, _>(now)
-        .load(c)?;
-    Ok(rows.into_iter().map(|r| r.jti).collect())
-}
-
 /// A trivial query: the connection works.
 pub fn ping(c: &mut PgConnection) -> QueryResult<()> {
     diesel::sql_query("SELECT 1").execute(c).map(drop)
@@ -367,6 +354,7 @@ pub fn following_of(c: &mut PgConnection, user: &str) -> QueryResult<Vec<String>
 
 pub use crate::store::state_sql::PutState;
 crate::store::state_sql::state_queries!(PgConnection);
+crate::store::credentials_sql::credential_queries!(PgConnection);
 
 /// Indexes for search the messages of `channels` stored after each one's
 /// `search_progress.indexed_through` (a channel's seqs commit in order, so none can appear

@@ -295,6 +295,9 @@ fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutc
             queries::touch_device(c, user_id, client_id, device.as_deref(), now)?;
             WriteOutcome::Done
         }
+        WriteOp::RevokeToken { .. } | WriteOp::CreateApiKey(_) | WriteOp::RevokeApiKey { .. } => {
+            queries::apply_credential(c, op, now)?
+        }
     })
 }
 

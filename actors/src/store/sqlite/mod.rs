@@ -224,8 +224,8 @@ pub struct StartState {
     pub keys: dedupe::DedupeKeys,
     /// Places of recent messages not yet moved to `channel_index`.
     pub index: channel_index::ChannelIndex,
-    /// Token ids revoked and not yet expired.
-    pub revoked_jtis: Vec<String>,
+    /// Token ids revoked and not yet expired, with their tokens' expiry (ms).
+    pub revoked_jtis: Vec<(String, i64)>,
 }
 
 /// Reads the [`StartState`] from `pool`'s database.
@@ -236,7 +236,7 @@ pub fn read_start_state(
     let mut c = pool.get()?;
     let now = crate::ids::now_ms();
     Ok(StartState {
-        revoked_jtis: queries::revoked_jtis(&mut c, now)?,
+        revoked_jtis: queries::revoked_since(&mut c, 0, now)?,
         keys: dedupe::DedupeKeys::load(&mut c, dedupe, now)?,
         index: channel_index::ChannelIndex::load(&mut c)?,
     })

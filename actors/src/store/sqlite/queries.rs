@@ -15,7 +15,7 @@ use diesel::sqlite::Sqlite;
 use super::positions::{decode_positions, Place, RUN_MAX};
 use super::schema::{
     channel_index, channel_index_state, channels, dedupe_run_blocks, dedupe_runs, dedupe_state,
-    devices, following, group_members, groups, messages, revoked_tokens,
+    devices, following, group_members, groups, messages,
 };
 use super::DbConn;
 use crate::store::models::{
@@ -618,14 +618,6 @@ pub fn ping(c: &mut DbConn) -> QueryResult<()> {
     diesel::sql_query("SELECT 1").execute(c).map(|_| ())
 }
 
-/// Token ids revoked and not yet expired.
-pub fn revoked_jtis(c: &mut DbConn, now: i64) -> QueryResult<Vec<String>> {
-    revoked_tokens::table
-        .filter(revoked_tokens::expires_at.gt(now))
-        .select(revoked_tokens::jti)
-        .load(c)
-}
-
 /// Notes that device `client_id` of `user` connected now.
 pub fn touch_device(
     c: &mut DbConn,
@@ -675,6 +667,7 @@ pub fn following_of(c: &mut DbConn, user: &str) -> QueryResult<Vec<String>> {
 
 pub use crate::store::state_sql::PutState;
 crate::store::state_sql::state_queries!(DbConn);
+crate::store::credentials_sql::credential_queries!(DbConn);
 
 /// Messages indexed for search per step of [`search_catch_up`]: a step runs in the
 /// writer's transaction, so it stays short (a few milliseconds).

@@ -445,6 +445,11 @@ fn apply(
                 queries::set_following(c, user_id, follows)?;
                 Slot::Done(WriteOutcome::Done)
             }
+            Some(
+                op @ (WriteOp::RevokeToken { .. }
+                | WriteOp::CreateApiKey(_)
+                | WriteOp::RevokeApiKey { .. }),
+            ) => Slot::Done(queries::apply_credential(c, op, now)?),
             Some(WriteOp::TouchDevice {
                 user_id,
                 client_id,

@@ -1,0 +1,196 @@
+//! The router's registry of connections as operators see it: counts for `/status`, the
+//! list and the forced close of the admin API, closing on shutdown and on token
+//! revocation.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use super::Router;
+use crate::ids::{ConnId, UserId};
+use crate::session_handle::{Outbound, SessionHandle};
+
+/// Close every session with `code` (graceful shutdown uses 1012).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CloseAll {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+impl Handler<CloseAll> for Router {
+    type Result = usize;
+    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+        self.health.handled();
+        let mut n = 0;
+        for h in self.sessions.values().flatten() {
+            n += 1;
+            h.close(msg.code, msg.reason);
+        }
+        for r in self.pending.values() {
+            n += 1;
+            r.do_send(Outbound::Close {
+                code: msg.code,
+                reason: msg.reason,
+            });
+        }
+        n
+    }
+}
+
+/// Connection and channel counts for `/status`.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct RouterStats {
+    /// Open, authenticated connections.
+    pub connections: usize,
+    /// Distinct users connected.
+    pub users: usize,
+    /// Connections by `device` (`unknown` when the client did not say).
+    pub by_device: BTreeMap<String, usize>,
+    /// Connections by transport (`websocket`, `sse`, `poll`).
+    pub by_transport: BTreeMap<&'static str, usize>,
+    /// Channels in the router's registry (their actors are running).
+    pub active_channels: usize,
+    /// Channel actors alive, in the registry or finishing an idle stop; more than
+    /// `active_channels` for long would be actors no one can reach.
+    pub live_channel_actors: usize,
+}
+
+/// Asks for [`RouterStats`].
+#[derive(Message)]
+#[rtype(result = "RouterStats")]
+pub struct GetStats;
+
+impl Handler<GetStats> for Router {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let mut s = RouterStats {
+            users: self.sessions.len(),
+            active_channels: self.channels.len(),
+            live_channel_actors: self.live_channels.load(Ordering::Relaxed),
+            ..RouterStats::default()
+        };
+        for h in self.sessions.values().flatten() {
+            s.connections += 1;
+            let d = h.device.as_deref().unwrap_or("unknown").to_owned();
+            *s.by_device.entry(d).or_default() += 1;
+            *s.by_transport.entry(h.transport.as_str()).or_default() += 1;
+        }
+        MessageResult(s)
+    }
+}
+
+/// Close the sessions authenticated with any of these token ids, with 4001 (a session
+/// that re-authenticated with another token stays).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseRevoked {
+    /// The revoked `jti`s.
+    pub jtis: Arc<[Arc<str>]>,
+}
+
+impl Handler<CloseRevoked> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: CloseRevoked, _: &mut Context<Self>) {
+        self.health.handled();
+        for h in self.sessions.values().flatten() {
+            h.revoked(msg.jtis.clone());
+        }
+    }
+}
+
+/// One connection as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionInfo {
+    /// Server-made connection id.
+    pub conn_id: String,
+    /// Its user.
+    pub user_id: String,
+    /// Its device/install id.
+    pub client_id: String,
+    /// Device kind, if the client said.
+    pub device: Option<String>,
+    /// `websocket`, `sse` or `poll`.
+    pub transport: &'static str,
+    /// When it authenticated, ms since epoch.
+    pub connected_at: i64,
+}
+
+impl From<&SessionHandle> for ConnectionInfo {
+    fn from(h: &SessionHandle) -> Self {
+        ConnectionInfo {
+            conn_id: h.conn.to_string(),
+            user_id: h.user.to_string(),
+            client_id: h.client_id.to_string(),
+            device: h.device.as_deref().map(str::to_owned),
+            transport: h.transport.as_str(),
+            connected_at: h.connected_at,
+        }
+    }
+}
+
+/// Lists connections: `user`'s, or everyone's, oldest first, at most `limit`; and how many
+/// there are in all.
+#[derive(Message)]
+#[rtype(result = "(Vec<ConnectionInfo>, usize)")]
+pub struct ListConnections {
+    /// Only this user's.
+    pub user: Option<UserId>,
+    /// Most to list.
+    pub limit: usize,
+}
+
+impl Handler<ListConnections> for Router {
+    type Result = MessageResult<ListConnections>;
+    fn handle(&mut self, msg: ListConnections, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let mut all: Vec<&SessionHandle> = match &msg.user {
+            Some(u) => self
+                .sessions
+                .get(u)
+                .map(|l| l.iter().collect())
+                .unwrap_or_default(),
+            None => self.sessions.values().flatten().collect(),
+        };
+        let total = all.len();
+        all.sort_unstable_by_key(|h| (h.connected_at, h.conn.0));
+        let list = all
+            .into_iter()
+            .take(msg.limit)
+            .map(ConnectionInfo::from)
+            .collect();
+        MessageResult((list, total))
+    }
+}
+
+/// Closes one connection with `code`; what it was, if it was here.
+#[derive(Message)]
+#[rtype(result = "Option<ConnectionInfo>")]
+pub struct CloseConnection {
+    /// The connection.
+    pub conn: ConnId,
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason.
+    pub reason: &'static str,
+}
+
+impl Handler<CloseConnection> for Router {
+    type Result = Option<ConnectionInfo>;
+    fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let h = self
+            .sessions
+            .values()
+            .flatten()
+            .find(|h| h.conn == msg.conn)?;
+        h.close(msg.code, msg.reason);
+        Some(ConnectionInfo::from(h))
+    }
+}
