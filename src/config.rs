@@ -94,6 +94,10 @@ pub struct ServerSettings {
     /// How long a graceful shutdown may take.
     #[serde(with = "duration_str")]
     pub shutdown_timeout: Duration,
+    /// The time over which a shutdown spreads its closes (at most `shutdown_timeout`
+    /// less 2 s, kept for the flush).
+    #[serde(with = "duration_str")]
+    pub drain_window: Duration,
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
     /// any other peer is the client itself.
     pub trusted_proxies: Vec<IpRange>,
@@ -108,6 +112,7 @@ impl Default for ServerSettings {
             workers: 0,
             batch_scheduling: true,
             shutdown_timeout: Duration::from_secs(10),
+            drain_window: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
         }
     }
@@ -592,6 +597,11 @@ impl Settings {
             || self.auth.refresh_ttl.as_secs() > crate::auth::MAX_TOKEN_LIFE_S
         {
             return bad("auth.refresh_ttl must be > 0 and at most 90days");
+        }
+        if self.server.drain_window + Duration::from_secs(2) > self.server.shutdown_timeout {
+            return bad(
+                "server.drain_window must leave 2s of server.shutdown_timeout for the flush",
+            );
         }
         if self.auth.revocation_poll < Duration::from_millis(100) {
             return bad("auth.revocation_poll must be at least 100ms");

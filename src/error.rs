@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 use switchboard_actors::channel::ChannelError;
+use switchboard_actors::metrics::{metrics, ErrorVia};
 use switchboard_actors::protocol::ErrorCode;
 use switchboard_actors::store::StoreError;
 
@@ -107,6 +108,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        metrics().error(self.code(), ErrorVia::Rest);
         let mut res = HttpResponse::build(self.status_code());
         if let ApiError::TooMany {
             retry_after_ms: Some(ms),

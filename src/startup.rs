@@ -342,10 +342,11 @@ async fn wait_for_signal() {
 /// within `server.shutdown_timeout`.
 async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
     let limit = state.settings.server.shutdown_timeout;
-    // What is left after the close frames' grace and the workers' own stop time.
+    let drain = state.settings.server.drain_window;
+    // What is left after the closes, their frames' grace and the workers' own stop time.
     let close_grace = Duration::from_millis(200);
     let flush_budget = limit
-        .saturating_sub(Duration::from_secs(WORKER_STOP_S) + close_grace)
+        .saturating_sub(Duration::from_secs(WORKER_STOP_S) + close_grace + drain)
         .max(Duration::from_millis(500));
     handle.pause().await;
     match state
@@ -354,12 +355,15 @@ async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
         .send(CloseAll {
             code: close::RESTART,
             reason: "server restart",
+            over: drain,
         })
         .await
     {
-        Ok(n) => log::info!("closing {n} sessions"),
+        Ok(n) => log::info!("closing {n} sessions over {drain:?}"),
         Err(e) => log::error!("router did not answer: {e}"),
     }
+    // Sessions still open write on until their turn comes; their writes are flushed below.
+    tokio::time::sleep(drain).await;
     if tokio::time::timeout(flush_budget, state.tree.batcher.send(Drain))
         .await
         .is_err()

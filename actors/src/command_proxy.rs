@@ -195,16 +195,19 @@ struct BackendError {
 pub fn answer_frame(res: &CommandResult, ref_id: Option<&str>) -> ByteString {
     match res {
         Ok(result) => encode("response", None, ResponsePayload { ref_id, result }),
-        Err(e) => encode(
-            "error",
-            None,
-            ErrorPayload {
-                code: e.code(),
-                message: e.to_string(),
-                ref_id: ref_id.map(str::to_owned),
-                retry_after_ms: e.retry_after_ms(),
-            },
-        ),
+        Err(e) => {
+            crate::metrics::metrics().error(e.code(), crate::metrics::ErrorVia::Frame);
+            encode(
+                "error",
+                None,
+                ErrorPayload {
+                    code: e.code(),
+                    message: e.to_string(),
+                    ref_id: ref_id.map(str::to_owned),
+                    retry_after_ms: e.retry_after_ms(),
+                },
+            )
+        }
     }
 }
 
@@ -355,6 +358,14 @@ impl CommandProxy {
     }
 }
 
+/// Counts a call's outcome and time in `/metrics`.
+fn observe(outcome: &str, took: Duration) {
+    crate::metrics::metrics()
+        .commands
+        .with_label_values(&[outcome])
+        .observe(took.as_secs_f64());
+}
+
 /// A backend answer as a call's result.
 fn interpret(status: u16, body: &[u8]) -> CommandResult {
     match status {
@@ -412,14 +423,22 @@ impl Handler<Call> for CommandProxy {
         self.health.handled();
         if let Err(e) = self.admit() {
             self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            observe("rejected", Duration::ZERO);
             return Box::pin(fut::ready(Err(e)));
         }
+        let began = Instant::now();
         self.in_flight += 1;
         self.stats
             .in_flight
             .store(self.in_flight as u64, Ordering::Relaxed);
         let call = self.call(&msg);
-        Box::pin(call.into_actor(self).map(|res, act, _| {
+        Box::pin(call.into_actor(self).map(move |res, act, _| {
+            let outcome = match &res {
+                Ok(_) => "ok",
+                Err(e) if e.backend_answered() => "refused",
+                Err(_) => "failed",
+            };
+            observe(outcome, began.elapsed());
             act.record(&res);
             res
         }))

@@ -27,6 +27,7 @@ pub mod fast_map;
 pub mod health;
 pub mod ids;
 pub mod json_check;
+pub mod metrics;
 pub mod offline_queue;
 pub mod presence;
 pub mod protocol;

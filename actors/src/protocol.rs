@@ -655,6 +655,7 @@ pub struct ErrorPayload {
 
 /// An `error` frame.
 pub fn error_frame(code: ErrorCode, message: &str, ref_id: Option<&str>) -> ByteString {
+    crate::metrics::metrics().error(code, crate::metrics::ErrorVia::Frame);
     encode(
         "error",
         None,

@@ -37,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .route("/health", web::get().to(ops::health))
         .route("/ready", web::get().to(ops::ready))
         .route("/status", web::get().to(ops::status))
+        .route("/metrics", web::get().to(ops::metrics))
         .route("/sse", web::get().to(transports::sse))
         .route("/poll", web::get().to(transports::poll))
         .service(

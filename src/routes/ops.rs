@@ -1,4 +1,4 @@
-//! Operations: `/health`, `/ready`, `/status` (contract section 9).
+//! Operations: `/health`, `/ready`, `/status`, `/metrics` (contract section 9).
 
 use std::time::Duration;
 
@@ -124,4 +124,32 @@ fn command_status(app: &AppState) -> serde_json::Value {
             "rejected": s.rejected.load(Relaxed),
         }),
     }
+}
+
+/// `GET /metrics`: every metric in the Prometheus text format. Gauges of state owned
+/// elsewhere (connections, channel actors, mailboxes, restarts) are read now.
+pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
+    let m = switchboard_actors::metrics::metrics();
+    let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;
+    let stats = app.tree.router.send(GetStats).await.unwrap_or_default();
+    // The gauges are the process's; one scrape at a time sets and encodes them.
+    static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = SCRAPE.lock().unwrap_or_else(|e| e.into_inner());
+    m.connections.reset();
+    for ((transport, device), n) in &stats.by_transport_device {
+        m.connections
+            .with_label_values(&[*transport, device.as_str()])
+            .set(*n as i64);
+    }
+    m.channels.set(stats.active_channels as i64);
+    for a in &actors {
+        let mailbox = a.mailbox.map_or(-1, |n| n as i64);
+        m.mailbox.with_label_values(&[&a.name]).set(mailbox);
+        m.restarts
+            .with_label_values(&[&a.name])
+            .set(i64::from(a.restarts));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(m.encode())
 }

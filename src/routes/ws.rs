@@ -20,6 +20,8 @@ use serde::Deserialize;
 use switchboard_actors::ids::{valid_id, UserId};
 use tokio::net::TcpStream;
 
+use switchboard_actors::metrics::metrics;
+
 use crate::auth::{bearer, DEVICES};
 use crate::error::ApiError;
 use crate::gate::GateError;
@@ -39,6 +41,14 @@ struct WsQuery {
 /// The HTTP answer to a refused admission: 503 when the node is full, 429 for one user or
 /// address.
 pub(crate) fn gate_error(e: GateError) -> ApiError {
+    let limit = match e {
+        GateError::NodeFull => "node_connections",
+        GateError::PendingFull => "pending_connections",
+        GateError::UserFull => "user_connections",
+        GateError::AddressPendingFull => "address_pending_connections",
+        GateError::AddressTooFast { .. } => "address_upgrade_rate",
+    };
+    metrics().refused.with_label_values(&[limit]).inc();
     let (status, retry_after_ms) = match e {
         GateError::NodeFull | GateError::PendingFull => (StatusCode::SERVICE_UNAVAILABLE, None),
         GateError::UserFull | GateError::AddressPendingFull => {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_actors::channel::{typing_frame, Publish, Receipt, Reply, Sender, Typing};
 use switchboard_actors::command_proxy::{answer_frame as command_answer, Call, CommandError};
 use switchboard_actors::ids::{now_ms, Channel, UserId};
+use switchboard_actors::metrics::{frame_index, metrics, ErrorVia, INVALID_FRAME};
 use switchboard_actors::presence::{PresenceTracker, SetStatus, Watch};
 use switchboard_actors::protocol::{
     encode, parse_client_frame, ClientFrame, ErrorCode, ErrorPayload, ParsedFrame, TypingTarget,
@@ -55,6 +56,9 @@ impl<W: Wire> SessionActor<W> {
         let Err(retry_after_ms) = taken else {
             return true;
         };
+        let m = metrics();
+        m.rate_limited_frames.inc();
+        m.error(ErrorCode::RateLimited, ErrorVia::Frame);
         let ref_id = text
             .and_then(|t| serde_json::from_str::<IdOnly>(t).ok())
             .and_then(|f| f.id);
@@ -89,8 +93,14 @@ impl<W: Wire> SessionActor<W> {
             return;
         }
         match parse_client_frame(text, self.app.settings.limits.max_json_depth) {
-            Ok(frame) => self.dispatch(frame, ctx),
-            Err(e) => self.error(e.code(), &e.to_string(), e.ref_id(), ctx),
+            Ok(frame) => {
+                metrics().frame_in(frame_index(&frame.frame));
+                self.dispatch(frame, ctx)
+            }
+            Err(e) => {
+                metrics().frame_in(INVALID_FRAME);
+                self.error(e.code(), &e.to_string(), e.ref_id(), ctx)
+            }
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use switchboard_actors::ids::UserId;
+use switchboard_actors::metrics::metrics;
 use switchboard_actors::session_handle::{Delivery, Outbound};
 
 use super::{close, Ctx, SessionActor, Wire};
@@ -57,7 +58,11 @@ impl<W: Wire> Handler<Outbound> for SessionActor<W> {
     type Result = ();
 
     fn handle(&mut self, msg: Outbound, ctx: &mut Ctx<W>) {
-        self.gauge.taken(msg.frames_for(self.conn));
+        let n = msg.frames_for(self.conn);
+        self.gauge.taken(n);
+        if let Outbound::Deliveries { .. } = msg {
+            metrics().deliveries.inc_by(n as u64);
+        }
         if self.gauge.overflowed() {
             return self.overflow(ctx);
         }

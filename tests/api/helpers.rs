@@ -377,6 +377,22 @@ impl WsClient {
         }
     }
 
+    /// How the connection ended, if it did within `wait` (frames meanwhile are skipped).
+    pub async fn end_within(&mut self, wait: Duration) -> Option<Ended> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_frame(left).await {
+                None => return None,
+                Some(Ok(Frame::Close(c))) => {
+                    return Some(Ended::Closed(c.map(|r| u16::from(r.code)).unwrap_or(1005)))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(())) => return Some(Ended::Dropped),
+            }
+        }
+    }
+
     /// Asserts that no JSON frame arrives within `wait` (pings are fine).
     pub async fn silent_for(&mut self, wait: Duration) {
         if let Some(f) = self.try_recv(wait).await {

@@ -11,6 +11,7 @@ mod groups;
 mod hardening;
 mod helpers;
 mod history;
+mod metrics;
 mod ops;
 mod presence;
 mod process;

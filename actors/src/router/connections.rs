@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -13,7 +14,9 @@ use super::Router;
 use crate::ids::{ConnId, UserId};
 use crate::session_handle::{Outbound, SessionHandle};
 
-/// Close every session with `code` (graceful shutdown uses 1012).
+/// Close every session with `code` (graceful shutdown uses 1012), spread evenly over
+/// `over` so that the clients do not all reconnect elsewhere in the same second.
+/// Connections still to authenticate close at once. Answers how many there are to close.
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct CloseAll {
@@ -21,23 +24,36 @@ pub struct CloseAll {
     pub code: u16,
     /// Close reason.
     pub reason: &'static str,
+    /// The time the closes are spread over (zero: all at once).
+    pub over: Duration,
 }
+
+/// How often a spread close sends its next slice.
+const CLOSE_TICK: Duration = Duration::from_millis(50);
 
 impl Handler<CloseAll> for Router {
     type Result = usize;
-    fn handle(&mut self, msg: CloseAll, _: &mut Context<Self>) -> usize {
+    fn handle(&mut self, msg: CloseAll, ctx: &mut Context<Self>) -> usize {
         self.health.handled();
-        let mut n = 0;
-        for h in self.sessions.values().flatten() {
-            n += 1;
-            h.close(msg.code, msg.reason);
-        }
         for r in self.pending.values() {
-            n += 1;
             r.do_send(Outbound::Close {
                 code: msg.code,
                 reason: msg.reason,
             });
+        }
+        let all: Vec<SessionHandle> = self.sessions.values().flatten().cloned().collect();
+        let n = all.len() + self.pending.len();
+        let ticks = (msg.over.as_millis() / CLOSE_TICK.as_millis()).max(1) as usize;
+        let per_tick = all.len().div_ceil(ticks).max(1);
+        let (code, reason) = (msg.code, msg.reason);
+        for (i, slice) in all.chunks(per_tick).enumerate() {
+            let slice = slice.to_vec();
+            let close = move || slice.iter().for_each(|h| h.close(code, reason));
+            if i == 0 {
+                close();
+            } else {
+                ctx.run_later(CLOSE_TICK * i as u32, move |_, _| close());
+            }
         }
         n
     }
@@ -54,6 +70,9 @@ pub struct RouterStats {
     pub by_device: BTreeMap<String, usize>,
     /// Connections by transport (`websocket`, `sse`, `poll`).
     pub by_transport: BTreeMap<&'static str, usize>,
+    /// Connections by transport and device together (`/metrics`).
+    #[serde(skip)]
+    pub by_transport_device: BTreeMap<(&'static str, String), usize>,
     /// Channels in the router's registry (their actors are running).
     pub active_channels: usize,
     /// Channel actors alive, in the registry or finishing an idle stop; more than
@@ -79,8 +98,11 @@ impl Handler<GetStats> for Router {
         for h in self.sessions.values().flatten() {
             s.connections += 1;
             let d = h.device.as_deref().unwrap_or("unknown").to_owned();
-            *s.by_device.entry(d).or_default() += 1;
             *s.by_transport.entry(h.transport.as_str()).or_default() += 1;
+            *s.by_transport_device
+                .entry((h.transport.as_str(), d.clone()))
+                .or_default() += 1;
+            *s.by_device.entry(d).or_default() += 1;
         }
         MessageResult(s)
     }

@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -96,9 +96,32 @@ pub struct BatchConfig {
 #[derive(Default)]
 struct Lane {
     pending: Vec<(WriteOp, Waiter)>,
+    /// When each pending write arrived, in `pending`'s order.
+    arrived: Vec<Instant>,
+    /// When the writes of the batch being committed arrived, and when it was sent.
+    in_flight_arrived: Vec<Instant>,
+    sent: Option<Instant>,
     /// Waiters of the batch being committed (kept here, not in the future, so that a
     /// restart can answer them).
     in_flight: Option<Vec<Waiter>>,
+}
+
+impl Lane {
+    /// Records the batch in flight as committed (or failed) now: its size, how long the
+    /// commit took, and each write's wait from arrival (`/metrics`).
+    fn observe_commit(&mut self) {
+        let now = Instant::now();
+        let m = crate::metrics::metrics();
+        if let Some(sent) = self.sent.take() {
+            m.commit_seconds.observe((now - sent).as_secs_f64());
+        }
+        m.batch_size.observe(self.in_flight_arrived.len() as f64);
+        let latency = m.ack_latency.local();
+        for t in self.in_flight_arrived.drain(..) {
+            latency.observe((now - t).as_secs_f64());
+        }
+        latency.flush();
+    }
 }
 
 /// The lane of `op` among `lanes`: writes to one channel, group or user share a lane.
@@ -272,6 +295,10 @@ impl WriteBatcher {
         let n = lane.pending.len().min(self.cfg.max_batch);
         let (ops, waiters): (Vec<WriteOp>, Vec<Waiter>) = lane.pending.drain(..n).unzip();
         lane.in_flight = Some(waiters);
+        lane.in_flight_arrived.clear();
+        lane.in_flight_arrived
+            .extend(lane.arrived.drain(..n.min(lane.arrived.len())));
+        lane.sent = Some(Instant::now());
         self.waiting -= n;
         self.stats.record(ops.len());
         let req = self.writer.send(WriteBatch {
@@ -279,11 +306,13 @@ impl WriteBatcher {
             dedupe_window_ms: self.cfg.dedupe_window_ms,
         });
         ctx.spawn(req.into_actor(self).map(move |res, act, ctx| {
-            let waiters = act
-                .lanes
-                .get_mut(i)
-                .and_then(|l| l.in_flight.take())
-                .unwrap_or_default();
+            let waiters = match act.lanes.get_mut(i) {
+                Some(lane) => {
+                    lane.observe_commit();
+                    lane.in_flight.take().unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
             match res {
                 Ok(results) => {
                     answer(waiters, results.into_iter());
@@ -309,6 +338,7 @@ impl WriteBatcher {
         let i = lane_of(&op, self.lanes.len());
         if let Some(lane) = self.lanes.get_mut(i) {
             lane.pending.push((op, waiter));
+            lane.arrived.push(Instant::now());
             self.waiting += 1;
         }
         self.flush(i, ctx);
@@ -333,6 +363,9 @@ impl Supervised for WriteBatcher {
         for lane in &mut self.lanes {
             waiters.extend(lane.in_flight.take().unwrap_or_default());
             waiters.extend(lane.pending.drain(..).map(|(_, w)| w));
+            lane.arrived.clear();
+            lane.in_flight_arrived.clear();
+            lane.sent = None;
         }
         self.waiting = 0;
         answer(

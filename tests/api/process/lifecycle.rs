@@ -133,6 +133,105 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
     let _ = child.wait();
 }
 
+#[actix_web::test]
+async fn sigterm_spreads_the_closes_over_the_drain_window_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let drain = [("SWITCHBOARD__SERVER__DRAIN_WINDOW", "2s")];
+    let mut broker = start_broker_with(dir.path(), &drain);
+    let mut open = Vec::new();
+    for i in 0..40 {
+        let user = format!("u{i}");
+        open.push((user.clone(), connect(broker.port, &user).await));
+    }
+    let sent_at = std::time::Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    // Every client closes with 1012, at times spread over the window; one still open
+    // half-way through writes, and its ack holds.
+    let mut closed_at = Vec::new();
+    let mut late_writer = None;
+    while !open.is_empty() {
+        let mut still = Vec::new();
+        for (user, mut c) in open {
+            match c.end_within(Duration::from_millis(5)).await {
+                Some(end) => {
+                    assert_eq!(end, Ended::Closed(1012), "{user}");
+                    closed_at.push(sent_at.elapsed());
+                }
+                None => still.push((user, c)),
+            }
+        }
+        if late_writer.is_none() && sent_at.elapsed() > Duration::from_millis(1000) {
+            // A client may get its turn while it writes: then the next one tries.
+            let mut left = Vec::new();
+            for (user, mut c) in still {
+                if late_writer.is_some() {
+                    left.push((user, c));
+                    continue;
+                }
+                c.send(chat("late", "late-1", "written while draining"))
+                    .await;
+                loop {
+                    match c.try_recv_or_end(Duration::from_secs(5)).await {
+                        Ok(f) if f["type"] == "ack" => {
+                            late_writer = Some(user.clone());
+                            left.push((user, c));
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(end) => {
+                            assert_eq!(end, Ended::Closed(1012), "{user}");
+                            closed_at.push(sent_at.elapsed());
+                            break;
+                        }
+                    }
+                }
+            }
+            still = left;
+        }
+        assert!(
+            sent_at.elapsed() < Duration::from_secs(5),
+            "closes took too long"
+        );
+        open = still;
+    }
+    let late_writer = late_writer.expect("a client still open half-way through the window");
+    closed_at.sort();
+    let (first, last) = (closed_at[0], closed_at[closed_at.len() - 1]);
+    assert!(
+        first < Duration::from_millis(500),
+        "first close after {first:?}"
+    );
+    assert!(
+        last >= Duration::from_millis(1500),
+        "last close after {last:?}"
+    );
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = broker.child.try_wait().expect("wait") {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(exited.expect("exited").code(), Some(0));
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent_at.elapsed()
+    );
+    let broker = start_broker(dir.path());
+    let stored = history(broker.port, &late_writer, "late").await;
+    let kept: Vec<_> = stored.iter().map(|m| &m["payload"]["content"]).collect();
+    assert_eq!(kept, ["written while draining"]);
+    let mut child = broker.child;
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+}
+
 #[test]
 fn invalid_config_or_unusable_database_exits_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("temp dir");
