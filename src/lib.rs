@@ -16,6 +16,7 @@ pub mod gate;
 pub mod net;
 pub mod revocation_watch;
 pub mod routes;
+pub mod service_manager;
 pub mod session;
 pub mod startup;
 pub mod state;

@@ -1,4 +1,4 @@
-//! The `switchboard` command: `serve` (default), `migrate`, `token`.
+//! The `switchboard` command: `serve` (default), `migrate`, `health`, `token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +30,9 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Ask the running broker's /health (on the configured host and port); exit 0 if it
+    /// answers 200 within 2 s (the container's HEALTHCHECK).
+    Health,
     /// Print an access token for USER, signed with the configured secret.
     Token {
         /// The user id (the token's `sub`).
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Migrate => startup::migrate(&settings).map_err(|e| e.to_string()),
+        Command::Health => health(&settings),
         Command::Token {
             user,
             admin,
@@ -105,6 +109,42 @@ fn serve(settings: Settings) -> Result<(), String> {
         log::info!("stopped cleanly");
         Ok(())
     })
+}
+
+/// `GET /health` over a plain TCP connection to the configured address.
+fn health(settings: &Settings) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let wait = std::time::Duration::from_secs(2);
+    let ip = match settings.server.host.parse::<IpAddr>() {
+        Ok(ip) if ip.is_unspecified() && ip.is_ipv6() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        Ok(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Ok(ip) => ip,
+        Err(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let addr = SocketAddr::new(ip, settings.server.port);
+    let mut conn = TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("{addr}: {e}"))?;
+    conn.set_read_timeout(Some(wait))
+        .map_err(|e| e.to_string())?;
+    conn.set_write_timeout(Some(wait))
+        .map_err(|e| e.to_string())?;
+    write!(
+        conn,
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("{addr}: {e}"))?;
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head)
+        .map_err(|e| format!("{addr}: no answer: {e}"))?;
+    if head.starts_with(b"HTTP/1.1 200") {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(format!(
+            "{addr}: /health answered {}",
+            String::from_utf8_lossy(&head)
+        ))
+    }
 }
 
 fn token(

@@ -27,6 +27,7 @@ use crate::config::Settings;
 use crate::gate::ConnectionGate;
 use crate::revocation_watch::RevocationWatch;
 use crate::routes;
+use crate::service_manager;
 use crate::session::close;
 use crate::state::AppState;
 
@@ -306,10 +307,13 @@ impl Application {
             ..
         } = self;
         let handle = server.handle();
+        service_manager::start_watchdog(state.tree.router.clone());
         actix_web::rt::spawn(async move {
             wait_for_signal().await;
+            service_manager::stopping();
             shutdown(state, handle).await;
         });
+        service_manager::ready();
         let stopped = server.await;
         drop(lock);
         stopped

@@ -232,6 +232,81 @@ async fn sigterm_spreads_the_closes_over_the_drain_window_and_loses_nothing() {
     let _ = child.wait();
 }
 
+#[actix_web::test]
+async fn systemd_hears_ready_watchdog_pings_and_stopping_and_health_answers() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let path = socket_path.to_string_lossy().into_owned();
+    let env = [
+        ("NOTIFY_SOCKET", path.as_str()),
+        ("WATCHDOG_USEC", "400000"),
+    ];
+    let mut broker = start_broker_with(&dir.path().join("data"), &env);
+    let mut heard: Vec<String> = Vec::new();
+    let read_until = |heard: &mut Vec<String>, what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 512];
+        while !heard.iter().any(|h| h.contains(what)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what}; heard {heard:?}"
+            );
+            if let Ok(n) = socket.recv(&mut buf) {
+                heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    };
+    read_until(&mut heard, "READY=1");
+    heard.clear();
+    read_until(&mut heard, "WATCHDOG=1");
+    heard.clear();
+    read_until(&mut heard, "WATCHDOG=1");
+
+    // `switchboard health` asks the running broker; it fails where none listens.
+    let port = broker.port.to_string();
+    let out = run_cli(
+        &["health"],
+        &[("SWITCHBOARD__SERVER__PORT", &port)],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = unused.local_addr().expect("addr").port().to_string();
+    drop(unused);
+    let out = run_cli(
+        &["health"],
+        &[("SWITCHBOARD__SERVER__PORT", &closed)],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+
+    let status = Command::new("kill")
+        .args(["-TERM", &broker.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    heard.clear();
+    read_until(&mut heard, "STOPPING=1");
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = broker.child.try_wait().expect("wait") {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(exited.expect("exited").code(), Some(0));
+}
+
 #[test]
 fn invalid_config_or_unusable_database_exits_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("temp dir");
