@@ -473,12 +473,26 @@ pub struct DebugSettings {
 pub struct LogSettings {
     /// env_logger filter; `RUST_LOG` wins when set.
     pub filter: String,
+    /// `text` (the default) or `json`: one JSON object per line.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// env_logger's human-readable lines.
+    Text,
+    /// One JSON object per line: `ts`, `level`, `target`, `msg`, and the line's key-values
+    /// (`conn`, `request_id`…).
+    Json,
 }
 
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
             filter: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod gate;
+pub mod logging;
 pub mod net;
 pub mod revocation_watch;
 pub mod routes;

@@ -58,10 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::new()
-        .parse_filters(&settings.log.filter)
-        .parse_env("RUST_LOG")
-        .init();
+    switchboard::logging::init(&settings.log);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Migrate => startup::migrate(&settings).map_err(|e| e.to_string()),

@@ -274,7 +274,9 @@ impl Application {
             .shutdown_timeout(WORKER_STOP_S)
             .disable_signals()
             .listen("switchboard", listener, move || {
-                let app = App::new().configure(|cfg| routes::configure(cfg, data.clone()));
+                let app = App::new()
+                    .wrap(actix_web::middleware::from_fn(routes::request_id::tag))
+                    .configure(|cfg| routes::configure(cfg, data.clone()));
                 let up = data.clone();
                 HttpService::build()
                     .upgrade(fn_service(move |(req, framed)| {

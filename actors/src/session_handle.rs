@@ -214,7 +214,7 @@ impl SessionHandle {
 
     fn overflowed(&self) {
         if self.gauge.overflow() {
-            log::info!("{}: outbound queue full, closing with 1013", self.conn);
+            log::info!(conn:% = self.conn; "outbound queue full, closing with 1013");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod groups;
 pub mod messages;
 pub mod offline;
 pub mod ops;
+pub mod request_id;
 pub mod search;
 pub mod state;
 pub mod transports;

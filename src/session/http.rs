@@ -73,7 +73,7 @@ impl Wire for HttpWire {
     }
 
     fn close(act: &mut HttpSession, code: u16, reason: &str, ctx: &mut Ctx<Self>) {
-        log::debug!("conn {}: HTTP send closed with {code}: {reason}", act.conn);
+        log::debug!(conn:% = act.conn; "HTTP send closed with {code}: {reason}");
         ctx.stop();
     }
 

@@ -15,10 +15,10 @@ impl<W: Wire> SessionActor<W> {
     /// The outbound queue (mailbox or unwritten frames) is full: the client is not reading.
     pub(super) fn overflow(&mut self, ctx: &mut Ctx<W>) {
         if !self.wire.closing() {
+            let user = self.user().map(UserId::as_str).unwrap_or("-");
             log::info!(
-                "conn {} (user {}): outbound queue full, closing with 1013",
-                self.conn,
-                self.user().map(UserId::as_str).unwrap_or("-"),
+                conn:% = self.conn, user = user;
+                "outbound queue full, closing with 1013"
             );
         }
         self.close(

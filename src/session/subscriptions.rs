@@ -122,7 +122,7 @@ impl<W: Wire> SessionActor<W> {
                     act.flush_replay_buffer(&name, last, ctx);
                 }
                 Err(e) => {
-                    log::warn!("conn {}: replay of {name} failed: {e}", act.conn);
+                    log::warn!(conn:% = act.conn; "replay of {name} failed: {e}");
                     act.flush_replay_buffer(&name, Seq::ZERO, ctx);
                     act.error(ErrorCode::Unavailable, "replay failed; retry", None, ctx);
                 }

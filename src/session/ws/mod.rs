@@ -196,7 +196,7 @@ impl StreamHandler<Result<Frame, ReadError>> for WsSession {
             Ok(Frame::Continuation(item)) => self.on_fragment(item, ctx),
             Err(e) => {
                 // A client's mistake, not the broker's: logged for whoever debugs that client.
-                log::debug!("conn {}: {e}", self.conn);
+                log::debug!(conn:% = self.conn; "{e}");
                 match e {
                     ReadError::TooLarge(why) => self.close(close::TOO_BIG, why, ctx),
                     ReadError::Protocol(why) => self.close(close::PROTOCOL, &why, ctx),

@@ -307,6 +307,72 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping_and_health_answers() {
     assert_eq!(exited.expect("exited").code(), Some(0));
 }
 
+#[actix_web::test]
+async fn json_logs_are_one_object_per_line_with_request_and_connection_ids() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let env = [
+        ("SWITCHBOARD__LOG__FORMAT", "json"),
+        (
+            "SWITCHBOARD__LOG__FILTER",
+            "info,switchboard::access=debug,switchboard::session=debug",
+        ),
+    ];
+    let mut broker = start_broker_with(dir.path(), &env);
+    let resp = awc::Client::default()
+        .get(format!("http://127.0.0.1:{}/health", broker.port))
+        .insert_header(("X-Request-Id", "probe-42"))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(
+        resp.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("probe-42")
+    );
+    let resp = awc::Client::default()
+        .get(format!("http://127.0.0.1:{}/nope", broker.port))
+        .send()
+        .await
+        .expect("404");
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "a new id when none came"
+    );
+    // A frame with reserved bits set: the session logs the client's mistake with its conn.
+    let mut s = raw_socket(broker.port, Some(&token("alice"))).await;
+    s.write_all(&[0xC1, 0x80, 0, 0, 0, 0]).await.expect("frame");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = broker.log_lines("");
+        let parsed: Vec<Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let access = parsed.iter().any(|v| {
+            v["target"] == "switchboard::access"
+                && v["request_id"] == "probe-42"
+                && v["status"] == 200
+        });
+        let conn = parsed
+            .iter()
+            .any(|v| v["conn"].as_str().is_some_and(|c| c.starts_with('c')));
+        if access && conn {
+            break parsed;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lines:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for v in &lines {
+        for key in ["ts", "level", "target", "msg"] {
+            assert!(v[key].is_string(), "{key} in {v}");
+        }
+    }
+    broker.child.kill().expect("SIGKILL");
+    let _ = broker.child.wait();
+}
+
 #[test]
 fn invalid_config_or_unusable_database_exits_non_zero_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("temp dir");
