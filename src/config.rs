@@ -101,6 +101,21 @@ pub struct ServerSettings {
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
     /// any other peer is the client itself.
     pub trusted_proxies: Vec<IpRange>,
+    /// Web origins (`https://app.example.com`) whose pages may use the broker: CORS for
+    /// the REST API, SSE and polls, and the `Origin` a browser's WebSocket upgrade or SSE
+    /// request may carry. `["*"]`: any origin. Empty: no CORS, and any `Origin` accepted.
+    pub allowed_origins: Vec<String>,
+}
+
+impl ServerSettings {
+    /// Whether a request with `Origin: origin` may be served.
+    pub fn origin_allowed(&self, origin: &str) -> bool {
+        self.allowed_origins.is_empty()
+            || self
+                .allowed_origins
+                .iter()
+                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
 }
 
 impl Default for ServerSettings {
@@ -114,6 +129,7 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(10),
             drain_window: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -284,6 +300,11 @@ pub struct LimitSettings {
     pub upgrades_per_ip_per_second: f64,
     /// Burst of upgrades per client address above that rate.
     pub upgrades_per_ip_burst: f64,
+    /// HTTP requests (REST, SSE, polls, HTTP send) per second per client address (token
+    /// bucket); 0: no limit. `/health`, `/ready`, `/status` and `/metrics` are not counted.
+    pub requests_per_ip_per_second: f64,
+    /// Burst of requests per client address above that rate.
+    pub requests_per_ip_burst: f64,
 }
 
 impl Default for LimitSettings {
@@ -304,6 +325,8 @@ impl Default for LimitSettings {
             max_pending_per_ip: 32,
             upgrades_per_ip_per_second: 50.0,
             upgrades_per_ip_burst: 500.0,
+            requests_per_ip_per_second: 100.0,
+            requests_per_ip_burst: 500.0,
         }
     }
 }
@@ -593,6 +616,15 @@ impl Settings {
                  limits.upgrades_per_ip_burst >= 1",
             );
         }
+        if self.limits.requests_per_ip_per_second < 0.0
+            || (self.limits.requests_per_ip_per_second > 0.0
+                && self.limits.requests_per_ip_burst < 1.0)
+        {
+            return bad(
+                "limits.requests_per_ip_per_second must be >= 0 (0: off), with \
+                 limits.requests_per_ip_burst >= 1",
+            );
+        }
 
         let page = self.database.sqlite_page_size;
         if !(512..=65_536).contains(&page) || !page.is_power_of_two() {
@@ -616,6 +648,18 @@ impl Settings {
             return bad(
                 "server.drain_window must leave 2s of server.shutdown_timeout for the flush",
             );
+        }
+        for o in &self.server.allowed_origins {
+            let well_formed = o == "*"
+                || ((o.starts_with("https://") || o.starts_with("http://"))
+                    && !o
+                        .split_once("://")
+                        .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/')));
+            if !well_formed {
+                return bad(
+                    "server.allowed_origins entries must be \"*\" or scheme://host[:port] with no path",
+                );
+            }
         }
         if self.auth.revocation_poll < Duration::from_millis(100) {
             return bad("auth.revocation_poll must be at least 100ms");

@@ -32,6 +32,12 @@ pub enum GateError {
     /// `max_pending_per_ip` reached (HTTP 429).
     #[error("too many connections waiting to authenticate from this address")]
     AddressPendingFull,
+    /// Over `requests_per_ip_per_second` (HTTP 429 with Retry-After).
+    #[error("too many requests from this address")]
+    AddressRequestsTooFast {
+        /// When the next request would be admitted.
+        retry_after_ms: u64,
+    },
     /// Over `upgrades_per_ip_per_second` (HTTP 429 with Retry-After).
     #[error("too many connection attempts from this address")]
     AddressTooFast {
@@ -111,11 +117,15 @@ struct AddressSlot {
     pending: usize,
     /// Its upgrades (absent when upgrades are not limited).
     upgrades: Option<TokenBucket>,
+    /// Its HTTP requests (absent when requests are not limited).
+    requests: Option<TokenBucket>,
 }
 
 impl AddressSlot {
     fn forgettable(&self) -> bool {
-        self.pending == 0 && self.upgrades.as_ref().is_none_or(TokenBucket::refilled)
+        self.pending == 0
+            && self.upgrades.as_ref().is_none_or(TokenBucket::refilled)
+            && self.requests.as_ref().is_none_or(TokenBucket::refilled)
     }
 }
 
@@ -139,6 +149,8 @@ pub struct ConnectionGate {
     burst: f64,
     upgrade_rate: f64,
     upgrade_burst: f64,
+    request_rate: f64,
+    request_burst: f64,
     total: AtomicUsize,
     pending: AtomicUsize,
     users: Mutex<Users>,
@@ -224,6 +236,8 @@ impl ConnectionGate {
             burst: l.frames_burst,
             upgrade_rate: l.upgrades_per_ip_per_second,
             upgrade_burst: l.upgrades_per_ip_burst,
+            request_rate: l.requests_per_ip_per_second,
+            request_burst: l.requests_per_ip_burst,
             total: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             users: Mutex::new(Users {
@@ -275,9 +289,11 @@ impl ConnectionGate {
             a.sweep_at = (a.slots.len() * 2).max(ADDRESS_SWEEP_FLOOR);
         }
         let (rate, burst) = (self.upgrade_rate, self.upgrade_burst);
+        let (request_rate, request_burst) = (self.request_rate, self.request_burst);
         let slot = a.slots.entry(address).or_insert_with(|| AddressSlot {
             pending: 0,
             upgrades: (rate > 0.0).then(|| TokenBucket::new(rate, burst)),
+            requests: (request_rate > 0.0).then(|| TokenBucket::new(request_rate, request_burst)),
         });
         f(slot)
     }
@@ -291,6 +307,19 @@ impl ConnectionGate {
             Some(bucket) => bucket
                 .take()
                 .map_err(|retry_after_ms| GateError::AddressTooFast { retry_after_ms }),
+            None => Ok(()),
+        })
+    }
+
+    /// Counts one HTTP request from `client` against its address's rate.
+    pub fn admit_request(&self, client: IpAddr) -> Result<(), GateError> {
+        if self.request_rate <= 0.0 {
+            return Ok(());
+        }
+        self.with_address(address_key(client), |slot| match &mut slot.requests {
+            Some(bucket) => bucket
+                .take()
+                .map_err(|retry_after_ms| GateError::AddressRequestsTooFast { retry_after_ms }),
             None => Ok(()),
         })
     }

@@ -274,7 +274,12 @@ impl Application {
             .shutdown_timeout(WORKER_STOP_S)
             .disable_signals()
             .listen("switchboard", listener, move || {
+                let cors_on = !data.settings.server.allowed_origins.is_empty();
                 let app = App::new()
+                    .wrap(actix_web::middleware::Condition::new(
+                        cors_on,
+                        routes::cors::cors(&data.settings.server),
+                    ))
                     .wrap(actix_web::middleware::from_fn(routes::request_id::tag))
                     .configure(|cfg| routes::configure(cfg, data.clone()));
                 let up = data.clone();

@@ -75,13 +75,14 @@ const ERROR_CODES: [ErrorCode; 11] = [
 ];
 
 /// The admission and rate limits `switchboard_refused_total` counts refusals of.
-pub const REFUSAL_LIMITS: [&str; 6] = [
+pub const REFUSAL_LIMITS: [&str; 7] = [
     "frame_rate",
     "node_connections",
     "pending_connections",
     "user_connections",
     "address_pending_connections",
     "address_upgrade_rate",
+    "address_request_rate",
 ];
 
 /// Where an error was answered.

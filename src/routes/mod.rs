@@ -1,11 +1,13 @@
 //! HTTP routes: the WebSocket entry, operations endpoints and the REST API.
 
+pub mod address_limit;
 pub mod admin;
 pub mod api_keys;
 pub mod auth;
 pub mod body;
 pub mod caller;
 pub mod connections;
+pub mod cors;
 pub mod groups;
 pub mod messages;
 pub mod offline;
@@ -17,6 +19,7 @@ pub mod transports;
 pub mod users;
 pub mod ws;
 
+use actix_web::middleware::from_fn;
 use actix_web::web;
 
 use crate::error::ApiError;
@@ -39,13 +42,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .route("/ready", web::get().to(ops::ready))
         .route("/status", web::get().to(ops::status))
         .route("/metrics", web::get().to(ops::metrics))
-        .route("/sse", web::get().to(transports::sse))
-        .route("/poll", web::get().to(transports::poll))
+        .service(
+            web::resource("/sse")
+                .wrap(from_fn(address_limit::limit))
+                .route(web::get().to(transports::sse)),
+        )
+        .service(
+            web::resource("/poll")
+                .wrap(from_fn(address_limit::limit))
+                .route(web::get().to(transports::poll)),
+        )
         .service(
             web::scope("/api")
-                .route("/auth/token", web::post().to(auth::mint_token))
-                .route("/auth/refresh", web::post().to(auth::refresh))
-                .route("/auth/revoke", web::post().to(auth::revoke))
+                .wrap(from_fn(address_limit::limit))
+                .service(small_body("/auth/token").route(web::post().to(auth::mint_token)))
+                .service(small_body("/auth/refresh").route(web::post().to(auth::refresh)))
+                .service(small_body("/auth/revoke").route(web::post().to(auth::revoke)))
                 .route("/auth/validate", web::get().to(auth::validate))
                 .service(
                     web::resource("/groups")
@@ -70,8 +82,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .route("/state/{collection}", web::get().to(state::changes))
                 .route("/state/{collection}/{key}", web::put().to(state::put))
                 .route("/admin/publish", web::post().to(admin::publish))
-                .route("/admin/api-keys", web::post().to(api_keys::create))
-                .route("/admin/api-keys", web::get().to(api_keys::list))
+                .service(
+                    small_body("/admin/api-keys")
+                        .route(web::post().to(api_keys::create))
+                        .route(web::get().to(api_keys::list)),
+                )
                 .route("/admin/api-keys/{id}", web::delete().to(api_keys::revoke))
                 .route("/admin/connections", web::get().to(connections::list))
                 .route(
@@ -80,7 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 )
                 .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
                 .route("/messages", web::post().to(transports::send))
-                .route("/messages/read", web::post().to(messages::read))
+                .service(small_body("/messages/read").route(web::post().to(messages::read)))
                 .route("/messages/search", web::get().to(search::search))
                 .route("/messages/undelivered", web::get().to(offline::undelivered))
                 .route("/messages/unread", web::get().to(offline::unread))
@@ -95,6 +110,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(not_found));
+}
+
+/// Bodies of the routes that take a few small fields (tokens, keys, cursors) are refused
+/// with 413 beyond this, well before the general limit.
+pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
+
+/// A resource at `path` whose request bodies are limited to [`SMALL_BODY_LIMIT`].
+fn small_body(path: &str) -> actix_web::Resource {
+    web::resource(path).app_data(web::PayloadConfig::new(SMALL_BODY_LIMIT))
 }
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {

@@ -15,7 +15,7 @@ use switchboard_actors::protocol::{parse_client_frame, ClientFrame, ErrorCode, E
 use crate::auth::{bearer, Claims};
 use crate::error::ApiError;
 use crate::routes::caller::API_KEY_HEADER;
-use crate::routes::ws::{client_identity, gate_error};
+use crate::routes::ws::{check_origin, client_identity, gate_error};
 use crate::session::cursor::{ResumeCursor, MAX_CHANNELS};
 use crate::session::http::HttpAnswer;
 use crate::session::{self, Admission};
@@ -157,6 +157,7 @@ pub async fn sse(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| q.last_event_id.clone());
+    check_origin(&app, req.headers().get(header::ORIGIN))?;
     let peer = req.peer_addr().map(|a| a.ip());
     if let Some(peer) = peer {
         let forwarded = req.headers().get_all(header::X_FORWARDED_FOR);

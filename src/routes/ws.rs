@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use actix_codec::Framed;
 use actix_http::body::{self, BodySize};
-use actix_http::header::X_FORWARDED_FOR;
+use actix_http::header::{HeaderValue, ORIGIN, X_FORWARDED_FOR};
 use actix_http::{h1, ws, Method, Request, Response, Version};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
@@ -47,6 +47,7 @@ pub(crate) fn gate_error(e: GateError) -> ApiError {
         GateError::UserFull => "user_connections",
         GateError::AddressPendingFull => "address_pending_connections",
         GateError::AddressTooFast { .. } => "address_upgrade_rate",
+        GateError::AddressRequestsTooFast { .. } => "address_request_rate",
     };
     metrics().refused.with_label_values(&[limit]).inc();
     let (status, retry_after_ms) = match e {
@@ -54,7 +55,8 @@ pub(crate) fn gate_error(e: GateError) -> ApiError {
         GateError::UserFull | GateError::AddressPendingFull => {
             (StatusCode::TOO_MANY_REQUESTS, None)
         }
-        GateError::AddressTooFast { retry_after_ms } => {
+        GateError::AddressTooFast { retry_after_ms }
+        | GateError::AddressRequestsTooFast { retry_after_ms } => {
             (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_ms))
         }
     };
@@ -62,6 +64,21 @@ pub(crate) fn gate_error(e: GateError) -> ApiError {
         status,
         message: e.to_string(),
         retry_after_ms,
+    }
+}
+
+/// Refuses a browser request whose `Origin` is not among `server.allowed_origins` (403).
+pub(crate) fn check_origin(app: &AppState, origin: Option<&HeaderValue>) -> Result<(), ApiError> {
+    let Some(origin) = origin else {
+        return Ok(());
+    };
+    let text = origin.to_str().unwrap_or("");
+    if app.settings.server.origin_allowed(text) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "origin `{text}` is not allowed (server.allowed_origins)"
+        )))
     }
 }
 
@@ -106,6 +123,7 @@ fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Admission, ApiEr
             "a WebSocket upgrade needs HTTP/1.1".into(),
         ));
     }
+    check_origin(app, req.head().headers().get(ORIGIN))?;
     let forwarded = req.head().headers().get_all(X_FORWARDED_FOR);
     let client = app
         .gate

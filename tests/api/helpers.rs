@@ -64,6 +64,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     s.database.sqlite_synchronous = switchboard_actors::store::Synchronous::Normal;
     // Every test client comes from 127.0.0.1; the tests of the address limits set them.
     s.limits.upgrades_per_ip_per_second = 0.0;
+    s.limits.requests_per_ip_per_second = 0.0;
     s
 }
 

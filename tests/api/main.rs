@@ -24,3 +24,4 @@ mod subscribe;
 mod sync;
 mod tokens;
 mod transports;
+mod web_security;

@@ -1,0 +1,165 @@
+//! What a browser page on another origin may do (`server.allowed_origins`: CORS and the
+//! `Origin` of upgrades and SSE requests), and the per-address request limit.
+
+use std::time::Duration;
+
+use awc::error::WsClientError;
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
+
+const APP: &str = "https://app.example.com";
+const EVIL: &str = "https://evil.example";
+
+/// The status of a WebSocket upgrade sent with `Origin: origin` (101 when it upgrades).
+async fn upgrade_with_origin(app: &TestApp, origin: Option<&str>) -> u16 {
+    let mut req = awc::Client::new()
+        .ws(format!("{}/ws", app.ws_base))
+        .bearer_auth(app.token("alice"));
+    if let Some(o) = origin {
+        req = req.origin(o);
+    }
+    match req.connect().await {
+        Ok(_) => 101,
+        Err(WsClientError::InvalidResponseStatus(s)) => s.as_u16(),
+        Err(e) => panic!("upgrade: {e}"),
+    }
+}
+
+/// A request with `Origin` and extra headers: its status and response headers.
+async fn with_origin(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    origin: &str,
+    headers: &[(&str, &str)],
+) -> (u16, awc::http::header::HeaderMap) {
+    let method = actix_web::http::Method::from_bytes(method.as_bytes()).expect("method");
+    let mut req = awc::Client::new()
+        .request(method, format!("{}{path}", app.base))
+        .insert_header(("Origin", origin));
+    for h in headers {
+        req = req.insert_header(*h);
+    }
+    let resp = req.send().await.expect("request");
+    (resp.status().as_u16(), resp.headers().clone())
+}
+
+fn header<'a>(h: &'a awc::http::header::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[actix_web::test]
+async fn only_the_allowed_origins_get_cors_and_may_open_connections() {
+    let app = spawn_app_with(|s| s.server.allowed_origins = vec![APP.into()]).await;
+    assert_eq!(upgrade_with_origin(&app, Some(APP)).await, 101);
+    assert_eq!(upgrade_with_origin(&app, Some(EVIL)).await, 403);
+    assert_eq!(
+        upgrade_with_origin(&app, None).await,
+        101,
+        "non-browser clients"
+    );
+
+    let sse = format!("/sse?token={}", app.token("alice"));
+    let (code, _) = with_origin(&app, "GET", &sse, EVIL, &[]).await;
+    assert_eq!(code, 403);
+
+    // Preflight and the request itself, from the app's origin.
+    let preflight = [
+        ("Access-Control-Request-Method", "POST"),
+        (
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        ),
+    ];
+    let (code, h) = with_origin(&app, "OPTIONS", "/api/messages", APP, &preflight).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), Some(APP));
+    let methods = header(&h, "access-control-allow-methods").unwrap_or("");
+    assert!(methods.contains("POST"), "{methods}");
+    let bearer = format!("Bearer {}", app.token("alice"));
+    let auth = [("Authorization", bearer.as_str())];
+    let (code, h) = with_origin(&app, "GET", "/api/messages/unread", APP, &auth).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), Some(APP));
+    let exposed = header(&h, "access-control-expose-headers")
+        .unwrap_or("")
+        .to_lowercase();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+
+    // Another origin gets no CORS grant, so its page cannot read the answer.
+    let (_, h) = with_origin(&app, "OPTIONS", "/api/messages", EVIL, &preflight).await;
+    assert_eq!(header(&h, "access-control-allow-origin"), None);
+}
+
+#[actix_web::test]
+async fn without_allowed_origins_there_is_no_cors_and_any_origin_connects() {
+    let app = spawn_app().await;
+    assert_eq!(upgrade_with_origin(&app, Some(EVIL)).await, 101);
+    let bearer = format!("Bearer {}", app.token("alice"));
+    let auth = [("Authorization", bearer.as_str())];
+    let (code, h) = with_origin(&app, "GET", "/api/messages/unread", EVIL, &auth).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), None);
+    assert!(header(&h, "x-request-id").is_some());
+}
+
+#[actix_web::test]
+async fn requests_over_the_per_address_rate_get_429_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.limits.requests_per_ip_per_second = 1.0;
+        s.limits.requests_per_ip_burst = 3.0;
+    })
+    .await;
+    let token = app.token("alice");
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(app.get("/api/messages/unread", &token).await.0);
+    }
+    assert_eq!(codes, [200, 200, 200, 429]);
+    let resp = awc::Client::new()
+        .get(format!("{}/api/messages/unread", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = header(resp.headers(), "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Polls count too; the operations endpoints do not.
+    let (code, _) = app.poll("timeout_s=0", &token).await;
+    assert_eq!(code, 429);
+    for path in ["/health", "/ready", "/status", "/metrics"] {
+        let resp = awc::Client::new()
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .expect("ops");
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, body): (u16, Value) = app.get("/api/messages/unread", &token).await;
+    assert_eq!(code, 200, "{body}");
+}
+
+#[actix_web::test]
+async fn small_routes_refuse_large_bodies_early() {
+    let app = spawn_app().await;
+    let big = serde_json::json!({ "refresh_token": "x".repeat(20 * 1024) });
+    let (code, body) = app.call("POST", "/api/auth/refresh", None, Some(big)).await;
+    assert_eq!(code, 413, "{body}");
+    assert_eq!(body["error"]["code"], "too_large");
+    let big =
+        serde_json::json!({ "channel": "dm:a:b", "up_to_seq": 1, "pad": "x".repeat(20 * 1024) });
+    let (code, _) = app
+        .call(
+            "POST",
+            "/api/messages/read",
+            Some(&app.token("a")),
+            Some(big),
+        )
+        .await;
+    assert_eq!(code, 413);
+}
