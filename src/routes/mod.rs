@@ -11,6 +11,7 @@ pub mod cors;
 pub mod groups;
 pub mod messages;
 pub mod offline;
+pub mod openapi;
 pub mod ops;
 pub mod request_id;
 pub mod search;
@@ -25,6 +26,66 @@ use actix_web::web;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Declares routes once, for the router and for the list the OpenAPI document is held to:
+/// `"path" [limit = bytes] (per_address) { method => handler, … }` makes one resource per
+/// path (`per_address`: under the per-address request limit), registered by `$register`, and lists
+/// every (method, path) in `$list`.
+macro_rules! routes {
+    ($register:ident, $list:ident, $prefix:literal,
+     $( $path:literal $([limit = $limit:expr])? $(($limited:ident))?
+        { $($method:ident => $handler:path),+ $(,)? } )*) => {
+        /// Every route these declare: (method, full path).
+        pub const $list: &[(&str, &str)] = &[ $( $( (stringify!($method), concat!($prefix, $path)), )+ )* ];
+
+        fn $register(cfg: &mut web::ServiceConfig) {
+            $(
+                let r = web::resource($path) $( .app_data(web::PayloadConfig::new($limit)) )?;
+                $( let _ = stringify!($limited); let r = r.wrap(from_fn(address_limit::limit)); )?
+                cfg.service(r $( .route(web::$method().to($handler)) )+);
+            )*
+        }
+    };
+}
+
+routes!(register_root, ROOT_ROUTES, "",
+    "/ws" { get => ws::not_upgraded }
+    "/health" { get => ops::health }
+    "/ready" { get => ops::ready }
+    "/status" { get => ops::status }
+    "/metrics" { get => ops::metrics }
+    "/sse" (per_address) { get => transports::sse }
+    "/poll" (per_address) { get => transports::poll }
+);
+
+routes!(register_api, API_ROUTES, "/api",
+    "/openapi.json" { get => openapi::document }
+    "/auth/token" [limit = SMALL_BODY_LIMIT] { post => auth::mint_token }
+    "/auth/refresh" [limit = SMALL_BODY_LIMIT] { post => auth::refresh }
+    "/auth/revoke" [limit = SMALL_BODY_LIMIT] { post => auth::revoke }
+    "/auth/validate" { get => auth::validate }
+    "/groups" [limit = groups::CREATE_BODY_LIMIT] { post => groups::create }
+    "/groups/{id}" { get => groups::get }
+    "/groups/{id}/members/{user_id}" { put => groups::add_member, delete => groups::remove_member }
+    "/users/following/status" { get => users::following_status }
+    "/users/me/following" { put => users::set_following }
+    "/users/{user_id}/status" { get => users::status }
+    "/state/{collection}" { get => state::changes }
+    "/state/{collection}/{key}" { put => state::put }
+    "/admin/publish" { post => admin::publish }
+    "/admin/api-keys" [limit = SMALL_BODY_LIMIT] { post => api_keys::create, get => api_keys::list }
+    "/admin/api-keys/{id}" { delete => api_keys::revoke }
+    "/admin/connections" { get => connections::list }
+    "/admin/connections/{conn_id}" { delete => connections::close }
+    "/admin/debug/crash/{actor}" { post => admin::crash }
+    "/messages" { post => transports::send }
+    "/messages/read" [limit = SMALL_BODY_LIMIT] { post => messages::read }
+    "/messages/search" { get => search::search }
+    "/messages/undelivered" { get => offline::undelivered }
+    "/messages/unread" { get => offline::unread }
+    "/messages/user/{user_id}" { get => messages::user_history }
+    "/messages/group/{group_id}" { get => messages::group_history }
+);
+
 /// Registers every route, with body and query errors mapped to the contract's error shape.
 pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
     // Request bodies ([`body::JsonBody`]): as large as a client frame, at least 64 KiB.
@@ -37,76 +98,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
         .app_data(body)
         .app_data(query)
         .app_data(path)
-        .route(ws::PATH, web::get().to(ws::not_upgraded))
-        .route("/health", web::get().to(ops::health))
-        .route("/ready", web::get().to(ops::ready))
-        .route("/status", web::get().to(ops::status))
-        .route("/metrics", web::get().to(ops::metrics))
-        .service(
-            web::resource("/sse")
-                .wrap(from_fn(address_limit::limit))
-                .route(web::get().to(transports::sse)),
-        )
-        .service(
-            web::resource("/poll")
-                .wrap(from_fn(address_limit::limit))
-                .route(web::get().to(transports::poll)),
-        )
+        .configure(register_root)
         .service(
             web::scope("/api")
                 .wrap(from_fn(address_limit::limit))
-                .service(small_body("/auth/token").route(web::post().to(auth::mint_token)))
-                .service(small_body("/auth/refresh").route(web::post().to(auth::refresh)))
-                .service(small_body("/auth/revoke").route(web::post().to(auth::revoke)))
-                .route("/auth/validate", web::get().to(auth::validate))
-                .service(
-                    web::resource("/groups")
-                        .app_data(web::PayloadConfig::new(groups::CREATE_BODY_LIMIT))
-                        .route(web::post().to(groups::create)),
-                )
-                .route("/groups/{id}", web::get().to(groups::get))
-                .route(
-                    "/groups/{id}/members/{user_id}",
-                    web::put().to(groups::add_member),
-                )
-                .route(
-                    "/groups/{id}/members/{user_id}",
-                    web::delete().to(groups::remove_member),
-                )
-                .route(
-                    "/users/following/status",
-                    web::get().to(users::following_status),
-                )
-                .route("/users/me/following", web::put().to(users::set_following))
-                .route("/users/{user_id}/status", web::get().to(users::status))
-                .route("/state/{collection}", web::get().to(state::changes))
-                .route("/state/{collection}/{key}", web::put().to(state::put))
-                .route("/admin/publish", web::post().to(admin::publish))
-                .service(
-                    small_body("/admin/api-keys")
-                        .route(web::post().to(api_keys::create))
-                        .route(web::get().to(api_keys::list)),
-                )
-                .route("/admin/api-keys/{id}", web::delete().to(api_keys::revoke))
-                .route("/admin/connections", web::get().to(connections::list))
-                .route(
-                    "/admin/connections/{conn_id}",
-                    web::delete().to(connections::close),
-                )
-                .route("/admin/debug/crash/{actor}", web::post().to(admin::crash))
-                .route("/messages", web::post().to(transports::send))
-                .service(small_body("/messages/read").route(web::post().to(messages::read)))
-                .route("/messages/search", web::get().to(search::search))
-                .route("/messages/undelivered", web::get().to(offline::undelivered))
-                .route("/messages/unread", web::get().to(offline::unread))
-                .route(
-                    "/messages/user/{user_id}",
-                    web::get().to(messages::user_history),
-                )
-                .route(
-                    "/messages/group/{group_id}",
-                    web::get().to(messages::group_history),
-                )
+                .configure(register_api)
                 .default_service(web::to(not_found)),
         )
         .default_service(web::to(not_found));
@@ -115,11 +111,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: web::Data<AppState>) {
 /// Bodies of the routes that take a few small fields (tokens, keys, cursors) are refused
 /// with 413 beyond this, well before the general limit.
 pub const SMALL_BODY_LIMIT: usize = 16 * 1024;
-
-/// A resource at `path` whose request bodies are limited to [`SMALL_BODY_LIMIT`].
-fn small_body(path: &str) -> actix_web::Resource {
-    web::resource(path).app_data(web::PayloadConfig::new(SMALL_BODY_LIMIT))
-}
 
 async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such endpoint".into()))

@@ -12,6 +12,7 @@ mod hardening;
 mod helpers;
 mod history;
 mod metrics;
+mod openapi;
 mod ops;
 mod presence;
 mod process;
