@@ -9,13 +9,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::{now_ms, valid_id};
 
+pub use crate::config::MAX_TOKEN_LIFE_S;
 use crate::config::{Environment, Settings};
 use crate::error::ApiError;
-
-/// The longest any token the broker mints may live (an access token's `ttl_s` limit, and
-/// above any sane `auth.refresh_ttl`): how long a revoked id read back without its expiry
-/// is kept.
-pub const MAX_TOKEN_LIFE_S: u64 = 90 * 24 * 3600;
 
 /// Device kinds a token or connection may name.
 pub const DEVICES: [&str; 6] = ["web", "desktop", "mobile", "extension", "cli", "server"];

@@ -134,6 +134,11 @@ impl Default for ServerSettings {
     }
 }
 
+/// The longest any token the broker mints may live (an access token's `ttl_s` limit, and
+/// above any sane `auth.refresh_ttl`): how long a revoked id read back without its expiry
+/// is kept.
+pub const MAX_TOKEN_LIFE_S: u64 = 90 * 24 * 3600;
+
 /// `[auth]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -639,9 +644,7 @@ impl Settings {
         ) {
             return bad("auth.jwt_algorithm must be HS256, RS256 or ES256");
         }
-        if self.auth.refresh_ttl.is_zero()
-            || self.auth.refresh_ttl.as_secs() > crate::auth::MAX_TOKEN_LIFE_S
-        {
+        if self.auth.refresh_ttl.is_zero() || self.auth.refresh_ttl.as_secs() > MAX_TOKEN_LIFE_S {
             return bad("auth.refresh_ttl must be > 0 and at most 90days");
         }
         if self.server.drain_window + Duration::from_secs(2) > self.server.shutdown_timeout {

@@ -15,32 +15,11 @@ use prometheus::{
 };
 
 use crate::error_code::ErrorCode;
-use crate::protocol::ClientFrame;
-
-/// The index in [`FRAME_TYPES`] of `frame`'s type.
-pub fn frame_index(frame: &ClientFrame) -> usize {
-    match frame {
-        ClientFrame::Auth { .. } => 0,
-        ClientFrame::Heartbeat => 1,
-        ClientFrame::Chat { .. } => 2,
-        ClientFrame::Group { .. } => 3,
-        ClientFrame::Typing { .. } => 4,
-        ClientFrame::ReadReceipt { .. } => 5,
-        ClientFrame::Subscribe { .. } => 6,
-        ClientFrame::Unsubscribe { .. } => 7,
-        ClientFrame::StatusUpdate { .. } => 8,
-        ClientFrame::Sync { .. } => 9,
-        ClientFrame::Delivered { .. } => 10,
-        ClientFrame::StateSync { .. } => 11,
-        ClientFrame::PresenceSubscribe { .. } => 12,
-        ClientFrame::Command { .. } => 13,
-    }
-}
-
 /// The index of frames that did not parse.
 pub const INVALID_FRAME: usize = 14;
 
-/// Client frame types counted by `switchboard_frames_in_total`, in [`frame_index`] order.
+/// Client frame types counted by `switchboard_frames_in_total`, in the order of
+/// `ClientFrame::type_index`.
 pub const FRAME_TYPES: [&str; 15] = [
     "auth",
     "heartbeat",

@@ -273,6 +273,28 @@ pub enum ClientFrame {
     },
 }
 
+impl ClientFrame {
+    /// The index of this frame's type in `metrics::FRAME_TYPES`.
+    pub fn type_index(&self) -> usize {
+        match self {
+            ClientFrame::Auth { .. } => 0,
+            ClientFrame::Heartbeat => 1,
+            ClientFrame::Chat { .. } => 2,
+            ClientFrame::Group { .. } => 3,
+            ClientFrame::Typing { .. } => 4,
+            ClientFrame::ReadReceipt { .. } => 5,
+            ClientFrame::Subscribe { .. } => 6,
+            ClientFrame::Unsubscribe { .. } => 7,
+            ClientFrame::StatusUpdate { .. } => 8,
+            ClientFrame::Sync { .. } => 9,
+            ClientFrame::Delivered { .. } => 10,
+            ClientFrame::StateSync { .. } => 11,
+            ClientFrame::PresenceSubscribe { .. } => 12,
+            ClientFrame::Command { .. } => 13,
+        }
+    }
+}
+
 /// A client frame with its correlation id.
 #[derive(Debug)]
 pub struct ParsedFrame {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use switchboard_actors::channel::{typing_frame, Publish, Receipt, Reply, Sender, Typing};
 use switchboard_actors::command_proxy::{answer_frame as command_answer, Call, CommandError};
 use switchboard_actors::ids::{now_ms, Channel, UserId};
-use switchboard_actors::metrics::{frame_index, metrics, ErrorVia, INVALID_FRAME};
+use switchboard_actors::metrics::{metrics, ErrorVia, INVALID_FRAME};
 use switchboard_actors::presence::{PresenceTracker, SetStatus, Watch};
 use switchboard_actors::protocol::{
     encode, parse_client_frame, ClientFrame, ErrorCode, ErrorPayload, ParsedFrame, TypingTarget,
@@ -94,7 +94,7 @@ impl<W: Wire> SessionActor<W> {
         }
         match parse_client_frame(text, self.app.settings.limits.max_json_depth) {
             Ok(frame) => {
-                metrics().frame_in(frame_index(&frame.frame));
+                metrics().frame_in(frame.frame.type_index());
                 self.dispatch(frame, ctx)
             }
             Err(e) => {

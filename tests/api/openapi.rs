@@ -9,7 +9,10 @@ async fn the_openapi_document_lists_every_route_of_the_router_and_no_other() {
     let app = spawn_app().await;
     let (code, doc) = app.call("GET", "/api/openapi.json", None, None).await;
     assert_eq!(code, 200);
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{doc}"
+    );
     let paths = doc["paths"].as_object().expect("paths");
 
     let routes = switchboard::routes::ROOT_ROUTES
@@ -28,7 +31,10 @@ async fn the_openapi_document_lists_every_route_of_the_router_and_no_other() {
         .values()
         .map(|p| p.as_object().map_or(0, |o| o.len()))
         .sum();
-    assert_eq!(documented, listed, "the document lists routes the router does not have");
+    assert_eq!(
+        documented, listed,
+        "the document lists routes the router does not have"
+    );
 
     // Both ways to authenticate are described, and used where they apply.
     let schemes = &doc["components"]["securitySchemes"];

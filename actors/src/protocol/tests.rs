@@ -323,3 +323,31 @@ fn no_frame_or_payload_is_read_from_a_list() {
     )
     .is_ok());
 }
+
+#[test]
+fn each_frame_type_counts_under_its_own_name_in_metrics() {
+    let frames = [
+        r#"{"type":"auth","payload":{"token":"t"}}"#,
+        r#"{"type":"heartbeat"}"#,
+        r#"{"type":"chat_message","payload":{"content":"x"},"meta":{"target_id":"b"}}"#,
+        r#"{"type":"group_message","payload":{"content":"x"},"meta":{"target_id":"g"}}"#,
+        r#"{"type":"typing_indicator","payload":{"typing":true},"meta":{"target_id":"b"}}"#,
+        r#"{"type":"read_receipt","payload":{"channel":"dm:a:b","up_to_seq":1}}"#,
+        r#"{"type":"subscribe","payload":{"channel":"broadcast:n"}}"#,
+        r#"{"type":"unsubscribe","payload":{"channel":"broadcast:n"}}"#,
+        r#"{"type":"status_update","payload":{"status":"away"}}"#,
+        r#"{"type":"sync"}"#,
+        r#"{"type":"delivered","payload":{"channel":"dm:a:b","up_to_seq":1}}"#,
+        r#"{"type":"state_sync","payload":{"collection":"c","key":"k","value":1,"base_version":0}}"#,
+        r#"{"type":"presence_subscribe","payload":{"user_ids":["b"]}}"#,
+        r#"{"type":"command","payload":{"name":"n"}}"#,
+    ];
+    for text in frames {
+        let parsed = parse_client_frame(text, 32).unwrap_or_else(|e| panic!("{text}: {e}"));
+        let kind = serde_json::from_str::<serde_json::Value>(text).expect("json")["type"]
+            .as_str()
+            .expect("type")
+            .to_owned();
+        assert_eq!(crate::metrics::FRAME_TYPES[parsed.frame.type_index()], kind);
+    }
+}

@@ -96,11 +96,7 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
     let mut pending = WsClient::from_framed(framed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let sent_at = std::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &broker.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    broker.terminate();
     assert_eq!(
         alice.ended(Duration::from_secs(10)).await,
         Ended::Closed(1012)
@@ -109,15 +105,7 @@ async fn sigterm_closes_clients_with_1012_flushes_and_exits_0() {
         pending.ended(Duration::from_secs(10)).await,
         Ended::Closed(1012)
     );
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(s) = broker.child.try_wait().expect("wait") {
-            exited = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let exit = exited.expect("broker exited within 10 s");
+    let exit = broker.exited().await;
     assert_eq!(exit.code(), Some(0));
     // shutdown_timeout is 5 s in these tests.
     assert!(
@@ -144,11 +132,7 @@ async fn sigterm_spreads_the_closes_over_the_drain_window_and_loses_nothing() {
         open.push((user.clone(), connect(broker.port, &user).await));
     }
     let sent_at = std::time::Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &broker.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    broker.terminate();
     // Every client closes with 1012, at times spread over the window; one still open
     // half-way through writes, and its ack holds.
     let mut closed_at = Vec::new();
@@ -209,15 +193,8 @@ async fn sigterm_spreads_the_closes_over_the_drain_window_and_loses_nothing() {
         last >= Duration::from_millis(1500),
         "last close after {last:?}"
     );
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(s) = broker.child.try_wait().expect("wait") {
-            exited = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(exited.expect("exited").code(), Some(0));
+    let exit = broker.exited().await;
+    assert_eq!(exit.code(), Some(0));
     assert!(
         sent_at.elapsed() < Duration::from_secs(5),
         "{:?}",
@@ -289,22 +266,11 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping_and_health_answers() {
     );
     assert!(!out.status.success());
 
-    let status = Command::new("kill")
-        .args(["-TERM", &broker.child.id().to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    broker.terminate();
     heard.clear();
     read_until(&mut heard, "STOPPING=1");
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(s) = broker.child.try_wait().expect("wait") {
-            exited = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(exited.expect("exited").code(), Some(0));
+    let exit = broker.exited().await;
+    assert_eq!(exit.code(), Some(0));
 }
 
 #[actix_web::test]

@@ -27,6 +27,26 @@ struct Broker {
 }
 
 impl Broker {
+    /// Sends SIGTERM (a graceful shutdown).
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits up to 10 s for the process to exit; its status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        for _ in 0..100 {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the broker did not exit within 10 s");
+    }
+
     /// The broker's resident memory, from `/proc/<pid>/status`, in KiB.
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
