@@ -17,6 +17,7 @@ pub mod health;
 pub mod models;
 pub mod postgres;
 pub mod reader;
+pub mod sealing;
 pub mod sqlite;
 pub mod state_sql;
 pub mod write;
