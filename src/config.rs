@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use switchboard_actors::store::sealing::Sealer;
 use switchboard_actors::store::Synchronous;
 
 use crate::net::IpRange;
@@ -67,6 +68,8 @@ pub struct Settings {
     pub push: PushSettings,
     /// The backend `command` frames are forwarded to.
     pub command: CommandSettings,
+    /// Encryption at rest.
+    pub encryption: EncryptionSettings,
     /// Channel actors.
     pub channels: ChannelSettings,
     /// Fault drills.
@@ -470,6 +473,58 @@ impl Default for CommandSettings {
     }
 }
 
+/// `[encryption]`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EncryptionSettings {
+    /// AES-256 key, 32 bytes in base64; empty: payloads and documents are stored as sent.
+    pub key: String,
+    /// The id stored with each value sealed by `key` (1 to 32 of `[A-Za-z0-9_-]`).
+    pub key_id: String,
+    /// Earlier keys still needed to read old rows: `"id:base64key"`.
+    pub old_keys: Vec<String>,
+}
+
+impl Default for EncryptionSettings {
+    fn default() -> Self {
+        EncryptionSettings {
+            key: String::new(),
+            key_id: "k1".into(),
+            old_keys: Vec::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EncryptionSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the keys.
+        f.debug_struct("EncryptionSettings")
+            .field("on", &!self.key.is_empty())
+            .field("key_id", &self.key_id)
+            .field("old_keys", &self.old_keys.len())
+            .finish()
+    }
+}
+
+impl EncryptionSettings {
+    /// The sealer these settings describe, or `None` when encryption is off.
+    pub fn sealer(&self) -> Result<Option<Sealer>, String> {
+        if self.key.is_empty() {
+            return Ok(None);
+        }
+        let mut old = Vec::new();
+        for entry in &self.old_keys {
+            let (id, key) = entry
+                .split_once(':')
+                .ok_or("encryption.old_keys entries are \"id:base64key\"")?;
+            old.push((id, key));
+        }
+        Sealer::new((&self.key_id, &self.key), &old)
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// `[channels]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -663,6 +718,9 @@ impl Settings {
                     "server.allowed_origins entries must be \"*\" or scheme://host[:port] with no path",
                 );
             }
+        }
+        if let Err(e) = self.encryption.sealer() {
+            return bad(&e);
         }
         if self.auth.revocation_poll < Duration::from_millis(100) {
             return bad("auth.revocation_poll must be at least 100ms");

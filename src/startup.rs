@@ -46,6 +46,9 @@ pub enum StartupError {
     /// Redis settings are invalid.
     #[error("redis: {0}")]
     Redis(String),
+    /// The encryption keys are unusable.
+    #[error("encryption: {0}")]
+    Encryption(String),
     /// The port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -225,6 +228,11 @@ impl Application {
                     timeout: settings.push.timeout,
                     ack_delay: settings.push.ack_delay,
                 }),
+                sealer: settings
+                    .encryption
+                    .sealer()
+                    .map_err(StartupError::Encryption)?
+                    .map(Arc::new),
                 command: (!settings.command.backend_url.is_empty()).then(|| {
                     let c = &settings.command;
                     CommandConfig {

@@ -30,6 +30,7 @@ use crate::store::batcher::{BatchConfig, BatchStats, CheckpointPlan, WriteBatche
 use crate::store::health::DatabaseHealth;
 use crate::store::postgres::writer::{PgPool, PgWriter};
 use crate::store::reader::{Reads, StoreReader};
+use crate::store::sealing::Sealer;
 use crate::store::sqlite::channel_index::ChannelIndex;
 use crate::store::sqlite::checkpointer::{CheckpointStats, WalCheckpointer};
 use crate::store::sqlite::dedupe::{DedupeKeys, ResendKeyStats};
@@ -126,6 +127,8 @@ pub struct TreeConfig {
     pub push: Option<PushConfig>,
     /// The command backend, if configured.
     pub command: Option<CommandConfig>,
+    /// Encryption at rest: seals payloads and state documents (`None`: stored as sent).
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 /// Addresses of the running tree.
@@ -178,7 +181,9 @@ impl Tree {
                 StoreBackend::Sqlite { pool, keys, index } => {
                     let p = pool.clone();
                     resend_keys.record(&keys);
-                    let memory = Arc::new(Mutex::new(WriterMemory::new(keys, index.clone())));
+                    let mut mem = WriterMemory::new(keys, index.clone());
+                    mem.sealer = cfg.sealer.clone();
+                    let memory = Arc::new(Mutex::new(mem));
                     let held = resend_keys.clone();
                     let writers =
                         SyncArbiter::start(cfg.writer_threads.max(1), move || MessageWriter {
@@ -199,17 +204,20 @@ impl Tree {
                     let reads = Reads::Sqlite {
                         addr: readers,
                         index,
+                        sealer: cfg.sealer.clone(),
                     };
                     let pools = StorePools::Sqlite(pool.clone());
                     (writers.recipient(), reads, pools, Some(pool))
                 }
                 StoreBackend::Postgres { pool } => {
                     let p = pool.clone();
+                    let sealer = cfg.sealer.clone();
                     let writers = SyncArbiter::start(cfg.writer_threads.max(1), move || PgWriter {
                         pool: p.clone(),
                         ids: MessageIds::default(),
                         health: hw.clone(),
                         database: dw.clone(),
+                        sealer: sealer.clone(),
                     });
                     board.register(h, writers.clone().recipient());
                     let readers = StoreReader::start(
@@ -219,7 +227,10 @@ impl Tree {
                         database.clone(),
                     );
                     board.register(hr, readers.clone().recipient());
-                    let reads = Reads::Postgres { addr: readers };
+                    let reads = Reads::Postgres {
+                        addr: readers,
+                        sealer: cfg.sealer.clone(),
+                    };
                     (writers.recipient(), reads, StorePools::Postgres(pool), None)
                 }
             };

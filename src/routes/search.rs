@@ -51,6 +51,12 @@ pub async fn search(
     app: web::Data<AppState>,
     params: web::Query<SearchParams>,
 ) -> Result<HttpResponse, ApiError> {
+    if app.tree.reads.sealer().is_some() {
+        // The index would need the plain text the database must not hold.
+        return Err(ApiError::NotConfigured(
+            "full-text search is off while encryption at rest is on (encryption.key)".into(),
+        ));
+    }
     let p = params.into_inner();
     let words: Vec<String> = p.q.split_whitespace().map(str::to_owned).collect();
     if words.is_empty() {

@@ -6,6 +6,7 @@ mod api_keys;
 mod bad_input;
 mod chat;
 mod command;
+mod encryption;
 mod fuzz;
 mod groups;
 mod hardening;

@@ -66,6 +66,9 @@ pub enum StoreError {
         /// The lock file.
         lock: String,
     },
+    /// A sealed value does not open (encryption at rest).
+    #[error("{0}")]
+    Sealed(#[from] sealing::SealError),
     /// A PostgreSQL URL where a SQLite file is expected.
     #[error("database url `{0}` names PostgreSQL, not a SQLite file")]
     NotSqlite(String),

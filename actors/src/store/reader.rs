@@ -15,6 +15,7 @@ use diesel::sqlite::SqliteConnection;
 use super::credentials_sql::ApiKeyRow;
 use super::health::DatabaseHealth;
 use super::models::{GroupRow, Page, SearchQuery, StateDoc, StoredMessage, SyncPlan};
+use super::sealing::Sealer;
 use super::sqlite::channel_index::ChannelIndex;
 use super::sqlite::queries;
 use super::{postgres, StoreError};
@@ -104,11 +105,15 @@ pub enum Reads {
         addr: Addr<StoreReader<SqliteConnection>>,
         /// The writer's channel index.
         index: ChannelIndex,
+        /// Opens sealed payloads and documents (encryption at rest).
+        sealer: Option<Arc<Sealer>>,
     },
     /// PostgreSQL readers.
     Postgres {
         /// The reader threads.
         addr: Addr<StoreReader<PgConnection>>,
+        /// Opens sealed payloads and documents (encryption at rest).
+        sealer: Option<Arc<Sealer>>,
     },
 }
 
@@ -134,7 +139,7 @@ macro_rules! on_either_backend {
             Reads::Sqlite { addr, .. } => {
                 Box::pin(run(addr, move |c| Ok(queries::$f(c, $($arg),*)?)))
             }
-            Reads::Postgres { addr } => {
+            Reads::Postgres { addr, .. } => {
                 Box::pin(run(addr, move |c| Ok(postgres::queries::$f(c, $($arg),*)?)))
             }
         };
@@ -157,20 +162,36 @@ impl Reads {
         channel: String,
         page: Page,
     ) -> impl Future<Output = Result<(Vec<StoredMessage>, bool), StoreError>> + 'static {
+        let sealer = self.sealer().cloned();
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
-            Reads::Sqlite { addr, index } => {
+            Reads::Sqlite { addr, index, .. } => {
                 let index = index.clone();
                 Box::pin(run(addr, move |c| {
                     // Memory first, then the table (store::sqlite::channel_index).
                     let recent = index.recent(&channel);
-                    Ok(queries::history(c, &channel, &recent, page)?)
+                    let (mut rows, more) = queries::history(c, &channel, &recent, page)?;
+                    if let Some(s) = &sealer {
+                        s.open_rows(&mut rows)?;
+                    }
+                    Ok((rows, more))
                 }))
             }
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
-                postgres::queries::history(c, &channel, page)
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
+                let (mut rows, more) = postgres::queries::history(c, &channel, page)?;
+                if let Some(s) = &sealer {
+                    s.open_rows(&mut rows)?;
+                }
+                Ok((rows, more))
             })),
         };
         fut
+    }
+
+    /// The sealer of encryption at rest, when it is on.
+    pub fn sealer(&self) -> Option<&Arc<Sealer>> {
+        match self {
+            Reads::Sqlite { sealer, .. } | Reads::Postgres { sealer, .. } => sealer.as_ref(),
+        }
     }
 
     /// The documents of `user`'s `collection` written after revision `since` (at most
@@ -182,11 +203,12 @@ impl Reads {
         since: i64,
         limit: i64,
     ) -> impl Future<Output = Result<(Vec<StateDoc>, i64), StoreError>> + 'static {
+        let sealer = self.sealer().cloned();
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
             Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(queries::state_since(c, &user, &collection, since, limit)?)
             })),
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(postgres::queries::state_since(
                     c,
                     &user,
@@ -196,7 +218,13 @@ impl Reads {
                 )?)
             })),
         };
-        fut
+        async move {
+            let (mut docs, revision) = fut.await?;
+            if let Some(s) = &sealer {
+                s.open_docs(docs.iter_mut())?;
+            }
+            Ok((docs, revision))
+        }
     }
 
     /// Names of the channels `user` may read (DM names may include others; see
@@ -209,7 +237,7 @@ impl Reads {
             Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(queries::readable_channels(c, &user)?)
             })),
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(postgres::queries::readable_channels(c, &user)?)
             })),
         };
@@ -224,7 +252,7 @@ impl Reads {
         client_id: String,
     ) -> impl Future<Output = Result<SyncPlan, StoreError>> + 'static {
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
-            Reads::Sqlite { addr, index } => {
+            Reads::Sqlite { addr, index, .. } => {
                 let index = index.clone();
                 Box::pin(run(addr, move |c| {
                     let names = queries::readable_channels(c, &user)?;
@@ -232,7 +260,7 @@ impl Reads {
                     plan(names, cursors, &user, |name| Ok(index.head_seq(c, name)?.0))
                 }))
             }
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 let names = postgres::queries::readable_channels(c, &user)?;
                 let cursors = postgres::queries::delivery_cursors(c, &user, &client_id)?;
                 plan(names, cursors, &user, |name| {
@@ -253,7 +281,7 @@ impl Reads {
             Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(queries::max_delivered(c, &user, &channel)?)
             })),
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(postgres::queries::max_delivered(c, &user, &channel)?)
             })),
         };
@@ -269,7 +297,7 @@ impl Reads {
             Reads::Sqlite { addr, .. } => {
                 Box::pin(run(addr, move |c| Ok(queries::read_cursors(c, &user)?)))
             }
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(postgres::queries::read_cursors(c, &user)?)
             })),
         };
@@ -283,7 +311,7 @@ impl Reads {
     ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + 'static {
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
             Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| Ok(queries::search(c, &q)?))),
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 postgres::queries::search(c, &q)?
                     .into_iter()
                     .map(|r| r.into_stored())
@@ -302,7 +330,7 @@ impl Reads {
             Reads::Sqlite { addr, .. } => {
                 Box::pin(run(addr, move |c| Ok(queries::following_of(c, &user)?)))
             }
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 Ok(postgres::queries::following_of(c, &user)?)
             })),
         };
@@ -316,7 +344,7 @@ impl Reads {
     ) -> impl Future<Output = Result<Option<(GroupRow, Vec<String>)>, StoreError>> + 'static {
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
             Reads::Sqlite { addr, .. } => Box::pin(run(addr, move |c| Ok(queries::group(c, &id)?))),
-            Reads::Postgres { addr } => {
+            Reads::Postgres { addr, .. } => {
                 Box::pin(run(addr, move |c| Ok(postgres::queries::group(c, &id)?)))
             }
         };
@@ -331,7 +359,7 @@ impl Reads {
         group: Option<String>,
     ) -> impl Future<Output = Result<ChannelStart, StoreError>> + 'static {
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
-            Reads::Sqlite { addr, index } => {
+            Reads::Sqlite { addr, index, .. } => {
                 let index = index.clone();
                 Box::pin(run(addr, move |c| {
                     let (head, _) = index.head_seq(c, &channel)?;
@@ -345,7 +373,7 @@ impl Reads {
                     })
                 }))
             }
-            Reads::Postgres { addr } => Box::pin(run(addr, move |c| {
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
                 let head = postgres::queries::head_seq(c, &channel)?;
                 let members = match group {
                     Some(g) => Some(postgres::queries::group(c, &g)?.map(|(_, m)| m)),
@@ -395,7 +423,9 @@ impl Reads {
     pub fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + 'static {
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
             Reads::Sqlite { addr, .. } => Box::pin(run(addr, |c| Ok(queries::ping(c)?))),
-            Reads::Postgres { addr } => Box::pin(run(addr, |c| Ok(postgres::queries::ping(c)?))),
+            Reads::Postgres { addr, .. } => {
+                Box::pin(run(addr, |c| Ok(postgres::queries::ping(c)?)))
+            }
         };
         fut
     }

@@ -15,6 +15,8 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
 use base64::Engine;
 
+use super::models::{StateDoc, StateOutcome, StoredMessage};
+
 /// The prefix of a sealed value.
 const PREFIX: &str = "sb1:";
 /// Nonce bytes.
@@ -143,6 +145,50 @@ impl Sealer {
     /// Whether `stored` is a sealed value.
     pub fn is_sealed(stored: &str) -> bool {
         stored.starts_with(PREFIX)
+    }
+}
+
+/// Sealing as the store applies it: to message payloads and state document values.
+impl Sealer {
+    /// Copies of `rows` with their payloads sealed.
+    pub fn seal_rows(&self, rows: &[StoredMessage]) -> Vec<StoredMessage> {
+        rows.iter()
+            .map(|m| StoredMessage {
+                payload: self.seal(&m.payload),
+                ..m.clone()
+            })
+            .collect()
+    }
+
+    /// Opens the payload of each of `rows` in place.
+    pub fn open_rows(&self, rows: &mut [StoredMessage]) -> Result<(), SealError> {
+        for m in rows {
+            if Sealer::is_sealed(&m.payload) {
+                m.payload = self.open(&m.payload)?.into_owned();
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the values of `docs` in place.
+    pub fn open_docs<'a>(
+        &self,
+        docs: impl IntoIterator<Item = &'a mut StateDoc>,
+    ) -> Result<(), SealError> {
+        for d in docs {
+            if Sealer::is_sealed(&d.value) {
+                d.value = self.open(&d.value)?.into_owned();
+            }
+        }
+        Ok(())
+    }
+
+    /// A state write's outcome with the stored document (a conflict's) opened.
+    pub fn open_outcome(&self, mut outcome: StateOutcome) -> Result<StateOutcome, SealError> {
+        if let StateOutcome::Conflict { current: Some(doc) } = &mut outcome {
+            self.open_docs([doc])?;
+        }
+        Ok(outcome)
     }
 }
 

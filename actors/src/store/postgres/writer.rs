@@ -22,6 +22,7 @@ use crate::health::{ActorHealth, Probe};
 use crate::ids::{now_ms, MessageIds};
 use crate::store::health::DatabaseHealth;
 use crate::store::models::StoredMessage;
+use crate::store::sealing::Sealer;
 use crate::store::write::{WriteBatch, WriteOp, WriteOutcome};
 use crate::store::StoreError;
 
@@ -38,6 +39,8 @@ pub struct PgWriter {
     pub health: std::sync::Arc<ActorHealth>,
     /// Whether the database answers, shared with the readers.
     pub database: std::sync::Arc<DatabaseHealth>,
+    /// Seals payloads and state documents before they are stored (encryption at rest).
+    pub sealer: Option<std::sync::Arc<Sealer>>,
 }
 
 impl Actor for PgWriter {
@@ -55,7 +58,8 @@ impl Handler<WriteBatch> for PgWriter {
             Err(e) => return self.all_failed(&batch, StoreError::Pool(e)),
         };
         let ids = &mut self.ids;
-        match write(&mut c, ids, &batch.ops, window) {
+        let sealer = self.sealer.as_deref();
+        match write(&mut c, ids, &batch.ops, window, sealer) {
             Ok(outcomes) => {
                 self.database.ok();
                 outcomes.into_iter().map(Ok).collect()
@@ -75,10 +79,12 @@ impl Handler<WriteBatch> for PgWriter {
                     .ops
                     .iter()
                     .map(|op| {
-                        write(&mut c, ids, std::slice::from_ref(op), window).and_then(|mut one| {
-                            one.pop()
-                                .ok_or(StoreError::Invariant("a write without an outcome"))
-                        })
+                        write(&mut c, ids, std::slice::from_ref(op), window, sealer).and_then(
+                            |mut one| {
+                                one.pop()
+                                    .ok_or(StoreError::Invariant("a write without an outcome"))
+                            },
+                        )
                     })
                     .collect()
             }
@@ -92,11 +98,12 @@ fn write(
     ids: &mut MessageIds,
     ops: &[WriteOp],
     window: i64,
+    sealer: Option<&Sealer>,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     if ops.iter().all(|op| matches!(op, WriteOp::Message(_))) {
-        apply(c, ids, ops, window)
+        apply(c, ids, ops, window, sealer)
     } else {
-        c.transaction(|c| apply(c, ids, ops, window))
+        c.transaction(|c| apply(c, ids, ops, window, sealer))
     }
 }
 
@@ -140,6 +147,7 @@ pub fn apply(
     ids: &mut MessageIds,
     ops: &[WriteOp],
     dedupe_window_ms: i64,
+    sealer: Option<&Sealer>,
 ) -> Result<Vec<WriteOutcome>, StoreError> {
     let now = now_ms();
     let since = now.saturating_sub(dedupe_window_ms);
@@ -168,7 +176,8 @@ pub fn apply(
     let mut duplicate = vec![false; rows.len()];
     if !rows.is_empty() {
         let mut stored = vec![false; rows.len()];
-        for given in queries::append(c, &rows, now, since)? {
+        let sealed = sealer.map(|s| s.seal_rows(&rows));
+        for given in queries::append(c, sealed.as_deref().unwrap_or(&rows), now, since)? {
             let r = usize::try_from(given.write_no - 1)
                 .ok()
                 .filter(|&r| r < rows.len())
@@ -189,7 +198,11 @@ pub fn apply(
             let frames: Vec<&str> = keys.iter().map(|k| k.1).collect();
             let mut earlier: HashMap<(String, String), StoredMessage> = HashMap::new();
             for hit in queries::resend_hits(c, &senders, &frames)? {
-                earlier.insert((hit.key_sender, hit.key_id), hit.message.into_stored()?);
+                let mut m = hit.message.into_stored()?;
+                if let Some(s) = sealer {
+                    s.open_rows(std::slice::from_mut(&mut m))?;
+                }
+                earlier.insert((hit.key_sender, hit.key_id), m);
             }
             for r in resent {
                 let m = &rows[r];
@@ -223,7 +236,7 @@ pub fn apply(
                 },
                 _ => return Err(StoreError::Invariant("a resend of a write not stored")),
             },
-            (None, op) => apply_other(c, op, now)?,
+            (None, op) => apply_other(c, op, now, sealer)?,
         };
         outcomes.push(outcome);
     }
@@ -231,7 +244,12 @@ pub fn apply(
 }
 
 /// A write other than a message.
-fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutcome, StoreError> {
+fn apply_other(
+    c: &mut PgConnection,
+    op: &WriteOp,
+    now: i64,
+    sealer: Option<&Sealer>,
+) -> Result<WriteOutcome, StoreError> {
     Ok(match op {
         WriteOp::Message(_) => return Err(StoreError::Invariant("a message among the others")),
         WriteOp::ReadCursor {
@@ -260,16 +278,21 @@ fn apply_other(c: &mut PgConnection, op: &WriteOp, now: i64) -> Result<WriteOutc
             base_version,
             client_id,
         } => {
+            let sealed = sealer.map(|s| s.seal(value));
             let put = queries::PutState {
                 user: user_id,
                 collection,
                 key,
-                value,
+                value: sealed.as_deref().unwrap_or(value),
                 base_version: *base_version,
                 client_id: client_id.as_deref(),
                 now,
             };
-            WriteOutcome::State(queries::put_state(c, &put)?)
+            let outcome = queries::put_state(c, &put)?;
+            WriteOutcome::State(match sealer {
+                Some(s) => s.open_outcome(outcome)?,
+                None => outcome,
+            })
         }
         WriteOp::IndexSearch { channels } => {
             queries::search_catch_up(c, channels)?;
@@ -334,7 +357,7 @@ mod tests {
     }
 
     fn write(c: &mut PgConnection, ids: &mut MessageIds, ops: &[WriteOp]) -> Vec<WriteOutcome> {
-        c.transaction(|c| apply(c, ids, ops, DAY_MS))
+        c.transaction(|c| apply(c, ids, ops, DAY_MS, None))
             .expect("batch")
     }
 
@@ -466,7 +489,13 @@ mod tests {
                 let mut c = pool.get().expect("conn");
                 let mut ids = MessageIds::default();
                 c.transaction(|c| {
-                    let out = apply(c, &mut ids, &[msg("dm:a:b", "a", Some("k"), "hi")], DAY_MS);
+                    let out = apply(
+                        c,
+                        &mut ids,
+                        &[msg("dm:a:b", "a", Some("k"), "hi")],
+                        DAY_MS,
+                        None,
+                    );
                     applied.wait();
                     // The other writer tries the key now and waits on it until this
                     // commits.
@@ -497,7 +526,7 @@ mod tests {
             msg("dm:a:b", "a", Some("f2"), "nul \u{0} is no PostgreSQL text"),
             msg("dm:a:b", "a", Some("f3"), "three"),
         ];
-        let batch = super::write(&mut c, &mut ids, &ops, DAY_MS);
+        let batch = super::write(&mut c, &mut ids, &ops, DAY_MS, None);
         assert!(batch.is_err(), "the bad row fails the statement: {batch:?}");
         assert_eq!(
             queries::head_seq(&mut c, "dm:a:b").expect("head"),
@@ -506,7 +535,7 @@ mod tests {
         );
         let one_by_one: Vec<_> = ops
             .iter()
-            .map(|op| super::write(&mut c, &mut ids, std::slice::from_ref(op), DAY_MS))
+            .map(|op| super::write(&mut c, &mut ids, std::slice::from_ref(op), DAY_MS, None))
             .collect();
         assert_eq!(stored(&one_by_one[0].as_ref().expect("first")[0]).0.seq, 1);
         assert!(one_by_one[1].is_err());

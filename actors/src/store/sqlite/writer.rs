@@ -20,6 +20,7 @@ use crate::health::{ActorHealth, Probe};
 use crate::ids::{now_ms, MessageId, MessageIds};
 use crate::store::health::DatabaseHealth;
 use crate::store::models::StoredMessage;
+use crate::store::sealing::Sealer;
 use crate::store::write::{WriteBatch, WriteOp, WriteOutcome};
 use crate::store::StoreError;
 
@@ -35,6 +36,8 @@ pub struct WriterMemory {
     pub ids: MessageIds,
     /// The places of recent messages by channel, shared with the readers.
     pub index: ChannelIndex,
+    /// Seals payloads and state documents before they are stored (encryption at rest).
+    pub sealer: Option<Arc<Sealer>>,
 }
 
 impl WriterMemory {
@@ -46,6 +49,7 @@ impl WriterMemory {
             seqs: SeqCounters::default(),
             ids: MessageIds::default(),
             index,
+            sealer: None,
         }
     }
 }
@@ -313,6 +317,7 @@ fn apply(
         seqs: counters,
         ids,
         index,
+        sealer,
     } = memory;
     // Seq counters touched by this batch, as they stand after it.
     let mut seqs: FastMap<Arc<str>, Counter> = FastMap::default();
@@ -419,16 +424,22 @@ fn apply(
                 base_version,
                 client_id,
             }) => {
+                let sealed = sealer.as_ref().map(|s| s.seal(value));
                 let put = queries::PutState {
                     user: user_id,
                     collection,
                     key,
-                    value,
+                    value: sealed.as_deref().unwrap_or(value),
                     base_version: *base_version,
                     client_id: client_id.as_deref(),
                     now,
                 };
-                Slot::Done(WriteOutcome::State(queries::put_state(c, &put)?))
+                let outcome = queries::put_state(c, &put)?;
+                let outcome = match sealer {
+                    Some(s) => s.open_outcome(outcome)?,
+                    None => outcome,
+                };
+                Slot::Done(WriteOutcome::State(outcome))
             }
             Some(WriteOp::IndexSearch { .. }) => Slot::Done(WriteOutcome::Indexed {
                 caught_up: queries::search_catch_up(c, queries::SEARCH_STEP)?,
@@ -466,18 +477,26 @@ fn apply(
             queries::insert_channel(c, channel, counter.last, now)?;
         }
     }
-    let first_pos = if new_rows == b.rows.len() {
-        queries::insert_messages(c, &b.rows)?
-    } else {
-        // Resends are rare: copy just the new rows rather than the whole batch.
-        let fresh: Vec<StoredMessage> = slots
-            .iter()
-            .filter_map(|s| match s {
-                Slot::New(i) => b.rows.get(*i).cloned(),
-                _ => None,
-            })
-            .collect();
-        queries::insert_messages(c, &fresh)?
+    let first_pos = match (&*sealer, new_rows == b.rows.len()) {
+        (None, true) => queries::insert_messages(c, &b.rows)?,
+        (sealer, all) => {
+            // Resends are rare: copy just the new rows rather than the whole batch.
+            let fresh: Vec<StoredMessage> = if all {
+                b.rows.clone()
+            } else {
+                slots
+                    .iter()
+                    .filter_map(|s| match s {
+                        Slot::New(i) => b.rows.get(*i).cloned(),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            match sealer {
+                Some(s) => queries::insert_messages(c, &s.seal_rows(&fresh))?,
+                None => queries::insert_messages(c, &fresh)?,
+            }
+        }
     };
     Ok(Applied {
         slots,
