@@ -218,3 +218,57 @@ async fn a_revocation_reaches_the_other_nodes_and_those_started_later() {
     );
     third.ws("bob").await;
 }
+
+/// A test key pair (tests/fixtures, made with openssl for these tests only): an identity
+/// provider signs with the private key, the broker verifies with the public one.
+const ES256_PRIVATE: &str = include_str!("../fixtures/es256-private.pem");
+
+#[actix_web::test]
+async fn tokens_signed_elsewhere_with_es256_are_verified_with_the_public_key() {
+    let public = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/es256-public.pem"
+    );
+    let app = spawn_app_with(|s| {
+        s.auth.jwt_algorithm = "ES256".into();
+        s.auth.jwt_public_key_file = public.into();
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).expect("key");
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    let sign = |claims: Value| jsonwebtoken::encode(&header, &claims, &key).expect("sign");
+    let token = sign(json!({"sub": "alice", "exp": now + 600, "iat": now, "jti": "idp-1"}));
+    let admin = sign(json!({"sub": "root", "exp": now + 600, "roles": ["admin"]}));
+
+    let mut ws = app.ws_connect("/ws", Some(&token)).await.expect("upgrade");
+    assert_eq!(ws.recv().await["payload"]["user_id"], "alice");
+    let (code, v) = validate(&app, &token).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["jti"], "idp-1");
+    // An HS256 token is not this broker's kind of token, whatever its secret.
+    let hs = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "alice", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_secret(b"test-secret-do-not-use"),
+    )
+    .expect("sign");
+    assert_eq!(app.ws_connect("/ws", Some(&hs)).await.err(), Some(401));
+    // It verifies, it cannot mint; revocation still works by jti.
+    let (code, body) = app
+        .call(
+            "POST",
+            "/api/auth/token",
+            Some(&admin),
+            Some(json!({"user_id": "bob"})),
+        )
+        .await;
+    assert_eq!(code, 501, "{body}");
+    assert_eq!(body["error"]["code"], "not_configured");
+    let (code, _) = revoke(&app, &token, json!({ "jti": "idp-1" })).await;
+    assert_eq!(code, 200);
+    assert_eq!(validate(&app, &token).await.0, 401);
+}
