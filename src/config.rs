@@ -104,6 +104,11 @@ pub struct ServerSettings {
     /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client;
     /// any other peer is the client itself.
     pub trusted_proxies: Vec<IpRange>,
+    /// PEM certificate chain: with `tls_key_file`, the broker serves HTTPS and `wss://`
+    /// itself. Empty: plain HTTP (TLS in a reverse proxy).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
     /// Web origins (`https://app.example.com`) whose pages may use the broker: CORS for
     /// the REST API, SSE and polls, and the `Origin` a browser's WebSocket upgrade or SSE
     /// request may carry. `["*"]`: any origin. Empty: no CORS, and any `Origin` accepted.
@@ -133,6 +138,8 @@ impl Default for ServerSettings {
             drain_window: Duration::from_secs(5),
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
         }
     }
 }
@@ -721,6 +728,9 @@ impl Settings {
         }
         if let Err(e) = self.encryption.sealer() {
             return bad(&e);
+        }
+        if self.server.tls_cert_file.is_empty() != self.server.tls_key_file.is_empty() {
+            return bad("server.tls_cert_file and server.tls_key_file go together");
         }
         if self.auth.revocation_poll < Duration::from_millis(100) {
             return bad("auth.revocation_poll must be at least 100ms");

@@ -21,6 +21,7 @@ pub mod service_manager;
 pub mod session;
 pub mod startup;
 pub mod state;
+pub mod tls;
 
 pub use config::Settings;
 pub use startup::Application;

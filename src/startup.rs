@@ -9,6 +9,7 @@ use actix::Supervisor;
 use actix_http::HttpService;
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config};
+use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
 use switchboard_actors::command_proxy::CommandConfig;
@@ -20,6 +21,7 @@ use switchboard_actors::store::health::DatabaseHealth;
 use switchboard_actors::store::sqlite::dedupe::DedupeSettings;
 use switchboard_actors::store::{self, DatabaseLock, DbPool, StoreConfig, StoreError};
 use switchboard_actors::tree::{StoreBackend, Tree, TreeConfig};
+use tokio::net::TcpStream;
 
 use crate::api_keys::ApiKeys;
 use crate::auth::{Authority, KeyError};
@@ -46,6 +48,9 @@ pub enum StartupError {
     /// Redis settings are invalid.
     #[error("redis: {0}")]
     Redis(String),
+    /// The TLS certificate or key is unusable.
+    #[error("tls: {0}")]
+    Tls(String),
     /// The encryption keys are unusable.
     #[error("encryption: {0}")]
     Encryption(String),
@@ -269,35 +274,49 @@ impl Application {
         let (watched, hh) = (state.clone(), h.clone());
         let watch = Supervisor::start(move |_| RevocationWatch::new(watched, hh));
         state.tree.health.register(h, watch.recipient());
-        let data = state.clone();
+        let server_settings = &state.settings.server;
+        let tls = match (
+            &server_settings.tls_cert_file,
+            &server_settings.tls_key_file,
+        ) {
+            (cert, key) if !cert.is_empty() => {
+                Some(crate::tls::server_config(cert, key).map_err(StartupError::Tls)?)
+            }
+            _ => None,
+        };
         // actix-web's `HttpServer` has no upgrade hook, so the HTTP service is put together
         // here: upgrades go to `routes::ws::upgrade` (the session then owns the socket),
-        // everything else to the actix-web `App`.
-        let server = Server::build()
+        // everything else to the actix-web `App`; over TLS when a certificate is set.
+        let builder = Server::build()
             .workers(workers)
             .backlog(4096)
             .max_concurrent_connections(100_000)
             // Sessions are closed and writes flushed before the workers stop (see
             // `shutdown`), so the workers need little time of their own.
             .shutdown_timeout(WORKER_STOP_S)
-            .disable_signals()
-            .listen("switchboard", listener, move || {
-                let cors_on = !data.settings.server.allowed_origins.is_empty();
-                let app = App::new()
-                    .wrap(actix_web::middleware::Condition::new(
-                        cors_on,
-                        routes::cors::cors(&data.settings.server),
-                    ))
-                    .wrap(actix_web::middleware::from_fn(routes::request_id::tag))
-                    .configure(|cfg| routes::configure(cfg, data.clone()));
+            .disable_signals();
+        let data = state.clone();
+        let builder = match tls {
+            None => builder.listen("switchboard", listener, move || {
                 let up = data.clone();
                 HttpService::build()
                     .upgrade(fn_service(move |(req, framed)| {
-                        routes::ws::upgrade(up.clone(), req, framed)
+                        routes::ws::upgrade::<TcpStream>(up.clone(), req, framed)
                     }))
-                    .finish(map_config(app, |_| AppConfig::default()))
+                    .finish(map_config(web_app(&data), |_| AppConfig::default()))
                     .tcp()
-            })
+            }),
+            Some(tls) => builder.listen("switchboard", listener, move || {
+                let up = data.clone();
+                HttpService::build()
+                    .upgrade(fn_service(move |(req, framed)| {
+                        routes::ws::upgrade::<TlsStream<TcpStream>>(up.clone(), req, framed)
+                    }))
+                    .finish(map_config(web_app(&data), |_| AppConfig::default()))
+                    .rustls_0_23(tls.clone())
+            }),
+        };
+        let server = builder
             .map_err(|source| StartupError::Bind { addr, source })?
             .run();
         Ok(Application {
@@ -333,6 +352,28 @@ impl Application {
         drop(lock);
         stopped
     }
+}
+
+/// The actix-web application: every route, CORS when origins are allowed, request ids.
+fn web_app(
+    data: &web::Data<AppState>,
+) -> App<
+    impl actix_service::ServiceFactory<
+        actix_web::dev::ServiceRequest,
+        Config = (),
+        Response = actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let cors_on = !data.settings.server.allowed_origins.is_empty();
+    App::new()
+        .wrap(actix_web::middleware::Condition::new(
+            cors_on,
+            routes::cors::cors(&data.settings.server),
+        ))
+        .wrap(actix_web::middleware::from_fn(routes::request_id::tag))
+        .configure(|cfg| routes::configure(cfg, data.clone()))
 }
 
 async fn wait_for_signal() {

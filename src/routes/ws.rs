@@ -8,6 +8,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::session::ws::conn::Upgraded;
 use actix_codec::Framed;
 use actix_http::body::{self, BodySize};
 use actix_http::header::{HeaderValue, ORIGIN, X_FORWARDED_FOR};
@@ -18,7 +19,6 @@ use bytes::Bytes;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use switchboard_actors::ids::{valid_id, UserId};
-use tokio::net::TcpStream;
 
 use switchboard_actors::metrics::metrics;
 
@@ -162,7 +162,7 @@ fn admit(app: &AppState, req: &Request, peer: IpAddr) -> Result<Admission, ApiEr
 }
 
 /// Writes `res` (head and body) on the connection; the connection is closed after it.
-async fn respond(framed: &mut Framed<TcpStream, h1::Codec>, res: Response<body::BoxBody>) {
+async fn respond<Io: Upgraded>(framed: &mut Framed<Io, h1::Codec>, res: Response<body::BoxBody>) {
     let (head, body) = res.into_parts();
     let bytes = body::to_bytes(body).await.unwrap_or_default();
     let size = BodySize::Sized(bytes.len() as u64);
@@ -177,12 +177,12 @@ async fn respond(framed: &mut Framed<TcpStream, h1::Codec>, res: Response<body::
 
 /// The upgrade service: answers the request, and on success hands the socket (with any
 /// bytes the client sent after its request) to a new session.
-pub async fn upgrade(
+pub async fn upgrade<Io: Upgraded>(
     app: web::Data<AppState>,
     req: Request,
-    mut framed: Framed<TcpStream, h1::Codec>,
+    mut framed: Framed<Io, h1::Codec>,
 ) -> Result<(), actix_http::Error> {
-    let peer = match framed.io_ref().peer_addr() {
+    let peer = match framed.io_ref().peer() {
         Ok(addr) => addr.ip(),
         Err(_) => return Ok(()), // the client is already gone
     };
@@ -211,7 +211,7 @@ pub async fn upgrade(
     let parts = framed.into_parts();
     // Copied out, so that the dispatcher's 8 KiB read buffer is freed now.
     let early = Bytes::copy_from_slice(&parts.read_buf);
-    session::ws::start(app, up, parts.io, early);
+    session::ws::start(app, up, parts.io.into_socket(), early);
     Ok(())
 }
 

@@ -24,6 +24,7 @@ mod slow_consumer;
 mod state;
 mod subscribe;
 mod sync;
+mod tls;
 mod tokens;
 mod transports;
 mod web_security;

@@ -17,14 +17,15 @@ use bytes::{Bytes, BytesMut};
 use switchboard_actors::protocol::ErrorCode;
 use switchboard_actors::session_handle::Transport;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use super::{close, Admission, Ctx, SessionActor, Wire};
 use crate::state::AppState;
 
+pub mod conn;
 mod reader;
 mod socket;
 
+use conn::Socket;
 use reader::FrameReader;
 pub use reader::{check_header, ReadCodec, ReadControl, ReadError};
 use socket::Outgoing;
@@ -47,13 +48,12 @@ pub struct WsWire {
 
 /// Starts a session on an upgraded connection; `early` holds bytes the client sent right
 /// after its upgrade request (already read by the HTTP layer).
-pub fn start(app: web::Data<AppState>, adm: Admission, io: TcpStream, early: Bytes) {
-    // Frames are small and latency matters more than packet count.
-    let _ = io.set_nodelay(true);
+pub fn start(app: web::Data<AppState>, adm: Admission, io: Socket, early: Bytes) {
+    io.set_nodelay();
     let limits = &app.settings.limits;
     let max = limits.max_frame_bytes;
     let frame_timeout = limits.frame_timeout;
-    let (reader, writer) = io.into_split();
+    let (reader, writer) = io.split();
     let reader = AsyncReadExt::chain(Cursor::new(early), reader);
     WsSession::start_on(app, adm, move |ctx| {
         let read = Rc::new(ReadControl::default());

@@ -10,9 +10,9 @@ use actix::prelude::*;
 use actix_http::ws::{CloseCode, CloseReason, Codec, Message, OpCode, Parser};
 use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::codec::Encoder;
 
+use super::conn::SocketWriter;
 use super::{WsSession, WsWire};
 use crate::session::Ctx;
 
@@ -30,7 +30,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// A session's outgoing frames on their way to the socket.
 pub(crate) struct Outgoing {
-    pub(crate) writer: OwnedWriteHalf,
+    pub(crate) writer: SocketWriter,
     pub(crate) codec: Codec,
     pub(crate) buf: BytesMut,
     /// Bytes the socket has taken since the session began.
