@@ -300,27 +300,29 @@ impl ConnectionGate {
 
     /// Counts one upgrade from `client` against its address's rate.
     pub fn admit_upgrade(&self, client: IpAddr) -> Result<(), GateError> {
-        if self.upgrade_rate <= 0.0 {
-            return Ok(());
-        }
-        self.with_address(address_key(client), |slot| match &mut slot.upgrades {
-            Some(bucket) => bucket
-                .take()
-                .map_err(|retry_after_ms| GateError::AddressTooFast { retry_after_ms }),
-            None => Ok(()),
-        })
+        self.take_address_token(client, self.upgrade_rate, |s| &mut s.upgrades)
+            .map_err(|retry_after_ms| GateError::AddressTooFast { retry_after_ms })
     }
 
     /// Counts one HTTP request from `client` against its address's rate.
     pub fn admit_request(&self, client: IpAddr) -> Result<(), GateError> {
-        if self.request_rate <= 0.0 {
+        self.take_address_token(client, self.request_rate, |s| &mut s.requests)
+            .map_err(|retry_after_ms| GateError::AddressRequestsTooFast { retry_after_ms })
+    }
+
+    /// Takes a token of the bucket `bucket` picks in `client`'s slot (none when `rate` is
+    /// 0: no limit), or says in how many ms one will be there.
+    fn take_address_token(
+        &self,
+        client: IpAddr,
+        rate: f64,
+        bucket: impl FnOnce(&mut AddressSlot) -> &mut Option<TokenBucket>,
+    ) -> Result<(), u64> {
+        if rate <= 0.0 {
             return Ok(());
         }
-        self.with_address(address_key(client), |slot| match &mut slot.requests {
-            Some(bucket) => bucket
-                .take()
-                .map_err(|retry_after_ms| GateError::AddressRequestsTooFast { retry_after_ms }),
-            None => Ok(()),
+        self.with_address(address_key(client), |slot| {
+            bucket(slot).as_mut().map_or(Ok(()), TokenBucket::take)
         })
     }
 

@@ -23,24 +23,6 @@ async fn make_key(app: &TestApp, name: &str, scopes: &[&str]) -> (Value, String)
     (made, key)
 }
 
-/// The `key_hash` column of every stored key, read from the database itself.
-fn stored_key_hashes(app: &TestApp) -> Vec<String> {
-    const SQL: &str = "SELECT key_hash AS v FROM api_keys";
-    if let Some(pg) = app.pg() {
-        return pg.query_texts(SQL);
-    }
-    use diesel::{Connection, RunQueryDsl};
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        v: String,
-    }
-    let file = app.settings.server.data_dir.join("switchboard.db");
-    let mut c = diesel::SqliteConnection::establish(&file.to_string_lossy()).expect("open");
-    let rows: Vec<Row> = diesel::sql_query(SQL).load(&mut c).expect("query");
-    rows.into_iter().map(|r| r.v).collect()
-}
-
 #[actix_web::test]
 async fn admins_make_list_and_revoke_keys_and_the_secret_is_shown_once() {
     let app = spawn_app().await;
@@ -66,7 +48,7 @@ async fn admins_make_list_and_revoke_keys_and_the_secret_is_shown_once() {
     );
 
     // The store holds a hash, not the key.
-    let hashes = stored_key_hashes(&app);
+    let hashes = app.query_texts("SELECT key_hash AS v FROM api_keys");
     assert_eq!(hashes.len(), 1);
     assert!(hashes[0].starts_with("$argon2id$"), "{hashes:?}");
     assert!(!hashes[0].contains(&key[4..]));

@@ -3,26 +3,9 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::spawn_app_with;
 
 const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
-
-/// The one text column `v` of `sql`, read from the broker's database itself.
-fn raw(app: &TestApp, sql: &str) -> Vec<String> {
-    if let Some(pg) = app.pg() {
-        return pg.query_texts(sql);
-    }
-    use diesel::{Connection, RunQueryDsl};
-    #[derive(diesel::QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        v: String,
-    }
-    let file = app.settings.server.data_dir.join("switchboard.db");
-    let mut c = diesel::SqliteConnection::establish(&file.to_string_lossy()).expect("open");
-    let rows: Vec<Row> = diesel::sql_query(sql).load(&mut c).expect("query");
-    rows.into_iter().map(|r| r.v).collect()
-}
 
 fn state_put(key: &str, value: Value, base: u64, id: &str) -> Value {
     json!({"type": "state_sync", "id": id, "payload":
@@ -45,11 +28,11 @@ async fn the_database_holds_no_content_and_clients_read_it_as_sent() {
     assert_eq!(r["payload"]["status"], "applied", "{r}");
 
     // On disk: sealed with key k1, nothing of the content.
-    let payloads = raw(&app, "SELECT payload AS v FROM messages");
+    let payloads = app.query_texts("SELECT payload AS v FROM messages");
     assert_eq!(payloads.len(), 1);
     assert!(payloads[0].starts_with("sb1:k1:"), "{payloads:?}");
     assert!(!payloads[0].contains("launch"));
-    let docs = raw(&app, "SELECT value AS v FROM state_documents");
+    let docs = app.query_texts("SELECT value AS v FROM state_documents");
     assert!(
         docs[0].starts_with("sb1:k1:") && !docs[0].contains("4321"),
         "{docs:?}"

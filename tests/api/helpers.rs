@@ -125,6 +125,24 @@ pub async fn another_node(first: &TestApp) -> TestApp {
 }
 
 impl TestApp {
+    /// Runs `sql` on the broker's own database (SQLite file or PostgreSQL); its one text
+    /// column `v` of each row. For checking what is on disk.
+    pub fn query_texts(&self, sql: &str) -> Vec<String> {
+        if let Some(pg) = self.pg() {
+            return pg.query_texts(sql);
+        }
+        use diesel::{Connection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            v: String,
+        }
+        let file = self.settings.server.data_dir.join("switchboard.db");
+        let mut c = diesel::SqliteConnection::establish(&file.to_string_lossy()).expect("open");
+        let rows: Vec<Row> = diesel::sql_query(sql).load(&mut c).expect("query");
+        rows.into_iter().map(|r| r.v).collect()
+    }
+
     /// The broker's PostgreSQL database, when the suite runs on PostgreSQL.
     pub fn pg(&self) -> Option<&PgDatabase> {
         self._pg.as_ref()
