@@ -6,7 +6,7 @@
 //! duration such as `"90s"`), so `SWITCHBOARD__SERVER__PORT=8080` and
 //! `SWITCHBOARD__AUTH__JWT_SECRET=123` both do what they say.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,9 @@ use switchboard_actors::store::sealing::Sealer;
 use switchboard_actors::store::Synchronous;
 
 use crate::net::IpRange;
+
+mod load;
+mod validate;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -588,156 +591,6 @@ impl Default for LogSettings {
 }
 
 impl Settings {
-    /// Loads `file` (or `SWITCHBOARD_CONFIG`, or `./config.toml` if present), then the
-    /// environment.
-    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
-        let env_file = std::env::var_os("SWITCHBOARD_CONFIG").map(PathBuf::from);
-        let path = match (file, env_file) {
-            (Some(p), _) => Some(p.to_path_buf()),
-            (None, Some(p)) => Some(p),
-            (None, None) => {
-                let p = PathBuf::from("config.toml");
-                p.exists().then_some(p)
-            }
-        };
-        let text = match &path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.clone(),
-                source,
-            })?,
-            None => String::new(),
-        };
-        Settings::from_sources(&text, std::env::vars())
-    }
-
-    /// Builds settings from TOML text and `(name, value)` environment pairs.
-    pub fn from_sources(
-        toml_text: &str,
-        env: impl Iterator<Item = (String, String)>,
-    ) -> Result<Settings, ConfigError> {
-        let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
-        let mut merged = toml::Table::try_from(Settings::default()).map_err(|e| invalid(&e))?;
-        let file: toml::Table = toml::from_str(toml_text).map_err(|e| invalid(&e))?;
-        merge(&mut merged, file);
-        for (name, value) in env {
-            let Some(rest) = name.strip_prefix("SWITCHBOARD__") else {
-                continue;
-            };
-            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
-            set_from_env(&mut merged, &path, &value)
-                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
-        }
-        let settings: Settings = merged.try_into().map_err(|e| invalid(&e))?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
-        if self.limits.frames_per_second <= 0.0 || self.limits.frames_burst < 1.0 {
-            return bad("limits.frames_per_second must be > 0 and limits.frames_burst >= 1");
-        }
-        if self.limits.max_frame_bytes < 128 {
-            return bad("limits.max_frame_bytes must be at least 128");
-        }
-        if self.limits.outbound_queue == 0 {
-            return bad("limits.outbound_queue must be at least 1");
-        }
-        if self.limits.frame_timeout.is_zero() {
-            return bad("limits.frame_timeout must be > 0");
-        }
-        let hook = &self.push.webhook_url;
-        if !(hook.is_empty() || hook.starts_with("http://") || hook.starts_with("https://")) {
-            return bad("push.webhook_url must be an http:// or https:// URL");
-        }
-        let cmd = &self.command;
-        if !(cmd.backend_url.is_empty()
-            || cmd.backend_url.starts_with("http://")
-            || cmd.backend_url.starts_with("https://"))
-        {
-            return bad("command.backend_url must be an http:// or https:// URL");
-        }
-        // An HTTP send waits 30 s for its answer: a call must end well before.
-        if cmd.timeout.is_zero() || cmd.timeout > Duration::from_secs(25) {
-            return bad("command.timeout must be > 0 and at most 25s");
-        }
-        if cmd.max_in_flight == 0 || cmd.breaker_failures == 0 || cmd.max_response_bytes == 0 {
-            return bad(
-                "command.max_in_flight, command.breaker_failures and command.max_response_bytes must be at least 1",
-            );
-        }
-        if !(1..=128).contains(&self.limits.max_json_depth) {
-            return bad("limits.max_json_depth must be from 1 to 128");
-        }
-        if !(self.limits.pending_connections_share > 0.0
-            && self.limits.pending_connections_share <= 1.0)
-        {
-            return bad("limits.pending_connections_share must be > 0 and <= 1");
-        }
-        if self.limits.upgrades_per_ip_per_second < 0.0
-            || (self.limits.upgrades_per_ip_per_second > 0.0
-                && self.limits.upgrades_per_ip_burst < 1.0)
-        {
-            return bad(
-                "limits.upgrades_per_ip_per_second must be >= 0 (0: off), with \
-                 limits.upgrades_per_ip_burst >= 1",
-            );
-        }
-        if self.limits.requests_per_ip_per_second < 0.0
-            || (self.limits.requests_per_ip_per_second > 0.0
-                && self.limits.requests_per_ip_burst < 1.0)
-        {
-            return bad(
-                "limits.requests_per_ip_per_second must be >= 0 (0: off), with \
-                 limits.requests_per_ip_burst >= 1",
-            );
-        }
-
-        let page = self.database.sqlite_page_size;
-        if !(512..=65_536).contains(&page) || !page.is_power_of_two() {
-            return bad("database.sqlite_page_size must be a power of two from 512 to 65536");
-        }
-        if self.session.heartbeat_interval.is_zero() || self.session.heartbeat_timeout.is_zero() {
-            return bad("session.heartbeat_interval and session.heartbeat_timeout must be > 0");
-        }
-        if !matches!(
-            self.auth.jwt_algorithm.as_str(),
-            "HS256" | "RS256" | "ES256"
-        ) {
-            return bad("auth.jwt_algorithm must be HS256, RS256 or ES256");
-        }
-        if self.auth.refresh_ttl.is_zero() || self.auth.refresh_ttl.as_secs() > MAX_TOKEN_LIFE_S {
-            return bad("auth.refresh_ttl must be > 0 and at most 90days");
-        }
-        if self.server.drain_window + Duration::from_secs(2) > self.server.shutdown_timeout {
-            return bad(
-                "server.drain_window must leave 2s of server.shutdown_timeout for the flush",
-            );
-        }
-        for o in &self.server.allowed_origins {
-            let well_formed = o == "*"
-                || ((o.starts_with("https://") || o.starts_with("http://"))
-                    && !o
-                        .split_once("://")
-                        .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/')));
-            if !well_formed {
-                return bad(
-                    "server.allowed_origins entries must be \"*\" or scheme://host[:port] with no path",
-                );
-            }
-        }
-        if let Err(e) = self.encryption.sealer() {
-            return bad(&e);
-        }
-        if self.server.tls_cert_file.is_empty() != self.server.tls_key_file.is_empty() {
-            return bad("server.tls_cert_file and server.tls_key_file go together");
-        }
-        if self.auth.revocation_poll < Duration::from_millis(100) {
-            return bad("auth.revocation_poll must be at least 100ms");
-        }
-        Ok(())
-    }
-
     /// The SQLite URL in use (`database.url`, or the file in the data dir).
     pub fn database_url(&self) -> String {
         if self.database.url.is_empty() {
@@ -750,58 +603,6 @@ impl Settings {
             self.database.url.clone()
         }
     }
-}
-
-fn merge(into: &mut toml::Table, from: toml::Table) {
-    for (k, v) in from {
-        match (into.get_mut(&k), v) {
-            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
-            (_, v) => {
-                into.insert(k, v);
-            }
-        }
-    }
-}
-
-/// Sets `path` to `raw`, converted to the type the key already has.
-fn set_from_env(table: &mut toml::Table, path: &[String], raw: &str) -> Result<(), String> {
-    let (last, parents) = path.split_last().ok_or("empty key")?;
-    let mut t = table;
-    for p in parents {
-        t = match t.get_mut(p) {
-            Some(toml::Value::Table(inner)) => inner,
-            _ => return Err(format!("unknown config section `{p}`")),
-        };
-    }
-    let value = match t.get(last) {
-        Some(toml::Value::Integer(_)) => raw
-            .trim()
-            .parse::<i64>()
-            .map(toml::Value::Integer)
-            .map_err(|e| format!("expected an integer: {e}"))?,
-        Some(toml::Value::Float(_)) => raw
-            .trim()
-            .parse::<f64>()
-            .map(toml::Value::Float)
-            .map_err(|e| format!("expected a number: {e}"))?,
-        Some(toml::Value::Boolean(_)) => match raw.trim() {
-            "true" | "1" | "yes" => toml::Value::Boolean(true),
-            "false" | "0" | "no" => toml::Value::Boolean(false),
-            _ => return Err("expected true or false".into()),
-        },
-        Some(toml::Value::String(_)) | None => toml::Value::String(raw.to_owned()),
-        // A list from the environment: comma-separated strings.
-        Some(toml::Value::Array(_)) => toml::Value::Array(
-            raw.split(',')
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .map(|v| toml::Value::String(v.to_owned()))
-                .collect(),
-        ),
-        Some(_) => return Err("this key cannot be set from the environment".into()),
-    };
-    t.insert(last.clone(), value);
-    Ok(())
 }
 
 /// Durations as humantime strings (`"90s"`, `"500ms"`, `"24h"`).
