@@ -57,8 +57,10 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The store.
     pub database: DatabaseSettings,
-    /// Redis (checked by `/ready`; cross-node features build on it).
+    /// Redis: set, it joins this node to the cluster of nodes that share it.
     pub redis: RedisSettings,
+    /// The cluster (with `redis.url`).
+    pub cluster: ClusterSettings,
     /// Per-connection and per-user limits (contract section 8).
     pub limits: LimitSettings,
     /// WebSocket session timing.
@@ -281,6 +283,57 @@ impl Default for DatabaseSettings {
 pub struct RedisSettings {
     /// `redis://…`; empty: single node, no Redis.
     pub url: String,
+}
+
+/// `[cluster]`: several nodes on one PostgreSQL database and one Redis.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id, unique in the cluster; empty: made up at start.
+    pub node_id: String,
+    /// Where this node is reached, as the node list shows it; empty: its listening address.
+    pub advertise_url: String,
+    /// Prefix of every Redis key and of the bus channel; clusters sharing one Redis need
+    /// different prefixes.
+    pub key_prefix: String,
+    /// How often the node renews its entry in the node list.
+    #[serde(with = "duration_str")]
+    pub heartbeat: Duration,
+    /// A node missing from the list this long is gone.
+    #[serde(with = "duration_str")]
+    pub node_ttl: Duration,
+    /// How long a channel waits for a missing seq to come by the bus before reading it
+    /// from the database.
+    #[serde(with = "duration_str")]
+    pub gap_wait: Duration,
+    /// How late a message may reach a node by the bus and still be delivered live.
+    #[serde(with = "duration_str")]
+    pub late_window: Duration,
+    /// How long a node remembers the channels it committed to, to announce them after a
+    /// Redis outage.
+    #[serde(with = "duration_str")]
+    pub replay_window: Duration,
+    /// Most channels remembered for that.
+    pub replay_channels: usize,
+    /// Most envelopes waiting to be published.
+    pub outbox: usize,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            node_id: String::new(),
+            advertise_url: String::new(),
+            key_prefix: "switchboard".into(),
+            heartbeat: Duration::from_secs(2),
+            node_ttl: Duration::from_secs(10),
+            gap_wait: Duration::from_millis(50),
+            late_window: Duration::from_secs(2),
+            replay_window: Duration::from_secs(120),
+            replay_channels: 100_000,
+            outbox: 10_000,
+        }
+    }
 }
 
 /// `[limits]`

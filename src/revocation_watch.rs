@@ -79,7 +79,10 @@ impl RevocationWatch {
         if !new.is_empty() {
             log::info!("{} token(s) revoked on another node", new.len());
             let jtis: Arc<[Arc<str>]> = new.iter().map(|j| Arc::from(j.as_str())).collect();
-            self.app.tree.router.do_send(CloseRevoked { jtis });
+            self.app.tree.router.do_send(CloseRevoked {
+                jtis,
+                announce: false,
+            });
         }
         self.app.auth.forget_expired();
         for id in keys {

@@ -12,8 +12,10 @@ use actix_service::{fn_service, map_config};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
+use switchboard_actors::cluster::{ClusterConfig, Leave};
 use switchboard_actors::command_proxy::CommandConfig;
 use switchboard_actors::health::ActorHealth;
+use switchboard_actors::ids::ConnId;
 use switchboard_actors::push_notifier::PushConfig;
 use switchboard_actors::router::CloseAll;
 use switchboard_actors::store::batcher::{BatchConfig, Drain};
@@ -203,6 +205,8 @@ impl Application {
             );
             (Some(lock), StoreBackend::Sqlite { pool, keys, index })
         };
+        ConnId::number_after(rand::random());
+        let cluster = (!settings.redis.url.is_empty()).then(|| cluster_config(&settings, port));
         let redis = if settings.redis.url.is_empty() {
             None
         } else {
@@ -250,10 +254,12 @@ impl Application {
                         max_response_bytes: c.max_response_bytes,
                     }
                 }),
+                cluster,
             },
             backend,
             database,
-        );
+        )
+        .map_err(|e| StartupError::Redis(e.to_string()))?;
         let gate = ConnectionGate::new(&settings.limits, settings.server.trusted_proxies.clone());
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism()
@@ -354,6 +360,39 @@ impl Application {
     }
 }
 
+/// The cluster link's settings: `[cluster]`, with the node id made up when none is set.
+fn cluster_config(settings: &Settings, port: u16) -> ClusterConfig {
+    let c = &settings.cluster;
+    let node_id = if c.node_id.is_empty() {
+        format!("node-{:08x}", rand::random::<u32>())
+    } else {
+        c.node_id.clone()
+    };
+    let advertise_url = if c.advertise_url.is_empty() {
+        let scheme = if settings.server.tls_cert_file.is_empty() {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}:{port}", settings.server.host)
+    } else {
+        c.advertise_url.clone()
+    };
+    ClusterConfig {
+        url: settings.redis.url.clone(),
+        node_id: Arc::from(node_id),
+        advertise_url,
+        key_prefix: c.key_prefix.clone(),
+        heartbeat: c.heartbeat,
+        node_ttl: c.node_ttl,
+        gap_wait: c.gap_wait,
+        late_window: c.late_window,
+        replay_window: c.replay_window,
+        replay_channels: c.replay_channels,
+        outbox: c.outbox,
+    }
+}
+
 /// The actix-web application: every route, CORS when origins are allowed, request ids.
 fn web_app(
     data: &web::Data<AppState>,
@@ -429,6 +468,10 @@ async fn shutdown(state: web::Data<AppState>, handle: ServerHandle) {
         .is_err()
     {
         log::error!("pending writes not flushed within {flush_budget:?}");
+    }
+    // The others see this node gone now rather than when its heartbeat expires.
+    if let Some((link, _)) = &state.tree.cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(1), link.send(Leave)).await;
     }
     // Let the close frames reach the sockets before the workers stop.
     tokio::time::sleep(close_grace).await;

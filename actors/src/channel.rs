@@ -11,17 +11,23 @@
 //! The publish path holds no future and no oneshot per message: a `Publish` carries where its
 //! answer goes ([`Reply`]), the batcher answers with one `Committed` per batch.
 //!
+//! In a cluster the channel also publishes each commit to the other nodes (through the
+//! [`ClusterLink`]), takes theirs ([`RemoteCommit`], [`RemoteHead`]), and delivers both in
+//! seq order through its [`sequencer::Sequencer`], filling gaps from the store.
+//!
 //! A restart reloads members and head seq from the store; subscribers are kept.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::cluster::{Audience, ClusterLink, ClusterStats, Envelope, ToCluster};
 use crate::fast_map::FastMap;
 use crate::ids::{now_ms, Channel, ChannelKind, ConnId, UserId};
 use crate::protocol::{ack_frame, delivery_frame, encode, error_frame, Ack, ErrorCode};
@@ -30,7 +36,11 @@ use crate::session_handle::{Delivery, FanOut, Outbound, SessionHandle};
 use crate::store::batcher::{Committed, PersistAndNotify, PersistAndReply, WriteBatcher};
 use crate::store::reader::{ChannelStart, Reads};
 use crate::store::write::{WriteOp, WriteOutcome};
-use crate::store::{NewMessage, StoreError, StoredMessage};
+use crate::store::{NewMessage, Page, StoreError, StoredMessage};
+
+pub mod sequencer;
+
+use sequencer::{Ready, Sequencer};
 
 /// Why a channel refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +107,30 @@ pub struct ChannelDeps {
     /// Channel actors alive in this tree (counted up when one is made, down when it is
     /// dropped), reported by `/status` beside the router's registry.
     pub live: Arc<AtomicUsize>,
+    /// The last seq delivered on this node in order (cluster only), read by the router
+    /// when it retires the actor, so that the next actor of the channel goes on from it.
+    pub delivered: Arc<AtomicU64>,
+    /// What the previous actor of this channel delivered, if it retired lately.
+    pub resume_after: Option<Seq>,
+    /// The cluster, when this node is one of several.
+    pub cluster: Option<ChannelCluster>,
 }
+
+/// What a channel needs of the cluster.
+#[derive(Clone)]
+pub struct ChannelCluster {
+    /// Where commits are published.
+    pub link: Addr<ClusterLink>,
+    /// How long a seq gap may wait for the bus before it is read from the store.
+    pub gap_wait: Duration,
+    /// How late a message may come by the bus (see [`crate::cluster::ClusterConfig`]).
+    pub late_window: Duration,
+    /// Counters (gap fills).
+    pub stats: Arc<ClusterStats>,
+}
+
+/// Most messages read from the store in one gap fill.
+const FILL_PAGE: i64 = 500;
 
 /// Who receives the channel's messages by being who they are (not by subscribing).
 enum Members {
@@ -260,6 +293,13 @@ pub struct ChannelActor {
     /// The router forgot this channel ([`Stop`]): it stops for good once its writes in
     /// flight are answered.
     retiring: bool,
+    /// Delivery order in a cluster (`None` on a node alone, or until loaded).
+    order: Option<Sequencer>,
+    /// The head when the actor loaded: a gap below it is in the store already.
+    loaded_head: Seq,
+    /// A gap fill waits for the bus, or reads the store.
+    gap_timer: Option<SpawnHandle>,
+    filling: bool,
 }
 
 type CommitResult = Result<WriteOutcome, StoreError>;
@@ -287,6 +327,10 @@ impl ChannelActor {
             outgoing: Vec::new(),
             subs: FastMap::default(),
             retiring: false,
+            order: None,
+            loaded_head: Seq::ZERO,
+            gap_timer: None,
+            filling: false,
         }
         .counted()
     }
@@ -313,11 +357,28 @@ impl ChannelActor {
             ChannelKind::Group(g) => Some(g.to_string()),
             _ => None,
         };
-        let fut = self.deps.reads.channel_start(name, group);
+        let settled_before = self
+            .deps
+            .cluster
+            .as_ref()
+            .map(|c| now_ms() - c.late_window.as_millis() as i64);
+        let fut = self.deps.reads.channel_start(name, group, settled_before);
         // wait: nothing else is handled until the channel knows its members.
         ctx.wait(fut.into_actor(self).map(|res, act, _| match res {
-            Ok(ChannelStart { head, members }) => {
+            Ok(ChannelStart {
+                head,
+                members,
+                settled,
+            }) => {
                 act.head = act.head.max(head);
+                if act.deps.cluster.is_some() && act.order.is_none() {
+                    // What was stored within the late window may not have reached this
+                    // node yet, and no actor here delivered it (or the retired one says
+                    // how far it did): delivered from the store as a gap.
+                    let from = act.deps.resume_after.map_or(settled, |r| r.max(settled));
+                    act.order = Some(Sequencer::new(from));
+                    act.loaded_head = head;
+                }
                 act.members = match (&act.channel.kind, members) {
                     (ChannelKind::Dm(a, b), _) => {
                         // A note to self has one recipient, not the same one twice.
@@ -410,7 +471,8 @@ impl ChannelActor {
 
     fn fan_out(&mut self, msg: &StoredMessage, origin: Option<ConnId>) {
         let seq = Seq::from_stored(msg.seq);
-        if seq <= self.head {
+        // In a cluster other nodes' commits move the head too.
+        if seq <= self.head && self.deps.cluster.is_none() {
             log::error!(
                 "channel {}: seq {seq} committed after {}",
                 self.channel.name,
@@ -422,20 +484,152 @@ impl ChannelActor {
             seq,
             frame: delivery_frame(msg),
             skip_conn: origin,
+            from_here: true,
         });
     }
 
     /// Sends the deliveries gathered while handling one commit, as one item to every
-    /// recipient (each skips what it published itself).
-    fn send_outgoing(&mut self) {
+    /// recipient (each skips what it published itself), and to the other nodes.
+    fn send_outgoing(&mut self, ctx: &mut Context<Self>) {
         if self.outgoing.is_empty() {
             return;
         }
+        let items: Arc<[Delivery]> = Arc::from(std::mem::take(&mut self.outgoing));
+        if let Some(c) = &self.deps.cluster {
+            let env = Envelope::Deliveries {
+                channel: self.channel.name.clone(),
+                audience: self.audience(),
+                items: items.iter().map(|d| (d.seq, d.frame.clone())).collect(),
+            };
+            if c.link.try_send(ToCluster(env)).is_err() {
+                c.stats.mailbox_full();
+            }
+        }
+        self.deliver_in_order(items, ctx);
+    }
+
+    /// Who reads this channel, as another node needs to know it.
+    fn audience(&self) -> Audience {
+        /// Groups up to this size are listed; larger ones are started wherever any user is.
+        const LISTED: usize = 256;
+        match &self.members {
+            Members::Open => Audience::Subscribers,
+            Members::Fixed(l) => Audience::Users(l.clone()),
+            Members::Group(Some((_, l))) if l.len() <= LISTED => Audience::Users(l.clone()),
+            _ => Audience::Members,
+        }
+    }
+
+    /// Delivers committed messages, through the sequencer in a cluster.
+    fn deliver_in_order(&mut self, items: Arc<[Delivery]>, ctx: &mut Context<Self>) {
+        let ready = match &mut self.order {
+            Some(order) => order.offer(&items),
+            None => Ready::Offered(items),
+        };
+        self.deliver_ready(ready);
+        self.watch_gap(ctx);
+    }
+
+    fn deliver_ready(&mut self, ready: Ready) {
+        let items: Arc<[Delivery]> = match ready {
+            Ready::Nothing => return,
+            Ready::Offered(items) => items,
+            Ready::Items(items) => Arc::from(items),
+        };
+        if let Some(last) = items.last() {
+            self.head = self.head.max(last.seq);
+            if self.order.is_some() {
+                self.deps.delivered.store(last.seq.get(), Ordering::Relaxed);
+            }
+        }
         let item = Outbound::Deliveries {
             channel: self.channel.name.clone(),
-            items: Arc::from(std::mem::take(&mut self.outgoing)),
+            items,
         };
         self.deliver(item, None, None);
+    }
+
+    /// Schedules a fill of the sequencer's gap, if it has one: at once when the gap is
+    /// older than the actor (stored before it loaded), else after the bus had its chance.
+    fn watch_gap(&mut self, ctx: &mut Context<Self>) {
+        let (Some(order), Some(c)) = (&self.order, &self.deps.cluster) else {
+            return;
+        };
+        let Some((after, _)) = order.gap() else {
+            if let Some(t) = self.gap_timer.take() {
+                ctx.cancel_future(t);
+            }
+            return;
+        };
+        if self.filling || self.gap_timer.is_some() {
+            return;
+        }
+        let wait = if after < self.loaded_head {
+            Duration::ZERO
+        } else {
+            c.gap_wait
+        };
+        self.gap_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.gap_timer = None;
+            act.fill(ctx);
+        }));
+    }
+
+    /// Reads the gap from the store and delivers it with what waited behind it.
+    fn fill(&mut self, ctx: &mut Context<Self>) {
+        let Some((after, before)) = self.order.as_ref().and_then(Sequencer::gap) else {
+            return;
+        };
+        self.filling = true;
+        let page = Page {
+            after_seq: Some(after.to_stored()),
+            before_seq: Some(before.to_stored()),
+            limit: FILL_PAGE,
+        };
+        let fut = self.deps.reads.history(self.channel.name.to_string(), page);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.filling = false;
+            match res {
+                Ok((rows, more)) => {
+                    let through = match (more, rows.last()) {
+                        (true, Some(last)) => Seq::from_stored(last.seq),
+                        _ => Seq::new(before.get().saturating_sub(1)),
+                    };
+                    if let Some(c) = &act.deps.cluster {
+                        c.stats
+                            .filled
+                            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+                    }
+                    let rows = rows
+                        .iter()
+                        .map(|m| Delivery {
+                            seq: Seq::from_stored(m.seq),
+                            frame: delivery_frame(m),
+                            skip_conn: None,
+                            from_here: false,
+                        })
+                        .collect();
+                    if let Some(order) = &mut act.order {
+                        let ready = order.filled(rows, through);
+                        act.deliver_ready(ready);
+                    }
+                    act.watch_gap(ctx);
+                }
+                Err(e) => {
+                    log::warn!("channel {}: cannot fill a seq gap: {e}", act.channel.name);
+                    let retry = act
+                        .deps
+                        .cluster
+                        .as_ref()
+                        .map_or(Duration::from_secs(1), |c| c.gap_wait)
+                        .max(Duration::from_millis(250));
+                    act.gap_timer = Some(ctx.run_later(retry, |act, ctx| {
+                        act.gap_timer = None;
+                        act.fill(ctx);
+                    }));
+                }
+            }
+        }));
     }
 
     /// Records the batcher's answer for publish `tag`, then handles every answered publish
@@ -493,6 +687,9 @@ impl Supervised for ChannelActor {
         // Dropping the replies answers their publishers `unavailable`; a resend is deduped.
         // Later answers for their tags find no slot and are ignored.
         self.in_flight.clear();
+        // The sequencer is kept; its gap is looked at again with the next message.
+        self.gap_timer = None;
+        self.filling = false;
     }
 }
 
@@ -516,8 +713,39 @@ impl Handler<Publish> for ChannelActor {
             if matches!(self.members, Members::Unknown) {
                 self.load(ctx);
             }
+            // In a cluster a member may have been added on another node a moment ago (its
+            // notice still on the bus): the members are read again before a refusal.
+            if let (ChannelError::Forbidden(_), Some(_), ChannelKind::Group(_)) =
+                (&e, &self.deps.cluster, &self.channel.kind)
+            {
+                self.load(ctx);
+                ctx.notify(Recheck(p));
+                return;
+            }
             return p.reply.answer(Err(e));
         }
+        self.persist(p, ctx);
+    }
+}
+
+/// A refused publish, tried once more after the members were read again.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Recheck(Publish);
+
+impl Handler<Recheck> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, Recheck(p): Recheck, ctx: &mut Context<Self>) {
+        if let Err(e) = self.check_write(&p.sender) {
+            return p.reply.answer(Err(e));
+        }
+        self.persist(p, ctx);
+    }
+}
+
+impl ChannelActor {
+    /// Sends an allowed publish to the write batcher.
+    fn persist(&mut self, p: Publish, _: &mut Context<Self>) {
         let Some(to) = self.committed_to.clone() else {
             return p.reply.answer(Err(ChannelError::Unavailable));
         };
@@ -545,9 +773,57 @@ impl Handler<Committed> for ChannelActor {
             self.answered(tag, res);
         }
         self.acks.send();
-        self.send_outgoing();
+        self.send_outgoing(ctx);
         if self.retiring && self.in_flight.is_empty() {
             ctx.stop();
+        }
+    }
+}
+
+/// Messages another node committed in this channel, in seq order (from the bus).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteCommit {
+    /// Seq and delivery frame of each.
+    pub items: Vec<(Seq, ByteString)>,
+}
+
+impl Handler<RemoteCommit> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, m: RemoteCommit, ctx: &mut Context<Self>) {
+        if self.order.is_none() {
+            return; // not a cluster member, or not loaded: the store has them
+        }
+        let items: Arc<[Delivery]> = m
+            .items
+            .into_iter()
+            .map(|(seq, frame)| Delivery {
+                seq,
+                frame,
+                skip_conn: None,
+                from_here: false,
+            })
+            .collect();
+        self.deliver_in_order(items, ctx);
+    }
+}
+
+/// Another node committed this channel up to `seq` (announced after a bus outage): what
+/// this node lacks up to it is read from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteHead {
+    /// The channel's last seq on that node.
+    pub seq: Seq,
+}
+
+impl Handler<RemoteHead> for ChannelActor {
+    type Result = ();
+    fn handle(&mut self, m: RemoteHead, ctx: &mut Context<Self>) {
+        if let Some(order) = &mut self.order {
+            order.announced(m.seq);
+            self.head = self.head.max(m.seq);
+            self.watch_gap(ctx);
         }
     }
 }

@@ -82,6 +82,14 @@ impl ConnId {
     pub fn next() -> Self {
         ConnId(NEXT_CONN.fetch_add(1, Ordering::Relaxed))
     }
+
+    /// Numbers this process's connections after a random 24-bit prefix, so that ids do
+    /// not repeat across the nodes of a cluster (an operator closes a connection by id on
+    /// any node). Takes effect once per process, before the first connection.
+    pub fn number_after(prefix: u32) {
+        let first = (u64::from(prefix & 0xFF_FFFF) << 40) | 1;
+        let _ = NEXT_CONN.compare_exchange(1, first, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Display for ConnId {

@@ -21,6 +21,7 @@
 //! - [`health`]: what `/status` reports; [`tree`]: starts and supervises all of it.
 
 pub mod channel;
+pub mod cluster;
 pub mod command_proxy;
 pub mod error_code;
 pub mod fast_map;

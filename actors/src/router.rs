@@ -10,19 +10,21 @@
 //! end); channel actors it forgot are started again on next use.
 
 use std::collections::hash_map::Entry;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
 
+mod cluster;
 mod connections;
+pub use cluster::MembersChanged;
 pub use connections::{
     CloseAll, CloseConnection, CloseRevoked, ConnectionInfo, GetStats, ListConnections, RouterStats,
 };
 
-use crate::channel::{ChannelActor, ChannelDeps, Stop};
+use crate::channel::{ChannelActor, ChannelCluster, ChannelDeps, Stop};
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::{Channel, ConnId, UserId};
@@ -30,6 +32,7 @@ use crate::offline_queue::{DeviceSeen, OfflineQueue};
 use crate::presence::{ConnClosed, ConnOpened, PresenceTracker};
 use crate::protocol::encode;
 use crate::push_notifier::{AwaitDelivered, PushOffline, PushStats};
+use crate::seq::Seq;
 pub use crate::session_handle::FanOut;
 use crate::session_handle::{Delivery, Outbound, SessionHandle, Transport};
 use crate::store::batcher::WriteBatcher;
@@ -40,6 +43,8 @@ struct ChannelEntry {
     last_routed: Instant,
     /// Explicit subscribers, kept up to date by the channel actor.
     subscribers: Arc<AtomicUsize>,
+    /// The last seq the actor delivered in order (cluster only).
+    delivered: Arc<AtomicU64>,
 }
 
 /// Most messages waiting in the router's mailbox for senders that do not wait (sessions'
@@ -47,12 +52,14 @@ struct ChannelEntry {
 pub const MAILBOX_CAPACITY: usize = 16_384;
 
 /// Router settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouterConfig {
     /// A channel actor with no subscriber and no traffic for this long is stopped.
     pub channel_idle: Duration,
     /// Where messages for users go to be pushed (the push hook), if anywhere.
     pub push: Option<PushRoute>,
+    /// The cluster, when this node is one of several.
+    pub cluster: Option<ChannelCluster>,
 }
 
 /// The push hook as the router reaches it.
@@ -73,6 +80,9 @@ pub struct Router {
     /// Connections still waiting for their `auth` frame (closed on shutdown too).
     pending: FastMap<ConnId, Recipient<Outbound>>,
     channels: FastMap<Arc<str>, ChannelEntry>,
+    /// In a cluster, what channel actors stopped lately had delivered, so that the next
+    /// actor of the channel does not deliver it again.
+    retired: FastMap<Arc<str>, (Seq, Instant)>,
     /// Channel actors alive, shared with each of them (see [`ChannelDeps::live`]).
     live_channels: Arc<AtomicUsize>,
     batcher: Addr<WriteBatcher>,
@@ -98,6 +108,7 @@ impl Router {
             sessions: FastMap::default(),
             pending: FastMap::default(),
             channels: FastMap::default(),
+            retired: FastMap::default(),
             live_channels: Arc::new(AtomicUsize::new(0)),
             batcher,
             reads,
@@ -113,14 +124,19 @@ impl Router {
     /// per routed message.
     fn channel(&mut self, channel: &Channel, ctx: &mut Context<Self>) -> &Addr<ChannelActor> {
         let now = Instant::now();
+        let resume_after = self.retired.remove(&channel.name).map(|(seq, _)| seq);
         let start = || {
             let subscribers = Arc::new(AtomicUsize::new(0));
+            let delivered = Arc::new(AtomicU64::new(0));
             let deps = ChannelDeps {
                 fan_out: ctx.address().recipient(),
                 batcher: self.batcher.clone(),
                 reads: self.reads.clone(),
                 subscribers: subscribers.clone(),
                 live: self.live_channels.clone(),
+                delivered: delivered.clone(),
+                resume_after,
+                cluster: self.cfg.cluster.clone(),
             };
             let ch = channel.clone();
             ChannelEntry {
@@ -132,6 +148,7 @@ impl Router {
                 }),
                 last_routed: now,
                 subscribers,
+                delivered,
             }
         };
         let entry = match self.channels.entry(channel.name.clone()) {
@@ -148,13 +165,24 @@ impl Router {
 
     fn sweep_idle(&mut self) {
         let idle = self.cfg.channel_idle;
-        self.channels.retain(|_, e| {
+        let clustered = self.cfg.cluster.is_some();
+        let retired = &mut self.retired;
+        self.channels.retain(|name, e| {
             let keep = e.last_routed.elapsed() < idle || e.subscribers.load(Ordering::Relaxed) > 0;
             if !keep {
                 e.addr.do_send(Stop);
+                if clustered {
+                    let seq = Seq::new(e.delivered.load(Ordering::Relaxed));
+                    retired.insert(name.clone(), (seq, Instant::now()));
+                }
             }
             keep
         });
+        if let Some(c) = &self.cfg.cluster {
+            // Past the late window a new actor's own start point covers what they held.
+            let keep = c.late_window * 2;
+            self.retired.retain(|_, (_, at)| at.elapsed() < keep);
+        }
     }
 
     /// Queues `item` to every connection of `user` but `skip`; whether `user` has any.
@@ -174,6 +202,17 @@ impl Router {
     fn push(&self, user: &UserId, online: bool, item: &Outbound) {
         let (Some(push), Outbound::Deliveries { channel, items }) = (&self.cfg.push, item) else {
             return;
+        };
+        // In a cluster the node that committed a message pushes it, no other.
+        let filtered: Arc<[Delivery]>;
+        let items = if items.iter().all(|d| d.from_here) {
+            items
+        } else {
+            filtered = items.iter().filter(|d| d.from_here).cloned().collect();
+            if filtered.is_empty() {
+                return;
+            }
+            &filtered
         };
         let sent = match (online, &push.await_delivered) {
             (false, _) => push
@@ -303,6 +342,7 @@ impl Handler<Connect> for Router {
         if h.transport != Transport::Poll {
             let event = connection_event("connected", &h);
             self.send_to_user(&h.user, None, &event);
+            self.frame_to_cluster(Arc::from([h.user.clone()]), None, None, &event);
         }
         self.presence.do_send(ConnOpened {
             user: h.user.clone(),
@@ -347,6 +387,7 @@ impl Handler<Disconnect> for Router {
         if let Some(h) = gone.filter(|h| h.transport != Transport::Poll) {
             let event = connection_event("disconnected", &h);
             self.send_to_user(&user, None, &event);
+            self.frame_to_cluster(Arc::from([user.clone()]), None, None, &event);
         }
         self.presence.do_send(ConnClosed {
             user,
@@ -366,6 +407,9 @@ impl Handler<FanOut> for Router {
             let online = self.send_to_user(user, msg.skip_conn, &msg.item);
             self.push(user, online, &msg.item);
         }
+        // Frames reach the users' connections on other nodes too; deliveries are sent
+        // there by their channel, in seq order.
+        self.frame_to_cluster(msg.users, msg.skip_user, msg.skip_conn, &msg.item);
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Delivery {
     pub frame: ByteString,
     /// The publishing connection: it got an ack instead, so it skips this one.
     pub skip_conn: Option<ConnId>,
+    /// Committed on this node (not received from another one, nor read back from the
+    /// store): only such messages go to the push hook.
+    pub from_here: bool,
 }
 
 /// What the engine sends a session.
@@ -245,6 +248,7 @@ mod tests {
             seq: Seq::new(1),
             frame: ByteString::from_static("{}"),
             skip_conn,
+            from_here: true,
         };
         let msg = Outbound::Deliveries {
             channel: Arc::from("dm:a:b"),

@@ -8,6 +8,7 @@
 //! ├── Supervisor ── OfflineQueue
 //! ├── Supervisor ── SyncEngine
 //! ├── Supervisor ── PushNotifier, CommandProxy (when configured)
+//! ├── Supervisor ── ClusterLink (with `redis.url`) ── bus reader task
 //! ├── Supervisor ── WriteBatcher ─┬── SyncArbiter ── MessageWriter (SQLite) or PgWriter
 //! │                               │                  × writer_threads
 //! │                               └── SyncArbiter ── WalCheckpointer (SQLite)
@@ -19,6 +20,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::channel::ChannelCluster;
+use crate::cluster::{AttachRouter, BadRedisUrl, ClusterConfig, ClusterLink, ClusterStats};
 use crate::command_proxy::{CommandConfig, CommandProxy, CommandStats};
 use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::ids::MessageIds;
@@ -129,6 +132,8 @@ pub struct TreeConfig {
     pub command: Option<CommandConfig>,
     /// Encryption at rest: seals payloads and state documents (`None`: stored as sent).
     pub sealer: Option<Arc<Sealer>>,
+    /// The cluster this node joins (`None`: it runs alone).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Addresses of the running tree.
@@ -140,6 +145,8 @@ pub struct Tree {
     pub push: Option<Arc<PushStats>>,
     /// The command proxy and its counters, when a backend is configured.
     pub command: Option<(Addr<CommandProxy>, Arc<CommandStats>)>,
+    /// The cluster link and its counters, when this node is one of several.
+    pub cluster: Option<(Addr<ClusterLink>, Arc<ClusterStats>)>,
     /// Write batching in front of the writers.
     pub batcher: Addr<WriteBatcher>,
     /// Who is online.
@@ -169,7 +176,11 @@ pub struct Tree {
 impl Tree {
     /// Starts the tree on the current actix system, on `store`, whose readers and writers
     /// report to `database`.
-    pub fn start(cfg: TreeConfig, store: StoreBackend, database: Arc<DatabaseHealth>) -> Tree {
+    pub fn start(
+        cfg: TreeConfig,
+        store: StoreBackend,
+        database: Arc<DatabaseHealth>,
+    ) -> Result<Tree, BadRedisUrl> {
         let board = HealthBoard::new();
         let resend_keys = Arc::new(ResendKeyStats::default());
         let h = ActorHealth::new("store_writer");
@@ -287,10 +298,28 @@ impl Tree {
         });
         let push_stats = push.as_ref().map(|p| p.stats.clone());
 
+        let cluster = match cfg.cluster.clone() {
+            Some(ccfg) => {
+                let h = ActorHealth::new("cluster_link");
+                let stats = Arc::new(ClusterStats::new(ccfg.node_id.clone()));
+                let link = ClusterLink::new(ccfg.clone(), stats.clone(), h.clone())?;
+                let link = Supervisor::start(move |_| link);
+                board.register(h, link.clone().recipient());
+                Some(ChannelCluster {
+                    link,
+                    gap_wait: ccfg.gap_wait,
+                    late_window: ccfg.late_window,
+                    stats,
+                })
+            }
+            None => None,
+        };
+
         let h = ActorHealth::new("router");
         let rcfg = RouterConfig {
             channel_idle: cfg.channel_idle,
             push,
+            cluster: cluster.clone(),
         };
         let (b, r, p, o, hh) = (
             batcher.clone(),
@@ -301,6 +330,9 @@ impl Tree {
         );
         let router = Supervisor::start(move |_| Router::new(b, r, p, o, rcfg, hh));
         board.register(h, router.clone().recipient());
+        if let Some(c) = &cluster {
+            c.link.do_send(AttachRouter(router.clone()));
+        }
 
         let h = ActorHealth::new("sync_engine");
         let (b, r, hh) = (batcher.clone(), router.clone(), h.clone());
@@ -316,9 +348,10 @@ impl Tree {
             (proxy, stats)
         });
 
-        Tree {
+        Ok(Tree {
             push: push_stats,
             command,
+            cluster: cluster.map(|c| (c.link, c.stats)),
             router,
             writes: Writes::new(batcher.clone()),
             batcher,
@@ -332,7 +365,7 @@ impl Tree {
             batch_stats,
             checkpoint_stats,
             resend_keys,
-        }
+        })
     }
 
     /// Makes the named supervised actor fail (fault drills). False for an unknown name.

@@ -9,6 +9,30 @@ impl Settings {
     /// Checks every value; the first rule broken is the error.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if !self.redis.url.is_empty() {
+            if !switchboard_actors::store::postgres::is_postgres_url(&self.database.url) {
+                return bad(
+                    "redis.url joins a cluster, whose nodes share one PostgreSQL database: \
+                     set database.url to a postgres:// URL (or leave redis.url empty)",
+                );
+            }
+            let c = &self.cluster;
+            if c.heartbeat.is_zero() || c.node_ttl < c.heartbeat * 2 {
+                return bad("cluster.heartbeat must be > 0 and cluster.node_ttl at least twice it");
+            }
+            if c.gap_wait.is_zero() || c.late_window < c.gap_wait {
+                return bad("cluster.gap_wait must be > 0 and cluster.late_window at least it");
+            }
+            if c.replay_window < c.late_window || c.replay_channels == 0 || c.outbox == 0 {
+                return bad(
+                    "cluster.replay_window must be at least cluster.late_window, and \
+                     cluster.replay_channels and cluster.outbox at least 1",
+                );
+            }
+            if !c.node_id.is_empty() && !switchboard_actors::ids::valid_id(&c.node_id) {
+                return bad("cluster.node_id may hold letters, digits and _ . @ - only");
+            }
+        }
         if self.limits.frames_per_second <= 0.0 || self.limits.frames_burst < 1.0 {
             return bad("limits.frames_per_second must be > 0 and limits.frames_burst >= 1");
         }

@@ -207,7 +207,10 @@ pub async fn revoke(
     let newly = app.tree.writes.revoke_token(jti.clone(), exp_ms).await?;
     app.auth.revoke(&jti, (exp_ms / 1000) as u64);
     let jtis: Arc<[Arc<str>]> = Arc::from([Arc::from(jti.as_str())]);
-    app.tree.router.do_send(CloseRevoked { jtis });
+    app.tree.router.do_send(CloseRevoked {
+        jtis,
+        announce: true,
+    });
     Ok(HttpResponse::Ok().json(json!({ "jti": jti, "revoked": newly })))
 }
 

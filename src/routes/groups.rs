@@ -2,9 +2,8 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use switchboard_actors::channel::ReloadMembers;
 use switchboard_actors::ids::{now_ms, valid_id, Channel, MAX_ID_LEN};
-use switchboard_actors::router::TellChannelIfActive;
+use switchboard_actors::router::MembersChanged;
 use switchboard_actors::store::models::GroupRow;
 
 use crate::error::ApiError;
@@ -57,9 +56,8 @@ async fn load(app: &AppState, id: &str) -> Result<(GroupRow, Vec<String>), ApiEr
 }
 
 fn members_changed(app: &AppState, id: &str) {
-    app.tree.router.do_send(TellChannelIfActive {
+    app.tree.router.do_send(MembersChanged {
         channel: Channel::group(id),
-        msg: ReloadMembers,
     });
 }
 

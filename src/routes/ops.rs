@@ -97,7 +97,11 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
             "resend_keys": app.tree.resend_keys.snapshot(),
             "channel_places_in_memory": app.tree.reads.index().map(|i| i.held()),
         },
-        "redis": { "configured": app.redis.is_some() },
+        "redis": {
+            "configured": app.redis.is_some(),
+            "up": app.tree.cluster.as_ref().map(|(_, s)| s.up()),
+        },
+        "cluster": cluster_status(&app),
         "push": app.tree.push.as_ref().map(|p| {
             use std::sync::atomic::Ordering::Relaxed;
             json!({
@@ -108,6 +112,28 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
         }),
         "command": command_status(&app),
     }))
+}
+
+/// The cluster's part of `/status`: this node, the link's counters and every node whose
+/// heartbeat is current.
+fn cluster_status(app: &AppState) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    match &app.tree.cluster {
+        None => json!({ "configured": false }),
+        Some((_, s)) => json!({
+            "configured": true,
+            "node_id": &*s.node_id,
+            "publisher_up": s.publisher_up.load(Relaxed),
+            "bus_up": s.bus_up.load(Relaxed),
+            "published": s.published.load(Relaxed),
+            "received": s.received.load(Relaxed),
+            "dropped": s.dropped.load(Relaxed),
+            "malformed": s.malformed.load(Relaxed),
+            "filled_from_database": s.filled.load(Relaxed),
+            "resyncs": s.resyncs.load(Relaxed),
+            "nodes": s.nodes(),
+        }),
+    }
 }
 
 /// The command proxy's part of `/status`.

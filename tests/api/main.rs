@@ -5,6 +5,7 @@ mod admin_connections;
 mod api_keys;
 mod bad_input;
 mod chat;
+mod cluster;
 mod command;
 mod encryption;
 mod fuzz;

@@ -11,6 +11,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::Router;
+use crate::cluster::{Envelope, ToCluster};
 use crate::ids::{ConnId, UserId};
 use crate::session_handle::{Outbound, SessionHandle};
 
@@ -115,17 +116,47 @@ impl Handler<GetStats> for Router {
 pub struct CloseRevoked {
     /// The revoked `jti`s.
     pub jtis: Arc<[Arc<str>]>,
+    /// Tell the other nodes of a cluster too (a revocation made here, not one read back
+    /// from the store, which every node reads by itself).
+    pub announce: bool,
 }
 
 impl Handler<CloseRevoked> for Router {
     type Result = ();
     fn handle(&mut self, msg: CloseRevoked, _: &mut Context<Self>) {
         self.health.handled();
-        for h in self.sessions.values().flatten() {
-            h.revoked(msg.jtis.clone());
+        self.close_revoked_local(msg.jtis.clone());
+        if let (true, Some(c)) = (msg.announce, &self.cfg.cluster) {
+            let env = Envelope::Revoked(msg.jtis.to_vec());
+            if c.link.try_send(ToCluster(env)).is_err() {
+                c.stats.mailbox_full();
+            }
         }
     }
 }
+
+impl Router {
+    /// Tells every session here which tokens were revoked.
+    pub(super) fn close_revoked_local(&self, jtis: Arc<[Arc<str>]>) {
+        for h in self.sessions.values().flatten() {
+            h.revoked(jtis.clone());
+        }
+    }
+
+    /// Closes connection `conn` if it is here, as an administrator's disconnect.
+    pub(super) fn close_local(&self, conn: ConnId) -> Option<ConnectionInfo> {
+        self.close_here(conn, ADMIN_CLOSE.0, ADMIN_CLOSE.1)
+    }
+
+    fn close_here(&self, conn: ConnId, code: u16, reason: &'static str) -> Option<ConnectionInfo> {
+        let h = self.sessions.values().flatten().find(|h| h.conn == conn)?;
+        h.close(code, reason);
+        Some(ConnectionInfo::from(h))
+    }
+}
+
+/// The close an administrator's disconnect sends: 1008, policy.
+pub const ADMIN_CLOSE: (u16, &str) = (1008, "disconnected by an administrator");
 
 /// One connection as the admin API lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -207,12 +238,6 @@ impl Handler<CloseConnection> for Router {
     type Result = Option<ConnectionInfo>;
     fn handle(&mut self, msg: CloseConnection, _: &mut Context<Self>) -> Self::Result {
         self.health.handled();
-        let h = self
-            .sessions
-            .values()
-            .flatten()
-            .find(|h| h.conn == msg.conn)?;
-        h.close(msg.code, msg.reason);
-        Some(ConnectionInfo::from(h))
+        self.close_here(msg.conn, msg.code, msg.reason)
     }
 }

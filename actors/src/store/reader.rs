@@ -92,6 +92,8 @@ pub struct ChannelStart {
     pub head: Seq,
     /// For a group channel: its members, or `None` if the group does not exist.
     pub members: Option<Option<Vec<String>>>,
+    /// The last seq stored before the time asked for (the head when not asked).
+    pub settled: Seq,
 }
 
 /// A cheap handle for running reads from async code: the store's read operations, each
@@ -351,12 +353,14 @@ impl Reads {
         fut
     }
 
-    /// What a channel actor starts from: the channel's last seq, and for a group channel
-    /// (`group` is its id) the members, or `None` if the group does not exist.
+    /// What a channel actor starts from: the channel's last seq, for a group channel
+    /// (`group` is its id) the members, or `None` if the group does not exist, and with
+    /// `settled_before` (ms) the last seq stored before then.
     pub fn channel_start(
         &self,
         channel: String,
         group: Option<String>,
+        settled_before: Option<i64>,
     ) -> impl Future<Output = Result<ChannelStart, StoreError>> + 'static {
         let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
             Reads::Sqlite { addr, index, .. } => {
@@ -367,9 +371,12 @@ impl Reads {
                         Some(g) => Some(queries::group(c, &g)?.map(|(_, m)| m)),
                         None => None,
                     };
+                    // One SQLite file has one broker: what is stored was delivered here.
+                    let _ = settled_before;
                     Ok(ChannelStart {
                         head: Seq::from_stored(head),
                         members,
+                        settled: Seq::from_stored(head),
                     })
                 }))
             }
@@ -379,9 +386,14 @@ impl Reads {
                     Some(g) => Some(postgres::queries::group(c, &g)?.map(|(_, m)| m)),
                     None => None,
                 };
+                let settled = match settled_before {
+                    Some(ms) => postgres::queries::last_seq_before(c, &channel, ms)?,
+                    None => head,
+                };
                 Ok(ChannelStart {
                     head: Seq::from_stored(head),
                     members,
+                    settled: Seq::from_stored(settled.min(head)),
                 })
             })),
         };

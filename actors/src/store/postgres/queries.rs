@@ -280,6 +280,25 @@ pub fn head_seq(c: &mut PgConnection, channel: &str) -> QueryResult<i64> {
     Ok(head.map(|h| h.last_seq).unwrap_or(0))
 }
 
+/// The last seq of `channel` stored before `before_ms` (0 if none): scans back from the
+/// newest by the primary key, so it reads only the messages stored since then.
+pub fn last_seq_before(c: &mut PgConnection, channel: &str, before_ms: i64) -> QueryResult<i64> {
+    #[derive(QueryableByName)]
+    struct Last {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+    }
+    let last: Option<Last> = diesel::sql_query(
+        "SELECT seq FROM messages WHERE channel = $1 AND created_at < $2 \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind::<Text, _>(channel)
+    .bind::<BigInt, _>(before_ms)
+    .get_result(c)
+    .optional()?;
+    Ok(last.map(|l| l.seq).unwrap_or(0))
+}
+
 /// A page of `channel`'s history in ascending seq, and whether more lie beyond it: after
 /// `after_seq` going forward, else the newest (below `before_seq`) going back.
 pub fn history(

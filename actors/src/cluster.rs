@@ -1,0 +1,699 @@
+//! `ClusterLink`: this node's end of the Redis bus that joins brokers into one.
+//!
+//! Nodes share one PostgreSQL database, where every message is stored once with its seq,
+//! and one Redis, over which they tell each other what they committed. The link owns the
+//! node's two Redis connections: one it publishes on, one subscribed to the bus channel
+//! (one subscription per node, whatever the number of channels or connections).
+//!
+//! Receives [`ToCluster`] envelopes (a channel's commits, frames for users, control
+//! messages), batches them and publishes each batch as one pipeline; the subscription's
+//! task decodes other nodes' envelopes and hands them to the router ([`FromCluster`]).
+//! Heartbeats keep this node in the cluster's node list, which `/status` shows.
+//!
+//! Nothing a client can see depends on the bus alone. A node whose publishing connection
+//! failed announces, once it is back, the last seq of every channel it committed to
+//! meanwhile ([`Envelope::Heads`]); a node whose subscription dropped asks the others to do
+//! the same ([`Envelope::Resync`]); a channel that sees a seq gap fills it from the
+//! database (`channel::sequencer`). Frames that are not stored (typing, receipts' notices)
+//! are lost with the bus, as they are with a dropped connection.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use deadpool_redis::redis::{self, aio::MultiplexedConnection};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+pub mod envelope;
+
+pub use envelope::{Audience, Envelope, Head};
+
+use crate::fast_map::FastMap;
+use crate::health::ActorHealth;
+use crate::ids::now_ms;
+use crate::router::Router;
+use crate::seq::Seq;
+
+/// Most heads in one [`Envelope::Heads`].
+const HEADS_PER_ENVELOPE: usize = 500;
+/// How long one Redis command may take before the connection counts as lost.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause between attempts to reach Redis again.
+const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+
+/// Settings of the cluster link.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis://…`.
+    pub url: String,
+    /// This node's id, unique in the cluster.
+    pub node_id: Arc<str>,
+    /// Where clients and operators reach this node, as the node list shows it.
+    pub advertise_url: String,
+    /// Prefix of every Redis key and of the bus channel (`{prefix}:bus`).
+    pub key_prefix: String,
+    /// How often this node renews its entry in the node list.
+    pub heartbeat: Duration,
+    /// A node missing from the list's heartbeats for this long is gone.
+    pub node_ttl: Duration,
+    /// How long a channel waits for a missing seq to come by the bus before reading it
+    /// from the database.
+    pub gap_wait: Duration,
+    /// How late a message may reach a node by the bus; also how far back a channel that
+    /// starts on a node delivers what was just committed.
+    pub late_window: Duration,
+    /// How long the link remembers the channels it committed to, to announce their heads
+    /// after a bus outage.
+    pub replay_window: Duration,
+    /// Most channels remembered for that.
+    pub replay_channels: usize,
+    /// Most envelopes waiting to be published; beyond, they are dropped (and their
+    /// channels' heads announced later).
+    pub outbox: usize,
+}
+
+impl ClusterConfig {
+    /// The bus channel.
+    pub fn bus(&self) -> String {
+        format!("{}:bus", self.key_prefix)
+    }
+
+    fn nodes_key(&self) -> String {
+        format!("{}:nodes", self.key_prefix)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.key_prefix)
+    }
+}
+
+/// One node of the cluster, as its heartbeat describes it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct NodeInfo {
+    /// Its id.
+    pub id: String,
+    /// Where it is reached.
+    pub url: String,
+    /// When it started (ms since the epoch).
+    pub started_at: i64,
+    /// Its last heartbeat (ms since the epoch).
+    pub seen_at: i64,
+}
+
+/// What the link did, for `/status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// This node's id.
+    pub node_id: Arc<str>,
+    /// The publishing connection is up.
+    pub publisher_up: AtomicBool,
+    /// The bus subscription is up.
+    pub bus_up: AtomicBool,
+    /// Envelopes published.
+    pub published: AtomicU64,
+    /// Envelopes received from other nodes.
+    pub received: AtomicU64,
+    /// Envelopes not published (Redis down or the outbox full).
+    pub dropped: AtomicU64,
+    /// Bus messages that were not envelopes.
+    pub malformed: AtomicU64,
+    /// Messages read back from the database to fill seq gaps.
+    pub filled: AtomicU64,
+    /// Times the link asked the others to announce their heads.
+    pub resyncs: AtomicU64,
+    /// The cluster's nodes at the last heartbeat.
+    pub nodes: Mutex<Vec<NodeInfo>>,
+    /// When (ms) an envelope last found the link's mailbox full (0: not since the link
+    /// looked): the link then announces heads from that time.
+    mailbox_full_at: AtomicI64,
+}
+
+impl ClusterStats {
+    /// Counters of node `node_id`, all zero.
+    pub fn new(node_id: Arc<str>) -> Self {
+        ClusterStats {
+            node_id,
+            ..ClusterStats::default()
+        }
+    }
+
+    /// Both connections are up.
+    pub fn up(&self) -> bool {
+        self.publisher_up.load(Ordering::Relaxed) && self.bus_up.load(Ordering::Relaxed)
+    }
+
+    /// An envelope found the link's mailbox full and was dropped.
+    pub fn mailbox_full(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let _ = self.mailbox_full_at.compare_exchange(
+            0,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// When the mailbox was last found full, once.
+    fn take_mailbox_full(&self) -> Option<i64> {
+        Some(self.mailbox_full_at.swap(0, Ordering::Relaxed)).filter(|t| *t != 0)
+    }
+
+    /// The node list at the last heartbeat.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
+    }
+}
+
+/// A channel this node committed to lately.
+struct Recent {
+    audience: Audience,
+    seq: Seq,
+    at_ms: i64,
+}
+
+/// The link actor.
+pub struct ClusterLink {
+    cfg: Arc<ClusterConfig>,
+    client: redis::Client,
+    router: Option<Addr<Router>>,
+    conn: Option<MultiplexedConnection>,
+    connecting: bool,
+    /// Encoded envelopes waiting for the next pipeline.
+    outbox: Vec<Vec<u8>>,
+    flushing: bool,
+    recent: FastMap<Arc<str>, Recent>,
+    /// Since when (ms) published envelopes may have been lost: heads from then are
+    /// announced once the publishing connection works again.
+    lost_since: Option<i64>,
+    /// Since when (ms) the bus subscription is down.
+    bus_down_since: Option<i64>,
+    started_at: i64,
+    /// Counters and the node list.
+    pub stats: Arc<ClusterStats>,
+    /// Health reported by `/status`.
+    pub health: Arc<ActorHealth>,
+}
+
+/// The `redis.url` cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("redis.url: {0}")]
+pub struct BadRedisUrl(String);
+
+impl ClusterLink {
+    /// A link to the Redis at `cfg.url` (connected once started).
+    pub fn new(
+        cfg: ClusterConfig,
+        stats: Arc<ClusterStats>,
+        health: Arc<ActorHealth>,
+    ) -> Result<Self, BadRedisUrl> {
+        let client =
+            redis::Client::open(cfg.url.as_str()).map_err(|e| BadRedisUrl(e.to_string()))?;
+        Ok(ClusterLink {
+            cfg: Arc::new(cfg),
+            client,
+            router: None,
+            conn: None,
+            connecting: false,
+            outbox: Vec::new(),
+            flushing: false,
+            recent: FastMap::default(),
+            lost_since: None,
+            bus_down_since: None,
+            started_at: now_ms(),
+            stats,
+            health,
+        })
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        if self.connecting || self.conn.is_some() {
+            return;
+        }
+        self.connecting = true;
+        let client = self.client.clone();
+        let fut = async move {
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(COMMAND_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT));
+            client
+                .get_multiplexed_async_connection_with_config(&cfg)
+                .await
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| {
+            act.connecting = false;
+            match res {
+                Ok(conn) => {
+                    log::info!("cluster: connected to redis as node {}", act.cfg.node_id);
+                    act.conn = Some(conn);
+                    act.stats.publisher_up.store(true, Ordering::Relaxed);
+                    act.heartbeat(ctx);
+                    if let Some(since) = act.lost_since.take() {
+                        act.announce_heads(since);
+                    }
+                    act.flush(ctx);
+                }
+                Err(e) => {
+                    log::debug!("cluster: redis unreachable: {e}");
+                    act.lost(ctx);
+                }
+            }
+        }));
+    }
+
+    /// The publishing connection failed: what is published until it is back is lost, so
+    /// its heads are announced then.
+    fn lost(&mut self, ctx: &mut Context<Self>) {
+        if self.conn.take().is_some() {
+            log::warn!("cluster: lost the redis connection; this node serves its own clients alone until it is back");
+        }
+        self.stats.publisher_up.store(false, Ordering::Relaxed);
+        self.lost_since.get_or_insert_with(now_ms);
+        let dropped = std::mem::take(&mut self.outbox).len();
+        self.stats
+            .dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        ctx.run_later(RECONNECT_EVERY, |act, ctx| act.connect(ctx));
+    }
+
+    fn queue(&mut self, env: &Envelope, ctx: &mut Context<Self>) {
+        if self.conn.is_none() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.outbox.len() >= self.cfg.outbox {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.lost_since.get_or_insert_with(now_ms);
+            return;
+        }
+        self.outbox.push(env.encode(&self.cfg.node_id));
+        self.flush(ctx);
+    }
+
+    /// Publishes what waits as one pipeline, unless one is under way (what comes
+    /// meanwhile goes in the next).
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.flushing || self.outbox.is_empty() {
+            return;
+        }
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        self.flushing = true;
+        let batch = std::mem::take(&mut self.outbox);
+        let n = batch.len() as u64;
+        let bus = self.cfg.bus();
+        let fut = async move {
+            let mut pipe = redis::pipe();
+            for msg in batch {
+                pipe.cmd("PUBLISH").arg(&bus).arg(msg).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.flushing = false;
+            match res {
+                Ok(()) => {
+                    act.stats.published.fetch_add(n, Ordering::Relaxed);
+                    // Announced after what failed to go out (if the connection did not
+                    // fail, nothing overflowed: the heads close what the outbox dropped).
+                    if act.conn.is_some() {
+                        if let Some(since) = act.lost_since.take() {
+                            act.announce_heads(since);
+                        }
+                    }
+                    act.flush(ctx);
+                }
+                Err(e) => {
+                    log::debug!("cluster: publish failed: {e}");
+                    act.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                    act.lost(ctx);
+                }
+            }
+        }));
+    }
+
+    /// Queues the heads of the channels committed to since `since_ms` (less the late
+    /// window: what was published just before a failure may not have arrived).
+    fn announce_heads(&mut self, since_ms: i64) {
+        let from = since_ms - self.cfg.late_window.as_millis() as i64;
+        let mut heads: Vec<Head> = self
+            .recent
+            .iter()
+            .filter(|(_, r)| r.at_ms >= from)
+            .map(|(channel, r)| Head {
+                channel: channel.clone(),
+                audience: r.audience.clone(),
+                seq: r.seq,
+            })
+            .collect();
+        if heads.is_empty() {
+            return;
+        }
+        log::info!(
+            "cluster: announcing the heads of {} channels committed since the gap",
+            heads.len()
+        );
+        while !heads.is_empty() {
+            let rest = heads.split_off(heads.len().min(HEADS_PER_ENVELOPE));
+            let env = Envelope::Heads(std::mem::replace(&mut heads, rest));
+            // Past the outbox bound: heads are what closes gaps, so they always go.
+            self.outbox.push(env.encode(&self.cfg.node_id));
+        }
+    }
+
+    fn remember(&mut self, channel: &Arc<str>, audience: &Audience, seq: Seq) {
+        let at_ms = now_ms();
+        if let Some(r) = self.recent.get_mut(channel) {
+            r.seq = r.seq.max(seq);
+            r.at_ms = at_ms;
+            return;
+        }
+        if self.recent.len() < self.cfg.replay_channels {
+            self.recent.insert(
+                channel.clone(),
+                Recent {
+                    audience: audience.clone(),
+                    seq,
+                    at_ms,
+                },
+            );
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let window = self.cfg.replay_window.as_millis() as i64;
+        self.recent.retain(|_, r| now - r.at_ms < window);
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        let cfg = self.cfg.clone();
+        let me = NodeInfo {
+            id: cfg.node_id.to_string(),
+            url: cfg.advertise_url.clone(),
+            started_at: self.started_at,
+            seen_at: now,
+        };
+        let fut = async move {
+            let ttl = cfg.node_ttl.as_millis() as i64;
+            let info = serde_json::to_string(&me).unwrap_or_default();
+            let (_, _, _, ids): ((), (), (), Vec<String>) = redis::pipe()
+                .cmd("SET")
+                .arg(cfg.node_key(&me.id))
+                .arg(info)
+                .arg("PX")
+                .arg(ttl.max(1))
+                .cmd("ZADD")
+                .arg(cfg.nodes_key())
+                .arg(now)
+                .arg(&me.id)
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(cfg.nodes_key())
+                .arg("-inf")
+                .arg(now - ttl)
+                .cmd("ZRANGE")
+                .arg(cfg.nodes_key())
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await?;
+            let keys: Vec<String> = ids.iter().map(|id| cfg.node_key(id)).collect();
+            let infos: Vec<Option<String>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("MGET").arg(keys).query_async(&mut conn).await?
+            };
+            Ok::<_, redis::RedisError>(
+                infos
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|i| serde_json::from_str::<NodeInfo>(&i).ok())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(nodes) => {
+                if let Ok(mut n) = act.stats.nodes.lock() {
+                    *n = nodes;
+                }
+            }
+            Err(e) => {
+                log::debug!("cluster: heartbeat failed: {e}");
+                act.lost(ctx);
+            }
+        }));
+    }
+
+    /// Subscribes to the bus in a task of its own, for as long as the system runs.
+    fn subscribe(&mut self, router: Addr<Router>, ctx: &mut Context<Self>) {
+        let bus = BusReader {
+            client: self.client.clone(),
+            cfg: self.cfg.clone(),
+            router,
+            link: ctx.address(),
+            stats: self.stats.clone(),
+        };
+        actix::spawn(bus.run());
+    }
+}
+
+impl Actor for ClusterLink {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.health.started();
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.connect(ctx);
+        ctx.run_interval(self.cfg.heartbeat, |act, ctx| {
+            if act.conn.is_some() {
+                act.heartbeat(ctx);
+            }
+        });
+    }
+}
+
+impl Supervised for ClusterLink {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.health.restarting();
+        self.flushing = false;
+        self.connecting = false;
+    }
+}
+
+crate::health_handlers!(ClusterLink);
+
+/// Most envelopes waiting in the link's mailbox; senders `try_send`, so a full mailbox drops
+/// (and a later head announcement closes the gap).
+pub const MAILBOX_CAPACITY: usize = 65_536;
+
+/// Publish this to the other nodes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ToCluster(pub Envelope);
+
+impl Handler<ToCluster> for ClusterLink {
+    type Result = ();
+    fn handle(&mut self, msg: ToCluster, ctx: &mut Context<Self>) {
+        self.health.handled();
+        if let Some(at) = self.stats.take_mailbox_full() {
+            let since = self.lost_since.map_or(at, |l| l.min(at));
+            self.lost_since = Some(since);
+        }
+        if let Envelope::Deliveries {
+            channel,
+            audience,
+            items,
+        } = &msg.0
+        {
+            if let Some((seq, _)) = items.last() {
+                self.remember(channel, audience, *seq);
+            }
+        }
+        self.queue(&msg.0, ctx);
+    }
+}
+
+/// The router the bus hands other nodes' envelopes to; subscribing starts with it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachRouter(pub Addr<Router>);
+
+impl Handler<AttachRouter> for ClusterLink {
+    type Result = ();
+    fn handle(&mut self, msg: AttachRouter, ctx: &mut Context<Self>) {
+        if self.router.is_none() {
+            self.subscribe(msg.0.clone(), ctx);
+        }
+        self.router = Some(msg.0);
+    }
+}
+
+/// The bus subscription's state changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum BusEvent {
+    /// Subscribed; `again` after a drop.
+    Up { again: bool },
+    /// The subscription dropped.
+    Down,
+    /// Another node missed the bus since then (ms).
+    ResyncAsked { since_ms: i64 },
+}
+
+impl Handler<BusEvent> for ClusterLink {
+    type Result = ();
+    fn handle(&mut self, ev: BusEvent, ctx: &mut Context<Self>) {
+        self.health.handled();
+        match ev {
+            BusEvent::Up { again } => {
+                self.stats.bus_up.store(true, Ordering::Relaxed);
+                let since = self.bus_down_since.take();
+                if let (true, Some(since_ms)) = (again, since) {
+                    // What the others published while this node was not listening is
+                    // announced by them and read back from the database here.
+                    log::info!(
+                        "cluster: bus subscription back; asking the other nodes for their heads"
+                    );
+                    self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                    let since_ms = since_ms - self.cfg.late_window.as_millis() as i64;
+                    self.queue(&Envelope::Resync { since_ms }, ctx);
+                }
+            }
+            BusEvent::Down => {
+                self.stats.bus_up.store(false, Ordering::Relaxed);
+                self.bus_down_since.get_or_insert_with(now_ms);
+            }
+            BusEvent::ResyncAsked { since_ms } => {
+                self.announce_heads(since_ms);
+                self.flush(ctx);
+            }
+        }
+    }
+}
+
+/// This node leaves the node list (on shutdown), so that the others see it gone at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave;
+
+impl Handler<Leave> for ClusterLink {
+    type Result = ResponseFuture<()>;
+    fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
+        let Some(mut conn) = self.conn.clone() else {
+            return Box::pin(async {});
+        };
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let res: redis::RedisResult<((), ())> = redis::pipe()
+                .cmd("ZREM")
+                .arg(cfg.nodes_key())
+                .arg(&*cfg.node_id)
+                .cmd("DEL")
+                .arg(cfg.node_key(&cfg.node_id))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = res {
+                log::debug!("cluster: leaving the node list failed: {e}");
+            }
+        })
+    }
+}
+
+/// Other nodes' envelopes, for the router.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromCluster(pub Envelope);
+
+/// The task reading the bus.
+struct BusReader {
+    client: redis::Client,
+    cfg: Arc<ClusterConfig>,
+    router: Addr<Router>,
+    link: Addr<ClusterLink>,
+    stats: Arc<ClusterStats>,
+}
+
+impl BusReader {
+    async fn run(self) {
+        let mut again = false;
+        loop {
+            match self.subscribed().await {
+                Ok(pubsub) => {
+                    self.link.do_send(BusEvent::Up { again });
+                    again = true;
+                    self.read(pubsub).await;
+                    self.link.do_send(BusEvent::Down);
+                    log::warn!("cluster: bus subscription lost; resubscribing");
+                }
+                Err(e) => {
+                    log::debug!("cluster: cannot subscribe to the bus: {e}");
+                    self.link.do_send(BusEvent::Down);
+                    again = true;
+                }
+            }
+            tokio::time::sleep(RECONNECT_EVERY).await;
+        }
+    }
+
+    async fn subscribed(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        let connect = async {
+            let mut pubsub = self.client.get_async_pubsub().await?;
+            pubsub.subscribe(self.cfg.bus()).await?;
+            Ok(pubsub)
+        };
+        match tokio::time::timeout(COMMAND_TIMEOUT, connect).await {
+            Ok(res) => res,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "subscribing timed out",
+            ))),
+        }
+    }
+
+    /// Hands every envelope on until the subscription ends or stops answering pings.
+    async fn read(&self, pubsub: redis::aio::PubSub) {
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(self.cfg.heartbeat);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return };
+                    self.handle(msg.get_payload_bytes()).await;
+                }
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, bytes: &[u8]) {
+        let (node, env) = match Envelope::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                log::debug!("cluster: {e}");
+                return;
+            }
+        };
+        if node == &*self.cfg.node_id {
+            return; // this node's own envelope, delivered here already
+        }
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        if let Envelope::Resync { since_ms } = env {
+            self.link.do_send(BusEvent::ResyncAsked { since_ms });
+            return;
+        }
+        // Waits for room in the router's mailbox: a busy node makes Redis hold the bus
+        // traffic for it (and drop the subscription past Redis's own limit, after which
+        // the resync fills the gap), not grow a queue here.
+        if self.router.send(FromCluster(env)).await.is_err() {
+            log::debug!("cluster: router unavailable; envelope dropped");
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! What nodes tell each other over the Redis bus, and its byte form.
+//!
+//! One bus message is one [`Envelope`] from one node. The form is length-prefixed binary,
+//! not JSON: a delivery's frame is already JSON text and goes as it is, without being
+//! escaped into another document and parsed back on every node.
+//!
+//! ```text
+//! "SB1" | node: str | kind: u8 | body
+//! str   = len: u32 LE | UTF-8 bytes
+//! list  = count: u32 LE | items
+//! ```
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use crate::ids::{ConnId, UserId};
+use crate::seq::Seq;
+
+const MAGIC: &[u8; 3] = b"SB1";
+
+/// Who a channel's messages are for, as far as a node that has no actor for the channel
+/// needs to know to decide whether to start one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// These users (a DM pair, the user of `user:*`, a group's members when few).
+    Users(Arc<[UserId]>),
+    /// A group's members, too many to list: a node with any connected user starts the
+    /// channel's actor, which loads them.
+    Members,
+    /// A broadcast channel's subscribers: only a node that already runs the channel's actor
+    /// has any.
+    Subscribers,
+}
+
+/// One channel's last seq, as a node committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Channel name.
+    pub channel: Arc<str>,
+    /// Its readers.
+    pub audience: Audience,
+    /// Its last committed seq.
+    pub seq: Seq,
+}
+
+/// One bus message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Envelope {
+    /// Messages one commit stored in `channel`, in seq order, with their delivery frames.
+    Deliveries {
+        /// Channel name.
+        channel: Arc<str>,
+        /// Its readers.
+        audience: Audience,
+        /// Seq and delivery frame of each message.
+        items: Vec<(Seq, ByteString)>,
+    },
+    /// A frame for every connection of `users` (typing, receipts, connection events, state
+    /// changes): not stored, so not sequenced.
+    Frame {
+        /// Recipients.
+        users: Arc<[UserId]>,
+        /// A user left out entirely.
+        skip_user: Option<UserId>,
+        /// A connection left out.
+        skip_conn: Option<ConnId>,
+        /// The frame.
+        frame: ByteString,
+    },
+    /// Channels the sender committed to lately, with their last seq: a node that missed bus
+    /// traffic fills what it lacks from the database.
+    Heads(Vec<Head>),
+    /// The sender lost the bus from `since_ms` (its clock): every node answers with the
+    /// [`Envelope::Heads`] of what it committed since.
+    Resync {
+        /// Start of the gap, in milliseconds since the epoch.
+        since_ms: i64,
+    },
+    /// A group's members changed: nodes running its channel load them again.
+    MembersChanged {
+        /// Channel name.
+        channel: Arc<str>,
+    },
+    /// An operator closes this connection, wherever it is.
+    CloseConnection {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Token ids were revoked: sessions holding one close with 4001.
+    Revoked(Vec<Arc<str>>),
+}
+
+/// A bus message that is not an envelope of this version.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bad bus message: {0}")]
+pub struct DecodeError(&'static str);
+
+impl Envelope {
+    /// The byte form, from node `node`.
+    pub fn encode(&self, node: &str) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(self.size_hint() + node.len() + 8));
+        w.0.extend_from_slice(MAGIC);
+        w.str(node);
+        match self {
+            Envelope::Deliveries {
+                channel,
+                audience,
+                items,
+            } => {
+                w.0.push(b'D');
+                w.str(channel);
+                w.audience(audience);
+                w.len(items.len());
+                for (seq, frame) in items {
+                    w.u64(seq.get());
+                    w.str(frame);
+                }
+            }
+            Envelope::Frame {
+                users,
+                skip_user,
+                skip_conn,
+                frame,
+            } => {
+                w.0.push(b'F');
+                w.users(users);
+                w.str(skip_user.as_ref().map_or("", UserId::as_str));
+                w.u64(skip_conn.map_or(0, |c| c.0));
+                w.str(frame);
+            }
+            Envelope::Heads(heads) => {
+                w.0.push(b'H');
+                w.len(heads.len());
+                for h in heads {
+                    w.str(&h.channel);
+                    w.audience(&h.audience);
+                    w.u64(h.seq.get());
+                }
+            }
+            Envelope::Resync { since_ms } => {
+                w.0.push(b'R');
+                w.u64(*since_ms as u64);
+            }
+            Envelope::MembersChanged { channel } => {
+                w.0.push(b'M');
+                w.str(channel);
+            }
+            Envelope::CloseConnection { conn } => {
+                w.0.push(b'C');
+                w.u64(conn.0);
+            }
+            Envelope::Revoked(jtis) => {
+                w.0.push(b'V');
+                w.len(jtis.len());
+                for j in jtis {
+                    w.str(j);
+                }
+            }
+        }
+        w.0
+    }
+
+    /// Reads a bus message: the sending node's id and the envelope.
+    pub fn decode(bytes: &[u8]) -> Result<(&str, Envelope), DecodeError> {
+        let mut r = Reader(bytes);
+        if r.take(3)? != MAGIC {
+            return Err(DecodeError("not a switchboard envelope"));
+        }
+        let node = r.str()?;
+        let env = match r.u8()? {
+            b'D' => {
+                let channel = Arc::from(r.str()?);
+                let audience = r.audience()?;
+                let n = r.count(12)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let seq = Seq::new(r.u64()?);
+                    items.push((seq, ByteString::from(r.str()?)));
+                }
+                Envelope::Deliveries {
+                    channel,
+                    audience,
+                    items,
+                }
+            }
+            b'F' => {
+                let users = r.users()?;
+                let skip_user = Some(r.str()?).filter(|u| !u.is_empty()).map(UserId::new);
+                let skip_conn = Some(r.u64()?).filter(|c| *c != 0).map(ConnId);
+                let frame = ByteString::from(r.str()?);
+                Envelope::Frame {
+                    users,
+                    skip_user,
+                    skip_conn,
+                    frame,
+                }
+            }
+            b'H' => {
+                let n = r.count(13)?;
+                let mut heads = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let channel = Arc::from(r.str()?);
+                    let audience = r.audience()?;
+                    let seq = Seq::new(r.u64()?);
+                    heads.push(Head {
+                        channel,
+                        audience,
+                        seq,
+                    });
+                }
+                Envelope::Heads(heads)
+            }
+            b'R' => Envelope::Resync {
+                since_ms: r.u64()? as i64,
+            },
+            b'M' => Envelope::MembersChanged {
+                channel: Arc::from(r.str()?),
+            },
+            b'C' => Envelope::CloseConnection {
+                conn: ConnId(r.u64()?),
+            },
+            b'V' => {
+                let n = r.count(4)?;
+                let mut jtis = Vec::with_capacity(n);
+                for _ in 0..n {
+                    jtis.push(Arc::from(r.str()?));
+                }
+                Envelope::Revoked(jtis)
+            }
+            _ => return Err(DecodeError("unknown kind")),
+        };
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok((node, env))
+    }
+
+    fn size_hint(&self) -> usize {
+        match self {
+            Envelope::Deliveries { items, .. } => {
+                64 + items.iter().map(|(_, f)| f.len() + 12).sum::<usize>()
+            }
+            Envelope::Frame { frame, users, .. } => 64 + frame.len() + users.len() * 16,
+            Envelope::Heads(h) => 16 + h.len() * 48,
+            _ => 64,
+        }
+    }
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn len(&mut self, n: usize) {
+        // Lengths beyond u32 never come from one frame or one commit (frames are limited
+        // far below 4 GiB); saturate rather than wrap, which decoding then refuses.
+        self.0
+            .extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+    }
+
+    fn str(&mut self, s: &str) {
+        self.len(s.len());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn users(&mut self, users: &[UserId]) {
+        self.len(users.len());
+        for u in users {
+            self.str(u.as_str());
+        }
+    }
+
+    fn audience(&mut self, a: &Audience) {
+        match a {
+            Audience::Users(users) => {
+                self.0.push(b'u');
+                self.users(users);
+            }
+            Audience::Members => self.0.push(b'm'),
+            Audience::Subscribers => self.0.push(b's'),
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("truncated"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A list length, refused when the bytes left cannot hold that many items of at least
+    /// `min_item` bytes (a forged count allocates nothing).
+    fn count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_item) > self.0.len() {
+            return Err(DecodeError("count beyond the message"));
+        }
+        Ok(n)
+    }
+
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError("not UTF-8"))
+    }
+
+    fn users(&mut self) -> Result<Arc<[UserId]>, DecodeError> {
+        let n = self.count(4)?;
+        let mut users = Vec::with_capacity(n);
+        for _ in 0..n {
+            users.push(UserId::new(self.str()?));
+        }
+        Ok(Arc::from(users))
+    }
+
+    fn audience(&mut self) -> Result<Audience, DecodeError> {
+        Ok(match self.u8()? {
+            b'u' => Audience::Users(self.users()?),
+            b'm' => Audience::Members,
+            b's' => Audience::Subscribers,
+            _ => return Err(DecodeError("unknown audience")),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(names: &[&str]) -> Arc<[UserId]> {
+        names.iter().map(|n| UserId::new(n)).collect()
+    }
+
+    fn round_trip(env: Envelope) {
+        let bytes = env.encode("node-a");
+        let (node, back) = Envelope::decode(&bytes).expect("decodes");
+        assert_eq!(node, "node-a");
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn every_kind_reads_back_as_written() {
+        round_trip(Envelope::Deliveries {
+            channel: Arc::from("dm:alice:bob"),
+            audience: Audience::Users(users(&["alice", "bob"])),
+            items: vec![
+                (
+                    Seq::new(7),
+                    ByteString::from(r#"{"type":"message","x":"é\""}"#),
+                ),
+                (Seq::new(8), ByteString::from("{}")),
+            ],
+        });
+        round_trip(Envelope::Deliveries {
+            channel: Arc::from("group:g"),
+            audience: Audience::Members,
+            items: vec![],
+        });
+        round_trip(Envelope::Frame {
+            users: users(&["bob"]),
+            skip_user: Some(UserId::new("alice")),
+            skip_conn: Some(ConnId(1 << 40 | 3)),
+            frame: ByteString::from(r#"{"type":"typing_indicator"}"#),
+        });
+        round_trip(Envelope::Frame {
+            users: users(&[]),
+            skip_user: None,
+            skip_conn: None,
+            frame: ByteString::from(""),
+        });
+        round_trip(Envelope::Heads(vec![
+            Head {
+                channel: Arc::from("broadcast:news"),
+                audience: Audience::Subscribers,
+                seq: Seq::new(u64::MAX >> 1),
+            },
+            Head {
+                channel: Arc::from("user:carol"),
+                audience: Audience::Users(users(&["carol"])),
+                seq: Seq::new(1),
+            },
+        ]));
+        round_trip(Envelope::Resync {
+            since_ms: 1_700_000_000_000,
+        });
+        round_trip(Envelope::MembersChanged {
+            channel: Arc::from("group:g"),
+        });
+        round_trip(Envelope::CloseConnection { conn: ConnId(42) });
+        round_trip(Envelope::Revoked(vec![Arc::from("j1"), Arc::from("j2")]));
+    }
+
+    #[test]
+    fn foreign_truncated_or_forged_messages_are_refused() {
+        let good = Envelope::Heads(vec![Head {
+            channel: Arc::from("dm:a:b"),
+            audience: Audience::Members,
+            seq: Seq::new(3),
+        }])
+        .encode("n");
+        assert!(Envelope::decode(b"hello").is_err());
+        assert!(Envelope::decode(&good[..good.len() - 1]).is_err());
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(Envelope::decode(&longer).is_err());
+        // A count of four billion heads in a short message allocates nothing.
+        let mut forged = b"SB1".to_vec();
+        forged.extend_from_slice(&1u32.to_le_bytes());
+        forged.push(b'n');
+        forged.push(b'H');
+        forged.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            Envelope::decode(&forged),
+            Err(DecodeError("count beyond the message"))
+        );
+    }
+}

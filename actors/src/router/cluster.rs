@@ -1,0 +1,149 @@
+//! The router's side of the cluster: other nodes' envelopes to this node's channels and
+//! connections, and this node's frames to the others.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::Router;
+use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead};
+use crate::cluster::{Audience, Envelope, FromCluster, ToCluster};
+use crate::ids::{Channel, ConnId, UserId};
+use crate::session_handle::Outbound;
+
+impl Router {
+    /// Publishes a frame for `users`' connections to the other nodes (no-op alone).
+    pub(super) fn frame_to_cluster(
+        &self,
+        users: Arc<[UserId]>,
+        skip_user: Option<UserId>,
+        skip_conn: Option<ConnId>,
+        item: &Outbound,
+    ) {
+        let (Some(c), Outbound::Frame(frame)) = (&self.cfg.cluster, item) else {
+            return;
+        };
+        let env = Envelope::Frame {
+            users,
+            skip_user,
+            skip_conn,
+            frame: frame.clone(),
+        };
+        if c.link.try_send(ToCluster(env)).is_err() {
+            c.stats.mailbox_full();
+        }
+    }
+
+    /// Whether a channel read by `audience` has anyone on this node, so that its actor is
+    /// worth starting for another node's commit.
+    fn has_readers(&self, audience: &Audience) -> bool {
+        match audience {
+            Audience::Users(users) => users.iter().any(|u| self.sessions.contains_key(u)),
+            Audience::Members => !self.sessions.is_empty(),
+            // Subscribers are in the running actor, if there is one.
+            Audience::Subscribers => false,
+        }
+    }
+
+    /// The actor of `channel` if it runs, or if it is started because `audience` has
+    /// readers here.
+    fn remote_target(
+        &mut self,
+        channel: &str,
+        audience: &Audience,
+        ctx: &mut Context<Self>,
+    ) -> Option<Addr<ChannelActor>> {
+        if let Some(e) = self.channels.get(channel) {
+            if e.addr.connected() {
+                let addr = e.addr.clone();
+                // Traffic from the bus keeps the actor, like local traffic.
+                let _ = self.channel(&Channel::parse(channel)?, ctx);
+                return Some(addr);
+            }
+        }
+        if !self.has_readers(audience) {
+            return None;
+        }
+        let channel = Channel::parse(channel)?;
+        Some(self.channel(&channel, ctx).clone())
+    }
+}
+
+impl Handler<FromCluster> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: FromCluster, ctx: &mut Context<Self>) {
+        self.health.handled();
+        match msg.0 {
+            Envelope::Deliveries {
+                channel,
+                audience,
+                items,
+            } => {
+                if let Some(addr) = self.remote_target(&channel, &audience, ctx) {
+                    // A full mailbox loses the items here; the channel's next message
+                    // shows the gap, which it fills from the store.
+                    let _ = addr.try_send(RemoteCommit { items });
+                }
+            }
+            Envelope::Heads(heads) => {
+                for h in heads {
+                    if let Some(addr) = self.remote_target(&h.channel, &h.audience, ctx) {
+                        let _ = addr.try_send(RemoteHead { seq: h.seq });
+                    }
+                }
+            }
+            Envelope::Frame {
+                users,
+                skip_user,
+                skip_conn,
+                frame,
+            } => {
+                let item = Outbound::Frame(frame);
+                for user in users.iter() {
+                    if skip_user.as_ref() != Some(user) {
+                        self.send_to_user(user, skip_conn, &item);
+                    }
+                }
+            }
+            Envelope::MembersChanged { channel } => {
+                if let Some(e) = self.channels.get(&channel) {
+                    e.addr.do_send(ReloadMembers);
+                }
+            }
+            Envelope::CloseConnection { conn } => {
+                self.close_local(conn);
+            }
+            Envelope::Revoked(jtis) => {
+                self.close_revoked_local(Arc::from(jtis));
+            }
+            // Answered by the link itself.
+            Envelope::Resync { .. } => {}
+        }
+    }
+}
+
+/// A group's members changed: its channel actor loads them again, on every node.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MembersChanged {
+    /// The group's channel.
+    pub channel: Channel,
+}
+
+impl Handler<MembersChanged> for Router {
+    type Result = ();
+    fn handle(&mut self, msg: MembersChanged, _: &mut Context<Self>) {
+        self.health.handled();
+        if let Some(e) = self.channels.get(&msg.channel.name) {
+            e.addr.do_send(ReloadMembers);
+        }
+        if let Some(c) = &self.cfg.cluster {
+            let env = Envelope::MembersChanged {
+                channel: msg.channel.name,
+            };
+            if c.link.try_send(ToCluster(env)).is_err() {
+                c.stats.mailbox_full();
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Several brokers on one PostgreSQL database and one Redis act as one: a client may be on
+//! any node (docs/CLUSTER.md). These tests run the nodes in this process, whatever backend
+//! the rest of the suite runs on; the faults (Redis stopped, a node killed) are in
+//! `process::cluster`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{
+    chat, group_msg, on_postgres, redis_url, spawn_cluster, spawn_cluster_on, without_rate_limit,
+    Ended, PrivateRedis, WsClient, WAIT,
+};
+
+/// The cluster tests use PostgreSQL in either pass of the suite: the PostgreSQL pass
+/// would repeat them word for word.
+fn once_per_suite() -> bool {
+    !on_postgres()
+}
+
+/// Reads `n` messages of type `ty` (skipping other frames), with their seqs.
+async fn messages(c: &mut WsClient, ty: &str, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(c.recv_type(ty).await);
+    }
+    out
+}
+
+fn seqs(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f["meta"]["seq"].as_u64().expect("seq"))
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_dm_reaches_the_recipient_and_the_senders_other_device_on_other_nodes() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster(3).await;
+    let mut alice = nodes[0].ws_as("alice", "client_id=laptop").await;
+    let mut bob = nodes[1].ws("bob").await;
+    let mut alice_phone = nodes[2].ws_as("alice", "client_id=phone").await;
+
+    let ack = alice.dm("bob", "m-1", "hi from node 0").await;
+    let id = ack["message_id"].as_str().expect("id").to_owned();
+    for c in [&mut bob, &mut alice_phone] {
+        let m = c.recv_type("chat_message").await;
+        assert_eq!(m["id"], id.as_str());
+        assert_eq!(m["payload"]["content"], "hi from node 0");
+        assert_eq!(m["meta"]["seq"], 1);
+        assert_eq!(m["meta"]["client_id"], "laptop");
+    }
+
+    // A burst arrives in seq order, each message once.
+    for i in 2..=40 {
+        alice
+            .send(chat("bob", &format!("m-{i}"), &format!("n{i}")))
+            .await;
+    }
+    for c in [&mut bob, &mut alice_phone] {
+        let got = seqs(&messages(c, "chat_message", 39).await);
+        assert_eq!(got, (2..=40).collect::<Vec<u64>>());
+        c.silent_for(Duration::from_millis(300)).await;
+    }
+    // The sender's own connection got acks, not its messages back.
+    let mut acks = 0;
+    while acks < 39 {
+        let f = alice.recv().await;
+        assert_ne!(f["type"], "chat_message", "echo: {f}");
+        if f["type"] == "ack" {
+            acks += 1;
+        }
+    }
+}
+
+#[actix_web::test]
+async fn a_group_message_reaches_each_member_connection_once_across_nodes() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster(3).await;
+    nodes[0].group("team", "alice", &["bob", "carol"]).await;
+    let mut alice = nodes[0].ws("alice").await;
+    let mut bob_here = nodes[0].ws_as("bob", "client_id=b1").await;
+    let mut bob_there = nodes[1].ws_as("bob", "client_id=b2").await;
+    let mut carol = nodes[2].ws("carol").await;
+
+    for i in 1..=10 {
+        let f = alice
+            .request(group_msg("team", &format!("g-{i}"), "hello team"))
+            .await;
+        assert_eq!(f["type"], "ack", "{f}");
+    }
+    for c in [&mut bob_here, &mut bob_there, &mut carol] {
+        let got = seqs(&messages(c, "group_message", 10).await);
+        assert_eq!(got, (1..=10).collect::<Vec<u64>>());
+        c.silent_for(Duration::from_millis(300)).await;
+    }
+
+    // A member added on one node is a member on the others at once.
+    let admin = nodes[0].token("alice");
+    let (code, body) = nodes[1]
+        .call("PUT", "/api/groups/team/members/dave", Some(&admin), None)
+        .await;
+    assert!(code == 200 || code == 204, "{code} {body}");
+    let mut dave = nodes[2].ws("dave").await;
+    let f = dave.request(group_msg("team", "d-1", "dave here")).await;
+    assert_eq!(f["type"], "ack", "{f}");
+    let m = alice.recv_type("group_message").await;
+    assert_eq!(m["payload"]["content"], "dave here");
+}
+
+#[actix_web::test]
+async fn writers_on_two_nodes_in_one_channel_are_seen_in_seq_order_without_gaps() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster_on(&redis_url(), 2, without_rate_limit).await;
+    let mut alice = nodes[0].ws("alice").await;
+    let mut bob = nodes[1].ws("bob").await;
+    // Both write at once; each then holds every seq once: its own as acks, the other's
+    // as messages in increasing order.
+    const EACH: usize = 200;
+    for i in 0..EACH {
+        alice.send(chat("bob", &format!("a-{i}"), "from a")).await;
+        bob.send(chat("alice", &format!("b-{i}"), "from b")).await;
+    }
+    for c in [&mut alice, &mut bob] {
+        let (mut acked, mut delivered) = (Vec::new(), Vec::new());
+        while acked.len() < EACH || delivered.len() < EACH {
+            let Some(f) = c.try_recv(WAIT).await else {
+                panic!("stalled: acked {acked:?} delivered {delivered:?}");
+            };
+            match f["type"].as_str() {
+                Some("ack") => acked.push(f["payload"]["seq"].as_u64().expect("seq")),
+                Some("chat_message") => delivered.push(f["meta"]["seq"].as_u64().expect("seq")),
+                _ => {}
+            }
+        }
+        assert!(
+            delivered.windows(2).all(|w| w[0] < w[1]),
+            "out of order: {delivered:?}"
+        );
+        let all: HashSet<u64> = acked.iter().chain(&delivered).copied().collect();
+        assert_eq!(all.len(), 2 * EACH, "a seq seen twice or missing");
+        assert_eq!(all, (1..=2 * EACH as u64).collect());
+        c.silent_for(Duration::from_millis(300)).await;
+    }
+}
+
+#[actix_web::test]
+async fn typing_receipts_and_connection_events_cross_nodes() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster(2).await;
+    let mut alice = nodes[0].ws_as("alice", "client_id=laptop").await;
+    let mut bob = nodes[1].ws("bob").await;
+
+    alice
+        .send(json!({"type": "typing_indicator", "payload": {"typing": true}, "meta": {"target_id": "bob"}}))
+        .await;
+    let t = bob.recv_type("typing_indicator").await;
+    assert_eq!(t["meta"]["sender_id"], "alice");
+
+    let ack = alice.dm("bob", "r-1", "read me").await;
+    bob.recv_type("chat_message").await;
+    bob.send(json!({"type": "read_receipt", "id": "rr-1",
+        "payload": {"channel": ack["channel"], "up_to_seq": ack["seq"]}}))
+        .await;
+    let r = alice.recv_type("read_receipt").await;
+    assert_eq!(r["payload"]["user_id"], "bob");
+    assert_eq!(r["payload"]["up_to_seq"], ack["seq"]);
+
+    // alice's laptop (node 0) hears of her phone connecting on node 1.
+    let _phone = nodes[1].ws_as("alice", "client_id=phone").await;
+    let ev = alice.recv_type("connection_event").await;
+    assert_eq!(ev["payload"]["event"], "connected");
+    assert_eq!(ev["payload"]["client_id"], "phone");
+}
+
+#[actix_web::test]
+async fn every_node_lists_the_cluster_and_is_ready() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster(3).await;
+    for node in &nodes {
+        let c = node.cluster_status().await;
+        let mut ids: Vec<String> = c["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["node-0", "node-1", "node-2"]);
+        assert!(c["nodes"][0]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http://")));
+    }
+    let (code, ready) = nodes[1].call("GET", "/ready", None, None).await;
+    assert_eq!(code, 200, "{ready}");
+}
+
+#[actix_web::test]
+async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
+    if !once_per_suite() {
+        return;
+    }
+    // The store poll is far off: only the bus can close the session in time.
+    let nodes = spawn_cluster_on(&redis_url(), 2, |s| {
+        s.auth.revocation_poll = Duration::from_secs(3600);
+    })
+    .await;
+    let token = nodes[0].token("alice");
+    let mut on_second = nodes[1]
+        .ws_connect("/ws", Some(&token))
+        .await
+        .expect("upgrade");
+    assert_eq!(on_second.recv().await["type"], "connected");
+    let (code, _) = nodes[0]
+        .call(
+            "POST",
+            "/api/auth/revoke",
+            Some(&nodes[0].admin_token()),
+            Some(json!({ "token": token })),
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(on_second.ended(WAIT).await, Ended::Closed(4001));
+}
+
+#[actix_web::test]
+async fn redis_stopped_under_load_loses_nothing_and_delivery_resumes_with_the_gap_filled() {
+    if !once_per_suite() {
+        return;
+    }
+    let mut redis = PrivateRedis::start().await;
+    let nodes = spawn_cluster_on(&redis.url(), 2, without_rate_limit).await;
+    let mut alice = nodes[0].ws_as("alice", "client_id=laptop").await;
+    let mut alice_phone = nodes[0].ws_as("alice", "client_id=phone").await;
+    let mut bob = nodes[1].ws("bob").await;
+    alice.dm("bob", "before", "before the outage").await;
+    assert_eq!(bob.recv_type("chat_message").await["meta"]["seq"], 1);
+    alice_phone.recv_type("chat_message").await;
+
+    redis.kill();
+    for node in &nodes {
+        wait_until(|| async {
+            let (code, body) = node.call("GET", "/ready", None, None).await;
+            code == 503 && body["redis"] != "ok"
+        })
+        .await;
+        let (_, status) = node.call("GET", "/status", None, None).await;
+        assert_eq!(status["redis"]["up"], false, "{status}");
+    }
+    // Each node keeps serving its own clients and storing: every message is acked, and
+    // alice's phone on the same node gets each one live.
+    const DURING: u64 = 50;
+    for i in 0..DURING {
+        alice
+            .dm("bob", &format!("during-{i}"), "while redis is down")
+            .await;
+    }
+    let got = seqs(&messages(&mut alice_phone, "chat_message", DURING as usize).await);
+    assert_eq!(got, (2..2 + DURING).collect::<Vec<u64>>());
+
+    redis.resume().await;
+    for node in &nodes {
+        node.wait_for_cluster(2).await;
+    }
+    // bob's node reads what it missed from the database: in order, once.
+    let got = seqs(&messages(&mut bob, "chat_message", DURING as usize).await);
+    assert_eq!(got, (2..2 + DURING).collect::<Vec<u64>>());
+    // And cross-node delivery goes on live.
+    alice.dm("bob", "after", "after the outage").await;
+    assert_eq!(
+        bob.recv_type("chat_message").await["meta"]["seq"],
+        2 + DURING
+    );
+    bob.silent_for(Duration::from_millis(300)).await;
+    let (code, _) = nodes[1].call("GET", "/ready", None, None).await;
+    assert_eq!(code, 200);
+}
+
+/// Polls `check` until it holds, for at most [`WAIT`].
+async fn wait_until<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met in time"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
