@@ -28,12 +28,13 @@ use serde::Serialize;
 
 pub mod envelope;
 
-pub use envelope::{Audience, Envelope, Head};
+pub use envelope::{Audience, Envelope, Head, PresenceNote};
 
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::now_ms;
-use crate::router::Router;
+use crate::presence::{LiveNodes, ShareAll};
+use crate::router::{Router, ToPresence};
 use crate::seq::Seq;
 
 /// Most heads in one [`Envelope::Heads`].
@@ -182,6 +183,9 @@ pub struct ClusterLink {
     connecting: bool,
     /// Encoded envelopes waiting for the next pipeline.
     outbox: Vec<Vec<u8>>,
+    /// Requests to the other nodes made while the publishing connection was down, sent
+    /// once it is up (at most one of each kind).
+    asks: Vec<Envelope>,
     flushing: bool,
     recent: FastMap<Arc<str>, Recent>,
     /// Since when (ms) published envelopes may have been lost: heads from then are
@@ -217,6 +221,7 @@ impl ClusterLink {
             conn: None,
             connecting: false,
             outbox: Vec::new(),
+            asks: Vec::new(),
             flushing: false,
             recent: FastMap::default(),
             lost_since: None,
@@ -251,6 +256,10 @@ impl ClusterLink {
                     act.heartbeat(ctx);
                     if let Some(since) = act.lost_since.take() {
                         act.announce_heads(since);
+                        act.share_presence();
+                    }
+                    for ask in std::mem::take(&mut act.asks) {
+                        act.outbox.push(ask.encode(&act.cfg.node_id));
                     }
                     act.flush(ctx);
                 }
@@ -279,7 +288,13 @@ impl ClusterLink {
 
     fn queue(&mut self, env: &Envelope, ctx: &mut Context<Self>) {
         if self.conn.is_none() {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            if matches!(env, Envelope::Resync { .. } | Envelope::PresenceAsk) {
+                let kind = std::mem::discriminant(env);
+                self.asks.retain(|a| std::mem::discriminant(a) != kind);
+                self.asks.push(env.clone());
+            } else {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
             return;
         }
         if self.outbox.len() >= self.cfg.outbox {
@@ -321,6 +336,7 @@ impl ClusterLink {
                     if act.conn.is_some() {
                         if let Some(since) = act.lost_since.take() {
                             act.announce_heads(since);
+                            act.share_presence();
                         }
                     }
                     act.flush(ctx);
@@ -360,6 +376,13 @@ impl ClusterLink {
             let env = Envelope::Heads(std::mem::replace(&mut heads, rest));
             // Past the outbox bound: heads are what closes gaps, so they always go.
             self.outbox.push(env.encode(&self.cfg.node_id));
+        }
+    }
+
+    /// Has the presence tracker give a full account: what it published may be lost.
+    fn share_presence(&self) {
+        if let Some(r) = &self.router {
+            r.do_send(ToPresence(ShareAll));
         }
     }
 
@@ -435,6 +458,10 @@ impl ClusterLink {
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(nodes) => {
+                if let Some(r) = &act.router {
+                    let live = nodes.iter().map(|n| Arc::from(n.id.as_str())).collect();
+                    r.do_send(ToPresence(LiveNodes(live)));
+                }
                 if let Ok(mut n) = act.stats.nodes.lock() {
                     *n = nodes;
                 }
@@ -548,6 +575,8 @@ impl Handler<BusEvent> for ClusterLink {
         match ev {
             BusEvent::Up { again } => {
                 self.stats.bus_up.store(true, Ordering::Relaxed);
+                // Who is online on the other nodes: they answer with full accounts.
+                self.queue(&Envelope::PresenceAsk, ctx);
                 let since = self.bus_down_since.take();
                 if let (true, Some(since_ms)) = (again, since) {
                     // What the others published while this node was not listening is
@@ -600,10 +629,15 @@ impl Handler<Leave> for ClusterLink {
     }
 }
 
-/// Other nodes' envelopes, for the router.
+/// Another node's envelope, for the router.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct FromCluster(pub Envelope);
+pub struct FromCluster {
+    /// The sending node's id.
+    pub node: Arc<str>,
+    /// What it sent.
+    pub env: Envelope,
+}
 
 /// The task reading the bus.
 struct BusReader {
@@ -692,7 +726,8 @@ impl BusReader {
         // Waits for room in the router's mailbox: a busy node makes Redis hold the bus
         // traffic for it (and drop the subscription past Redis's own limit, after which
         // the resync fills the gap), not grow a queue here.
-        if self.router.send(FromCluster(env)).await.is_err() {
+        let node = Arc::from(node);
+        if self.router.send(FromCluster { node, env }).await.is_err() {
             log::debug!("cluster: router unavailable; envelope dropped");
         }
     }

@@ -14,6 +14,12 @@
 //! through their sessions' bounded queues, never waited for. A restart forgets who is
 //! online and who watches until they reconnect or subscribe again. Offline users are
 //! remembered (for `last_seen`) for a day.
+//!
+//! In a cluster each node's tracker tells the others, over the bus, when a user comes
+//! online or goes offline on it or sets a status, and keeps what the others told it
+//! ([`remote`]): a user is online while online on any live node, so first join and last
+//! leave hold across nodes, and a node that dies takes its users offline when it leaves
+//! the node list.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,30 +28,57 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::cluster::{ClusterLink, Envelope, PresenceNote, ToCluster};
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::{now_ms, ConnId, UserId};
 use crate::protocol::{encode, error_frame, ErrorCode, PresenceStatus};
 use crate::session_handle::{Outbound, SessionHandle};
 
+mod remote;
+
+use remote::Remote;
+pub use remote::{LiveNodes, RemoteNotes, ShareAll};
+
 /// One user as the tracker knows them.
 #[derive(Default)]
 struct UserState {
-    /// Connections alive.
+    /// Connections alive on this node.
     conns: usize,
     /// What the user set; `None` is plain `online`.
     status: Option<PresenceStatus>,
     text: Option<Arc<str>>,
+    /// When the status was set, ms since epoch (the latest setting wins across nodes).
+    status_at: i64,
     /// When their last connection closed, ms since epoch.
     last_seen: Option<i64>,
-    /// Running while the last connection is closed and watchers still see them online.
+    /// Running while the last connection here is closed and watchers still see them online.
     grace: Option<SpawnHandle>,
+    /// The other nodes the user is online on (cluster).
+    remote: Vec<Remote>,
 }
 
 impl UserState {
-    /// Online for the tracker: a connection is alive, or the grace period runs.
-    fn online(&self) -> bool {
+    /// Online on this node: a connection is alive, or the grace period runs.
+    fn online_here(&self) -> bool {
         self.conns > 0 || self.grace.is_some()
+    }
+
+    /// Online for the tracker: here or on another node.
+    fn online(&self) -> bool {
+        self.online_here() || !self.remote.is_empty()
+    }
+
+    /// What this node tells the others of the user.
+    fn note(&self, user: &UserId) -> PresenceNote {
+        PresenceNote {
+            user: user.clone(),
+            online: self.online_here(),
+            status: self.status,
+            text: self.text.clone(),
+            status_at: self.status_at,
+            last_seen: self.last_seen,
+        }
     }
 
     /// What others see.
@@ -110,6 +143,10 @@ pub struct PresenceTracker {
     watching: FastMap<ConnId, Vec<UserId>>,
     grace_period: Duration,
     max_watched: usize,
+    /// The cluster's bus, when this node is one of several.
+    cluster: Option<Addr<ClusterLink>>,
+    /// How many full accounts this node has given the others.
+    generation: u64,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
@@ -124,8 +161,16 @@ impl PresenceTracker {
             watching: FastMap::default(),
             grace_period,
             max_watched,
+            cluster: None,
+            generation: 0,
             health,
         }
+    }
+
+    /// The same, telling the other nodes of a cluster through `link`.
+    pub fn in_cluster(mut self, link: Option<Addr<ClusterLink>>) -> Self {
+        self.cluster = link;
+        self
     }
 
     fn presence(&self, user: &UserId) -> Presence {
@@ -143,16 +188,42 @@ impl PresenceTracker {
         }
     }
 
-    /// Runs `change` on `user`'s state and tells watchers if what they see changed.
+    /// Runs `change` on `user`'s state and tells watchers if what they see changed, and
+    /// the other nodes if what this node contributes changed.
     fn change(&mut self, user: &UserId, change: impl FnOnce(&mut UserState)) {
         let before = self.presence(user);
-        change(self.users.entry(user.clone()).or_default());
+        let state = self.users.entry(user.clone()).or_default();
+        let said = (state.online_here(), state.status, state.status_at);
+        change(state);
+        let changed_here = (state.online_here(), state.status, state.status_at) != said;
+        if !state.online() {
+            // Offline everywhere: the status starts over at `online`.
+            state.status = None;
+            state.text = None;
+        }
+        if changed_here && self.cluster.is_some() {
+            let note = state.note(user);
+            self.tell_cluster(self.generation, false, vec![note]);
+        }
         if self.users.get(user).is_some_and(UserState::idle) {
             self.users.remove(user);
         }
         let after = self.presence(user);
         if after.status != before.status || after.text != before.text {
             self.tell_watchers(user, &after);
+        }
+    }
+
+    fn tell_cluster(&self, generation: u64, complete: bool, notes: Vec<PresenceNote>) {
+        if let Some(link) = &self.cluster {
+            let env = Envelope::Presence {
+                generation,
+                complete,
+                notes,
+            };
+            // A full mailbox loses the note; the next full account (after any resync)
+            // carries it again.
+            let _ = link.try_send(ToCluster(env));
         }
     }
 
@@ -257,10 +328,6 @@ impl Handler<ConnClosed> for PresenceTracker {
             let timer = ctx.run_later(self.grace_period, move |act, _| {
                 act.change(&user, |s| {
                     s.grace = None;
-                    if s.conns == 0 {
-                        s.status = None;
-                        s.text = None;
-                    }
                 });
             });
             state.grace = Some(timer);
@@ -290,6 +357,7 @@ impl Handler<SetStatus> for PresenceTracker {
         self.change(&msg.user, |s| {
             s.status = Some(msg.status);
             s.text = msg.text.map(Arc::from);
+            s.status_at = now_ms().max(s.status_at + 1);
         });
     }
 }

@@ -271,11 +271,6 @@ impl Tree {
             Supervisor::start(move |_| WriteBatcher::new(writers, bc, checkpoints, st, hh));
         board.register(h, batcher.clone().recipient());
 
-        let h = ActorHealth::new("presence_tracker");
-        let (grace, watched, hh) = (cfg.presence_grace, cfg.presence_max_watched, h.clone());
-        let presence = Supervisor::start(move |_| PresenceTracker::new(grace, watched, hh));
-        board.register(h, presence.clone().recipient());
-
         let h = ActorHealth::new("offline_queue");
         let (b, r, hh) = (batcher.clone(), reads.clone(), h.clone());
         let offline = Supervisor::start(move |_| OfflineQueue::new(b, r, hh));
@@ -314,6 +309,13 @@ impl Tree {
             }
             None => None,
         };
+
+        let h = ActorHealth::new("presence_tracker");
+        let (grace, watched, hh) = (cfg.presence_grace, cfg.presence_max_watched, h.clone());
+        let link = cluster.as_ref().map(|c| c.link.clone());
+        let presence =
+            Supervisor::start(move |_| PresenceTracker::new(grace, watched, hh).in_cluster(link));
+        board.register(h, presence.clone().recipient());
 
         let h = ActorHealth::new("router");
         let rcfg = RouterConfig {

@@ -303,3 +303,85 @@ where
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[actix_web::test]
+async fn presence_is_one_across_nodes_first_join_and_last_leave_included() {
+    if !once_per_suite() {
+        return;
+    }
+    const GRACE: Duration = Duration::from_millis(500);
+    let nodes = spawn_cluster_on(&redis_url(), 3, |s| s.presence.offline_grace = GRACE).await;
+    let mut carol = nodes[2].ws("carol").await;
+    carol
+        .send(json!({"type": "presence_subscribe", "payload": {"user_ids": ["alice"]}}))
+        .await;
+    assert_eq!(
+        carol.recv_type("status_update").await["payload"]["status"],
+        "offline"
+    );
+
+    // First join, on node 0: carol on node 2 sees alice online.
+    let alice_laptop = nodes[0].ws_as("alice", "client_id=laptop").await;
+    assert_eq!(
+        carol.recv_type("status_update").await["payload"]["status"],
+        "online"
+    );
+    // A second device on node 1, then closing the first: still online, no flap.
+    let mut alice_phone = nodes[1].ws_as("alice", "client_id=phone").await;
+    drop(alice_laptop);
+    carol.silent_for(GRACE * 3).await;
+    let (_, rest) = nodes[0]
+        .get("/api/users/alice/status", &nodes[0].token("carol"))
+        .await;
+    assert_eq!(
+        rest["status"], "online",
+        "node 0 counts alice's phone on node 1"
+    );
+
+    // A status set on node 1 is seen on every node.
+    alice_phone
+        .send(json!({"type": "status_update", "payload": {"status": "away", "text": "lunch"}}))
+        .await;
+    let away = carol.recv_type("status_update").await;
+    assert_eq!(away["payload"]["status"], "away");
+    assert_eq!(away["payload"]["text"], "lunch");
+    let (_, rest) = nodes[0]
+        .get("/api/users/alice/status", &nodes[0].token("carol"))
+        .await;
+    assert_eq!(rest["status"], "away");
+
+    // Last leave: offline everywhere after the grace period, with last_seen.
+    drop(alice_phone);
+    let offline = carol.recv_type("status_update").await;
+    assert_eq!(offline["payload"]["status"], "offline");
+    assert!(offline["payload"]["last_seen"].as_i64().is_some());
+    for node in &nodes {
+        let (_, rest) = node
+            .get("/api/users/alice/status", &node.token("carol"))
+            .await;
+        assert_eq!(rest["status"], "offline", "{}", node.base);
+    }
+
+    // A node that joins later learns who is online elsewhere.
+    let _bob = nodes[0].ws("bob").await;
+    assert_eq!(
+        carol_sees(&nodes[1], "bob").await,
+        "online",
+        "node 1 heard bob come online on node 0"
+    );
+}
+
+/// `user`'s status as `node`'s REST API tells it (polled until it is not offline, for at
+/// most a few seconds: the bus takes a moment).
+async fn carol_sees(node: &crate::helpers::TestApp, user: &str) -> String {
+    let token = node.token("carol");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, rest) = node.get(&format!("/api/users/{user}/status"), &token).await;
+        let status = rest["status"].as_str().unwrap_or("").to_owned();
+        if status != "offline" || std::time::Instant::now() > deadline {
+            return status;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::ids::{ConnId, UserId};
+use crate::protocol::PresenceStatus;
 use crate::seq::Seq;
 
 const MAGIC: &[u8; 3] = b"SB1";
@@ -42,6 +43,23 @@ pub struct Head {
     pub audience: Audience,
     /// Its last committed seq.
     pub seq: Seq,
+}
+
+/// One user's presence as one node contributes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceNote {
+    /// The user.
+    pub user: UserId,
+    /// Online on that node (a connection alive, or its offline grace running).
+    pub online: bool,
+    /// The status the user last set (`None`: plain online), and when (ms).
+    pub status: Option<PresenceStatus>,
+    /// Its text.
+    pub text: Option<Arc<str>>,
+    /// When the status was set (ms since the epoch; 0: never).
+    pub status_at: i64,
+    /// When their last connection on that node closed (ms since the epoch).
+    pub last_seen: Option<i64>,
 }
 
 /// One bus message.
@@ -89,6 +107,20 @@ pub enum Envelope {
     },
     /// Token ids were revoked: sessions holding one close with 4001.
     Revoked(Vec<Arc<str>>),
+    /// The sender's presence notes: changes as they happen, or (a full account, in parts)
+    /// every user online on it; `complete` ends a full account, after which a user of the
+    /// sender's not in this `generation` is offline there.
+    Presence {
+        /// The sender's count of full accounts, carried by every note since the last.
+        generation: u64,
+        /// Ends a full account.
+        complete: bool,
+        /// The notes.
+        notes: Vec<PresenceNote>,
+    },
+    /// The sender asks every node for a full account of its presence (it joined, or its
+    /// subscription was lost).
+    PresenceAsk,
 }
 
 /// A bus message that is not an envelope of this version.
@@ -157,6 +189,25 @@ impl Envelope {
                     w.str(j);
                 }
             }
+            Envelope::Presence {
+                generation,
+                complete,
+                notes,
+            } => {
+                w.0.push(b'P');
+                w.u64(*generation);
+                w.0.push(u8::from(*complete));
+                w.len(notes.len());
+                for n in notes {
+                    w.str(n.user.as_str());
+                    w.0.push(u8::from(n.online));
+                    w.0.push(status_code(n.status));
+                    w.str(n.text.as_deref().unwrap_or(""));
+                    w.u64(n.status_at as u64);
+                    w.u64(n.last_seen.map_or(0, |t| t as u64));
+                }
+            }
+            Envelope::PresenceAsk => w.0.push(b'A'),
         }
         w.0
     }
@@ -228,6 +279,35 @@ impl Envelope {
                 }
                 Envelope::Revoked(jtis)
             }
+            b'P' => {
+                let generation = r.u64()?;
+                let complete = r.u8()? != 0;
+                // user, online, status, text, status_at, last_seen: 27 bytes at least.
+                let n = r.count(27)?;
+                let mut notes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let user = UserId::new(r.str()?);
+                    let online = r.u8()? != 0;
+                    let status = status_of(r.u8()?)?;
+                    let text = Some(r.str()?).filter(|t| !t.is_empty()).map(Arc::from);
+                    let status_at = r.u64()? as i64;
+                    let last_seen = Some(r.u64()? as i64).filter(|t| *t != 0);
+                    notes.push(PresenceNote {
+                        user,
+                        online,
+                        status,
+                        text,
+                        status_at,
+                        last_seen,
+                    });
+                }
+                Envelope::Presence {
+                    generation,
+                    complete,
+                    notes,
+                }
+            }
+            b'A' => Envelope::PresenceAsk,
             _ => return Err(DecodeError("unknown kind")),
         };
         if !r.0.is_empty() {
@@ -246,6 +326,27 @@ impl Envelope {
             _ => 64,
         }
     }
+}
+
+fn status_code(s: Option<PresenceStatus>) -> u8 {
+    match s {
+        None => 0,
+        Some(PresenceStatus::Online) => 1,
+        Some(PresenceStatus::Away) => 2,
+        Some(PresenceStatus::Busy) => 3,
+        Some(PresenceStatus::Invisible) => 4,
+    }
+}
+
+fn status_of(code: u8) -> Result<Option<PresenceStatus>, DecodeError> {
+    Ok(match code {
+        0 => None,
+        1 => Some(PresenceStatus::Online),
+        2 => Some(PresenceStatus::Away),
+        3 => Some(PresenceStatus::Busy),
+        4 => Some(PresenceStatus::Invisible),
+        _ => return Err(DecodeError("unknown presence status")),
+    })
 }
 
 struct Writer(Vec<u8>);
@@ -413,6 +514,29 @@ mod tests {
         });
         round_trip(Envelope::CloseConnection { conn: ConnId(42) });
         round_trip(Envelope::Revoked(vec![Arc::from("j1"), Arc::from("j2")]));
+        round_trip(Envelope::Presence {
+            generation: 3,
+            complete: true,
+            notes: vec![
+                PresenceNote {
+                    user: UserId::new("alice"),
+                    online: true,
+                    status: Some(PresenceStatus::Away),
+                    text: Some(Arc::from("lunch")),
+                    status_at: 1_700_000_000_001,
+                    last_seen: None,
+                },
+                PresenceNote {
+                    user: UserId::new("b"),
+                    online: false,
+                    status: None,
+                    text: None,
+                    status_at: 0,
+                    last_seen: Some(1_700_000_000_002),
+                },
+            ],
+        });
+        round_trip(Envelope::PresenceAsk);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::Router;
 use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead};
 use crate::cluster::{Audience, Envelope, FromCluster, ToCluster};
 use crate::ids::{Channel, ConnId, UserId};
+use crate::presence::{RemoteNotes, ShareAll};
 use crate::session_handle::Outbound;
 
 impl Router {
@@ -73,7 +74,7 @@ impl Handler<FromCluster> for Router {
     type Result = ();
     fn handle(&mut self, msg: FromCluster, ctx: &mut Context<Self>) {
         self.health.handled();
-        match msg.0 {
+        match msg.env {
             Envelope::Deliveries {
                 channel,
                 audience,
@@ -116,6 +117,17 @@ impl Handler<FromCluster> for Router {
             Envelope::Revoked(jtis) => {
                 self.close_revoked_local(Arc::from(jtis));
             }
+            Envelope::Presence {
+                generation,
+                complete,
+                notes,
+            } => self.presence.do_send(RemoteNotes {
+                node: msg.node,
+                generation,
+                complete,
+                notes,
+            }),
+            Envelope::PresenceAsk => self.presence.do_send(ShareAll),
             // Answered by the link itself.
             Envelope::Resync { .. } => {}
         }
