@@ -28,7 +28,7 @@ use serde::Serialize;
 
 pub mod envelope;
 
-pub use envelope::{Audience, Envelope, Head, PresenceNote};
+pub use envelope::{Audience, Envelope, Head, PresenceNote, Question};
 
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
@@ -43,6 +43,8 @@ const HEADS_PER_ENVELOPE: usize = 500;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause between attempts to reach Redis again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
+/// How long a question to the other nodes waits for their answers.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Settings of the cluster link.
 #[derive(Debug, Clone)]
@@ -194,6 +196,9 @@ pub struct ClusterLink {
     /// Since when (ms) the bus subscription is down.
     bus_down_since: Option<i64>,
     started_at: i64,
+    /// Questions to the other nodes waiting for answers, by number.
+    asked: FastMap<u64, Asked>,
+    next_ask: u64,
     /// Counters and the node list.
     pub stats: Arc<ClusterStats>,
     /// Health reported by `/status`.
@@ -227,6 +232,8 @@ impl ClusterLink {
             lost_since: None,
             bus_down_since: None,
             started_at: now_ms(),
+            asked: FastMap::default(),
+            next_ask: 0,
             stats,
             health,
         })
@@ -541,6 +548,98 @@ impl Handler<ToCluster> for ClusterLink {
     }
 }
 
+/// The answers to one question: from which node, what (JSON).
+pub type Answers = Vec<(Arc<str>, String)>;
+
+/// A question waiting for its answers.
+struct Asked {
+    /// Answers still expected.
+    waiting: usize,
+    answers: Answers,
+    done: tokio::sync::oneshot::Sender<ClusterAnswers>,
+}
+
+/// What the other nodes answered, and how many were asked.
+#[derive(Debug, Default)]
+pub struct ClusterAnswers {
+    /// Nodes asked (every other node of the node list).
+    pub asked: usize,
+    /// Their answers (fewer than `asked` when some did not answer in time).
+    pub answers: Answers,
+}
+
+/// Asks every other node `question`; answered with what they said within a couple of
+/// seconds (nothing at all while Redis is down).
+#[derive(Message)]
+#[rtype(result = "ClusterAnswers")]
+pub struct AskCluster(pub Question);
+
+impl Handler<AskCluster> for ClusterLink {
+    type Result = ResponseFuture<ClusterAnswers>;
+    fn handle(&mut self, msg: AskCluster, ctx: &mut Context<Self>) -> Self::Result {
+        self.health.handled();
+        let others = self
+            .stats
+            .nodes()
+            .iter()
+            .filter(|n| *n.id != *self.cfg.node_id)
+            .count();
+        if others == 0 || self.conn.is_none() {
+            return Box::pin(async { ClusterAnswers::default() });
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.next_ask += 1;
+        let id = self.next_ask;
+        self.asked.insert(
+            id,
+            Asked {
+                waiting: others,
+                answers: Vec::new(),
+                done: tx,
+            },
+        );
+        self.queue(
+            &Envelope::Ask {
+                id,
+                question: msg.0,
+            },
+            ctx,
+        );
+        ctx.run_later(ASK_TIMEOUT, move |act, _| act.answered(id, None));
+        Box::pin(async move {
+            let mut answers = rx.await.unwrap_or_default();
+            answers.asked = others;
+            answers
+        })
+    }
+}
+
+impl ClusterLink {
+    /// Records an answer to question `id` (`None`: its time is up) and hands the answers
+    /// over once all came or the time is up.
+    fn answered(&mut self, id: u64, answer: Option<(Arc<str>, String)>) {
+        let Some(asked) = self.asked.get_mut(&id) else {
+            return;
+        };
+        let complete = match answer {
+            Some(a) => {
+                asked.answers.push(a);
+                asked.waiting = asked.waiting.saturating_sub(1);
+                asked.waiting == 0
+            }
+            None => true,
+        };
+        if complete {
+            if let Some(asked) = self.asked.remove(&id) {
+                let _ = asked.done.send(ClusterAnswers {
+                    asked: 0,
+                    answers: asked.answers,
+                });
+            }
+        }
+    }
+}
+
 /// The router the bus hands other nodes' envelopes to; subscribing starts with it.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -566,6 +665,12 @@ enum BusEvent {
     Down,
     /// Another node missed the bus since then (ms).
     ResyncAsked { since_ms: i64 },
+    /// A node answered one of this node's questions.
+    Answer {
+        id: u64,
+        node: Arc<str>,
+        json: String,
+    },
 }
 
 impl Handler<BusEvent> for ClusterLink {
@@ -597,6 +702,7 @@ impl Handler<BusEvent> for ClusterLink {
                 self.announce_heads(since_ms);
                 self.flush(ctx);
             }
+            BusEvent::Answer { id, node, json } => self.answered(id, Some((node, json))),
         }
     }
 }
@@ -719,9 +825,19 @@ impl BusReader {
             return; // this node's own envelope, delivered here already
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        if let Envelope::Resync { since_ms } = env {
-            self.link.do_send(BusEvent::ResyncAsked { since_ms });
-            return;
+        match env {
+            Envelope::Resync { since_ms } => {
+                self.link.do_send(BusEvent::ResyncAsked { since_ms });
+                return;
+            }
+            Envelope::Answer { id, to, json } => {
+                if *to == *self.cfg.node_id {
+                    let node = Arc::from(node);
+                    self.link.do_send(BusEvent::Answer { id, node, json });
+                }
+                return;
+            }
+            _ => {}
         }
         // Waits for room in the router's mailbox: a busy node makes Redis hold the bus
         // traffic for it (and drop the subscription past Redis's own limit, after which

@@ -1,8 +1,10 @@
-//! `/api/admin/connections`: the connections of this broker, listed and closed by admins.
+//! `/api/admin/connections`: the broker's connections, listed and closed by admins; in a
+//! cluster, every node's (the others are asked over the bus).
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
+use switchboard_actors::cluster::{AskCluster, ClusterAnswers, Question};
 use switchboard_actors::ids::{valid_id, ConnId, UserId};
 use switchboard_actors::router::{CloseConnection, ListConnections};
 
@@ -22,7 +24,9 @@ pub struct ListQuery {
 }
 
 /// `{connections: [{conn_id, user_id, client_id, device, transport, connected_at}], total}`,
-/// oldest first; `?user_id=` keeps one user's, `?limit=` (at most 1000, default 100).
+/// oldest first; `?user_id=` keeps one user's, `?limit=` (at most 1000, default 100). In a
+/// cluster each connection also names its `node_id`, and `nodes` says how many nodes were
+/// asked and how many answered in time.
 pub async fn list(
     caller: Principal,
     app: web::Data<AppState>,
@@ -43,20 +47,63 @@ pub async fn list(
             "`limit` must be from 1 to {MAX_LIST}"
         )));
     }
+    let user = q.user_id.as_deref().map(UserId::new);
     let (list, total) = app
         .tree
         .router
         .send(ListConnections {
-            user: q.user_id.as_deref().map(UserId::new),
+            user: user.clone(),
             limit,
         })
         .await
         .map_err(|_| ApiError::Unavailable("router unavailable; retry".into()))?;
-    Ok(HttpResponse::Ok().json(json!({ "connections": list, "total": total })))
+    let Some((link, stats)) = &app.tree.cluster else {
+        return Ok(HttpResponse::Ok().json(json!({ "connections": list, "total": total })));
+    };
+    let mut items: Vec<Value> = list
+        .iter()
+        .map(|c| on_node(json!(c), &stats.node_id))
+        .collect();
+    let mut total = total as u64;
+    let question = Question::Connections {
+        user,
+        limit: limit as u32,
+    };
+    let answers = ask(link, question).await;
+    for (node, text) in &answers.answers {
+        let Ok(answer) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        total += answer["total"].as_u64().unwrap_or(0);
+        if let Some(list) = answer["connections"].as_array() {
+            items.extend(list.iter().map(|c| on_node(c.clone(), node)));
+        }
+    }
+    items.sort_by_key(|c| (c["connected_at"].as_i64(), c["conn_id"].to_string()));
+    items.truncate(limit);
+    Ok(HttpResponse::Ok().json(json!({
+        "connections": items,
+        "total": total,
+        "nodes": { "asked": answers.asked + 1, "answered": answers.answers.len() + 1 },
+    })))
+}
+
+/// A connection's JSON with the node it is on.
+fn on_node(mut c: Value, node: &str) -> Value {
+    c["node_id"] = json!(node);
+    c
+}
+
+/// Asks the other nodes; nothing if the link is gone.
+async fn ask(
+    link: &actix::Addr<switchboard_actors::cluster::ClusterLink>,
+    q: Question,
+) -> ClusterAnswers {
+    link.send(AskCluster(q)).await.unwrap_or_default()
 }
 
 /// Closes a connection (WebSocket close 1008, "disconnected by an administrator"; an SSE
-/// stream or a poll ends): 200 with what it was, 404 if it is not on this broker.
+/// stream or a poll ends): 200 with what it was, 404 if it is on no node.
 pub async fn close(
     caller: Principal,
     app: web::Data<AppState>,
@@ -79,10 +126,19 @@ pub async fn close(
         })
         .await
         .map_err(|_| ApiError::Unavailable("router unavailable; retry".into()))?;
-    match closed {
-        Some(info) => Ok(HttpResponse::Ok().json(info)),
-        None => Err(ApiError::NotFound(format!(
-            "no connection `{text}` on this broker"
-        ))),
+    if let Some(info) = closed {
+        return Ok(HttpResponse::Ok().json(info));
     }
+    if let Some((link, _)) = &app.tree.cluster {
+        let answers = ask(link, Question::Close { conn }).await;
+        for (node, text) in &answers.answers {
+            let closed = serde_json::from_str::<Value>(text)
+                .map(|a| a["closed"].clone())
+                .unwrap_or(Value::Null);
+            if !closed.is_null() {
+                return Ok(HttpResponse::Ok().json(on_node(closed, node)));
+            }
+        }
+    }
+    Err(ApiError::NotFound(format!("no connection `{text}`")))
 }

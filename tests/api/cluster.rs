@@ -208,6 +208,74 @@ async fn every_node_lists_the_cluster_and_is_ready() {
 }
 
 #[actix_web::test]
+async fn admins_list_and_close_connections_on_any_node_from_any_node() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster(3).await;
+    let _alice = nodes[0].ws("alice").await;
+    let mut bob = nodes[1].ws("bob").await;
+    let _carol = nodes[2].ws("carol").await;
+    let bob_conn = bob.connected["payload"]["conn_id"]
+        .as_str()
+        .expect("conn id")
+        .to_owned();
+    let admin = nodes[0].admin_token();
+
+    let (code, all) = nodes[0].get("/api/admin/connections", &admin).await;
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(all["total"], 3, "{all}");
+    assert_eq!(all["nodes"]["asked"], 3);
+    assert_eq!(all["nodes"]["answered"], 3);
+    let mut on: Vec<(String, String)> = all["connections"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|c| {
+            (
+                c["user_id"].as_str().unwrap_or("").to_owned(),
+                c["node_id"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    on.sort();
+    let expected: Vec<(String, String)> =
+        [("alice", "node-0"), ("bob", "node-1"), ("carol", "node-2")]
+            .iter()
+            .map(|(u, n)| (u.to_string(), n.to_string()))
+            .collect();
+    assert_eq!(on, expected);
+    let (_, bobs) = nodes[2]
+        .get("/api/admin/connections?user_id=bob", &admin)
+        .await;
+    assert_eq!(bobs["total"], 1);
+    assert_eq!(bobs["connections"][0]["conn_id"], bob_conn.as_str());
+
+    // Closed through node 2, on node 1: bob's socket really ends.
+    let (code, closed) = nodes[2]
+        .call(
+            "DELETE",
+            &format!("/api/admin/connections/{bob_conn}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{closed}");
+    assert_eq!(closed["node_id"], "node-1");
+    assert_eq!(closed["user_id"], "bob");
+    assert_eq!(bob.ended(WAIT).await, Ended::Closed(1008));
+    let (code, _) = nodes[0]
+        .call(
+            "DELETE",
+            &format!("/api/admin/connections/{bob_conn}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 404, "gone from every node");
+}
+
+#[actix_web::test]
 async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
     if !once_per_suite() {
         return;

@@ -62,6 +62,23 @@ pub struct PresenceNote {
     pub last_seen: Option<i64>,
 }
 
+/// What one node asks the others (an operator's request that spans the cluster).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Question {
+    /// Your connections (`user`'s only, if given), oldest first, at most `limit`.
+    Connections {
+        /// Only this user's.
+        user: Option<UserId>,
+        /// Most to list.
+        limit: u32,
+    },
+    /// Close this connection if it is yours.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
 /// One bus message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Envelope {
@@ -121,6 +138,22 @@ pub enum Envelope {
     /// The sender asks every node for a full account of its presence (it joined, or its
     /// subscription was lost).
     PresenceAsk,
+    /// A question to every other node, answered with [`Envelope::Answer`].
+    Ask {
+        /// The asker's number for it.
+        id: u64,
+        /// The question.
+        question: Question,
+    },
+    /// An answer to node `to`'s question `id`, as JSON.
+    Answer {
+        /// The question's number.
+        id: u64,
+        /// The asking node.
+        to: Arc<str>,
+        /// The answer.
+        json: String,
+    },
 }
 
 /// A bus message that is not an envelope of this version.
@@ -208,6 +241,27 @@ impl Envelope {
                 }
             }
             Envelope::PresenceAsk => w.0.push(b'A'),
+            Envelope::Ask { id, question } => {
+                w.0.push(b'Q');
+                w.u64(*id);
+                match question {
+                    Question::Connections { user, limit } => {
+                        w.0.push(b'l');
+                        w.str(user.as_ref().map_or("", UserId::as_str));
+                        w.len(*limit as usize);
+                    }
+                    Question::Close { conn } => {
+                        w.0.push(b'c');
+                        w.u64(conn.0);
+                    }
+                }
+            }
+            Envelope::Answer { id, to, json } => {
+                w.0.push(b'N');
+                w.u64(*id);
+                w.str(to);
+                w.str(json);
+            }
         }
         w.0
     }
@@ -308,6 +362,25 @@ impl Envelope {
                 }
             }
             b'A' => Envelope::PresenceAsk,
+            b'Q' => {
+                let id = r.u64()?;
+                let question = match r.u8()? {
+                    b'l' => Question::Connections {
+                        user: Some(r.str()?).filter(|u| !u.is_empty()).map(UserId::new),
+                        limit: r.u32()?,
+                    },
+                    b'c' => Question::Close {
+                        conn: ConnId(r.u64()?),
+                    },
+                    _ => return Err(DecodeError("unknown question")),
+                };
+                Envelope::Ask { id, question }
+            }
+            b'N' => Envelope::Answer {
+                id: r.u64()?,
+                to: Arc::from(r.str()?),
+                json: r.str()?.to_owned(),
+            },
             _ => return Err(DecodeError("unknown kind")),
         };
         if !r.0.is_empty() {
@@ -537,6 +610,29 @@ mod tests {
             ],
         });
         round_trip(Envelope::PresenceAsk);
+        round_trip(Envelope::Ask {
+            id: 9,
+            question: Question::Connections {
+                user: Some(UserId::new("alice")),
+                limit: 100,
+            },
+        });
+        round_trip(Envelope::Ask {
+            id: 10,
+            question: Question::Connections {
+                user: None,
+                limit: 1,
+            },
+        });
+        round_trip(Envelope::Ask {
+            id: 11,
+            question: Question::Close { conn: ConnId(77) },
+        });
+        round_trip(Envelope::Answer {
+            id: 11,
+            to: Arc::from("node-a"),
+            json: r#"{"closed":null}"#.into(),
+        });
     }
 
     #[test]

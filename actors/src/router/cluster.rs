@@ -7,7 +7,7 @@ use actix::prelude::*;
 
 use super::Router;
 use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead};
-use crate::cluster::{Audience, Envelope, FromCluster, ToCluster};
+use crate::cluster::{Audience, Envelope, FromCluster, Question, ToCluster};
 use crate::ids::{Channel, ConnId, UserId};
 use crate::presence::{RemoteNotes, ShareAll};
 use crate::session_handle::Outbound;
@@ -128,8 +128,33 @@ impl Handler<FromCluster> for Router {
                 notes,
             }),
             Envelope::PresenceAsk => self.presence.do_send(ShareAll),
-            // Answered by the link itself.
-            Envelope::Resync { .. } => {}
+            Envelope::Ask { id, question } => self.answer(id, msg.node, question),
+            // Answers reach the link itself.
+            Envelope::Answer { .. } | Envelope::Resync { .. } => {}
+        }
+    }
+}
+
+impl Router {
+    /// Answers another node's question about this node's connections.
+    fn answer(&self, id: u64, to: Arc<str>, question: Question) {
+        let Some(c) = &self.cfg.cluster else {
+            return;
+        };
+        let json = match question {
+            Question::Connections { user, limit } => {
+                let (list, total) = self.list_connections(user.as_ref(), limit as usize);
+                serde_json::json!({ "connections": list, "total": total })
+            }
+            Question::Close { conn } => serde_json::json!({ "closed": self.close_local(conn) }),
+        };
+        let env = Envelope::Answer {
+            id,
+            to,
+            json: json.to_string(),
+        };
+        if c.link.try_send(ToCluster(env)).is_err() {
+            c.stats.mailbox_full();
         }
     }
 }

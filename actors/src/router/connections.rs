@@ -203,7 +203,19 @@ impl Handler<ListConnections> for Router {
     type Result = MessageResult<ListConnections>;
     fn handle(&mut self, msg: ListConnections, _: &mut Context<Self>) -> Self::Result {
         self.health.handled();
-        let mut all: Vec<&SessionHandle> = match &msg.user {
+        MessageResult(self.list_connections(msg.user.as_ref(), msg.limit))
+    }
+}
+
+impl Router {
+    /// `user`'s connections here (everyone's without a user), oldest first, at most
+    /// `limit`; and how many there are in all.
+    pub(super) fn list_connections(
+        &self,
+        user: Option<&UserId>,
+        limit: usize,
+    ) -> (Vec<ConnectionInfo>, usize) {
+        let mut all: Vec<&SessionHandle> = match user {
             Some(u) => self
                 .sessions
                 .get(u)
@@ -215,10 +227,10 @@ impl Handler<ListConnections> for Router {
         all.sort_unstable_by_key(|h| (h.connected_at, h.conn.0));
         let list = all
             .into_iter()
-            .take(msg.limit)
+            .take(limit)
             .map(ConnectionInfo::from)
             .collect();
-        MessageResult((list, total))
+        (list, total)
     }
 }
 
