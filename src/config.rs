@@ -317,6 +317,10 @@ pub struct ClusterSettings {
     pub replay_channels: usize,
     /// Most envelopes waiting to be published.
     pub outbox: usize,
+    /// How often a node tells the others how many frames each user sent through it, so
+    /// that a user's frame rate is limited across the cluster.
+    #[serde(with = "duration_str")]
+    pub rate_share_every: Duration,
 }
 
 impl Default for ClusterSettings {
@@ -332,6 +336,7 @@ impl Default for ClusterSettings {
             replay_window: Duration::from_secs(120),
             replay_channels: 100_000,
             outbox: 10_000,
+            rate_share_every: Duration::from_millis(200),
         }
     }
 }

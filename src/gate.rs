@@ -53,6 +53,8 @@ pub struct TokenBucket {
     last: Instant,
     rate: f64,
     burst: f64,
+    /// Tokens taken since the cluster was last told (see [`ConnectionGate::drain_spent`]).
+    spent: u32,
 }
 
 impl TokenBucket {
@@ -63,21 +65,33 @@ impl TokenBucket {
             last: Instant::now(),
             rate,
             burst,
+            spent: 0,
         }
     }
 
     /// Takes one token, or says in how many ms one will be there.
     pub fn take(&mut self) -> Result<(), u64> {
-        let now = Instant::now();
-        let elapsed = now.duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.refill();
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
+            self.spent = self.spent.saturating_add(1);
             Ok(())
         } else {
             Err((((1.0 - self.tokens) / self.rate) * 1000.0).ceil() as u64)
         }
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+    }
+
+    /// Takes `n` tokens the same user took on other nodes, down to one burst in debt.
+    pub fn charge(&mut self, n: u32) {
+        self.refill();
+        self.tokens = (self.tokens - f64::from(n)).max(-self.burst);
     }
 }
 
@@ -326,6 +340,38 @@ impl ConnectionGate {
         })
     }
 
+    /// The tokens each user took here since the last call (for the other nodes of a
+    /// cluster, which take them from their own buckets of the user).
+    pub fn drain_spent(&self) -> Vec<(UserId, u32)> {
+        let Ok(users) = self.users.lock() else {
+            return Vec::new();
+        };
+        users
+            .slots
+            .iter()
+            .filter_map(|(user, slot)| {
+                let mut b = slot.bucket.lock().ok()?;
+                let n = std::mem::take(&mut b.spent);
+                (n > 0).then(|| (user.clone(), n))
+            })
+            .collect()
+    }
+
+    /// `user` took `n` tokens on another node: taken from their bucket here too, if they
+    /// have one (a user with no connection here gets a bucket when they connect).
+    pub fn charge(&self, user: &UserId, n: u32) {
+        let Ok(users) = self.users.lock() else {
+            return;
+        };
+        let Some(bucket) = users.slots.get(user).map(|s| s.bucket.clone()) else {
+            return;
+        };
+        drop(users);
+        if let Ok(mut b) = bucket.lock() {
+            b.charge(n);
+        };
+    }
+
     /// Takes a place for a connection from `client` that has not authenticated yet.
     pub fn admit_pending(self: &Arc<Self>, client: IpAddr) -> Result<PendingTicket, GateError> {
         let prev = self.pending.fetch_add(1, Ordering::Relaxed);
@@ -408,6 +454,31 @@ mod tests {
         }
         let wait = b.take().expect_err("burst spent");
         assert!(wait > 0 && wait <= 50, "retry after {wait} ms");
+    }
+
+    #[test]
+    fn what_a_user_spent_elsewhere_is_taken_from_their_bucket_here() {
+        let gate = ConnectionGate::new(
+            &LimitSettings {
+                frames_per_second: 1.0,
+                frames_burst: 10.0,
+                ..LimitSettings::default()
+            },
+            Vec::new(),
+        );
+        let u = UserId::new("u");
+        let ticket = gate.admit_user(&u).expect("admitted");
+        for _ in 0..3 {
+            ticket.take().expect("within the burst");
+        }
+        assert_eq!(gate.drain_spent(), vec![(u.clone(), 3)]);
+        assert_eq!(gate.drain_spent(), vec![], "told once");
+        // Another node spent the rest of the burst and more: nothing is left here.
+        gate.charge(&u, 20);
+        assert!(ticket.take().is_err());
+        // A user with no bucket here is not charged (nothing to take from).
+        gate.charge(&UserId::new("stranger"), 5);
+        assert!(gate.drain_spent().is_empty());
     }
 
     fn limits() -> LimitSettings {

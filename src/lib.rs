@@ -15,6 +15,7 @@ pub mod error;
 pub mod gate;
 pub mod logging;
 pub mod net;
+pub mod rate_share;
 pub mod revocation_watch;
 pub mod routes;
 pub mod service_manager;

@@ -5,14 +5,14 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Supervisor;
+use actix::{Actor, Supervisor};
 use actix_http::HttpService;
 use actix_server::{Server, ServerHandle};
 use actix_service::{fn_service, map_config};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
-use switchboard_actors::cluster::{ClusterConfig, Leave};
+use switchboard_actors::cluster::{AttachLimiter, ClusterConfig, Leave};
 use switchboard_actors::command_proxy::CommandConfig;
 use switchboard_actors::health::ActorHealth;
 use switchboard_actors::ids::ConnId;
@@ -29,6 +29,7 @@ use crate::api_keys::ApiKeys;
 use crate::auth::{Authority, KeyError};
 use crate::config::Settings;
 use crate::gate::ConnectionGate;
+use crate::rate_share::RateShare;
 use crate::revocation_watch::RevocationWatch;
 use crate::routes;
 use crate::service_manager;
@@ -276,6 +277,12 @@ impl Application {
             redis,
             started: Instant::now(),
         });
+        if let Some((link, _)) = &state.tree.cluster {
+            let (gate, link2) = (state.gate.clone(), link.clone());
+            let every = state.settings.cluster.rate_share_every;
+            let share = RateShare::new(gate, link2, every).start();
+            link.do_send(AttachLimiter(share.recipient()));
+        }
         let h = ActorHealth::new("revocation_watch");
         let (watched, hh) = (state.clone(), h.clone());
         let watch = Supervisor::start(move |_| RevocationWatch::new(watched, hh));

@@ -32,7 +32,7 @@ pub use envelope::{Audience, Envelope, Head, PresenceNote, Question};
 
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
-use crate::ids::now_ms;
+use crate::ids::{now_ms, UserId};
 use crate::presence::{LiveNodes, ShareAll};
 use crate::router::{Router, ToPresence};
 use crate::seq::Seq;
@@ -196,6 +196,8 @@ pub struct ClusterLink {
     /// Since when (ms) the bus subscription is down.
     bus_down_since: Option<i64>,
     started_at: i64,
+    /// Where other nodes' rate-limit spending goes (the server's connection gate).
+    limiter: Option<Recipient<SpentElsewhere>>,
     /// Questions to the other nodes waiting for answers, by number.
     asked: FastMap<u64, Asked>,
     next_ask: u64,
@@ -234,6 +236,7 @@ impl ClusterLink {
             started_at: now_ms(),
             asked: FastMap::default(),
             next_ask: 0,
+            limiter: None,
             stats,
             health,
         })
@@ -640,6 +643,23 @@ impl ClusterLink {
     }
 }
 
+/// Frame-rate tokens users took on other nodes, for this node's per-user buckets.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SpentElsewhere(pub Vec<(UserId, u32)>);
+
+/// Where [`SpentElsewhere`] goes.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachLimiter(pub Recipient<SpentElsewhere>);
+
+impl Handler<AttachLimiter> for ClusterLink {
+    type Result = ();
+    fn handle(&mut self, msg: AttachLimiter, _: &mut Context<Self>) {
+        self.limiter = Some(msg.0);
+    }
+}
+
 /// The router the bus hands other nodes' envelopes to; subscribing starts with it.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -665,6 +685,8 @@ enum BusEvent {
     Down,
     /// Another node missed the bus since then (ms).
     ResyncAsked { since_ms: i64 },
+    /// Frame-rate tokens users took on another node.
+    Spent(Vec<(UserId, u32)>),
     /// A node answered one of this node's questions.
     Answer {
         id: u64,
@@ -703,6 +725,11 @@ impl Handler<BusEvent> for ClusterLink {
                 self.flush(ctx);
             }
             BusEvent::Answer { id, node, json } => self.answered(id, Some((node, json))),
+            BusEvent::Spent(spent) => {
+                if let Some(to) = &self.limiter {
+                    let _ = to.try_send(SpentElsewhere(spent));
+                }
+            }
         }
     }
 }
@@ -828,6 +855,10 @@ impl BusReader {
         match env {
             Envelope::Resync { since_ms } => {
                 self.link.do_send(BusEvent::ResyncAsked { since_ms });
+                return;
+            }
+            Envelope::RateSpent(spent) => {
+                self.link.do_send(BusEvent::Spent(spent));
                 return;
             }
             Envelope::Answer { id, to, json } => {

@@ -29,6 +29,9 @@ impl Settings {
                      cluster.replay_channels and cluster.outbox at least 1",
                 );
             }
+            if c.rate_share_every.is_zero() {
+                return bad("cluster.rate_share_every must be > 0");
+            }
             if !c.node_id.is_empty() && !switchboard_actors::ids::valid_id(&c.node_id) {
                 return bad("cluster.node_id may hold letters, digits and _ . @ - only");
             }

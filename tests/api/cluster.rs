@@ -453,3 +453,35 @@ async fn carol_sees(node: &crate::helpers::TestApp, user: &str) -> String {
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[actix_web::test]
+async fn a_users_frame_rate_is_limited_across_nodes_not_per_node() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster_on(&redis_url(), 2, |s| {
+        s.limits.frames_per_second = 1.0;
+        s.limits.frames_burst = 10.0;
+        s.cluster.rate_share_every = Duration::from_millis(100);
+    })
+    .await;
+    let mut on_first = nodes[0].ws_as("alice", "client_id=laptop").await;
+    let mut on_second = nodes[1].ws_as("alice", "client_id=phone").await;
+    // The burst is spent on the first node...
+    for i in 0..10 {
+        let f = on_first.request(chat("bob", &format!("a-{i}"), "x")).await;
+        assert_eq!(f["type"], "ack", "{f}");
+    }
+    // ...and the second node hears of it: alice gets little there, not another burst.
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    let mut acked = 0;
+    for i in 0..10 {
+        let f = on_second.request(chat("bob", &format!("b-{i}"), "x")).await;
+        if f["type"] == "ack" {
+            acked += 1;
+        } else {
+            assert_eq!(f["payload"]["code"], "rate_limited", "{f}");
+        }
+    }
+    assert!(acked <= 3, "{acked} of 10 acked on the second node");
+}

@@ -145,6 +145,9 @@ pub enum Envelope {
         /// The question.
         question: Question,
     },
+    /// Frame-rate tokens users took on the sender since its last such message: every
+    /// node takes them from its own buckets of those users.
+    RateSpent(Vec<(UserId, u32)>),
     /// An answer to node `to`'s question `id`, as JSON.
     Answer {
         /// The question's number.
@@ -254,6 +257,14 @@ impl Envelope {
                         w.0.push(b'c');
                         w.u64(conn.0);
                     }
+                }
+            }
+            Envelope::RateSpent(spent) => {
+                w.0.push(b'S');
+                w.len(spent.len());
+                for (user, n) in spent {
+                    w.str(user.as_str());
+                    w.len(*n as usize);
                 }
             }
             Envelope::Answer { id, to, json } => {
@@ -375,6 +386,15 @@ impl Envelope {
                     _ => return Err(DecodeError("unknown question")),
                 };
                 Envelope::Ask { id, question }
+            }
+            b'S' => {
+                let n = r.count(8)?;
+                let mut spent = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let user = UserId::new(r.str()?);
+                    spent.push((user, r.u32()?));
+                }
+                Envelope::RateSpent(spent)
             }
             b'N' => Envelope::Answer {
                 id: r.u64()?,
@@ -610,6 +630,10 @@ mod tests {
             ],
         });
         round_trip(Envelope::PresenceAsk);
+        round_trip(Envelope::RateSpent(vec![
+            (UserId::new("a"), 3),
+            (UserId::new("bob"), 70_000),
+        ]));
         round_trip(Envelope::Ask {
             id: 9,
             question: Question::Connections {
