@@ -38,7 +38,7 @@ use crate::session_handle::{Outbound, SessionHandle};
 mod remote;
 
 use remote::Remote;
-pub use remote::{LiveNodes, RemoteNotes, ShareAll};
+pub use remote::{LiveNodes, OnlineElsewhere, RemoteNotes, ShareAll};
 
 /// One user as the tracker knows them.
 #[derive(Default)]

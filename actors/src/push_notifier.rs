@@ -23,6 +23,7 @@ use bytestring::ByteString;
 use crate::health::ActorHealth;
 use crate::ids::UserId;
 use crate::offline_queue::{DeliveredUpTo, OfflineQueue};
+use crate::presence::{OnlineElsewhere, PresenceTracker};
 use crate::session_handle::Delivery;
 
 /// Events POSTed at once.
@@ -71,6 +72,8 @@ pub struct PushNotifier {
     queue: VecDeque<Event>,
     in_flight: usize,
     stats: Arc<PushStats>,
+    /// In a cluster, who is online on other nodes.
+    presence: Option<Addr<PresenceTracker>>,
     /// Health reported by `/status`.
     pub health: Arc<ActorHealth>,
 }
@@ -91,8 +94,16 @@ impl PushNotifier {
             queue: VecDeque::new(),
             in_flight: 0,
             stats,
+            presence: None,
             health,
         }
+    }
+
+    /// The same, in a cluster: a user connected only to other nodes (as `presence` knows)
+    /// is not pushed as offline.
+    pub fn in_cluster(mut self, presence: Option<Addr<PresenceTracker>>) -> Self {
+        self.presence = presence;
+        self
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
@@ -172,6 +183,8 @@ crate::health_handlers!(PushNotifier);
 pub struct PushOffline {
     /// The recipient.
     pub user: UserId,
+    /// Their channel.
+    pub channel: Arc<str>,
     /// The messages (their delivery frames).
     pub items: Arc<[Delivery]>,
 }
@@ -180,7 +193,27 @@ impl Handler<PushOffline> for PushNotifier {
     type Result = ();
     fn handle(&mut self, msg: PushOffline, ctx: &mut Context<Self>) {
         self.health.handled();
-        self.enqueue(&msg.user, msg.items.iter(), ctx);
+        let Some(presence) = &self.presence else {
+            return self.enqueue(&msg.user, msg.items.iter(), ctx);
+        };
+        // In a cluster "no connection here" is not "offline": the user may be connected
+        // to another node, and is then treated as online.
+        let ask = presence.send(OnlineElsewhere {
+            user: msg.user.clone(),
+        });
+        ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
+            if !matches!(res, Ok(true)) {
+                return act.enqueue(&msg.user, msg.items.iter(), ctx);
+            }
+            if !act.cfg.ack_delay.is_zero() {
+                let wait = AwaitDelivered {
+                    user: msg.user,
+                    channel: msg.channel,
+                    items: msg.items,
+                };
+                <Self as Handler<AwaitDelivered>>::handle(act, wait, ctx);
+            }
+        }));
     }
 }
 

@@ -219,6 +219,7 @@ impl Router {
                 .offline
                 .try_send(PushOffline {
                     user: user.clone(),
+                    channel: channel.clone(),
                     items: items.clone(),
                 })
                 .is_ok(),

@@ -271,28 +271,6 @@ impl Tree {
             Supervisor::start(move |_| WriteBatcher::new(writers, bc, checkpoints, st, hh));
         board.register(h, batcher.clone().recipient());
 
-        let h = ActorHealth::new("offline_queue");
-        let (b, r, hh) = (batcher.clone(), reads.clone(), h.clone());
-        let offline = Supervisor::start(move |_| OfflineQueue::new(b, r, hh));
-        board.register(h, offline.clone().recipient());
-
-        let push = cfg.push.clone().map(|pcfg| {
-            let h = ActorHealth::new("push_notifier");
-            let stats = Arc::new(PushStats::default());
-            let awaits = !pcfg.ack_delay.is_zero();
-            let (st, o, hh) = (stats.clone(), offline.clone(), h.clone());
-            let notifier = Supervisor::start(move |_| {
-                PushNotifier::new(pcfg.clone(), o.clone(), st.clone(), hh)
-            });
-            board.register(h, notifier.clone().recipient());
-            PushRoute {
-                offline: notifier.clone().recipient(),
-                await_delivered: awaits.then(|| notifier.recipient()),
-                stats,
-            }
-        });
-        let push_stats = push.as_ref().map(|p| p.stats.clone());
-
         let cluster = match cfg.cluster.clone() {
             Some(ccfg) => {
                 let h = ActorHealth::new("cluster_link");
@@ -316,6 +294,29 @@ impl Tree {
         let presence =
             Supervisor::start(move |_| PresenceTracker::new(grace, watched, hh).in_cluster(link));
         board.register(h, presence.clone().recipient());
+
+        let h = ActorHealth::new("offline_queue");
+        let (b, r, hh) = (batcher.clone(), reads.clone(), h.clone());
+        let offline = Supervisor::start(move |_| OfflineQueue::new(b, r, hh));
+        board.register(h, offline.clone().recipient());
+
+        let push = cfg.push.clone().map(|pcfg| {
+            let h = ActorHealth::new("push_notifier");
+            let stats = Arc::new(PushStats::default());
+            let awaits = !pcfg.ack_delay.is_zero();
+            let (st, o, hh) = (stats.clone(), offline.clone(), h.clone());
+            let p = cluster.as_ref().map(|_| presence.clone());
+            let notifier = Supervisor::start(move |_| {
+                PushNotifier::new(pcfg.clone(), o.clone(), st.clone(), hh).in_cluster(p)
+            });
+            board.register(h, notifier.clone().recipient());
+            PushRoute {
+                offline: notifier.clone().recipient(),
+                await_delivered: awaits.then(|| notifier.recipient()),
+                stats,
+            }
+        });
+        let push_stats = push.as_ref().map(|p| p.stats.clone());
 
         let h = ActorHealth::new("router");
         let rcfg = RouterConfig {

@@ -126,3 +126,35 @@ async fn with_an_ack_delay_a_connected_user_is_pushed_what_no_device_marked_deli
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(hook.got.lock().expect("got").len(), 1);
 }
+
+/// In a cluster a user connected to another node is not offline: only users connected to
+/// no node are pushed, once (by the node that stored the message).
+#[actix_web::test]
+async fn in_a_cluster_users_connected_to_another_node_are_not_pushed() {
+    if crate::helpers::on_postgres() {
+        return; // the cluster runs on PostgreSQL in either pass: once is enough
+    }
+    let hook = hook(0);
+    let url = hook.url.clone();
+    let nodes = crate::helpers::spawn_cluster_on(&crate::helpers::redis_url(), 2, move |s| {
+        s.push.webhook_url = url.clone();
+    })
+    .await;
+    let mut alice = nodes[0].ws("alice").await;
+    let mut bob = nodes[1].ws("bob").await;
+    // Node 0 hears that bob is online on node 1 before alice writes.
+    let token = nodes[0].token("alice");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while nodes[0].get("/api/users/bob/status", &token).await.1["status"] != "online" {
+        assert!(Instant::now() < deadline, "node 0 never heard of bob");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    alice.dm("bob", "c1", "you are on another node").await;
+    bob.recv_type("chat_message").await;
+    alice.dm("carol", "c2", "you are nowhere").await;
+    let got = wait_for(&hook.got, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_then = hook.got.lock().expect("got").clone();
+    assert_eq!(got_then.len(), 1, "{got_then:?}");
+    assert_eq!(got[0]["user_id"], "carol");
+}

@@ -153,6 +153,24 @@ impl Handler<ShareAll> for PresenceTracker {
     }
 }
 
+/// Whether `user` is online on another node (connected there, or in its grace period).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct OnlineElsewhere {
+    /// The user.
+    pub user: UserId,
+}
+
+impl Handler<OnlineElsewhere> for PresenceTracker {
+    type Result = bool;
+    fn handle(&mut self, m: OnlineElsewhere, _: &mut Context<Self>) -> bool {
+        self.health.handled();
+        self.users
+            .get(&m.user)
+            .is_some_and(|s| !s.remote.is_empty())
+    }
+}
+
 /// The nodes whose heartbeat is current: users online only on other nodes go offline.
 #[derive(Message)]
 #[rtype(result = "()")]
