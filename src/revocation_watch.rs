@@ -7,12 +7,15 @@
 //! connections holding them, and drops revoked API keys from the key cache. Each look
 //! reaches back a margin before the last one, so that a row committed late, or stamped by a
 //! node whose clock runs behind, is still seen; rows seen before are known and cost nothing.
+//! In a cluster another node's revocation also comes over the bus, and the watch looks at
+//! once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::web;
+use switchboard_actors::cluster::RevokedElsewhere;
 use switchboard_actors::health::ActorHealth;
 use switchboard_actors::ids::now_ms;
 use switchboard_actors::router::CloseRevoked;
@@ -117,3 +120,11 @@ impl Supervised for RevocationWatch {
 }
 
 switchboard_actors::health_handlers!(RevocationWatch);
+
+impl Handler<RevokedElsewhere> for RevocationWatch {
+    type Result = ();
+    fn handle(&mut self, _: RevokedElsewhere, ctx: &mut Context<Self>) {
+        self.health.handled();
+        self.look(ctx);
+    }
+}

@@ -12,7 +12,7 @@ use actix_service::{fn_service, map_config};
 use actix_tls::accept::rustls_0_23::TlsStream;
 use actix_web::dev::AppConfig;
 use actix_web::{web, App};
-use switchboard_actors::cluster::{AttachLimiter, ClusterConfig, Leave};
+use switchboard_actors::cluster::{AttachLimiter, AttachRevocations, ClusterConfig, Leave};
 use switchboard_actors::command_proxy::CommandConfig;
 use switchboard_actors::health::ActorHealth;
 use switchboard_actors::ids::ConnId;
@@ -286,6 +286,9 @@ impl Application {
         let h = ActorHealth::new("revocation_watch");
         let (watched, hh) = (state.clone(), h.clone());
         let watch = Supervisor::start(move |_| RevocationWatch::new(watched, hh));
+        if let Some((link, _)) = &state.tree.cluster {
+            link.do_send(AttachRevocations(watch.clone().recipient()));
+        }
         state.tree.health.register(h, watch.recipient());
         let server_settings = &state.settings.server;
         let tls = match (

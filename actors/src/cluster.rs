@@ -198,6 +198,8 @@ pub struct ClusterLink {
     started_at: i64,
     /// Where other nodes' rate-limit spending goes (the server's connection gate).
     limiter: Option<Recipient<SpentElsewhere>>,
+    /// Where other nodes' revocations go (the server's revocation watch).
+    revocations: Option<Recipient<RevokedElsewhere>>,
     /// Questions to the other nodes waiting for answers, by number.
     asked: FastMap<u64, Asked>,
     next_ask: u64,
@@ -237,6 +239,7 @@ impl ClusterLink {
             asked: FastMap::default(),
             next_ask: 0,
             limiter: None,
+            revocations: None,
             stats,
             health,
         })
@@ -648,6 +651,23 @@ impl ClusterLink {
 #[rtype(result = "()")]
 pub struct SpentElsewhere(pub Vec<(UserId, u32)>);
 
+/// Something was revoked on another node (tokens or an API key): the store has it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RevokedElsewhere;
+
+/// Where [`RevokedElsewhere`] goes (the server's revocation watch).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachRevocations(pub Recipient<RevokedElsewhere>);
+
+impl Handler<AttachRevocations> for ClusterLink {
+    type Result = ();
+    fn handle(&mut self, msg: AttachRevocations, _: &mut Context<Self>) {
+        self.revocations = Some(msg.0);
+    }
+}
+
 /// Where [`SpentElsewhere`] goes.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -687,6 +707,8 @@ enum BusEvent {
     ResyncAsked { since_ms: i64 },
     /// Frame-rate tokens users took on another node.
     Spent(Vec<(UserId, u32)>),
+    /// Another node revoked something.
+    Revoked,
     /// A node answered one of this node's questions.
     Answer {
         id: u64,
@@ -725,6 +747,11 @@ impl Handler<BusEvent> for ClusterLink {
                 self.flush(ctx);
             }
             BusEvent::Answer { id, node, json } => self.answered(id, Some((node, json))),
+            BusEvent::Revoked => {
+                if let Some(to) = &self.revocations {
+                    let _ = to.try_send(RevokedElsewhere);
+                }
+            }
             BusEvent::Spent(spent) => {
                 if let Some(to) = &self.limiter {
                     let _ = to.try_send(SpentElsewhere(spent));
@@ -861,6 +888,10 @@ impl BusReader {
                 self.link.do_send(BusEvent::Spent(spent));
                 return;
             }
+            // The sessions holding the ids close at once (the router); the token ids and
+            // API keys are refused from the store's rows, read now rather than at the
+            // next poll.
+            Envelope::Revoked(_) => self.link.do_send(BusEvent::Revoked),
             Envelope::Answer { id, to, json } => {
                 if *to == *self.cfg.node_id {
                     let node = Arc::from(node);

@@ -1,10 +1,13 @@
 //! `/api/admin/api-keys`: API keys made, listed and revoked by admins. The key itself is
 //! in the answer that makes it, and nowhere else.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use switchboard_actors::ids::now_ms;
+use switchboard_actors::router::CloseRevoked;
 use switchboard_actors::store::credentials_sql::ApiKeyRow;
 
 use crate::api_keys::{ApiKeys, Scopes};
@@ -77,6 +80,11 @@ pub async fn revoke(
     let id = path.into_inner();
     app.tree.writes.revoke_api_key(id.clone()).await?;
     app.api_keys.forget(&id);
+    // The other nodes of a cluster drop it from their caches now, not at their next poll.
+    app.tree.router.do_send(CloseRevoked {
+        jtis: Arc::from([]),
+        announce: true,
+    });
     let row = app
         .tree
         .reads

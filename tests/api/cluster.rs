@@ -301,6 +301,64 @@ async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
         .await;
     assert_eq!(code, 200);
     assert_eq!(on_second.ended(WAIT).await, Ended::Closed(4001));
+    // And the token is refused there from now on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match nodes[1].ws_connect("/ws", Some(&token)).await {
+            Err(401) => break,
+            _ => assert!(
+                std::time::Instant::now() < deadline,
+                "still accepted on node 1"
+            ),
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An API key revoked on node 0 stops working on node 1 at once (its cache there
+    // would otherwise keep it for minutes).
+    let admin = nodes[0].admin_token();
+    let (code, key) = nodes[0]
+        .call(
+            "POST",
+            "/api/admin/api-keys",
+            Some(&admin),
+            Some(json!({"name": "backend", "scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(code, 201, "{key}");
+    let secret = key["key"].as_str().expect("secret").to_owned();
+    let id = key["id"].as_str().expect("id").to_owned();
+    let read = |n: usize| {
+        let secret = secret.clone();
+        let node = &nodes[n];
+        async move {
+            node.call_key("GET", "/api/admin/connections", &secret, None)
+                .await
+                .0
+        }
+    };
+    assert_eq!(
+        read(1).await,
+        200,
+        "the key works on node 1 (and is cached there)"
+    );
+    let (code, _) = nodes[0]
+        .call(
+            "DELETE",
+            &format!("/api/admin/api-keys/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while read(1).await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "revoked key still works on node 1"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[actix_web::test]

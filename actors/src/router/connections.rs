@@ -117,7 +117,8 @@ pub struct CloseRevoked {
     /// The revoked `jti`s.
     pub jtis: Arc<[Arc<str>]>,
     /// Tell the other nodes of a cluster too (a revocation made here, not one read back
-    /// from the store, which every node reads by itself).
+    /// from the store, which every node reads by itself). Announced with no ids, it tells
+    /// them only to read the store's revocations now (an API key was revoked).
     pub announce: bool,
 }
 
