@@ -54,12 +54,11 @@ impl Router {
         audience: &Audience,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<ChannelActor>> {
-        if let Some(e) = self.channels.get(channel) {
+        if let Some(e) = self.channels.get_mut(channel) {
             if e.addr.connected() {
-                let addr = e.addr.clone();
                 // Traffic from the bus keeps the actor, like local traffic.
-                let _ = self.channel(&Channel::parse(channel)?, ctx);
-                return Some(addr);
+                e.last_routed = std::time::Instant::now();
+                return Some(e.addr.clone());
             }
         }
         if !self.has_readers(audience) {
