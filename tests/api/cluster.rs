@@ -1,7 +1,7 @@
 //! Several brokers on one PostgreSQL database and one Redis act as one: a client may be on
 //! any node (docs/CLUSTER.md). These tests run the nodes in this process, whatever backend
-//! the rest of the suite runs on; the faults (Redis stopped, a node killed) are in
-//! `process::cluster`.
+//! the rest of the suite runs on, Redis stopped and started included; a node killed or
+//! stopped is in `process::cluster`.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    chat, group_msg, on_postgres, redis_url, spawn_cluster, spawn_cluster_on, without_rate_limit,
-    Ended, PrivateRedis, WsClient, WAIT,
+    chat, group_msg, on_postgres, redis_url, spawn_cluster, spawn_cluster_on, wait_until,
+    without_rate_limit, Ended, PrivateRedis, TestApp, WsClient, WAIT,
 };
 
 /// The cluster tests use PostgreSQL in either pass of the suite: the PostgreSQL pass
@@ -302,17 +302,10 @@ async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
     assert_eq!(code, 200);
     assert_eq!(on_second.ended(WAIT).await, Ended::Closed(4001));
     // And the token is refused there from now on.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match nodes[1].ws_connect("/ws", Some(&token)).await {
-            Err(401) => break,
-            _ => assert!(
-                std::time::Instant::now() < deadline,
-                "still accepted on node 1"
-            ),
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the revoked token refused on node 1", || async {
+        nodes[1].ws_connect("/ws", Some(&token)).await.err() == Some(401)
+    })
+    .await;
 
     // An API key revoked on node 0 stops working on node 1 at once (its cache there
     // would otherwise keep it for minutes).
@@ -351,14 +344,10 @@ async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
         )
         .await;
     assert_eq!(code, 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while read(1).await != 401 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "revoked key still works on node 1"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the revoked key refused on node 1", || async {
+        read(1).await == 401
+    })
+    .await;
 }
 
 #[actix_web::test]
@@ -377,7 +366,7 @@ async fn redis_stopped_under_load_loses_nothing_and_delivery_resumes_with_the_ga
 
     redis.kill();
     for node in &nodes {
-        wait_until(|| async {
+        wait_until("the node to see Redis down", || async {
             let (code, body) = node.call("GET", "/ready", None, None).await;
             code == 503 && body["redis"] != "ok"
         })
@@ -412,22 +401,6 @@ async fn redis_stopped_under_load_loses_nothing_and_delivery_resumes_with_the_ga
     bob.silent_for(Duration::from_millis(300)).await;
     let (code, _) = nodes[1].call("GET", "/ready", None, None).await;
     assert_eq!(code, 200);
-}
-
-/// Polls `check` until it holds, for at most [`WAIT`].
-async fn wait_until<F, Fut>(check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = std::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "condition not met in time"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[actix_web::test]
@@ -490,26 +463,23 @@ async fn presence_is_one_across_nodes_first_join_and_last_leave_included() {
 
     // A node that joins later learns who is online elsewhere.
     let _bob = nodes[0].ws("bob").await;
-    assert_eq!(
-        carol_sees(&nodes[1], "bob").await,
-        "online",
-        "node 1 heard bob come online on node 0"
-    );
+    wait_until("node 1 to see bob online", || {
+        status_on(&nodes[1], "bob", "online")
+    })
+    .await;
+    let late = nodes[0].join_cluster("node-late").await;
+    late.wait_for_cluster(4).await;
+    wait_until("the new node to see bob online", || {
+        status_on(&late, "bob", "online")
+    })
+    .await;
 }
 
-/// `user`'s status as `node`'s REST API tells it (polled until it is not offline, for at
-/// most a few seconds: the bus takes a moment).
-async fn carol_sees(node: &crate::helpers::TestApp, user: &str) -> String {
+/// Whether `node`'s REST API says `user` is `status`.
+async fn status_on(node: &TestApp, user: &str, status: &str) -> bool {
     let token = node.token("carol");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, rest) = node.get(&format!("/api/users/{user}/status"), &token).await;
-        let status = rest["status"].as_str().unwrap_or("").to_owned();
-        if status != "offline" || std::time::Instant::now() > deadline {
-            return status;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, rest) = node.get(&format!("/api/users/{user}/status"), &token).await;
+    rest["status"] == status
 }
 
 #[actix_web::test]

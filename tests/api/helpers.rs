@@ -231,6 +231,19 @@ pub async fn spawn_cluster_on(
     nodes
 }
 
+/// Polls `check` every 50 ms until it holds; panics naming `what` after [`WAIT`].
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "not in time: {what}");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `n` nodes of one cluster on the tests' Redis (see [`spawn_cluster_on`]).
 pub async fn spawn_cluster(n: usize) -> Vec<TestApp> {
     spawn_cluster_on(&redis_url(), n, |_| {}).await
@@ -242,6 +255,15 @@ impl TestApp {
         let (code, body) = self.call("GET", "/status", None, None).await;
         assert_eq!(code, 200, "{body}");
         body["cluster"].clone()
+    }
+
+    /// Another node of this node's cluster, `node_id`, started now.
+    pub async fn join_cluster(&self, node_id: &str) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut s = self.settings.clone();
+        s.server.data_dir = dir.path().to_path_buf();
+        s.cluster.node_id = node_id.to_owned();
+        serve(s, Some(dir), None).await
     }
 
     /// Waits until this node hears the bus and lists `n` nodes.
