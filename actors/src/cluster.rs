@@ -17,24 +17,27 @@
 //! database (`channel::sequencer`). Frames that are not stored (typing, receipts' notices)
 //! are lost with the bus, as they are with a dropped connection.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use deadpool_redis::redis::{self, aio::MultiplexedConnection};
-use futures_util::StreamExt;
-use serde::Serialize;
 
+mod ask;
+mod bus;
+mod config;
 pub mod envelope;
 
+use ask::Asked;
+pub use ask::{Answers, AskCluster, ClusterAnswers};
+use bus::BusReader;
+pub use config::{ClusterConfig, ClusterStats, NodeInfo};
 pub use envelope::{Audience, Envelope, Head, PresenceNote, Question};
 
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::{now_ms, UserId};
-use crate::presence::{LiveNodes, ShareAll};
-use crate::router::{Router, ToPresence};
 use crate::seq::Seq;
 
 /// Most heads in one [`Envelope::Heads`].
@@ -45,129 +48,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// How long a question to the other nodes waits for their answers.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Settings of the cluster link.
-#[derive(Debug, Clone)]
-pub struct ClusterConfig {
-    /// `redis://…`.
-    pub url: String,
-    /// This node's id, unique in the cluster.
-    pub node_id: Arc<str>,
-    /// Where clients and operators reach this node, as the node list shows it.
-    pub advertise_url: String,
-    /// Prefix of every Redis key and of the bus channel (`{prefix}:bus`).
-    pub key_prefix: String,
-    /// How often this node renews its entry in the node list.
-    pub heartbeat: Duration,
-    /// A node missing from the list's heartbeats for this long is gone.
-    pub node_ttl: Duration,
-    /// How long a channel waits for a missing seq to come by the bus before reading it
-    /// from the database.
-    pub gap_wait: Duration,
-    /// How late a message may reach a node by the bus; also how far back a channel that
-    /// starts on a node delivers what was just committed.
-    pub late_window: Duration,
-    /// How long the link remembers the channels it committed to, to announce their heads
-    /// after a bus outage.
-    pub replay_window: Duration,
-    /// Most channels remembered for that.
-    pub replay_channels: usize,
-    /// Most envelopes waiting to be published; beyond, they are dropped (and their
-    /// channels' heads announced later).
-    pub outbox: usize,
-}
-
-impl ClusterConfig {
-    /// The bus channel.
-    pub fn bus(&self) -> String {
-        format!("{}:bus", self.key_prefix)
-    }
-
-    fn nodes_key(&self) -> String {
-        format!("{}:nodes", self.key_prefix)
-    }
-
-    fn node_key(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.key_prefix)
-    }
-}
-
-/// One node of the cluster, as its heartbeat describes it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct NodeInfo {
-    /// Its id.
-    pub id: String,
-    /// Where it is reached.
-    pub url: String,
-    /// When it started (ms since the epoch).
-    pub started_at: i64,
-    /// Its last heartbeat (ms since the epoch).
-    pub seen_at: i64,
-}
-
-/// What the link did, for `/status` and `/metrics`.
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    /// This node's id.
-    pub node_id: Arc<str>,
-    /// The publishing connection is up.
-    pub publisher_up: AtomicBool,
-    /// The bus subscription is up.
-    pub bus_up: AtomicBool,
-    /// Envelopes published.
-    pub published: AtomicU64,
-    /// Envelopes received from other nodes.
-    pub received: AtomicU64,
-    /// Envelopes not published (Redis down or the outbox full).
-    pub dropped: AtomicU64,
-    /// Bus messages that were not envelopes.
-    pub malformed: AtomicU64,
-    /// Messages read back from the database to fill seq gaps.
-    pub filled: AtomicU64,
-    /// Times the link asked the others to announce their heads.
-    pub resyncs: AtomicU64,
-    /// The cluster's nodes at the last heartbeat.
-    pub nodes: Mutex<Vec<NodeInfo>>,
-    /// When (ms) an envelope last found the link's mailbox full (0: not since the link
-    /// looked): the link then announces heads from that time.
-    mailbox_full_at: AtomicI64,
-}
-
-impl ClusterStats {
-    /// Counters of node `node_id`, all zero.
-    pub fn new(node_id: Arc<str>) -> Self {
-        ClusterStats {
-            node_id,
-            ..ClusterStats::default()
-        }
-    }
-
-    /// Both connections are up.
-    pub fn up(&self) -> bool {
-        self.publisher_up.load(Ordering::Relaxed) && self.bus_up.load(Ordering::Relaxed)
-    }
-
-    /// An envelope found the link's mailbox full and was dropped.
-    pub fn mailbox_full(&self) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
-        let _ = self.mailbox_full_at.compare_exchange(
-            0,
-            now_ms(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// When the mailbox was last found full, once.
-    fn take_mailbox_full(&self) -> Option<i64> {
-        Some(self.mailbox_full_at.swap(0, Ordering::Relaxed)).filter(|t| *t != 0)
-    }
-
-    /// The node list at the last heartbeat.
-    pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.nodes.lock().map(|n| n.clone()).unwrap_or_default()
-    }
-}
 
 /// A channel this node committed to lately.
 struct Recent {
@@ -180,7 +60,8 @@ struct Recent {
 pub struct ClusterLink {
     cfg: Arc<ClusterConfig>,
     client: redis::Client,
-    router: Option<Addr<Router>>,
+    /// Where the bus's envelopes and the node list go on this node.
+    local: Option<LocalEnds>,
     conn: Option<MultiplexedConnection>,
     connecting: bool,
     /// Encoded envelopes waiting for the next pipeline.
@@ -226,7 +107,7 @@ impl ClusterLink {
         Ok(ClusterLink {
             cfg: Arc::new(cfg),
             client,
-            router: None,
+            local: None,
             conn: None,
             connecting: false,
             outbox: Vec::new(),
@@ -394,8 +275,8 @@ impl ClusterLink {
 
     /// Has the presence tracker give a full account: what it published may be lost.
     fn share_presence(&self) {
-        if let Some(r) = &self.router {
-            r.do_send(ToPresence(ShareAll));
+        if let Some(l) = &self.local {
+            let _ = l.share_all.try_send(ShareAll);
         }
     }
 
@@ -471,9 +352,9 @@ impl ClusterLink {
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(nodes) => {
-                if let Some(r) = &act.router {
+                if let Some(l) = &act.local {
                     let live = nodes.iter().map(|n| Arc::from(n.id.as_str())).collect();
-                    r.do_send(ToPresence(LiveNodes(live)));
+                    let _ = l.live_nodes.try_send(LiveNodes(live));
                 }
                 if let Ok(mut n) = act.stats.nodes.lock() {
                     *n = nodes;
@@ -487,7 +368,7 @@ impl ClusterLink {
     }
 
     /// Subscribes to the bus in a task of its own, for as long as the system runs.
-    fn subscribe(&mut self, router: Addr<Router>, ctx: &mut Context<Self>) {
+    fn subscribe(&mut self, router: Recipient<FromCluster>, ctx: &mut Context<Self>) {
         let bus = BusReader {
             client: self.client.clone(),
             cfg: self.cfg.clone(),
@@ -554,98 +435,6 @@ impl Handler<ToCluster> for ClusterLink {
     }
 }
 
-/// The answers to one question: from which node, what (JSON).
-pub type Answers = Vec<(Arc<str>, String)>;
-
-/// A question waiting for its answers.
-struct Asked {
-    /// Answers still expected.
-    waiting: usize,
-    answers: Answers,
-    done: tokio::sync::oneshot::Sender<ClusterAnswers>,
-}
-
-/// What the other nodes answered, and how many were asked.
-#[derive(Debug, Default)]
-pub struct ClusterAnswers {
-    /// Nodes asked (every other node of the node list).
-    pub asked: usize,
-    /// Their answers (fewer than `asked` when some did not answer in time).
-    pub answers: Answers,
-}
-
-/// Asks every other node `question`; answered with what they said within a couple of
-/// seconds (nothing at all while Redis is down).
-#[derive(Message)]
-#[rtype(result = "ClusterAnswers")]
-pub struct AskCluster(pub Question);
-
-impl Handler<AskCluster> for ClusterLink {
-    type Result = ResponseFuture<ClusterAnswers>;
-    fn handle(&mut self, msg: AskCluster, ctx: &mut Context<Self>) -> Self::Result {
-        self.health.handled();
-        let others = self
-            .stats
-            .nodes()
-            .iter()
-            .filter(|n| *n.id != *self.cfg.node_id)
-            .count();
-        if others == 0 || self.conn.is_none() {
-            return Box::pin(async { ClusterAnswers::default() });
-        }
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.next_ask += 1;
-        let id = self.next_ask;
-        self.asked.insert(
-            id,
-            Asked {
-                waiting: others,
-                answers: Vec::new(),
-                done: tx,
-            },
-        );
-        self.queue(
-            &Envelope::Ask {
-                id,
-                question: msg.0,
-            },
-            ctx,
-        );
-        ctx.run_later(ASK_TIMEOUT, move |act, _| act.answered(id, None));
-        Box::pin(async move {
-            let mut answers = rx.await.unwrap_or_default();
-            answers.asked = others;
-            answers
-        })
-    }
-}
-
-impl ClusterLink {
-    /// Records an answer to question `id` (`None`: its time is up) and hands the answers
-    /// over once all came or the time is up.
-    fn answered(&mut self, id: u64, answer: Option<(Arc<str>, String)>) {
-        let Some(asked) = self.asked.get_mut(&id) else {
-            return;
-        };
-        let complete = match answer {
-            Some(a) => {
-                asked.answers.push(a);
-                asked.waiting = asked.waiting.saturating_sub(1);
-                asked.waiting == 0
-            }
-            None => true,
-        };
-        if complete {
-            if let Some(asked) = self.asked.remove(&id) {
-                let _ = asked.done.send(ClusterAnswers {
-                    asked: 0,
-                    answers: asked.answers,
-                });
-            }
-        }
-    }
-}
-
 /// Frame-rate tokens users took on other nodes, for this node's per-user buckets.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -680,86 +469,39 @@ impl Handler<AttachLimiter> for ClusterLink {
     }
 }
 
-/// The router the bus hands other nodes' envelopes to; subscribing starts with it.
-#[derive(Message)]
+/// Where the link hands what it hears on this node: other nodes' envelopes (the router)
+/// and the node list and full-account requests (the presence tracker).
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
-pub struct AttachRouter(pub Addr<Router>);
+pub struct LocalEnds {
+    /// The router.
+    pub router: Recipient<FromCluster>,
+    /// The presence tracker's node list.
+    pub live_nodes: Recipient<LiveNodes>,
+    /// The presence tracker's full accounts.
+    pub share_all: Recipient<ShareAll>,
+}
 
-impl Handler<AttachRouter> for ClusterLink {
+impl Handler<LocalEnds> for ClusterLink {
     type Result = ();
-    fn handle(&mut self, msg: AttachRouter, ctx: &mut Context<Self>) {
-        if self.router.is_none() {
-            self.subscribe(msg.0.clone(), ctx);
+    fn handle(&mut self, msg: LocalEnds, ctx: &mut Context<Self>) {
+        if self.local.is_none() {
+            self.subscribe(msg.router.clone(), ctx);
         }
-        self.router = Some(msg.0);
+        self.local = Some(msg);
     }
 }
 
-/// The bus subscription's state changed.
+/// The nodes whose heartbeat is current (this node included), at each heartbeat.
 #[derive(Message)]
 #[rtype(result = "()")]
-enum BusEvent {
-    /// Subscribed; `again` after a drop.
-    Up { again: bool },
-    /// The subscription dropped.
-    Down,
-    /// Another node missed the bus since then (ms).
-    ResyncAsked { since_ms: i64 },
-    /// Frame-rate tokens users took on another node.
-    Spent(Vec<(UserId, u32)>),
-    /// Another node revoked something.
-    Revoked,
-    /// A node answered one of this node's questions.
-    Answer {
-        id: u64,
-        node: Arc<str>,
-        json: String,
-    },
-}
+pub struct LiveNodes(pub Vec<Arc<str>>);
 
-impl Handler<BusEvent> for ClusterLink {
-    type Result = ();
-    fn handle(&mut self, ev: BusEvent, ctx: &mut Context<Self>) {
-        self.health.handled();
-        match ev {
-            BusEvent::Up { again } => {
-                self.stats.bus_up.store(true, Ordering::Relaxed);
-                // Who is online on the other nodes: they answer with full accounts.
-                self.queue(&Envelope::PresenceAsk, ctx);
-                let since = self.bus_down_since.take();
-                if let (true, Some(since_ms)) = (again, since) {
-                    // What the others published while this node was not listening is
-                    // announced by them and read back from the database here.
-                    log::info!(
-                        "cluster: bus subscription back; asking the other nodes for their heads"
-                    );
-                    self.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                    let since_ms = since_ms - self.cfg.late_window.as_millis() as i64;
-                    self.queue(&Envelope::Resync { since_ms }, ctx);
-                }
-            }
-            BusEvent::Down => {
-                self.stats.bus_up.store(false, Ordering::Relaxed);
-                self.bus_down_since.get_or_insert_with(now_ms);
-            }
-            BusEvent::ResyncAsked { since_ms } => {
-                self.announce_heads(since_ms);
-                self.flush(ctx);
-            }
-            BusEvent::Answer { id, node, json } => self.answered(id, Some((node, json))),
-            BusEvent::Revoked => {
-                if let Some(to) = &self.revocations {
-                    let _ = to.try_send(RevokedElsewhere);
-                }
-            }
-            BusEvent::Spent(spent) => {
-                if let Some(to) = &self.limiter {
-                    let _ = to.try_send(SpentElsewhere(spent));
-                }
-            }
-        }
-    }
-}
+/// Give the other nodes a full account of who is online here (a node asked, or what this
+/// node published may have been lost).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShareAll;
 
 /// This node leaves the node list (on shutdown), so that the others see it gone at once.
 #[derive(Message)]
@@ -797,116 +539,4 @@ pub struct FromCluster {
     pub node: Arc<str>,
     /// What it sent.
     pub env: Envelope,
-}
-
-/// The task reading the bus.
-struct BusReader {
-    client: redis::Client,
-    cfg: Arc<ClusterConfig>,
-    router: Addr<Router>,
-    link: Addr<ClusterLink>,
-    stats: Arc<ClusterStats>,
-}
-
-impl BusReader {
-    async fn run(self) {
-        let mut again = false;
-        loop {
-            match self.subscribed().await {
-                Ok(pubsub) => {
-                    self.link.do_send(BusEvent::Up { again });
-                    again = true;
-                    self.read(pubsub).await;
-                    self.link.do_send(BusEvent::Down);
-                    log::warn!("cluster: bus subscription lost; resubscribing");
-                }
-                Err(e) => {
-                    log::debug!("cluster: cannot subscribe to the bus: {e}");
-                    self.link.do_send(BusEvent::Down);
-                    again = true;
-                }
-            }
-            tokio::time::sleep(RECONNECT_EVERY).await;
-        }
-    }
-
-    async fn subscribed(&self) -> redis::RedisResult<redis::aio::PubSub> {
-        let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
-            pubsub.subscribe(self.cfg.bus()).await?;
-            Ok(pubsub)
-        };
-        match tokio::time::timeout(COMMAND_TIMEOUT, connect).await {
-            Ok(res) => res,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "subscribing timed out",
-            ))),
-        }
-    }
-
-    /// Hands every envelope on until the subscription ends or stops answering pings.
-    async fn read(&self, pubsub: redis::aio::PubSub) {
-        let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(self.cfg.heartbeat);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else { return };
-                    self.handle(msg.get_payload_bytes()).await;
-                }
-                _ = ping.tick() => {
-                    let pong = tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn handle(&self, bytes: &[u8]) {
-        let (node, env) = match Envelope::decode(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                log::debug!("cluster: {e}");
-                return;
-            }
-        };
-        if node == &*self.cfg.node_id {
-            return; // this node's own envelope, delivered here already
-        }
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
-        match env {
-            Envelope::Resync { since_ms } => {
-                self.link.do_send(BusEvent::ResyncAsked { since_ms });
-                return;
-            }
-            Envelope::RateSpent(spent) => {
-                self.link.do_send(BusEvent::Spent(spent));
-                return;
-            }
-            // The sessions holding the ids close at once (the router); the token ids and
-            // API keys are refused from the store's rows, read now rather than at the
-            // next poll.
-            Envelope::Revoked(_) => self.link.do_send(BusEvent::Revoked),
-            Envelope::Answer { id, to, json } => {
-                if *to == *self.cfg.node_id {
-                    let node = Arc::from(node);
-                    self.link.do_send(BusEvent::Answer { id, node, json });
-                }
-                return;
-            }
-            _ => {}
-        }
-        // Waits for room in the router's mailbox: a busy node makes Redis hold the bus
-        // traffic for it (and drop the subscription past Redis's own limit, after which
-        // the resync fills the gap), not grow a queue here.
-        let node = Arc::from(node);
-        if self.router.send(FromCluster { node, env }).await.is_err() {
-            log::debug!("cluster: router unavailable; envelope dropped");
-        }
-    }
 }

@@ -38,7 +38,7 @@ use crate::session_handle::{Outbound, SessionHandle};
 mod remote;
 
 use remote::Remote;
-pub use remote::{LiveNodes, OnlineElsewhere, RemoteNotes, ShareAll};
+pub use remote::{OnlineElsewhere, RemoteNotes};
 
 /// One user as the tracker knows them.
 #[derive(Default)]

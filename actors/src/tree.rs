@@ -21,7 +21,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::channel::ChannelCluster;
-use crate::cluster::{AttachRouter, BadRedisUrl, ClusterConfig, ClusterLink, ClusterStats};
+use crate::cluster::{BadRedisUrl, ClusterConfig, ClusterLink, ClusterStats, LocalEnds};
 use crate::command_proxy::{CommandConfig, CommandProxy, CommandStats};
 use crate::health::{ActorHealth, Crash, HealthBoard};
 use crate::ids::MessageIds;
@@ -334,7 +334,11 @@ impl Tree {
         let router = Supervisor::start(move |_| Router::new(b, r, p, o, rcfg, hh));
         board.register(h, router.clone().recipient());
         if let Some(c) = &cluster {
-            c.link.do_send(AttachRouter(router.clone()));
+            c.link.do_send(LocalEnds {
+                router: router.clone().recipient(),
+                live_nodes: presence.clone().recipient(),
+                share_all: presence.clone().recipient(),
+            });
         }
 
         let h = ActorHealth::new("sync_engine");

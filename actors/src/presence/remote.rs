@@ -14,7 +14,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{PresenceTracker, UserState};
-use crate::cluster::PresenceNote;
+use crate::cluster::{LiveNodes, PresenceNote, ShareAll};
 use crate::ids::UserId;
 
 /// Most notes in one bus message of a full account.
@@ -139,12 +139,6 @@ impl Handler<RemoteNotes> for PresenceTracker {
     }
 }
 
-/// Give the other nodes a full account of who is online here (a node asked, or what this
-/// node published may have been lost).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ShareAll;
-
 impl Handler<ShareAll> for PresenceTracker {
     type Result = ();
     fn handle(&mut self, _: ShareAll, _: &mut Context<Self>) {
@@ -171,11 +165,7 @@ impl Handler<OnlineElsewhere> for PresenceTracker {
     }
 }
 
-/// The nodes whose heartbeat is current: users online only on other nodes go offline.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct LiveNodes(pub Vec<Arc<str>>);
-
+/// Users online only on nodes missing from the list go offline.
 impl Handler<LiveNodes> for PresenceTracker {
     type Result = ();
     fn handle(&mut self, m: LiveNodes, _: &mut Context<Self>) {

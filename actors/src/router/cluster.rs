@@ -7,9 +7,10 @@ use actix::prelude::*;
 
 use super::Router;
 use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead};
+use crate::cluster::ShareAll;
 use crate::cluster::{Audience, Envelope, FromCluster, Question, ToCluster};
 use crate::ids::{Channel, ConnId, UserId};
-use crate::presence::{RemoteNotes, ShareAll};
+use crate::presence::RemoteNotes;
 use crate::session_handle::Outbound;
 
 impl Router {
