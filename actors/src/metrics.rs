@@ -103,6 +103,8 @@ pub struct Metrics {
     pub restarts: IntGaugeVec,
     /// Command proxy calls by outcome.
     pub commands: HistogramVec,
+    /// The cluster link's counters by name (set when read; absent on a node alone).
+    pub cluster: IntGaugeVec,
 }
 
 /// The process's metrics, made on first use.
@@ -187,6 +189,15 @@ impl Metrics {
         .expect("valid metric");
         let channels = IntGauge::new("switchboard_channels_active", "Channel actors running")
             .expect("valid metric");
+        let cluster = IntGaugeVec::new(
+            Opts::new(
+                "switchboard_cluster",
+                "The cluster link: redis_up (1/0), nodes, and envelopes published, received, \
+                 dropped, malformed, messages filled from the database, resyncs",
+            ),
+            &["what"],
+        )
+        .expect("valid metric");
         let mailbox = IntGaugeVec::new(
             Opts::new(
                 "switchboard_actor_mailbox",
@@ -249,6 +260,7 @@ impl Metrics {
         reg(Box::new(mailbox.clone()));
         reg(Box::new(restarts.clone()));
         reg(Box::new(commands.clone()));
+        reg(Box::new(cluster.clone()));
         Metrics {
             registry,
             frames_in,
@@ -265,6 +277,7 @@ impl Metrics {
             mailbox,
             restarts,
             commands,
+            cluster,
         }
     }
 

@@ -175,6 +175,22 @@ pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
             .with_label_values(&[&a.name])
             .set(i64::from(a.restarts));
     }
+    if let Some((_, s)) = &app.tree.cluster {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = [
+            ("redis_up", i64::from(s.up())),
+            ("nodes", s.nodes().len() as i64),
+            ("published", s.published.load(Relaxed) as i64),
+            ("received", s.received.load(Relaxed) as i64),
+            ("dropped", s.dropped.load(Relaxed) as i64),
+            ("malformed", s.malformed.load(Relaxed) as i64),
+            ("filled_from_database", s.filled.load(Relaxed) as i64),
+            ("resyncs", s.resyncs.load(Relaxed) as i64),
+        ];
+        for (what, n) in counters {
+            m.cluster.with_label_values(&[what]).set(n);
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(m.encode())

@@ -205,6 +205,20 @@ async fn every_node_lists_the_cluster_and_is_ready() {
     }
     let (code, ready) = nodes[1].call("GET", "/ready", None, None).await;
     assert_eq!(code, 200, "{ready}");
+    let metrics = awc::Client::default()
+        .get(format!("{}/metrics", nodes[1].base))
+        .send()
+        .await
+        .expect("metrics")
+        .body()
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&metrics);
+    assert!(
+        text.contains("switchboard_cluster{what=\"redis_up\"} 1")
+            && text.contains("switchboard_cluster{what=\"nodes\"} 3"),
+        "{text}"
+    );
 }
 
 #[actix_web::test]
