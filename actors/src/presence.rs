@@ -48,14 +48,22 @@ struct UserState {
     /// What the user set; `None` is plain `online`.
     status: Option<PresenceStatus>,
     text: Option<Arc<str>>,
-    /// When the status was set, ms since epoch (the latest setting wins across nodes).
-    status_at: i64,
     /// When their last connection closed, ms since epoch.
     last_seen: Option<i64>,
     /// Running while the last connection here is closed and watchers still see them online.
     grace: Option<SpawnHandle>,
-    /// The other nodes the user is online on (cluster).
-    remote: Vec<Remote>,
+    /// What the cluster knows of the user (boxed: a node alone keeps none, and an entry
+    /// per online user stays small).
+    cluster: Option<Box<ClusterView>>,
+}
+
+/// One user's presence on the other nodes of a cluster.
+#[derive(Default)]
+struct ClusterView {
+    /// When the status was set, ms since epoch (the latest setting wins across nodes).
+    status_at: i64,
+    /// The other nodes the user is online on.
+    nodes: Vec<Remote>,
 }
 
 impl UserState {
@@ -66,7 +74,22 @@ impl UserState {
 
     /// Online for the tracker: here or on another node.
     fn online(&self) -> bool {
-        self.online_here() || !self.remote.is_empty()
+        self.online_here() || !self.remote().is_empty()
+    }
+
+    /// The other nodes the user is online on.
+    fn remote(&self) -> &[Remote] {
+        self.cluster.as_deref().map_or(&[], |c| &c.nodes)
+    }
+
+    /// When the status was set (0: not in a cluster, or never).
+    fn status_at(&self) -> i64 {
+        self.cluster.as_ref().map_or(0, |c| c.status_at)
+    }
+
+    /// What the cluster knows of the user, made on first use.
+    fn cluster_mut(&mut self) -> &mut ClusterView {
+        self.cluster.get_or_insert_with(Box::default)
     }
 
     /// What this node tells the others of the user.
@@ -76,7 +99,7 @@ impl UserState {
             online: self.online_here(),
             status: self.status,
             text: self.text.clone(),
-            status_at: self.status_at,
+            status_at: self.status_at(),
             last_seen: self.last_seen,
         }
     }
@@ -193,9 +216,9 @@ impl PresenceTracker {
     fn change(&mut self, user: &UserId, change: impl FnOnce(&mut UserState)) {
         let before = self.presence(user);
         let state = self.users.entry(user.clone()).or_default();
-        let said = (state.online_here(), state.status, state.status_at);
+        let said = (state.online_here(), state.status, state.status_at());
         change(state);
-        let changed_here = (state.online_here(), state.status, state.status_at) != said;
+        let changed_here = (state.online_here(), state.status, state.status_at()) != said;
         if !state.online() {
             // Offline everywhere: the status starts over at `online`.
             state.status = None;
@@ -354,10 +377,14 @@ impl Handler<SetStatus> for PresenceTracker {
         if self.users.get(&msg.user).is_none_or(|s| s.conns == 0) {
             return;
         }
+        let clustered = self.cluster.is_some();
         self.change(&msg.user, |s| {
             s.status = Some(msg.status);
             s.text = msg.text.map(Arc::from);
-            s.status_at = now_ms().max(s.status_at + 1);
+            if clustered {
+                let at = now_ms().max(s.status_at() + 1);
+                s.cluster_mut().status_at = at;
+            }
         });
     }
 }

@@ -343,7 +343,9 @@ impl Handler<Connect> for Router {
         if h.transport != Transport::Poll {
             let event = connection_event("connected", &h);
             self.send_to_user(&h.user, None, &event);
-            self.frame_to_cluster(Arc::from([h.user.clone()]), None, None, &event);
+            if self.cfg.cluster.is_some() {
+                self.frame_to_cluster(Arc::from([h.user.clone()]), None, None, &event);
+            }
         }
         self.presence.do_send(ConnOpened {
             user: h.user.clone(),
@@ -388,7 +390,9 @@ impl Handler<Disconnect> for Router {
         if let Some(h) = gone.filter(|h| h.transport != Transport::Poll) {
             let event = connection_event("disconnected", &h);
             self.send_to_user(&user, None, &event);
-            self.frame_to_cluster(Arc::from([user.clone()]), None, None, &event);
+            if self.cfg.cluster.is_some() {
+                self.frame_to_cluster(Arc::from([user.clone()]), None, None, &event);
+            }
         }
         self.presence.do_send(ConnClosed {
             user,

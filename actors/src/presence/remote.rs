@@ -40,17 +40,18 @@ impl PresenceTracker {
         for note in notes {
             let user = note.user.clone();
             self.apply_remote(&user, |s| {
-                s.remote.retain(|r| r.node != *node);
+                let view = s.cluster_mut();
+                view.nodes.retain(|r| r.node != *node);
                 if note.online {
-                    s.remote.push(Remote {
+                    view.nodes.push(Remote {
                         node: node.clone(),
                         generation,
                     });
                 }
-                if note.status_at > s.status_at {
+                if note.status_at > view.status_at {
+                    view.status_at = note.status_at;
                     s.status = note.status;
                     s.text = note.text.clone();
-                    s.status_at = note.status_at;
                 }
                 if let Some(t) = note.last_seen {
                     s.last_seen = Some(s.last_seen.map_or(t, |l| l.max(t)));
@@ -68,11 +69,11 @@ impl PresenceTracker {
         let users: Vec<UserId> = self
             .users
             .iter()
-            .filter(|(_, s)| s.remote.iter().any(&gone))
+            .filter(|(_, s)| s.remote().iter().any(&gone))
             .map(|(u, _)| u.clone())
             .collect();
         for user in users {
-            self.apply_remote(&user, |s| s.remote.retain(|r| !gone(r)));
+            self.apply_remote(&user, |s| s.cluster_mut().nodes.retain(|r| !gone(r)));
         }
     }
 
@@ -161,7 +162,7 @@ impl Handler<OnlineElsewhere> for PresenceTracker {
         self.health.handled();
         self.users
             .get(&m.user)
-            .is_some_and(|s| !s.remote.is_empty())
+            .is_some_and(|s| !s.remote().is_empty())
     }
 }
 
