@@ -84,6 +84,8 @@ pub struct ClusterLink {
     /// Questions to the other nodes waiting for answers, by number.
     asked: FastMap<u64, Asked>,
     next_ask: u64,
+    /// This node left the node list (shutting down): no heartbeat may add it back.
+    left: bool,
     /// Counters and the node list.
     pub stats: Arc<ClusterStats>,
     /// Health reported by `/status`.
@@ -121,6 +123,7 @@ impl ClusterLink {
             next_ask: 0,
             limiter: None,
             revocations: None,
+            left: false,
             stats,
             health,
         })
@@ -300,6 +303,9 @@ impl ClusterLink {
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.left {
+            return;
+        }
         let now = now_ms();
         let window = self.cfg.replay_window.as_millis() as i64;
         self.recent.retain(|_, r| now - r.at_ms < window);
@@ -511,6 +517,9 @@ pub struct Leave;
 impl Handler<Leave> for ClusterLink {
     type Result = ResponseFuture<()>;
     fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
+        // The heartbeats go on until the process ends; one after this would list the node
+        // again until its entry expired (`cluster.node_ttl`).
+        self.left = true;
         let Some(mut conn) = self.conn.clone() else {
             return Box::pin(async {});
         };
