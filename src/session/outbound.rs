@@ -41,6 +41,9 @@ impl<W: Wire> SessionActor<W> {
                 return;
             }
         }
+        if !self.replayed.is_empty() && self.replayed.get(channel).is_some_and(|s| d.seq <= *s) {
+            return;
+        }
         if let Some(run) = self.sync_run.as_mut() {
             match run.hold(channel, d, limit) {
                 Some(true) => return,

@@ -132,7 +132,14 @@ impl<W: Wire> SessionActor<W> {
     }
 
     pub(super) fn flush_replay_buffer(&mut self, name: &Arc<str>, after: Seq, ctx: &mut Ctx<W>) {
-        for (seq, frame) in self.replaying.remove(name).unwrap_or_default() {
+        let Some(held) = self.replaying.remove(name) else {
+            return;
+        };
+        if after > Seq::ZERO {
+            // The client has everything up to `after` now: later deliveries of it repeat.
+            self.replayed.insert(name.clone(), after);
+        }
+        for (seq, frame) in held {
             if seq > after {
                 W::delivery(self, name, seq, &frame, ctx);
             }
