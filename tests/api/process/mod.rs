@@ -1,8 +1,10 @@
 //! The built binary as operators run it, one process per broker: [`lifecycle`] (acked
 //! messages survive `kill -9`, SIGTERM shuts down cleanly, memory stays bounded; guarantee 1,
-//! contract section 9) and [`postgres`] (migrations, several brokers on one database, the
-//! database restarted under load).
+//! contract section 9), [`postgres`] (migrations, several brokers on one database, the
+//! database restarted under load) and [`cluster`] (three nodes on one PostgreSQL and one
+//! Redis: a node killed under load, a node drained by SIGTERM).
 
+mod cluster;
 mod lifecycle;
 mod postgres;
 
