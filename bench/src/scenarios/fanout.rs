@@ -6,6 +6,10 @@
 //! opened by the deliveries that subscriber 0 sees. Each subscriber reads the send time from
 //! the content and records latency; deliveries/s = all deliveries / (first send → last
 //! delivery).
+//!
+//! With `--nodes` (contract mode) the subscribers are spread round robin over the nodes of
+//! a cluster and the publisher is on the first node; latency is also reported apart for
+//! the deliveries on the publisher's node and those that crossed to another node.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,10 +18,10 @@ use clap::Args;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{dropped, join_all, open_many, per_second, spawn_drive, Setup};
+use super::{dropped, join_all, open_many_at, per_second, spawn_drive, Setup};
 use crate::common::{
     content, frame_type, http_request, now_ns, run_id, source_ip, wait_for, BenchError, FrameId,
-    Mode,
+    Mode, Target,
 };
 use crate::conn::{classify_ack, Credit, Incoming, Recv, SendPlan};
 use crate::report::Report;
@@ -49,6 +53,11 @@ pub struct FanoutArgs {
     /// deliveries and after the last (contract mode; 0: never).
     #[arg(long, default_value_t = 0)]
     pub delivered_every: u64,
+    /// The nodes of a cluster (`ws://127.0.0.1:8081,ws://127.0.0.1:8082,…`; contract mode;
+    /// replaces `--url`): subscriber i connects to node i mod the number of nodes, the
+    /// publisher (and the group's creation) to the first.
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
 }
 
 /// A subscriber: records every delivery of the publisher's messages.
@@ -120,7 +129,24 @@ impl Recv for Publisher {
 
 /// Runs `fanout`.
 pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
-    let s = Setup::new(&a.common, a.mode).await?;
+    if !a.nodes.is_empty() && a.mode != Mode::Contract {
+        return Err("--nodes needs --mode contract (the floor has no cluster)".into());
+    }
+    let mut common = a.common.clone();
+    if let Some(first) = a.nodes.first() {
+        common.url.clone_from(first);
+    }
+    let s = Setup::new(&common, a.mode).await?;
+    let mut targets = Vec::with_capacity(a.nodes.len().max(1));
+    for url in &a.nodes {
+        let t = Target::parse(url).await?;
+        t.reachable(common.connect_timeout()).await?;
+        targets.push(t);
+    }
+    if targets.is_empty() {
+        targets.push(s.target.clone());
+    }
+    let k = targets.len();
     let n = a.subscribers;
     let m = a.messages;
     if n == 0 || m == 0 {
@@ -143,7 +169,8 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
         .param("window", window)
         .param("rate", a.load.rate)
         .param("threads", a.common.threads)
-        .param("delivered_every", a.delivered_every);
+        .param("delivered_every", a.delivered_every)
+        .param("nodes", k);
 
     if a.mode == Mode::Contract {
         let token = s.minter.token(publisher, &["admin"])?;
@@ -173,7 +200,9 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
         }
     }
 
-    let opened = open_many(&s, a.mode, n + 1, source_ip, |i| {
+    // Subscriber i on node i mod k; the publisher (connection n) on the first node.
+    let node_of = |i: usize| if i < n { i % k } else { 0 };
+    let opened = open_many_at(&s, &targets, node_of, a.mode, n + 1, source_ip, |i| {
         let user = if i < n { subs[i].as_str() } else { publisher };
         crate::common::ws_path(a.mode, &s.minter, user, None)
     })
@@ -275,11 +304,17 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
     let first_ns = published.sent.first_send_ns.unwrap_or(0);
     let mut delivery = Delivery::default();
     let mut latency = Latency::default();
+    let (mut same_node, mut cross_node) = (Latency::default(), Latency::default());
     let mut last_ns = 0;
     let mut errors = 0;
-    for f in &received {
+    for (i, f) in received.iter().enumerate() {
         delivery.add(&f.recv.tracker, sent);
         latency.merge(&f.recv.tracker.latency);
+        if node_of(i) == 0 {
+            same_node.merge(&f.recv.tracker.latency);
+        } else {
+            cross_node.merge(&f.recv.tracker.latency);
+        }
         last_ns = last_ns.max(f.recv.tracker.last_ns);
         errors += f.recv.errors;
     }
@@ -294,7 +329,13 @@ pub async fn run(a: &FanoutArgs) -> Result<Report, BenchError> {
             "duration_s",
             crate::report::round3(last_ns.saturating_sub(first_ns) as f64 / 1e9),
         )
-        .result("latency", latency.summary())
+        .result("latency", latency.summary());
+    if k > 1 {
+        report
+            .result("latency_same_node", same_node.summary())
+            .result("latency_cross_node", cross_node.summary());
+    }
+    report
         .result("expected", delivery.expected)
         .result("received", delivery.received)
         .result("lost", delivery.lost)

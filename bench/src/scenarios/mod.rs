@@ -136,11 +136,35 @@ pub async fn open_many(
     src: impl Fn(usize) -> IpAddr,
     path: impl Fn(usize) -> Result<String, BenchError>,
 ) -> Result<Opened, BenchError> {
+    open_many_at(
+        s,
+        std::slice::from_ref(&s.target),
+        |_| 0,
+        mode,
+        n,
+        src,
+        path,
+    )
+    .await
+}
+
+/// [`open_many`] over several servers (the nodes of a cluster): connection `i` goes to
+/// `targets[node(i)]`.
+pub async fn open_many_at(
+    s: &Setup,
+    targets: &[Target],
+    node: impl Fn(usize) -> usize,
+    mode: Mode,
+    n: usize,
+    src: impl Fn(usize) -> IpAddr,
+    path: impl Fn(usize) -> Result<String, BenchError>,
+) -> Result<Opened, BenchError> {
     let paths: Vec<String> = (0..n).map(&path).collect::<Result<_, _>>()?;
     let started = Instant::now();
     let timeout = s.common.connect_timeout().min(s.remaining());
     let results = crate::common::bounded(n, s.common.concurrency, |i| {
-        let (target, p, ip) = (&s.target, &paths[i], src(i));
+        let target = targets.get(node(i)).unwrap_or(&s.target);
+        let (p, ip) = (&paths[i], src(i));
         async move {
             let t = now_ns();
             let r = connect(target, ip, p, mode, timeout).await;
