@@ -131,6 +131,16 @@ pub struct ChannelCluster {
     pub stats: Arc<ClusterStats>,
 }
 
+impl ChannelCluster {
+    /// Queues `env` for the other nodes without waiting; a full link mailbox drops it and
+    /// marks the time, from which the link announces heads later.
+    pub fn publish(&self, env: Envelope) {
+        if self.link.try_send(ToCluster(env)).is_err() {
+            self.stats.mailbox_full();
+        }
+    }
+}
+
 /// Most messages read from the store in one gap fill.
 const FILL_PAGE: i64 = 500;
 
@@ -503,9 +513,7 @@ impl ChannelActor {
                 audience: self.audience(),
                 items: items.iter().map(|d| (d.seq, d.frame.clone())).collect(),
             };
-            if c.link.try_send(ToCluster(env)).is_err() {
-                c.stats.mailbox_full();
-            }
+            c.publish(env);
         }
         self.deliver_in_order(items, ctx);
     }

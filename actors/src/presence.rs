@@ -214,6 +214,12 @@ impl PresenceTracker {
     /// Runs `change` on `user`'s state and tells watchers if what they see changed, and
     /// the other nodes if what this node contributes changed.
     fn change(&mut self, user: &UserId, change: impl FnOnce(&mut UserState)) {
+        self.update(user, true, change);
+    }
+
+    /// Runs `change` on `user`'s state; tells watchers what they see changed and, when
+    /// `ours` (a change on this node), the other nodes what this node contributes.
+    fn update(&mut self, user: &UserId, ours: bool, change: impl FnOnce(&mut UserState)) {
         let before = self.presence(user);
         let state = self.users.entry(user.clone()).or_default();
         let said = (state.online_here(), state.status, state.status_at());
@@ -224,7 +230,7 @@ impl PresenceTracker {
             state.status = None;
             state.text = None;
         }
-        if changed_here && self.cluster.is_some() {
+        if ours && changed_here && self.cluster.is_some() {
             let note = state.note(user);
             self.tell_cluster(self.generation, false, vec![note]);
         }

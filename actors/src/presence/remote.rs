@@ -79,20 +79,7 @@ impl PresenceTracker {
 
     /// Like `change`, for what another node said: never told back to the cluster.
     fn apply_remote(&mut self, user: &UserId, change: impl FnOnce(&mut UserState)) {
-        let before = self.presence(user);
-        let state = self.users.entry(user.clone()).or_default();
-        change(state);
-        if !state.online() {
-            state.status = None;
-            state.text = None;
-        }
-        if self.users.get(user).is_some_and(UserState::idle) {
-            self.users.remove(user);
-        }
-        let after = self.presence(user);
-        if after.status != before.status || after.text != before.text {
-            self.tell_watchers(user, &after);
-        }
+        self.update(user, false, change);
     }
 
     /// Tells the others every user online here, as a new full account.

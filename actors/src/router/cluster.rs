@@ -8,7 +8,7 @@ use actix::prelude::*;
 use super::Router;
 use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead};
 use crate::cluster::ShareAll;
-use crate::cluster::{Audience, Envelope, FromCluster, Question, ToCluster};
+use crate::cluster::{Audience, Envelope, FromCluster, Question};
 use crate::ids::{Channel, ConnId, UserId};
 use crate::presence::RemoteNotes;
 use crate::session_handle::Outbound;
@@ -31,9 +31,7 @@ impl Router {
             skip_conn,
             frame: frame.clone(),
         };
-        if c.link.try_send(ToCluster(env)).is_err() {
-            c.stats.mailbox_full();
-        }
+        c.publish(env);
     }
 
     /// Whether a channel read by `audience` has anyone on this node, so that its actor is
@@ -153,9 +151,7 @@ impl Router {
             to,
             json: json.to_string(),
         };
-        if c.link.try_send(ToCluster(env)).is_err() {
-            c.stats.mailbox_full();
-        }
+        c.publish(env);
     }
 }
 
@@ -178,9 +174,7 @@ impl Handler<MembersChanged> for Router {
             let env = Envelope::MembersChanged {
                 channel: msg.channel.name,
             };
-            if c.link.try_send(ToCluster(env)).is_err() {
-                c.stats.mailbox_full();
-            }
+            c.publish(env);
         }
     }
 }

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::Router;
-use crate::cluster::{Envelope, ToCluster};
+use crate::cluster::Envelope;
 use crate::ids::{ConnId, UserId};
 use crate::session_handle::{Outbound, SessionHandle};
 
@@ -129,9 +129,7 @@ impl Handler<CloseRevoked> for Router {
         self.close_revoked_local(msg.jtis.clone());
         if let (true, Some(c)) = (msg.announce, &self.cfg.cluster) {
             let env = Envelope::Revoked(msg.jtis.to_vec());
-            if c.link.try_send(ToCluster(env)).is_err() {
-                c.stats.mailbox_full();
-            }
+            c.publish(env);
         }
     }
 }
