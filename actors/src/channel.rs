@@ -112,10 +112,20 @@ pub struct ChannelDeps {
     /// The last seq delivered on this node in order (cluster only), read by the router
     /// when it retires the actor, so that the next actor of the channel goes on from it.
     pub delivered: Arc<AtomicU64>,
-    /// What the previous actor of this channel delivered, if it retired lately.
-    pub resume_after: Option<Seq>,
+    /// Where delivery on this node took up before this actor (cluster only).
+    pub resume: Option<Resume>,
     /// The cluster, when this node is one of several.
     pub cluster: Option<ChannelCluster>,
+}
+
+/// Where a channel actor starting on a cluster node takes up delivery, when the router
+/// knows better than the store's late window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// The previous actor of the channel here delivered through this seq.
+    Delivered(Seq),
+    /// What follows this seq was never heard here: a node that died stored it unpublished.
+    Unheard(Seq),
 }
 
 /// What a channel needs of the cluster.
@@ -386,8 +396,13 @@ impl ChannelActor {
                 if act.deps.cluster.is_some() && act.order.is_none() {
                     // What was stored within the late window may not have reached this
                     // node yet, and no actor here delivered it (or the retired one says
-                    // how far it did): delivered from the store as a gap.
-                    let from = act.deps.resume_after.map_or(settled, |r| r.max(settled));
+                    // how far it did, or a dead node's messages were never heard):
+                    // delivered from the store as a gap.
+                    let from = match act.deps.resume {
+                        None => settled,
+                        Some(Resume::Delivered(r)) => r.max(settled),
+                        Some(Resume::Unheard(r)) => r.min(settled),
+                    };
                     act.order = Some(Sequencer::new(from));
                     act.loaded_head = head;
                 }

@@ -358,9 +358,13 @@ impl ClusterLink {
         };
         ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(nodes) => {
+                let gone = act.gone_since(&nodes);
                 if let Some(l) = &act.local {
                     let live = nodes.iter().map(|n| Arc::from(n.id.as_str())).collect();
                     let _ = l.live_nodes.try_send(LiveNodes(live));
+                    if let Some(since_ms) = gone {
+                        let _ = l.nodes_gone.try_send(NodesGone { since_ms });
+                    }
                 }
                 if let Ok(mut n) = act.stats.nodes.lock() {
                     *n = nodes;
@@ -371,6 +375,19 @@ impl ClusterLink {
                 act.lost(ctx);
             }
         }));
+    }
+
+    /// If nodes of the last list are missing from `now`: since when what they committed
+    /// may not have been published (their last heartbeat, less the late window and a
+    /// heartbeat's margin). A node killed mid-load leaves acked messages unpublished.
+    fn gone_since(&self, now: &[NodeInfo]) -> Option<i64> {
+        let before = self.stats.nodes();
+        let margin = (self.cfg.late_window + self.cfg.heartbeat).as_millis() as i64;
+        before
+            .iter()
+            .filter(|b| *b.id != *self.cfg.node_id && !now.iter().any(|n| n.id == b.id))
+            .map(|b| b.seen_at - margin)
+            .min()
     }
 
     /// Subscribes to the bus in a task of its own, for as long as the system runs.
@@ -486,6 +503,8 @@ pub struct LocalEnds {
     pub live_nodes: Recipient<LiveNodes>,
     /// The presence tracker's full accounts.
     pub share_all: Recipient<ShareAll>,
+    /// The router, told when nodes leave the list.
+    pub nodes_gone: Recipient<NodesGone>,
 }
 
 impl Handler<LocalEnds> for ClusterLink {
@@ -502,6 +521,15 @@ impl Handler<LocalEnds> for ClusterLink {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct LiveNodes(pub Vec<Arc<str>>);
+
+/// Nodes left the node list (stopped, or their heartbeat expired): what they stored since
+/// `since_ms` (their clock) may never have been published, so it is read from the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodesGone {
+    /// Messages stored from this time on (ms) are looked for.
+    pub since_ms: i64,
+}
 
 /// Give the other nodes a full account of who is online here (a node asked, or what this
 /// node published may have been lost).

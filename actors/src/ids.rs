@@ -117,6 +117,13 @@ impl MessageId {
         MessageId(id)
     }
 
+    /// The lowest id of millisecond `ms`: every id given out at or after it sorts at or
+    /// above it (as text too: hyphenated lower-case hex).
+    pub fn floor(ms: i64) -> Self {
+        let ms = (ms.max(0) as u128) & ((1 << 48) - 1);
+        Self::of(uuid::Uuid::from_u128(ms << 80))
+    }
+
     /// An id read back from the store; `None` unless it is a hyphenated lower-case UUID
     /// (every id the broker gives out is).
     pub fn parse(text: &str) -> Option<Self> {
@@ -323,6 +330,17 @@ mod tests {
         assert!(a.as_str() < b.as_str() && b.as_str() < c.as_str());
         assert_eq!(MessageId::parse("not-a-uuid"), None);
         assert_eq!(MessageId::parse(&a.to_uppercase()), None);
+    }
+
+    #[test]
+    fn the_floor_of_a_millisecond_sorts_below_its_ids_and_above_the_ones_before() {
+        let mut ids = MessageIds::default();
+        let at = 1_700_000_000_123;
+        let before = ids.next(at - 1);
+        let first = ids.next(at);
+        let floor = MessageId::floor(at);
+        assert!(before.as_str() < floor.as_str(), "{before} {floor}");
+        assert!(floor.as_str() <= first.as_str(), "{floor} {first}");
     }
 
     #[test]

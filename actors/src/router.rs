@@ -24,7 +24,7 @@ pub use connections::{
     CloseAll, CloseConnection, CloseRevoked, ConnectionInfo, GetStats, ListConnections, RouterStats,
 };
 
-use crate::channel::{ChannelActor, ChannelCluster, ChannelDeps, Stop};
+use crate::channel::{ChannelActor, ChannelCluster, ChannelDeps, Resume, Stop};
 use crate::fast_map::FastMap;
 use crate::health::ActorHealth;
 use crate::ids::{Channel, ConnId, UserId};
@@ -80,9 +80,10 @@ pub struct Router {
     /// Connections still waiting for their `auth` frame (closed on shutdown too).
     pending: FastMap<ConnId, Recipient<Outbound>>,
     channels: FastMap<Arc<str>, ChannelEntry>,
-    /// In a cluster, what channel actors stopped lately had delivered, so that the next
-    /// actor of the channel does not deliver it again.
-    retired: FastMap<Arc<str>, (Seq, Instant)>,
+    /// In a cluster, where the next actor of a channel takes up delivery: what actors
+    /// stopped lately had delivered (not delivered again), or where a dead node's unheard
+    /// messages begin.
+    resume: FastMap<Arc<str>, (Resume, Instant)>,
     /// Channel actors alive, shared with each of them (see [`ChannelDeps::live`]).
     live_channels: Arc<AtomicUsize>,
     batcher: Addr<WriteBatcher>,
@@ -108,7 +109,7 @@ impl Router {
             sessions: FastMap::default(),
             pending: FastMap::default(),
             channels: FastMap::default(),
-            retired: FastMap::default(),
+            resume: FastMap::default(),
             live_channels: Arc::new(AtomicUsize::new(0)),
             batcher,
             reads,
@@ -124,7 +125,7 @@ impl Router {
     /// per routed message.
     fn channel(&mut self, channel: &Channel, ctx: &mut Context<Self>) -> &Addr<ChannelActor> {
         let now = Instant::now();
-        let resume_after = self.retired.remove(&channel.name).map(|(seq, _)| seq);
+        let resume = self.resume.remove(&channel.name).map(|(r, _)| r);
         let start = || {
             let subscribers = Arc::new(AtomicUsize::new(0));
             let delivered = Arc::new(AtomicU64::new(0));
@@ -135,7 +136,7 @@ impl Router {
                 subscribers: subscribers.clone(),
                 live: self.live_channels.clone(),
                 delivered: delivered.clone(),
-                resume_after,
+                resume,
                 cluster: self.cfg.cluster.clone(),
             };
             let ch = channel.clone();
@@ -166,14 +167,14 @@ impl Router {
     fn sweep_idle(&mut self) {
         let idle = self.cfg.channel_idle;
         let clustered = self.cfg.cluster.is_some();
-        let retired = &mut self.retired;
+        let resume = &mut self.resume;
         self.channels.retain(|name, e| {
             let keep = e.last_routed.elapsed() < idle || e.subscribers.load(Ordering::Relaxed) > 0;
             if !keep {
                 e.addr.do_send(Stop);
                 if clustered {
                     let seq = Seq::new(e.delivered.load(Ordering::Relaxed));
-                    retired.insert(name.clone(), (seq, Instant::now()));
+                    resume.insert(name.clone(), (Resume::Delivered(seq), Instant::now()));
                 }
             }
             keep
@@ -181,7 +182,7 @@ impl Router {
         if let Some(c) = &self.cfg.cluster {
             // Past the late window a new actor's own start point covers what they held.
             let keep = c.late_window * 2;
-            self.retired.retain(|_, (_, at)| at.elapsed() < keep);
+            self.resume.retain(|_, (_, at)| at.elapsed() < keep);
         }
     }
 

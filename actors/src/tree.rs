@@ -338,6 +338,7 @@ impl Tree {
                 router: router.clone().recipient(),
                 live_nodes: presence.clone().recipient(),
                 share_all: presence.clone().recipient(),
+                nodes_gone: router.clone().recipient(),
             });
         }
 

@@ -365,6 +365,64 @@ async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
 }
 
 #[actix_web::test]
+async fn what_a_node_stored_but_never_published_reaches_readers_when_it_leaves_the_list() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster(1).await;
+    let node = &nodes[0];
+    // A node killed between its commit and its publish: stood in for by a broker on the
+    // same database whose bus is elsewhere (another key prefix), and a node of that name
+    // in this cluster's list until its heartbeat expires.
+    let unheard = node
+        .join_cluster_with("unheard", |s| s.cluster.key_prefix.push_str("-elsewhere"))
+        .await;
+    let mut bob = node.ws("bob").await;
+    let mut alice_here = node.ws_as("alice", "client_id=laptop").await;
+    let mut alice_there = unheard.ws_as("alice", "client_id=desk").await;
+    let mut dave_there = unheard.ws("dave").await;
+    alice_here.dm("bob", "heard", "over the bus").await;
+    assert_eq!(bob.recv_type("chat_message").await["meta"]["seq"], 1);
+
+    node.list_phantom_node("phantom", 1_500).await;
+    node.wait_for_cluster(2).await;
+    // Stored and acked, never published to this cluster: the DM channel's actor runs
+    // here (seqs 2 and 3), dave's channel has none.
+    alice_there.dm("bob", "unheard-1", "stored").await;
+    alice_there.dm("bob", "unheard-2", "stored").await;
+    dave_there.dm("bob", "unheard-3", "stored").await;
+    bob.silent_for(Duration::from_millis(200)).await;
+
+    // The phantom drops out of the list; what was stored since its last heartbeat is read
+    // back: each message once, in seq order per channel.
+    let got: Vec<(String, u64)> = messages(&mut bob, "chat_message", 3)
+        .await
+        .iter()
+        .map(|m| {
+            let meta = &m["meta"];
+            (
+                meta["channel"].as_str().expect("channel").to_owned(),
+                meta["seq"].as_u64().expect("seq"),
+            )
+        })
+        .collect();
+    assert!(got.contains(&("dm:bob:dave".to_owned(), 1)), "{got:?}");
+    let order: Vec<u64> = got
+        .iter()
+        .filter(|(c, _)| c == "dm:alice:bob")
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(order, vec![2, 3], "{got:?}");
+    bob.silent_for(Duration::from_millis(500)).await;
+    assert_eq!(
+        node.cluster_status().await["nodes"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[actix_web::test]
 async fn redis_stopped_under_load_loses_nothing_and_delivery_resumes_with_the_gap_filled() {
     if !once_per_suite() {
         return;

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::Router;
-use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead};
-use crate::cluster::ShareAll;
-use crate::cluster::{Audience, Envelope, FromCluster, Question};
-use crate::ids::{Channel, ConnId, UserId};
+use crate::channel::{ChannelActor, ReloadMembers, RemoteCommit, RemoteHead, Resume};
+use crate::cluster::{Audience, Envelope, FromCluster, NodesGone, Question, ShareAll};
+use crate::ids::{Channel, ChannelKind, ConnId, UserId};
 use crate::presence::RemoteNotes;
 use crate::session_handle::Outbound;
+use crate::store::reader::StoredSince;
+
+/// Most channels read back from the store when nodes leave the node list.
+const UNHEARD_CHANNELS: usize = 100_000;
 
 impl Router {
     /// Publishes a frame for `users`' connections to the other nodes (no-op alone).
@@ -152,6 +155,72 @@ impl Router {
             json: json.to_string(),
         };
         c.publish(env);
+    }
+}
+
+impl Handler<NodesGone> for Router {
+    type Result = ();
+    fn handle(&mut self, m: NodesGone, ctx: &mut Context<Self>) {
+        self.health.handled();
+        if self.cfg.cluster.is_none() {
+            return;
+        }
+        let fut = self.reads.stored_since(m.since_ms, UNHEARD_CHANNELS);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(list) => {
+                log::info!(
+                    "cluster: nodes left the list; {} channels with messages stored since then are read back",
+                    list.len()
+                );
+                for s in list {
+                    act.catch_up(s, ctx);
+                }
+            }
+            Err(e) => {
+                log::warn!("cluster: cannot read what departed nodes stored: {e}; again in 1 s");
+                ctx.notify_later(m, std::time::Duration::from_secs(1));
+            }
+        }));
+    }
+}
+
+impl Router {
+    /// Delivers what `s` says was stored and this node may not have heard: the channel's
+    /// running actor fills up to its head; one with readers here but no actor starts
+    /// from where the unheard messages begin.
+    fn catch_up(&mut self, s: StoredSince, ctx: &mut Context<Self>) {
+        let Some(channel) = Channel::parse(&s.channel) else {
+            return;
+        };
+        let running = self
+            .channels
+            .get(&channel.name)
+            .is_some_and(|e| e.addr.connected());
+        if !running {
+            if !self.has_readers(&audience_of(&channel.kind)) {
+                return;
+            }
+            let after = match self.resume.get(&channel.name) {
+                Some((Resume::Delivered(d), _)) => (*d).max(s.after),
+                _ => s.after,
+            };
+            let at = std::time::Instant::now();
+            self.resume
+                .insert(channel.name.clone(), (Resume::Unheard(after), at));
+        }
+        let _ = self
+            .channel(&channel, ctx)
+            .try_send(RemoteHead { seq: s.head });
+    }
+}
+
+/// Who reads a channel of `kind`, as far as its name tells.
+fn audience_of(kind: &ChannelKind) -> Audience {
+    match kind {
+        ChannelKind::Dm(a, b) => Audience::Users(Arc::from(vec![a.clone(), b.clone()])),
+        ChannelKind::User(u) => Audience::Users(Arc::from(vec![u.clone()])),
+        ChannelKind::Group(_) => Audience::Members,
+        ChannelKind::Broadcast(_) => Audience::Subscribers,
     }
 }
 

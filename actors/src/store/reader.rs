@@ -96,6 +96,17 @@ pub struct ChannelStart {
     pub settled: Seq,
 }
 
+/// A channel's messages stored lately ([`Reads::stored_since`]).
+#[derive(Debug, Clone)]
+pub struct StoredSince {
+    /// The channel's name.
+    pub channel: String,
+    /// The seq before the first of them.
+    pub after: Seq,
+    /// The last of them.
+    pub head: Seq,
+}
+
 /// A cheap handle for running reads from async code: the store's read operations, each
 /// answered by the backend's own queries.
 #[derive(Clone)]
@@ -395,6 +406,33 @@ impl Reads {
                     members,
                     settled: Seq::from_stored(settled.min(head)),
                 })
+            })),
+        };
+        fut
+    }
+
+    /// The channels that got messages stored at or after `since_ms` (by their ids' time,
+    /// as the committing node's clock gave it), at most `limit`: each with the seq before
+    /// the first of them and its last. Only other nodes write a shared database, so on
+    /// SQLite (one broker per file) the answer is empty.
+    pub fn stored_since(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<StoredSince>, StoreError>> + 'static {
+        let fut: std::pin::Pin<Box<dyn Future<Output = _>>> = match self {
+            Reads::Sqlite { .. } => Box::pin(std::future::ready(Ok(Vec::new()))),
+            Reads::Postgres { addr, .. } => Box::pin(run(addr, move |c| {
+                let floor = crate::ids::MessageId::floor(since_ms);
+                let rows = postgres::queries::stored_since(c, floor.as_str(), limit as i64)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(channel, first, last)| StoredSince {
+                        channel,
+                        after: Seq::from_stored(first.saturating_sub(1)),
+                        head: Seq::from_stored(last),
+                    })
+                    .collect())
             })),
         };
         fut

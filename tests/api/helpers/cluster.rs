@@ -129,11 +129,55 @@ impl TestApp {
 
     /// Another node of this node's cluster, `node_id`, started now.
     pub async fn join_cluster(&self, node_id: &str) -> TestApp {
+        self.join_cluster_with(node_id, |_| {}).await
+    }
+
+    /// Another node on this node's database and Redis, `node_id`, with its settings
+    /// adjusted by `adjust` (another `key_prefix` makes it a cluster of its own).
+    pub async fn join_cluster_with(
+        &self,
+        node_id: &str,
+        adjust: impl Fn(&mut Settings),
+    ) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut s = self.settings.clone();
         s.server.data_dir = dir.path().to_path_buf();
         s.cluster.node_id = node_id.to_owned();
+        adjust(&mut s);
         serve(s, Some(dir), None).await
+    }
+
+    /// Lists a node `id` that does not run in this node's cluster, as its heartbeat would,
+    /// until `for_ms` from now: then it drops out of the list as a node killed does.
+    pub async fn list_phantom_node(&self, id: &str, for_ms: i64) {
+        use deadpool_redis::redis;
+        let prefix = &self.settings.cluster.key_prefix;
+        let client = redis::Client::open(self.settings.redis.url.as_str()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as i64;
+        let info = serde_json::json!({"id": id, "url": "http://127.0.0.1:9", "started_at": now, "seen_at": now});
+        // The list drops entries older than node_ttl: this one is dated so that it goes
+        // `for_ms` from now.
+        let ttl = self.settings.cluster.node_ttl.as_millis() as i64;
+        let _: ((), ()) = redis::pipe()
+            .cmd("SET")
+            .arg(format!("{prefix}:node:{id}"))
+            .arg(info.to_string())
+            .arg("PX")
+            .arg(60_000)
+            .cmd("ZADD")
+            .arg(format!("{prefix}:nodes"))
+            .arg(now + for_ms - ttl)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .expect("listed");
     }
 
     /// Waits until this node hears the bus and lists `n` nodes.

@@ -280,6 +280,36 @@ pub fn head_seq(c: &mut PgConnection, channel: &str) -> QueryResult<i64> {
     Ok(head.map(|h| h.last_seq).unwrap_or(0))
 }
 
+/// Channels with messages whose id is at or above `floor` (ids begin with their
+/// millisecond, so this is a range of the id index), at most `limit`: each with its first
+/// and last such seq.
+pub fn stored_since(
+    c: &mut PgConnection,
+    floor: &str,
+    limit: i64,
+) -> QueryResult<Vec<(String, i64, i64)>> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Text)]
+        channel: String,
+        #[diesel(sql_type = BigInt)]
+        first: i64,
+        #[diesel(sql_type = BigInt)]
+        last: i64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT channel, MIN(seq) AS first, MAX(seq) AS last FROM messages \
+         WHERE id >= $1 GROUP BY channel LIMIT $2",
+    )
+    .bind::<Text, _>(floor)
+    .bind::<BigInt, _>(limit)
+    .load(c)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.channel, r.first, r.last))
+        .collect())
+}
+
 /// The last seq of `channel` stored before `before_ms` (0 if none): scans back from the
 /// newest by the primary key, so it reads only the messages stored since then.
 pub fn last_seq_before(c: &mut PgConnection, channel: &str, before_ms: i64) -> QueryResult<i64> {
