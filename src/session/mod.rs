@@ -104,10 +104,11 @@ pub struct SessionActor<W: Wire> {
     subscriptions: HashSet<Arc<str>>,
     muted: HashSet<Arc<str>>,
     replaying: HashMap<Arc<str>, Vec<(Seq, ByteString)>>,
-    /// Channels replayed on this connection (`subscribe` with `since_seq`), with the last
-    /// seq the replay covered: a live delivery at or below it is one the client has had, as
-    /// when a channel actor starting on this node of a cluster delivers what was stored in
-    /// the last `cluster.late_window`. Dropped, so none comes twice or out of order.
+    /// Channels replayed on this connection (`subscribe` with `since_seq`, or in a cluster
+    /// `sync`), with the last seq sent that way: a live delivery at or below it is one the
+    /// client has had, as when a channel actor starting on this node of a cluster delivers
+    /// what was stored in the last `cluster.late_window`. Dropped, so none comes twice or
+    /// out of order.
     replayed: HashMap<Arc<str>, Seq>,
     /// A `sync` in progress.
     sync_run: Option<Box<offline::SyncRun>>,

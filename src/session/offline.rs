@@ -8,6 +8,7 @@
 //! nothing repeated.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -135,7 +136,14 @@ impl<W: Wire> SessionActor<W> {
             held: HashMap::new(),
             held_count: 0,
         };
+        // In a cluster a channel actor starting on this node may deliver again what the
+        // device has or this sync sends (its late window): dropped as a replay's are.
+        let clustered = self.app.tree.cluster.is_some();
         for (name, after, head) in sync_points(plan, &had, cfg) {
+            if clustered && after > 0 {
+                self.replayed
+                    .insert(Arc::from(name.as_str()), Seq::from_stored(after));
+            }
             run.cursors.insert(name.clone(), after);
             if after < head {
                 run.held.insert(name.clone(), Vec::new());
@@ -197,6 +205,10 @@ impl<W: Wire> SessionActor<W> {
                 }
                 _ => {
                     run.todo.pop_front();
+                    if act.app.tree.cluster.is_some() && last > 0 {
+                        act.replayed
+                            .insert(Arc::from(name.as_str()), Seq::from_stored(last));
+                    }
                     run.release(&name, last)
                 }
             };
