@@ -208,9 +208,9 @@ async fn steady_stream(
 
 /// A reader on node B while alice on node A writes to it without pause; node B is killed
 /// with SIGKILL. Every message alice got an ack for is stored once, under its acked seq;
-/// bob, back on node C, resumes with `subscribe` + `since_seq` (the last seq he saw) and
-/// ends up with every acked message in seq order, none twice, none missing; node B leaves
-/// the node list once its heartbeat expires.
+/// bob, back on node C, resumes with `subscribe` + `since_seq` (the last seq he saw), and
+/// his tablet, back on node A, with `sync`: each ends up with every acked message in seq
+/// order, none twice, none missing; node B leaves the node list once its heartbeat expires.
 #[actix_web::test]
 async fn a_node_killed_under_load_loses_nothing_acked_and_its_reader_resumes_on_another_node() {
     if on_postgres() {
@@ -221,6 +221,9 @@ async fn a_node_killed_under_load_loses_nothing_acked_and_its_reader_resumes_on_
     let bob = connect_as(cluster.port(1), "bob", "bob-phone").await;
     let on_b = Rc::new(RefCell::new(Vec::new()));
     let bob_on_b = actix_web::rt::spawn(read_into(bob, on_b.clone()));
+    let tablet = connect_as(cluster.port(1), "bob", "bob-tablet").await;
+    let tablet_on_b = Rc::new(RefCell::new(Vec::new()));
+    let tablet_ended = actix_web::rt::spawn(read_into(tablet, tablet_on_b.clone()));
 
     let acks = Rc::new(RefCell::new(Vec::new()));
     let stop = Rc::new(Cell::new(false));
@@ -240,6 +243,8 @@ async fn a_node_killed_under_load_loses_nothing_acked_and_its_reader_resumes_on_
     // What bob saw on node B: 1..=last, in order, once each.
     let seen: Vec<u64> = first.iter().map(seq_of).collect();
     assert_eq!(seen, (1..=last).collect::<Vec<u64>>(), "bob on node B");
+    tablet_ended.await.expect("reader");
+    let tablet_last = deliveries(&tablet_on_b.borrow()).last().map_or(0, seq_of);
 
     // Messages go on while bob is away.
     let at_kill = acks.borrow().len();
@@ -270,6 +275,14 @@ async fn a_node_killed_under_load_loses_nothing_acked_and_its_reader_resumes_on_
     assert!(early.iter().all(|s| *s > last), "{early:?} after {last}");
     let on_c = Rc::new(RefCell::new(Vec::new()));
     let _bob_on_c = actix_web::rt::spawn(read_into(bob, on_c.clone()));
+    // bob's tablet comes back on node A and catches up with `sync` from what it saw.
+    let mut tablet = connect_as(a, "bob", "bob-tablet").await;
+    tablet
+        .send(serde_json::json!({"type": "sync", "id": "resume",
+            "payload": {"cursors": {"dm:alice:bob": tablet_last}}}))
+        .await;
+    let on_a = Rc::new(RefCell::new(Vec::new()));
+    let _tablet_on_a = actix_web::rt::spawn(read_into(tablet, on_a.clone()));
 
     // Live traffic goes on through node C, then alice stops and has every ack.
     let at_resume = acks.borrow().len();
@@ -297,6 +310,28 @@ async fn a_node_killed_under_load_loses_nothing_acked_and_its_reader_resumes_on_
         (last + 1..=n).collect::<Vec<u64>>(),
         "bob on node C after the subscribe ({} early deliveries left aside)",
         early.len()
+    );
+    // The tablet: live deliveries that came before its sync was read (all after what it
+    // had, ascending), then from the seq after what it had to the last, once each.
+    wait_for("the tablet has the last acked message", LONG, || async {
+        deliveries(&on_a.borrow()).last().map(seq_of) == Some(n)
+    })
+    .await;
+    let synced: Vec<u64> = deliveries(&on_a.borrow()).iter().map(seq_of).collect();
+    let from = synced
+        .iter()
+        .position(|s| *s == tablet_last + 1)
+        .expect("the sync sent what followed");
+    assert!(
+        synced[..from].windows(2).all(|w| w[0] < w[1])
+            && synced[..from].iter().all(|s| *s > tablet_last),
+        "{:?} before the sync",
+        &synced[..from]
+    );
+    assert_eq!(
+        synced[from..],
+        (tablet_last + 1..=n).collect::<Vec<u64>>(),
+        "bob's tablet on node A after the sync ({from} early deliveries left aside)"
     );
     // Each delivery is the message alice's ack named.
     for m in first.iter().chain(&resumed) {
