@@ -150,8 +150,8 @@ pub struct RevokeRequest {
 }
 
 /// Revokes a token, access or refresh: by `token` (the caller's own, or anyone's for an
-/// admin), or by `jti` (the caller's current token's, or any for an admin). Connections
-/// holding it close with 4001: here at once, on other nodes within `auth.revocation_poll`.
+/// admin), or by `jti` (the caller's current token's, or any for an admin); 204, also when
+/// it already was. Connections holding it close with 4001: here and on other nodes.
 pub async fn revoke(
     caller: Principal,
     app: web::Data<AppState>,
@@ -204,18 +204,19 @@ pub async fn revoke(
             ))
         }
     };
-    let newly = app.tree.writes.revoke_token(jti.clone(), exp_ms).await?;
+    app.tree.writes.revoke_token(jti.clone(), exp_ms).await?;
     app.auth.revoke(&jti, (exp_ms / 1000) as u64);
     let jtis: Arc<[Arc<str>]> = Arc::from([Arc::from(jti.as_str())]);
     app.tree.router.do_send(CloseRevoked {
         jtis,
         announce: true,
     });
-    Ok(HttpResponse::Ok().json(json!({ "jti": jti, "revoked": newly })))
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// What the caller's credential is (401 if it is not valid): for a token
-/// `{valid, kind: "token", user_id, roles, device, exp, iat, jti}`, for an API key
+/// `{valid, kind: "token", user_id, roles, expires_at, device, exp, iat, jti}`
+/// (`expires_at` = `exp`, as `POST /api/auth/token` names it), for an API key
 /// `{valid, kind: "api_key", key_id, scopes}`.
 pub async fn validate(caller: Principal) -> HttpResponse {
     let body = match caller.credential {
@@ -224,6 +225,7 @@ pub async fn validate(caller: Principal) -> HttpResponse {
             "kind": "token",
             "user_id": c.sub,
             "roles": c.roles,
+            "expires_at": c.exp,
             "device": c.device,
             "exp": c.exp,
             "iat": c.iat,

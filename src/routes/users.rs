@@ -26,12 +26,18 @@ pub struct FollowingStatus {
     users: Vec<Presence>,
 }
 
-/// The presence of one user (`offline` for a user never seen).
+/// The presence of one user (`offline` for a user never seen): for any user's token, and
+/// for an API key with `read` (or `admin`).
 pub async fn status(
-    _caller: Principal,
+    caller: Principal,
     app: web::Data<AppState>,
     user_id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    if caller.claims().is_none() && !caller.reads_all() {
+        return Err(ApiError::Forbidden(
+            "an API key with scope `read` (or `admin`) required".into(),
+        ));
+    }
     let user_id = user_id.into_inner();
     if !valid_id(&user_id) {
         return Err(ApiError::BadRequest("not a valid user id".into()));

@@ -313,7 +313,7 @@ async fn a_revocation_on_one_node_closes_the_session_on_another_at_once() {
             Some(json!({ "token": token })),
         )
         .await;
-    assert_eq!(code, 200);
+    assert_eq!(code, 204);
     assert_eq!(on_second.ended(WAIT).await, Ended::Closed(4001));
     // And the token is refused there from now on.
     wait_until("the revoked token refused on node 1", || async {
