@@ -109,6 +109,10 @@ fn serve(settings: Settings) -> Result<(), String> {
 }
 
 /// `GET /health` over a plain TCP connection to the configured address.
+/// A plain or TLS stream to the broker.
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
+
 fn health(settings: &Settings) -> Result<(), String> {
     use std::io::{Read, Write};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
@@ -120,11 +124,21 @@ fn health(settings: &Settings) -> Result<(), String> {
         Err(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
     let addr = SocketAddr::new(ip, settings.server.port);
-    let mut conn = TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("{addr}: {e}"))?;
-    conn.set_read_timeout(Some(wait))
+    let tcp = TcpStream::connect_timeout(&addr, wait).map_err(|e| format!("{addr}: {e}"))?;
+    tcp.set_read_timeout(Some(wait))
         .map_err(|e| e.to_string())?;
-    conn.set_write_timeout(Some(wait))
+    tcp.set_write_timeout(Some(wait))
         .map_err(|e| e.to_string())?;
+    // A broker that serves TLS itself is asked over TLS, trusting its own certificate.
+    let mut conn: Box<dyn ReadWrite> = if settings.server.tls_cert_file.is_empty() {
+        Box::new(tcp)
+    } else {
+        let config = switchboard::tls::pinned_client_config(&settings.server.tls_cert_file)?;
+        let name = rustls_pki_types::ServerName::from(ip);
+        let client = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+            .map_err(|e| format!("{addr}: {e}"))?;
+        Box::new(rustls::StreamOwned::new(client, tcp))
+    };
     write!(
         conn,
         "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"

@@ -273,6 +273,44 @@ async fn systemd_hears_ready_watchdog_pings_and_stopping_and_health_answers() {
     assert_eq!(exit.code(), Some(0));
 }
 
+/// The Dockerfile's HEALTHCHECK runs `switchboard health`: against a broker serving TLS
+/// itself it asks over TLS, trusting the configured certificate (whatever name it names),
+/// and fails if another certificate answers.
+#[actix_web::test]
+async fn health_asks_a_broker_that_serves_tls_over_tls() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let cert = format!("{fixtures}/tls-cert.pem");
+    let key = format!("{fixtures}/tls-key.pem");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tls = [
+        ("SWITCHBOARD__SERVER__TLS_CERT_FILE", cert.as_str()),
+        ("SWITCHBOARD__SERVER__TLS_KEY_FILE", key.as_str()),
+    ];
+    let broker = start_broker_with(dir.path(), &tls);
+    let port = broker.port.to_string();
+    let mut env = tls.to_vec();
+    env.push(("SWITCHBOARD__SERVER__PORT", &port));
+    let out = run_cli(&["health"], &env, dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another certificate configured than the one served: refused.
+    let other = format!("{fixtures}/tls-ca.pem");
+    env[0] = ("SWITCHBOARD__SERVER__TLS_CERT_FILE", other.as_str());
+    let out = run_cli(&["health"], &env, dir.path());
+    assert!(!out.status.success());
+    // Plain HTTP to a TLS port: no answer that counts as healthy.
+    let out = run_cli(
+        &["health"],
+        &[("SWITCHBOARD__SERVER__PORT", &port)],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    stop(broker);
+}
+
 #[actix_web::test]
 async fn json_logs_are_one_object_per_line_with_request_and_connection_ids() {
     use tokio::io::AsyncWriteExt;
