@@ -281,7 +281,6 @@ struct AckBatch(Vec<(Arc<SessionHandle>, ByteString)>);
 impl AckBatch {
     /// Pushes every session's acks, in order, and empties the batch.
     fn send(&mut self) {
-        crate::metrics::metrics().acks.inc_by(self.0.len() as u64);
         // A channel's publishers in one commit are few: a scan per session is cheap.
         while let Some(first) = self.0.first() {
             let (conn, handle) = (first.0.conn, first.0.clone());

@@ -38,6 +38,31 @@ pub const FRAME_TYPES: [&str; 15] = [
     "invalid",
 ];
 
+/// Server frame types counted by `switchboard_frames_out_total` as a session writes them;
+/// the last, `other`, takes any type not listed. Stored messages delivered live are
+/// counted apart, as `type="delivery"`, once per commit batch per connection.
+pub const SERVER_FRAME_TYPES: [&str; 19] = [
+    "connected",
+    "ack",
+    "chat_message",
+    "group_message",
+    "notification",
+    "typing_indicator",
+    "read_receipt",
+    "status_update",
+    "connection_event",
+    "subscribed",
+    "unsubscribed",
+    "sync_complete",
+    "state_sync_result",
+    "state_changed",
+    "response",
+    "heartbeat",
+    "error",
+    "presence",
+    "other",
+];
+
 /// The error codes, in the order of [`ErrorCode`]'s variants.
 const ERROR_CODES: [ErrorCode; 11] = [
     ErrorCode::Unauthorized,
@@ -78,10 +103,9 @@ pub struct Metrics {
     /// The registry `/metrics` encodes.
     pub registry: Registry,
     frames_in: Vec<IntCounter>,
+    frames_out: Vec<IntCounter>,
     /// Messages written to clients as deliveries (one per message per connection).
     pub deliveries: IntCounter,
-    /// Acks sent for stored messages.
-    pub acks: IntCounter,
     errors: Vec<[IntCounter; 2]>,
     /// Frames refused by the per-user rate limit.
     pub rate_limited_frames: IntCounter,
@@ -137,7 +161,7 @@ impl Metrics {
         let frames_out = IntCounterVec::new(
             Opts::new(
                 "switchboard_frames_out_total",
-                "Frames sent to clients: deliveries and acks",
+                "Frames written to clients, by type (stored messages as `delivery`)",
             ),
             &["type"],
         )
@@ -239,7 +263,10 @@ impl Metrics {
             })
             .collect();
         let deliveries = frames_out.with_label_values(&["delivery"]);
-        let acks = frames_out.with_label_values(&["ack"]);
+        let frames_out_by_type = SERVER_FRAME_TYPES
+            .iter()
+            .map(|t| frames_out.with_label_values(&[t]))
+            .collect();
         let rate_limited_frames = refused.with_label_values(&["frame_rate"]);
         // Every series that can appear is there from the start, at 0.
         for limit in REFUSAL_LIMITS {
@@ -264,8 +291,8 @@ impl Metrics {
         Metrics {
             registry,
             frames_in,
+            frames_out: frames_out_by_type,
             deliveries,
-            acks,
             errors,
             rate_limited_frames,
             refused,
@@ -285,6 +312,24 @@ impl Metrics {
     #[inline]
     pub fn frame_in(&self, index: usize) {
         if let Some(c) = self.frames_in.get(index) {
+            c.inc();
+        }
+    }
+
+    /// Counts one server frame a session writes, by the type it begins with
+    /// (`{"type":"…"`, as every encoded frame does).
+    #[inline]
+    pub fn frame_out(&self, frame: &str) {
+        let kind = frame
+            .strip_prefix(r#"{"type":""#)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or("");
+        let last = SERVER_FRAME_TYPES.len() - 1;
+        let i = SERVER_FRAME_TYPES[..last]
+            .iter()
+            .position(|t| *t == kind)
+            .unwrap_or(last);
+        if let Some(c) = self.frames_out.get(i) {
             c.inc();
         }
     }

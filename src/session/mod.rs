@@ -23,6 +23,7 @@ use bytestring::ByteString;
 use serde::Serialize;
 use switchboard_actors::channel::Leave;
 use switchboard_actors::ids::{now_ms, Channel, ConnId, UserId};
+use switchboard_actors::metrics::metrics;
 use switchboard_actors::protocol::{encode, error_frame, ErrorCode};
 use switchboard_actors::router::{Arrived, Connect, Disconnect, TellChannelIfActive};
 use switchboard_actors::seq::Seq;
@@ -199,6 +200,7 @@ impl<W: Wire> SessionActor<W> {
 
     /// Queues a server frame on the transport.
     fn text(&mut self, frame: &str, ctx: &mut Ctx<W>) {
+        metrics().frame_out(frame);
         W::text(self, frame, ctx)
     }
 

@@ -15,6 +15,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use serde::Serialize;
 use switchboard_actors::ids::{names_a_readable_channel, now_ms, Channel};
+use switchboard_actors::metrics::metrics;
 use switchboard_actors::offline_queue::{Delivered, PlanSync};
 use switchboard_actors::protocol::{delivery_frame, encode, ErrorCode};
 use switchboard_actors::seq::Seq;
@@ -197,6 +198,7 @@ impl<W: Wire> SessionActor<W> {
                 }
             }
             run.budget -= frames.len() as i64;
+            metrics().deliveries.inc_by(frames.len() as u64);
             run.cursors.insert(name.clone(), last);
             let live = match run.todo.front_mut() {
                 Some(front) if !rows.is_empty() && last < front.2 => {

@@ -7,6 +7,7 @@ use actix::prelude::*;
 use serde::Serialize;
 use switchboard_actors::channel::{Join, Leave};
 use switchboard_actors::ids::{Channel, ChannelKind};
+use switchboard_actors::metrics::metrics;
 use switchboard_actors::protocol::{delivery_frame, encode, ErrorCode};
 use switchboard_actors::router::{AskChannel, TellChannelIfActive};
 use switchboard_actors::seq::Seq;
@@ -115,6 +116,7 @@ impl<W: Wire> SessionActor<W> {
                         .map(|m| Seq::from_stored(m.seq))
                         .unwrap_or(since);
                     act.subscribed(&name, head.max(last), !has_more, ctx);
+                    metrics().deliveries.inc_by(rows.len() as u64);
                     for m in &rows {
                         let seq = Seq::from_stored(m.seq);
                         W::delivery(act, &name, seq, &delivery_frame(m), ctx);

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 
 /// The text of `/metrics`.
 async fn scrape(app: &TestApp) -> String {
@@ -49,6 +49,12 @@ async fn metrics_count_frames_deliveries_acks_errors_and_commits() {
     }
     alice.send_text("not json").await;
     alice.recv_type("error").await;
+    alice
+        .send(json!({"type": "typing_indicator", "payload": {"typing": true}, "meta": {"target_id": "bob"}}))
+        .await;
+    bob.recv_type("typing_indicator").await;
+    bob.send(json!({"type": "heartbeat", "id": "hb"})).await;
+    bob.recv_type("heartbeat").await;
     let (code, _) = app
         .call("GET", "/api/groups/nope", Some(&app.token("alice")), None)
         .await;
@@ -60,6 +66,10 @@ async fn metrics_count_frames_deliveries_acks_errors_and_commits() {
     assert!(grew("switchboard_frames_in_total{type=\"invalid\"}") >= 1.0);
     assert!(grew("switchboard_frames_out_total{type=\"delivery\"}") >= 3.0);
     assert!(grew("switchboard_frames_out_total{type=\"ack\"}") >= 3.0);
+    for kind in ["error", "typing_indicator", "heartbeat"] {
+        let series = format!("switchboard_frames_out_total{{type=\"{kind}\"}}");
+        assert!(grew(&series) >= 1.0, "{series}");
+    }
     assert!(grew("switchboard_errors_total{code=\"bad_request\",via=\"frame\"}") >= 1.0);
     assert!(grew("switchboard_errors_total{code=\"not_found\",via=\"rest\"}") >= 1.0);
     assert!(grew("switchboard_ack_latency_seconds_count") >= 3.0);
@@ -103,6 +113,33 @@ async fn metrics_count_frames_deliveries_acks_errors_and_commits() {
         assert!(std::time::Instant::now() < deadline, "{now}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+#[actix_web::test]
+async fn refusals_are_counted_by_the_limit_that_refused() {
+    let app = spawn_app_with(|s| {
+        s.limits.frames_per_second = 1.0;
+        s.limits.frames_burst = 2.0;
+        s.limits.max_connections_per_user = 1;
+    })
+    .await;
+    let before = scrape(&app).await;
+    let mut alice = app.ws("alice").await;
+    for i in 0..4 {
+        alice
+            .send(json!({"type": "heartbeat", "id": format!("h{i}")}))
+            .await;
+    }
+    alice.recv_type("error").await;
+    // A second connection of a user allowed one.
+    assert_eq!(
+        app.ws_connect("/ws", Some(&app.token("alice"))).await.err(),
+        Some(429)
+    );
+    let after = scrape(&app).await;
+    let grew = |series: &str| value(&after, series) - value(&before, series);
+    assert!(grew("switchboard_refused_total{limit=\"frame_rate\"}") >= 1.0);
+    assert!(grew("switchboard_refused_total{limit=\"user_connections\"}") >= 1.0);
 }
 
 #[actix_web::test]
