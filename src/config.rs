@@ -381,6 +381,16 @@ pub struct LimitSettings {
     pub requests_per_ip_per_second: f64,
     /// Burst of requests per client address above that rate.
     pub requests_per_ip_burst: f64,
+    /// Connection attempts (WebSocket, SSE, poll) per second per user, counted when the
+    /// user is known (token or `auth` frame; token bucket); 0: no limit.
+    pub connects_per_user_per_second: f64,
+    /// Burst of connection attempts per user above that rate.
+    pub connects_per_user_burst: f64,
+    /// REST requests per second per caller (user token or API key; token bucket); 0: no
+    /// limit.
+    pub requests_per_user_per_second: f64,
+    /// Burst of REST requests per caller above that rate.
+    pub requests_per_user_burst: f64,
 }
 
 impl Default for LimitSettings {
@@ -403,6 +413,10 @@ impl Default for LimitSettings {
             upgrades_per_ip_burst: 500.0,
             requests_per_ip_per_second: 100.0,
             requests_per_ip_burst: 500.0,
+            connects_per_user_per_second: 10.0,
+            connects_per_user_burst: 100.0,
+            requests_per_user_per_second: 50.0,
+            requests_per_user_burst: 200.0,
         }
     }
 }

@@ -44,6 +44,18 @@ pub enum GateError {
         /// When the next upgrade would be admitted.
         retry_after_ms: u64,
     },
+    /// Over `connects_per_user_per_second` (HTTP 429 with Retry-After).
+    #[error("too many connection attempts for this user")]
+    UserTooFast {
+        /// When the next attempt would be admitted.
+        retry_after_ms: u64,
+    },
+    /// Over `requests_per_user_per_second` (HTTP 429 with Retry-After).
+    #[error("too many requests for this caller")]
+    UserRequestsTooFast {
+        /// When the next request would be admitted.
+        retry_after_ms: u64,
+    },
 }
 
 /// A token bucket.
@@ -105,14 +117,21 @@ impl TokenBucket {
 struct UserSlot {
     conns: usize,
     bucket: Arc<Mutex<TokenBucket>>,
+    /// Connection attempts (absent when not limited).
+    connects: Option<TokenBucket>,
+    /// REST requests (absent when not limited).
+    requests: Option<TokenBucket>,
 }
 
 impl UserSlot {
-    /// A slot with no connection whose bucket has refilled says nothing a new one would
+    /// A slot with no connection whose buckets have refilled says nothing a new one would
     /// not. One with a bucket still drawn is kept: reconnecting (or sending over HTTP,
     /// which connects for one frame) must not hand a user a full bucket.
     fn forgettable(&self) -> bool {
-        self.conns == 0 && self.bucket.lock().map(|b| b.refilled()).unwrap_or(true)
+        self.conns == 0
+            && self.bucket.lock().map(|b| b.refilled()).unwrap_or(true)
+            && self.connects.as_ref().is_none_or(TokenBucket::refilled)
+            && self.requests.as_ref().is_none_or(TokenBucket::refilled)
     }
 }
 
@@ -165,6 +184,8 @@ pub struct ConnectionGate {
     upgrade_burst: f64,
     request_rate: f64,
     request_burst: f64,
+    user_connect: (f64, f64),
+    user_request: (f64, f64),
     total: AtomicUsize,
     pending: AtomicUsize,
     users: Mutex<Users>,
@@ -252,6 +273,8 @@ impl ConnectionGate {
             upgrade_burst: l.upgrades_per_ip_burst,
             request_rate: l.requests_per_ip_per_second,
             request_burst: l.requests_per_ip_burst,
+            user_connect: (l.connects_per_user_per_second, l.connects_per_user_burst),
+            user_request: (l.requests_per_user_per_second, l.requests_per_user_burst),
             total: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             users: Mutex::new(Users {
@@ -414,25 +437,60 @@ impl ConnectionGate {
         Ok(ticket)
     }
 
-    /// Takes one of `user`'s places.
-    pub fn admit_user(self: &Arc<Self>, user: &UserId) -> Result<UserTicket, GateError> {
-        let mut users = self.users.lock().map_err(|_| GateError::NodeFull)?;
+    /// Runs `f` on the slot of `user` (made if new), sweeping out slots that say nothing
+    /// once the map has doubled since the last sweep.
+    fn with_user<T>(&self, user: &UserId, f: impl FnOnce(&mut UserSlot) -> T) -> T {
+        let mut guard = match self.users.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let users = &mut *guard;
         if users.slots.len() >= users.sweep_at {
             users.slots.retain(|_, s| !s.forgettable());
             users.sweep_at = (users.slots.len() * 2).max(USER_SWEEP_FLOOR);
         }
+        let limited =
+            |(rate, burst): (f64, f64)| (rate > 0.0).then(|| TokenBucket::new(rate, burst));
         let slot = users.slots.entry(user.clone()).or_insert_with(|| UserSlot {
             conns: 0,
             bucket: Arc::new(Mutex::new(TokenBucket::new(self.rate, self.burst))),
+            connects: limited(self.user_connect),
+            requests: limited(self.user_request),
         });
-        if slot.conns >= self.max_per_user {
-            return Err(GateError::UserFull);
+        f(slot)
+    }
+
+    /// Counts one REST request of `user` (a token's user, or `api-key.<id>`) against its
+    /// rate.
+    pub fn admit_user_request(&self, user: &UserId) -> Result<(), GateError> {
+        if self.user_request.0 <= 0.0 {
+            return Ok(());
         }
-        slot.conns += 1;
+        self.with_user(user, |slot| {
+            slot.requests.as_mut().map_or(Ok(()), TokenBucket::take)
+        })
+        .map_err(|retry_after_ms| GateError::UserRequestsTooFast { retry_after_ms })
+    }
+
+    /// Takes one of `user`'s places: a connection attempt, counted against the user's
+    /// attempt rate, then a place among `max_connections_per_user`.
+    pub fn admit_user(self: &Arc<Self>, user: &UserId) -> Result<UserTicket, GateError> {
+        let max = self.max_per_user;
+        let bucket = self.with_user(user, |slot| {
+            if let Some(b) = slot.connects.as_mut() {
+                b.take()
+                    .map_err(|retry_after_ms| GateError::UserTooFast { retry_after_ms })?;
+            }
+            if slot.conns >= max {
+                return Err(GateError::UserFull);
+            }
+            slot.conns += 1;
+            Ok(slot.bucket.clone())
+        })?;
         Ok(UserTicket {
             gate: self.clone(),
             user: user.clone(),
-            bucket: slot.bucket.clone(),
+            bucket,
         })
     }
 

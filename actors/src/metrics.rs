@@ -79,7 +79,7 @@ const ERROR_CODES: [ErrorCode; 11] = [
 ];
 
 /// The admission and rate limits `switchboard_refused_total` counts refusals of.
-pub const REFUSAL_LIMITS: [&str; 7] = [
+pub const REFUSAL_LIMITS: [&str; 9] = [
     "frame_rate",
     "node_connections",
     "pending_connections",
@@ -87,6 +87,8 @@ pub const REFUSAL_LIMITS: [&str; 7] = [
     "address_pending_connections",
     "address_upgrade_rate",
     "address_request_rate",
+    "user_connect_rate",
+    "user_request_rate",
 ];
 
 /// Where an error was answered.

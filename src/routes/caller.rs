@@ -12,6 +12,7 @@ use switchboard_actors::ids::UserId;
 use crate::api_keys::KeyHolder;
 use crate::auth::{bearer, Claims};
 use crate::error::ApiError;
+use crate::routes::ws::gate_error;
 use crate::state::AppState;
 
 /// The header an API key comes in.
@@ -66,10 +67,9 @@ fn user_caller(req: &HttpRequest) -> Result<Caller, ApiError> {
         ));
     };
     let claims = app.auth.verify(token)?;
-    Ok(Caller {
-        user: UserId::new(&claims.sub),
-        claims,
-    })
+    let user = UserId::new(&claims.sub);
+    app.gate.admit_user_request(&user).map_err(gate_error)?;
+    Ok(Caller { user, claims })
 }
 
 /// A user (by token) or an application (by API key).
@@ -142,7 +142,7 @@ impl FromRequest for Principal {
             .map(|v| v.to_str().map(str::to_owned));
         Box::pin(async move {
             let app = app.ok_or_else(|| ApiError::Internal("app state missing".into()))?;
-            match (token, key) {
+            let caller = match (token, key) {
                 (Some(token), None) => {
                     let claims = app.auth.verify(&token)?;
                     Ok(Principal {
@@ -164,7 +164,11 @@ impl FromRequest for Principal {
                 (None, None) => Err(ApiError::Unauthorized(
                     "missing `Authorization: Bearer` token or `X-Api-Key`".into(),
                 )),
-            }
+            }?;
+            app.gate
+                .admit_user_request(&caller.user)
+                .map_err(gate_error)?;
+            Ok(caller)
         })
     }
 }

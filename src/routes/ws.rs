@@ -48,6 +48,8 @@ pub(crate) fn gate_error(e: GateError) -> ApiError {
         GateError::AddressPendingFull => "address_pending_connections",
         GateError::AddressTooFast { .. } => "address_upgrade_rate",
         GateError::AddressRequestsTooFast { .. } => "address_request_rate",
+        GateError::UserTooFast { .. } => "user_connect_rate",
+        GateError::UserRequestsTooFast { .. } => "user_request_rate",
     };
     metrics().refused.with_label_values(&[limit]).inc();
     let (status, retry_after_ms) = match e {
@@ -56,7 +58,9 @@ pub(crate) fn gate_error(e: GateError) -> ApiError {
             (StatusCode::TOO_MANY_REQUESTS, None)
         }
         GateError::AddressTooFast { retry_after_ms }
-        | GateError::AddressRequestsTooFast { retry_after_ms } => {
+        | GateError::AddressRequestsTooFast { retry_after_ms }
+        | GateError::UserTooFast { retry_after_ms }
+        | GateError::UserRequestsTooFast { retry_after_ms } => {
             (StatusCode::TOO_MANY_REQUESTS, Some(retry_after_ms))
         }
     };

@@ -68,6 +68,10 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     // Every test client comes from 127.0.0.1; the tests of the address limits set them.
     s.limits.upgrades_per_ip_per_second = 0.0;
     s.limits.requests_per_ip_per_second = 0.0;
+    // Tests open connections and call routes as one user faster than anyone should; the
+    // tests of the per-user rates set them.
+    s.limits.connects_per_user_per_second = 0.0;
+    s.limits.requests_per_user_per_second = 0.0;
     s
 }
 

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use awc::error::WsClientError;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{spawn_app, spawn_app_with, TestApp};
 
@@ -142,6 +142,71 @@ async fn requests_over_the_per_address_rate_get_429_with_retry_after() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (code, body): (u16, Value) = app.get("/api/messages/unread", &token).await;
     assert_eq!(code, 200, "{body}");
+}
+
+#[actix_web::test]
+async fn each_caller_has_a_request_rate_of_its_own_on_rest() {
+    let app = spawn_app_with(|s| {
+        s.limits.requests_per_user_per_second = 1.0;
+        s.limits.requests_per_user_burst = 3.0;
+    })
+    .await;
+    let (alice, bob) = (app.token("alice"), app.token("bob"));
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(app.get("/api/messages/unread", &alice).await.0);
+    }
+    assert_eq!(codes, [200, 200, 200, 429]);
+    // Another token of the same user shares the bucket; another user does not.
+    assert_eq!(
+        app.get("/api/messages/unread", &app.token("alice")).await.0,
+        429
+    );
+    assert_eq!(app.get("/api/messages/unread", &bob).await.0, 200);
+    let resp = awc::Client::new()
+        .get(format!("{}/api/groups/none", app.base))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = header(resp.headers(), "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&retry), "{retry}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.get("/api/messages/unread", &alice).await.0, 200);
+}
+
+#[actix_web::test]
+async fn each_user_has_a_connection_attempt_rate_on_every_transport() {
+    let app = spawn_app_with(|s| {
+        s.limits.connects_per_user_per_second = 1.0;
+        s.limits.connects_per_user_burst = 2.0;
+    })
+    .await;
+    let alice = app.token("alice");
+    let _first = app.ws_connect("/ws", Some(&alice)).await.expect("upgrade");
+    let _second = app.ws_connect("/ws", Some(&alice)).await.expect("upgrade");
+    assert_eq!(app.ws_connect("/ws", Some(&alice)).await.err(), Some(429));
+    // The same bucket for a stream or a poll; bob has his own.
+    let (code, _) = app.poll("timeout_s=0", &alice).await;
+    assert_eq!(code, 429);
+    let _bob = app
+        .ws_connect("/ws", Some(&app.token("bob")))
+        .await
+        .expect("bob");
+    // An `auth` frame after a token-less upgrade counts too: refused and closed.
+    let mut late = app.ws_connect("/ws", None).await.expect("upgrade");
+    late.send(json!({"type": "auth", "payload": {"token": alice}}))
+        .await;
+    assert_eq!(
+        late.recv_type("error").await["payload"]["code"],
+        "rate_limited"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, _) = app.poll("timeout_s=0", &alice).await;
+    assert_eq!(code, 200);
 }
 
 #[actix_web::test]

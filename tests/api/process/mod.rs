@@ -97,6 +97,8 @@ fn start_broker_with(data_dir: &Path, env: &[(&str, &str)]) -> Broker {
         .env("SWITCHBOARD__LIMITS__FRAMES_BURST", "100000")
         .env("SWITCHBOARD__LIMITS__UPGRADES_PER_IP_PER_SECOND", "0")
         .env("SWITCHBOARD__LIMITS__REQUESTS_PER_IP_PER_SECOND", "0")
+        .env("SWITCHBOARD__LIMITS__CONNECTS_PER_USER_PER_SECOND", "0")
+        .env("SWITCHBOARD__LIMITS__REQUESTS_PER_USER_PER_SECOND", "0")
         .env("SWITCHBOARD__SERVER__SHUTDOWN_TIMEOUT", "5s")
         .env("SWITCHBOARD__SERVER__DRAIN_WINDOW", "0s")
         .env("SWITCHBOARD__LOG__FILTER", "info")
