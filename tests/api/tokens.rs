@@ -220,6 +220,46 @@ async fn a_revocation_reaches_the_other_nodes_and_those_started_later() {
 /// provider signs with the private key, the broker verifies with the public one.
 const ES256_PRIVATE: &str = include_str!("../fixtures/es256-private.pem");
 
+const RS256_PRIVATE: &str = include_str!("../fixtures/rs256-private.pem");
+
+#[actix_web::test]
+async fn tokens_signed_elsewhere_with_rs256_are_verified_with_the_public_key() {
+    let public = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rs256-public.pem"
+    );
+    let app = spawn_app_with(|s| {
+        s.auth.jwt_algorithm = "RS256".into();
+        s.auth.jwt_public_key_file = public.into();
+    })
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).expect("key");
+    let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "alice", "exp": now + 600, "iat": now, "jti": "idp-rsa"}),
+        &key,
+    )
+    .expect("sign");
+    let mut ws = app.ws_connect("/ws", Some(&token)).await.expect("upgrade");
+    assert_eq!(ws.recv().await["payload"]["user_id"], "alice");
+    let (code, v) = validate(&app, &token).await;
+    assert_eq!((code, v["jti"].clone()), (200, json!("idp-rsa")), "{v}");
+    // Signed with the ES256 key instead: refused.
+    let ec = jsonwebtoken::EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).expect("key");
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &json!({"sub": "alice", "exp": now + 600}),
+        &ec,
+    )
+    .expect("sign");
+    assert_eq!(app.ws_connect("/ws", Some(&forged)).await.err(), Some(401));
+}
+
 #[actix_web::test]
 async fn tokens_signed_elsewhere_with_es256_are_verified_with_the_public_key() {
     let public = concat!(

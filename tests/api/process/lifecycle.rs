@@ -311,6 +311,69 @@ async fn health_asks_a_broker_that_serves_tls_over_tls() {
     stop(broker);
 }
 
+/// Rotating the encryption key: a broker restarted with a new `encryption.key` and the old
+/// one in `old_keys` reads what was sealed before and seals what comes under the new id.
+#[actix_web::test]
+async fn an_encryption_key_rotates_across_a_restart_with_the_old_one_kept_to_read() {
+    const OLD: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    const NEW: &str = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            ("SWITCHBOARD__ENCRYPTION__KEY", OLD),
+            ("SWITCHBOARD__ENCRYPTION__KEY_ID", "k1"),
+        ],
+    );
+    let mut alice = connect(broker.port, "alice").await;
+    alice.dm("bob", "before", "sealed under k1").await;
+    stop(broker);
+
+    let old_keys = format!("k1:{OLD}");
+    let broker = start_broker_with(
+        dir.path(),
+        &[
+            ("SWITCHBOARD__ENCRYPTION__KEY", NEW),
+            ("SWITCHBOARD__ENCRYPTION__KEY_ID", "k2"),
+            ("SWITCHBOARD__ENCRYPTION__OLD_KEYS", old_keys.as_str()),
+        ],
+    );
+    let mut alice = connect(broker.port, "alice").await;
+    alice.dm("bob", "after", "sealed under k2").await;
+    let read: Vec<Value> = history(broker.port, "bob", "alice").await;
+    let contents: Vec<&str> = read
+        .iter()
+        .filter_map(|m| m["payload"]["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["sealed under k1", "sealed under k2"]);
+    stop(broker);
+
+    // On disk: each row under the key id it was sealed with, no content.
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        payload: String,
+    }
+    let file = dir.path().join("switchboard.db");
+    let mut db = diesel::SqliteConnection::establish(&file.to_string_lossy()).expect("open");
+    let rows: Vec<Row> = diesel::sql_query("SELECT payload FROM messages ORDER BY seq")
+        .load(&mut db)
+        .expect("rows");
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows[0].payload.starts_with("sb1:k1:"),
+        "{}",
+        rows[0].payload
+    );
+    assert!(
+        rows[1].payload.starts_with("sb1:k2:"),
+        "{}",
+        rows[1].payload
+    );
+    assert!(rows.iter().all(|r| !r.payload.contains("sealed under")));
+}
+
 #[actix_web::test]
 async fn json_logs_are_one_object_per_line_with_request_and_connection_ids() {
     use tokio::io::AsyncWriteExt;
