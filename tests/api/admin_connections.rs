@@ -94,3 +94,39 @@ async fn admins_list_connections_by_user_and_close_one() {
     let (code, _) = app.call("DELETE", &path, Some(&user), None).await;
     assert_eq!(code, 403);
 }
+
+#[actix_web::test]
+async fn an_admin_closes_an_sse_stream_like_a_websocket() {
+    let app = spawn_app().await;
+    let admin = app.admin_token();
+    let mut stream = app
+        .sse("client_id=carol-web", Some(&app.token("carol")), None)
+        .await
+        .expect("stream");
+    let connected = stream
+        .try_next(Duration::from_secs(5))
+        .await
+        .expect("connected");
+    assert_eq!(connected.event, "connected");
+    let conn_id = connected.data["payload"]["conn_id"]
+        .as_str()
+        .expect("conn_id")
+        .to_owned();
+    let (_, carol) = app
+        .get("/api/admin/connections?user_id=carol", &admin)
+        .await;
+    assert_eq!(carol["connections"][0]["transport"], "sse", "{carol}");
+    assert_eq!(conn_ids(&carol), vec![conn_id.clone()]);
+
+    let path = format!("/api/admin/connections/{conn_id}");
+    let (code, _) = app.call("DELETE", &path, Some(&admin), None).await;
+    assert_eq!(code, 200);
+    // The stream says why and ends.
+    let mut events = Vec::new();
+    while let Some(e) = stream.try_next(Duration::from_secs(5)).await {
+        events.push(e);
+    }
+    let last = events.last().expect("a close event");
+    assert_eq!(last.event, "close", "{events:?}");
+    assert_eq!(last.data["code"], 1008, "{events:?}");
+}
