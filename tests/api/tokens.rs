@@ -220,23 +220,28 @@ async fn a_revocation_reaches_the_other_nodes_and_those_started_later() {
 /// provider signs with the private key, the broker verifies with the public one.
 const ES256_PRIVATE: &str = include_str!("../fixtures/es256-private.pem");
 
+/// An RSA key pair made with openssl for these tests only, as above.
 const RS256_PRIVATE: &str = include_str!("../fixtures/rs256-private.pem");
 
-#[actix_web::test]
-async fn tokens_signed_elsewhere_with_rs256_are_verified_with_the_public_key() {
-    let public = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/rs256-public.pem"
-    );
+/// A broker that verifies `algorithm` tokens with the public key in fixture `public`, and
+/// the time now (s).
+async fn verifying_only(algorithm: &str, public: &str) -> (TestApp, u64) {
+    let file = format!("{}/tests/fixtures/{public}", env!("CARGO_MANIFEST_DIR"));
     let app = spawn_app_with(|s| {
-        s.auth.jwt_algorithm = "RS256".into();
-        s.auth.jwt_public_key_file = public.into();
+        s.auth.jwt_algorithm = algorithm.into();
+        s.auth.jwt_public_key_file = file;
     })
     .await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
+    (app, now)
+}
+
+#[actix_web::test]
+async fn tokens_signed_elsewhere_with_rs256_are_verified_with_the_public_key() {
+    let (app, now) = verifying_only("RS256", "rs256-public.pem").await;
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).expect("key");
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
     let token = jsonwebtoken::encode(
@@ -262,19 +267,7 @@ async fn tokens_signed_elsewhere_with_rs256_are_verified_with_the_public_key() {
 
 #[actix_web::test]
 async fn tokens_signed_elsewhere_with_es256_are_verified_with_the_public_key() {
-    let public = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/es256-public.pem"
-    );
-    let app = spawn_app_with(|s| {
-        s.auth.jwt_algorithm = "ES256".into();
-        s.auth.jwt_public_key_file = public.into();
-    })
-    .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
+    let (app, now) = verifying_only("ES256", "es256-public.pem").await;
     let key = jsonwebtoken::EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).expect("key");
     let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
     let sign = |claims: Value| jsonwebtoken::encode(&header, &claims, &key).expect("sign");

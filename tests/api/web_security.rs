@@ -104,6 +104,20 @@ async fn without_allowed_origins_there_is_no_cors_and_any_origin_connects() {
     assert!(header(&h, "x-request-id").is_some());
 }
 
+/// `GET path` as `token`, which must be refused with 429: its `Retry-After`, seconds.
+async fn retry_after(app: &TestApp, path: &str, token: &str) -> u64 {
+    let resp = awc::Client::new()
+        .get(format!("{}{path}", app.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status().as_u16(), 429);
+    header(resp.headers(), "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After")
+}
+
 #[actix_web::test]
 async fn requests_over_the_per_address_rate_get_429_with_retry_after() {
     let app = spawn_app_with(|s| {
@@ -117,16 +131,7 @@ async fn requests_over_the_per_address_rate_get_429_with_retry_after() {
         codes.push(app.get("/api/messages/unread", &token).await.0);
     }
     assert_eq!(codes, [200, 200, 200, 429]);
-    let resp = awc::Client::new()
-        .get(format!("{}/api/messages/unread", app.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status().as_u16(), 429);
-    let retry: u64 = header(resp.headers(), "retry-after")
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let retry = retry_after(&app, "/api/messages/unread", &token).await;
     assert!((1..=2).contains(&retry), "{retry}");
     // Polls count too; the operations endpoints do not.
     let (code, _) = app.poll("timeout_s=0", &token).await;
@@ -163,16 +168,7 @@ async fn each_caller_has_a_request_rate_of_its_own_on_rest() {
         429
     );
     assert_eq!(app.get("/api/messages/unread", &bob).await.0, 200);
-    let resp = awc::Client::new()
-        .get(format!("{}/api/groups/none", app.base))
-        .bearer_auth(&alice)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(resp.status().as_u16(), 429);
-    let retry: u64 = header(resp.headers(), "retry-after")
-        .and_then(|v| v.parse().ok())
-        .expect("Retry-After");
+    let retry = retry_after(&app, "/api/groups/none", &alice).await;
     assert!((1..=2).contains(&retry), "{retry}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(app.get("/api/messages/unread", &alice).await.0, 200);
