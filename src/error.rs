@@ -3,11 +3,27 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+use serde::Serialize;
 use switchboard_actors::channel::ChannelError;
 use switchboard_actors::metrics::{metrics, ErrorVia};
 use switchboard_actors::protocol::ErrorCode;
 use switchboard_actors::store::StoreError;
+
+/// The body of every REST error: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and text.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// The contract's error code.
+    pub code: ErrorCode,
+    /// For humans.
+    pub message: String,
+}
 
 /// Anything a REST handler can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -117,9 +133,12 @@ impl ResponseError for ApiError {
         {
             res.insert_header(("Retry-After", ms.div_ceil(1000).max(1).to_string()));
         }
-        res.json(json!({
-            "error": { "code": self.code(), "message": self.to_string() }
-        }))
+        res.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+            },
+        })
     }
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Error codes of contract section 6, serialised in snake_case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// No valid credentials.

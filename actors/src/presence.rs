@@ -122,7 +122,7 @@ impl UserState {
 }
 
 /// A status as others see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Shown {
     /// Connected and available.
@@ -136,7 +136,7 @@ pub enum Shown {
 }
 
 /// A user's presence as others see it: the `status_update` payload and the REST reply.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Presence {
     /// The user.
     pub user_id: String,

@@ -691,7 +691,7 @@ pub fn error_frame(code: ErrorCode, message: &str, ref_id: Option<&str>) -> Byte
 }
 
 /// Payload of an `ack` frame (also the reply of `POST /api/admin/publish`).
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Ack {
     /// The client frame id this acknowledges (`null` for server-side publishes without one).
     pub ref_id: Option<String>,

@@ -6,7 +6,18 @@ use serde::{Deserialize, Serialize};
 /// The wire carries it as an unsigned integer; the database as a BIGINT, which the store's
 /// rows keep ([`Seq::from_stored`], [`Seq::to_stored`] cross between the two).
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
 )]
 #[serde(transparent)]
 pub struct Seq(u64);

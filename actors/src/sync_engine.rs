@@ -155,6 +155,48 @@ impl SyncEngine {
     }
 }
 
+/// Whether a state write was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StateStatus {
+    /// Written.
+    Applied,
+    /// `base_version` was not the key's version: nothing written.
+    Conflict,
+}
+
+/// The stored document a conflicting write lost to.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CurrentDoc {
+    /// Its value (`null` for a key with no document).
+    pub value: serde_json::Value,
+    /// Its version (0 for a key with no document).
+    pub version: i64,
+}
+
+/// The `state_sync_result` payload (also the reply of `PUT /api/state/{collection}/{key}`).
+/// Fields in name order, as the payload has always been written.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct StateResult {
+    /// The collection written.
+    pub collection: String,
+    /// On a conflict: the stored document.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current: Option<CurrentDoc>,
+    /// The key written.
+    pub key: String,
+    /// The client frame this answers (WebSocket only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ref_id: Option<String>,
+    /// When applied: the collection's revision now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// `applied` or `conflict`.
+    pub status: StateStatus,
+    /// The key's version now (applied), or the stored one (conflict).
+    pub version: i64,
+}
+
 /// The `state_sync_result` payload for `outcome` (also the REST reply): `status`
 /// `applied` with the key's new `version` and the collection's `revision`, or `conflict`
 /// with the stored `version` and `current` {`value`, `version`} (`null` and 0 for a key
@@ -164,32 +206,28 @@ pub fn state_result(
     collection: &str,
     key: &str,
     outcome: &StateOutcome,
-) -> serde_json::Value {
-    let mut v = match outcome {
-        StateOutcome::Applied { version, revision } => serde_json::json!({
-            "status": "applied",
-            "collection": collection,
-            "key": key,
-            "version": version,
-            "revision": revision,
-        }),
+) -> StateResult {
+    let (status, version, revision, current) = match outcome {
+        StateOutcome::Applied { version, revision } => {
+            (StateStatus::Applied, *version, Some(*revision), None)
+        }
         StateOutcome::Conflict { current } => {
             let value = current
                 .as_ref()
                 .and_then(|d| serde_json::from_str::<serde_json::Value>(&d.value).ok())
                 .unwrap_or(serde_json::Value::Null);
             let version = current.as_ref().map_or(0, |d| d.version);
-            serde_json::json!({
-                "status": "conflict",
-                "collection": collection,
-                "key": key,
-                "version": version,
-                "current": {"value": value, "version": version},
-            })
+            let current = CurrentDoc { value, version };
+            (StateStatus::Conflict, version, None, Some(current))
         }
     };
-    if let (Some(id), Some(obj)) = (ref_id, v.as_object_mut()) {
-        obj.insert("ref_id".into(), id.into());
+    StateResult {
+        collection: collection.to_owned(),
+        current,
+        key: key.to_owned(),
+        ref_id: ref_id.map(str::to_owned),
+        revision,
+        status,
+        version,
     }
-    v
 }

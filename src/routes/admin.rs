@@ -3,15 +3,16 @@
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_actors::channel::{ChannelError, Publish, Reply, Sender};
 use switchboard_actors::ids::{Channel, ChannelKind};
+use switchboard_actors::protocol::Ack;
 use switchboard_actors::router::TellChannel;
 use switchboard_actors::store::NewMessage;
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::body::JsonBody;
 use crate::routes::caller::Principal;
 use crate::state::AppState;
@@ -37,12 +38,16 @@ const RESERVED_TYPES: [&str; 16] = [
 ];
 
 /// `POST /api/admin/publish` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
+    /// Any channel: `user:…`, `dm:…`, `group:…`, `broadcast:…`.
     channel: String,
+    /// The message's type (default `notification`; not a reserved frame type).
     #[serde(rename = "type", default = "notification")]
     kind: String,
+    /// Any JSON.
+    #[schema(value_type = serde_json::Value)]
     payload: Box<RawValue>,
     /// Optional idempotency key: a retry with the same id returns the first ack.
     #[serde(default)]
@@ -54,6 +59,17 @@ fn notification() -> String {
 }
 
 /// Stores and delivers a message on any channel; replies with its ack payload.
+#[utoipa::path(post, path = "/api/admin/publish", tag = "admin",
+    summary = "Store and deliver a message on any channel",
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "The ack payload", body = Ack),
+        (status = 400, description = "Bad channel, type or id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not allowed to publish", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn publish(
     caller: Principal,
     app: web::Data<AppState>,
@@ -117,6 +133,17 @@ pub async fn publish(
 
 /// `POST /api/admin/debug/crash/{actor}`: makes a supervised actor fail (fault drills).
 /// Only with `debug.fault_injection = true`.
+#[utoipa::path(post, path = "/api/admin/debug/crash/{actor}", tag = "admin",
+    summary = "Fault drill: fail an actor (debug.fault_injection only)",
+    params(("actor" = String, Path, description = "Actor name")),
+    responses(
+        (status = 202, description = "Crashed", body = Crashed),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "Off or unknown actor", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn crash(
     caller: Principal,
     app: web::Data<AppState>,
@@ -130,5 +157,12 @@ pub async fn crash(
     if !app.tree.crash(&name, "fault injection") {
         return Err(ApiError::NotFound(format!("no supervised actor `{name}`")));
     }
-    Ok(HttpResponse::Accepted().json(json!({ "crashed": name })))
+    Ok(HttpResponse::Accepted().json(Crashed { crashed: name }))
+}
+
+/// `POST /api/admin/debug/crash/{actor}` reply.
+#[derive(Serialize, ToSchema)]
+pub struct Crashed {
+    /// The actor made to fail.
+    crashed: String,
 }

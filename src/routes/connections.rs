@@ -2,13 +2,14 @@
 //! cluster, every node's (the others are asked over the bus).
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use switchboard_actors::cluster::{AskCluster, ClusterAnswers, Question};
 use switchboard_actors::ids::{valid_id, ConnId, UserId};
-use switchboard_actors::router::{CloseConnection, ListConnections};
+use switchboard_actors::router::{CloseConnection, ConnectionInfo, ListConnections};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::caller::Principal;
 use crate::session::close;
 use crate::state::AppState;
@@ -17,16 +18,63 @@ use crate::state::AppState;
 const MAX_LIST: usize = 1000;
 
 /// Query of the listing.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this user's.
     user_id: Option<String>,
+    /// 1 to 1000, default 100.
     limit: Option<usize>,
+}
+
+/// `GET /api/admin/connections` reply.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionList {
+    /// Oldest first.
+    #[schema(value_type = Vec<ConnectionInfo>)]
+    connections: Listed,
+    /// In a cluster: how many nodes were asked and answered (this one included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nodes: Option<NodesAsked>,
+    /// How many there are in all.
+    total: u64,
+}
+
+/// The connections of a listing: this node's, or (in a cluster) every node's as JSON with
+/// the `node_id` each is on.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Listed {
+    /// A single node's.
+    Here(Vec<ConnectionInfo>),
+    /// A cluster's.
+    Cluster(Vec<Value>),
+}
+
+/// Nodes a cluster listing asked (fields in name order, as always sent).
+#[derive(Serialize, ToSchema)]
+pub struct NodesAsked {
+    /// Nodes that answered in time.
+    answered: usize,
+    /// Nodes asked.
+    asked: usize,
 }
 
 /// `{connections: [{conn_id, user_id, client_id, device, transport, connected_at}], total}`,
 /// oldest first; `?user_id=` keeps one user's, `?limit=` (at most 1000, default 100). In a
 /// cluster each connection also names its `node_id`, and `nodes` says how many nodes were
 /// asked and how many answered in time.
+#[utoipa::path(get, path = "/api/admin/connections", tag = "admin",
+    summary = "This broker's connections (a cluster's: every node's)",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The connections", body = ConnectionList),
+        (status = 400, description = "Bad user id or limit", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Neither admin nor scope `read`", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn list(
     caller: Principal,
     app: web::Data<AppState>,
@@ -58,7 +106,11 @@ pub async fn list(
         .await
         .map_err(|_| ApiError::Unavailable("router unavailable; retry".into()))?;
     let Some((link, stats)) = &app.tree.cluster else {
-        return Ok(HttpResponse::Ok().json(json!({ "connections": list, "total": total })));
+        return Ok(HttpResponse::Ok().json(ConnectionList {
+            connections: Listed::Here(list),
+            nodes: None,
+            total: total as u64,
+        }));
     };
     let mut items: Vec<Value> = list
         .iter()
@@ -81,11 +133,14 @@ pub async fn list(
     }
     items.sort_by_key(|c| (c["connected_at"].as_i64(), c["conn_id"].to_string()));
     items.truncate(limit);
-    Ok(HttpResponse::Ok().json(json!({
-        "connections": items,
-        "total": total,
-        "nodes": { "asked": answers.asked + 1, "answered": answers.answers.len() + 1 },
-    })))
+    Ok(HttpResponse::Ok().json(ConnectionList {
+        connections: Listed::Cluster(items),
+        nodes: Some(NodesAsked {
+            answered: answers.answers.len() + 1,
+            asked: answers.asked + 1,
+        }),
+        total,
+    }))
 }
 
 /// A connection's JSON with the node it is on.
@@ -104,6 +159,17 @@ async fn ask(
 
 /// Closes a connection (WebSocket close 1008, "disconnected by an administrator"; an SSE
 /// stream or a poll ends): 200 with what it was, 404 if it is on no node.
+#[utoipa::path(delete, path = "/api/admin/connections/{conn_id}", tag = "admin",
+    summary = "Close a connection (1008)",
+    params(("conn_id" = String, Path, description = "Connection id, e.g. c12")),
+    responses(
+        (status = 200, description = "The connection", body = ConnectionInfo),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not an admin", body = ErrorBody),
+        (status = 404, description = "Not on this broker (or cluster)", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn close(
     caller: Principal,
     app: web::Data<AppState>,

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::{now_ms, valid_id, Channel, MAX_ID_LEN};
 use switchboard_actors::router::MembersChanged;
 use switchboard_actors::store::models::GroupRow;
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::body::JsonBody;
 use crate::routes::caller::{Caller, Principal};
 use crate::state::AppState;
@@ -19,22 +20,29 @@ const MAX_MEMBERS: usize = 10_000;
 pub const CREATE_BODY_LIMIT: usize = MAX_MEMBERS * (MAX_ID_LEN + 3) + 64 * 1024;
 
 /// `POST /api/groups` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewGroup {
+    /// The group's id (default: a new UUID).
     #[serde(default)]
     id: Option<String>,
+    /// Its name, 1 to 200 characters.
     name: String,
+    /// Its first members besides the caller (at most 10,000).
     #[serde(default)]
     members: Vec<String>,
 }
 
 /// A group as the API returns it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GroupView {
+    /// Group id (its channel is `group:<id>`).
     id: String,
+    /// Its name.
     name: String,
+    /// Who made it.
     owner_id: String,
+    /// Its members, sorted.
     members: Vec<String>,
 }
 
@@ -62,6 +70,17 @@ fn members_changed(app: &AppState, id: &str) {
 }
 
 /// Creates a group owned by the caller (who is always a member).
+#[utoipa::path(post, path = "/api/groups", tag = "groups",
+    summary = "Create a group owned by the caller",
+    request_body = NewGroup,
+    responses(
+        (status = 201, description = "The group", body = GroupView),
+        (status = 400, description = "Bad id, name or members", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 409, description = "The id exists", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     caller: Caller,
     app: web::Data<AppState>,
@@ -106,6 +125,17 @@ pub async fn create(
 }
 
 /// Reads a group (its members, its owner and admins).
+#[utoipa::path(get, path = "/api/groups/{id}", tag = "groups",
+    summary = "A group and its members",
+    params(("id" = String, Path, description = "Group id")),
+    responses(
+        (status = 200, description = "The group", body = GroupView),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not a member", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn get(
     caller: Principal,
     app: web::Data<AppState>,
@@ -147,6 +177,18 @@ async fn change_member(
 }
 
 /// `PUT /api/groups/{id}/members/{user_id}`
+#[utoipa::path(put, path = "/api/groups/{id}/members/{user_id}", tag = "groups",
+    summary = "Add a member",
+    params(("id" = String, Path, description = "Group id"), ("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The group", body = GroupView),
+        (status = 400, description = "Bad user id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not the owner or an admin", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn add_member(
     caller: Principal,
     app: web::Data<AppState>,
@@ -156,6 +198,18 @@ pub async fn add_member(
 }
 
 /// `DELETE /api/groups/{id}/members/{user_id}`
+#[utoipa::path(delete, path = "/api/groups/{id}/members/{user_id}", tag = "groups",
+    summary = "Remove a member",
+    params(("id" = String, Path, description = "Group id"), ("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The group", body = GroupView),
+        (status = 400, description = "Bad user id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not the owner or an admin", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn remove_member(
     caller: Principal,
     app: web::Data<AppState>,

@@ -11,8 +11,9 @@ use switchboard_actors::router::AskChannel;
 use switchboard_actors::seq::Seq;
 use switchboard_actors::store::Page;
 use switchboard_actors::store::StoredMessage;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::caller::{Caller, Principal};
 use crate::state::AppState;
 
@@ -22,10 +23,14 @@ const MAX_LIMIT: i64 = 200;
 const DEFAULT_LIMIT: i64 = 50;
 
 /// Paging query (bounds exclusive).
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Only messages below this seq.
     before_seq: Option<i64>,
+    /// Only messages above this seq.
     after_seq: Option<i64>,
+    /// Most messages (default 50, at most 200).
     limit: Option<i64>,
 }
 
@@ -43,38 +48,93 @@ impl PageQuery {
     }
 }
 
-/// `{"messages": [frames], "has_more": bool, …}`, written from the frames' bytes; `extra`
-/// holds further fields as (name, JSON text).
-pub(crate) fn messages_body<F: AsRef<str>>(
-    frames: impl ExactSizeIterator<Item = F>,
+/// A message as history, search and `undelivered` list it: the delivery frame a connection
+/// gets, as `switchboard_actors::protocol::delivery_frame` writes it (by hand, from the
+/// stored bytes; tests/api/openapi.rs holds the two together).
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryFrame {
+    /// The message's type.
+    #[serde(rename = "type")]
+    kind: String,
+    /// Message id (UUID v7).
+    id: String,
+    /// As sent: any JSON.
+    payload: serde_json::Value,
+    /// Where and when.
+    meta: DeliveryMeta,
+}
+
+/// A delivery frame's `meta`.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryMeta {
+    /// When it was stored, ms since epoch.
+    timestamp: i64,
+    /// Who sent it.
+    sender_id: String,
+    /// The user or group it went to.
+    target_id: String,
+    /// The sender's device, when it said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    /// Its channel.
+    channel: String,
+    /// Its seq in the channel.
+    seq: i64,
+}
+
+/// A history page.
+#[derive(Serialize, ToSchema)]
+pub struct HistoryPage {
+    /// Delivery frames, in seq order.
+    messages: Vec<DeliveryFrame>,
+    /// More messages lie beyond the page.
     has_more: bool,
-    extra: &[(&str, String)],
-) -> HttpResponse {
-    let mut body = String::with_capacity(64 + frames.len() * 256);
-    body.push_str("{\"messages\":[");
+}
+
+/// `page` as JSON with `frames` written into its first field, an array `page` holds
+/// empty: `{"messages":[],…}` becomes `{"messages":[f1,f2],…}`. The page's type names the
+/// fields (and describes them in the OpenAPI document); the frames go in as their bytes.
+pub(crate) fn frames_body<F: AsRef<str>>(
+    page: &impl Serialize,
+    frames: impl ExactSizeIterator<Item = F>,
+) -> Result<String, ApiError> {
+    let rest = serde_json::to_string(page)
+        .map_err(|e| ApiError::Internal(format!("writing a page: {e}")))?;
+    // The first field is `"<name>":[]`: its name has no quote, and nothing precedes it.
+    let open = rest
+        .find(":[]")
+        .filter(|at| !rest[..*at].contains(','))
+        .ok_or_else(|| ApiError::Internal("a page's first field is not an empty list".into()))?
+        + 2;
+    let mut body = String::with_capacity(rest.len() + frames.len() * 256);
+    body.push_str(&rest[..open]);
     for (i, f) in frames.enumerate() {
         if i > 0 {
             body.push(',');
         }
         body.push_str(f.as_ref());
     }
-    body.push_str("],\"has_more\":");
-    body.push_str(if has_more { "true" } else { "false" });
-    for (name, json) in extra {
-        body.push_str(",\"");
-        body.push_str(name);
-        body.push_str("\":");
-        body.push_str(json);
-    }
-    body.push('}');
-    HttpResponse::Ok()
+    body.push_str(&rest[open..]);
+    Ok(body)
+}
+
+/// [`frames_body`] as a 200 JSON answer.
+pub(crate) fn messages_body<F: AsRef<str>>(
+    page: &impl Serialize,
+    frames: impl ExactSizeIterator<Item = F>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
-        .body(body)
+        .body(frames_body(page, frames)?))
 }
 
 /// A history page: `{"messages": [delivery frames], "has_more": bool}`.
-fn page_body(rows: &[StoredMessage], has_more: bool) -> HttpResponse {
-    messages_body(rows.iter().map(delivery_frame), has_more, &[])
+fn page_body(rows: &[StoredMessage], has_more: bool) -> Result<HttpResponse, ApiError> {
+    let page = HistoryPage {
+        messages: Vec::new(),
+        has_more,
+    };
+    messages_body(&page, rows.iter().map(delivery_frame))
 }
 
 async fn read_page(
@@ -84,10 +144,21 @@ async fn read_page(
 ) -> Result<HttpResponse, ApiError> {
     let name = channel.name.to_string();
     let (rows, has_more) = app.tree.reads.history(name, page).await?;
-    Ok(page_body(&rows, has_more))
+    page_body(&rows, has_more)
 }
 
 /// DM history between the caller and `user_id`.
+#[utoipa::path(get, path = "/api/messages/user/{user_id}", tag = "messages",
+    summary = "DM history with a user",
+    params(("user_id" = String, Path, description = "The other user"), PageQuery),
+    responses(
+        (status = 200, description = "A page of messages", body = HistoryPage),
+        (status = 400, description = "Bad user id or paging", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn user_history(
     caller: Caller,
     app: web::Data<AppState>,
@@ -103,6 +174,18 @@ pub async fn user_history(
 }
 
 /// Group history, for members (and admins).
+#[utoipa::path(get, path = "/api/messages/group/{group_id}", tag = "messages",
+    summary = "Group history",
+    params(("group_id" = String, Path, description = "Group id"), PageQuery),
+    responses(
+        (status = 200, description = "A page of messages", body = HistoryPage),
+        (status = 400, description = "Bad group id or paging", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Not a member", body = ErrorBody),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn group_history(
     caller: Principal,
     app: web::Data<AppState>,
@@ -125,21 +208,36 @@ pub async fn group_history(
 }
 
 /// `POST /api/messages/read` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Read {
+    /// A channel the caller may read.
     channel: String,
+    /// Read up to this seq.
     up_to_seq: Seq,
 }
 
 /// `POST /api/messages/read` reply: where the caller's cursor stands (it never moves back).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ReadCursor {
+    /// The channel.
     channel: String,
+    /// The caller's read cursor now.
     up_to_seq: Seq,
 }
 
 /// Moves the caller's read cursor in a channel they may read; the channel's other members
 /// and the caller's connections get `read_receipt`, as for the WebSocket frame.
+#[utoipa::path(post, path = "/api/messages/read", tag = "messages",
+    summary = "Move the caller's read cursor",
+    request_body = Read,
+    responses(
+        (status = 200, description = "Where the cursor stands", body = ReadCursor),
+        (status = 400, description = "Bad channel or seq", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not a channel the caller may read, or an API key", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn read(
     caller: Caller,
     app: web::Data<AppState>,

@@ -9,10 +9,11 @@ use switchboard_actors::ids::valid_id;
 use switchboard_actors::offline_queue::PlanSync;
 use switchboard_actors::protocol::delivery_frame;
 use switchboard_actors::store::Page;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::caller::Caller;
-use crate::routes::messages::messages_body;
+use crate::routes::messages::{messages_body, DeliveryFrame};
 use crate::session::offline::sync_points;
 use crate::state::AppState;
 
@@ -21,14 +22,39 @@ const MAX_LIMIT: i64 = 500;
 const DEFAULT_LIMIT: i64 = 100;
 
 /// `GET /api/messages/undelivered` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Undelivered {
+    /// The device.
     client_id: String,
+    /// Most messages (default 100, at most 500).
     limit: Option<i64>,
+}
+
+/// `GET /api/messages/undelivered` reply.
+#[derive(Serialize, ToSchema)]
+pub struct UndeliveredPage {
+    /// Delivery frames, per channel (by name) in seq order.
+    messages: Vec<DeliveryFrame>,
+    /// More messages wait beyond these.
+    has_more: bool,
+    /// Per channel: the seq up to which `messages` goes.
+    cursors: BTreeMap<String, i64>,
 }
 
 /// Messages device `client_id` has not marked delivered, per channel in seq order (channels
 /// by name), as its next `sync` would send them; `cursors` says where each channel stops.
+#[utoipa::path(get, path = "/api/messages/undelivered", tag = "messages",
+    summary = "What a device has not marked delivered",
+    params(Undelivered),
+    responses(
+        (status = 200, description = "The messages", body = UndeliveredPage),
+        (status = 400, description = "Bad device id or limit", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn undelivered(
     caller: Caller,
     app: web::Data<AppState>,
@@ -85,26 +111,46 @@ pub async fn undelivered(
         }
         cursors.insert(name, after);
     }
-    let cursors = serde_json::to_string(&cursors).unwrap_or_else(|_| "{}".into());
-    Ok(messages_body(
-        frames.iter(),
+    let page = UndeliveredPage {
+        messages: Vec::new(),
         has_more,
-        &[("cursors", cursors)],
-    ))
+        cursors,
+    };
+    messages_body(&page, frames.iter())
 }
 
 /// One channel's unread count.
-#[derive(Serialize)]
-struct Unread {
+#[derive(Serialize, ToSchema)]
+pub struct Unread {
+    /// The channel.
     channel: String,
+    /// Its last message's seq.
     last_seq: i64,
+    /// The caller's read cursor.
     read_up_to: i64,
+    /// Messages after it.
     unread: i64,
+}
+
+/// `GET /api/messages/unread` reply.
+#[derive(Serialize, ToSchema)]
+pub struct UnreadList {
+    /// Sorted by channel name.
+    channels: Vec<Unread>,
 }
 
 /// Per channel of the caller's (DMs, groups, `user:` channel) with messages: its last seq,
 /// how far the caller has read (`read_receipt` / `POST /api/messages/read`), and the
 /// difference. Sorted by channel name.
+#[utoipa::path(get, path = "/api/messages/unread", tag = "messages",
+    summary = "Per channel: last seq and read cursor",
+    responses(
+        (status = 200, description = "The channels", body = UnreadList),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn unread(caller: Caller, app: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let user = caller.user.to_string();
     let plan = app
@@ -132,5 +178,5 @@ pub async fn unread(caller: Caller, app: web::Data<AppState>) -> Result<HttpResp
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "channels": channels })))
+    Ok(HttpResponse::Ok().json(UnreadList { channels }))
 }

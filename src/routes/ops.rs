@@ -3,14 +3,26 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use serde::Serialize;
 use serde_json::json;
 use switchboard_actors::router::GetStats;
+use utoipa::ToSchema;
 
 use crate::state::AppState;
 
+/// `GET /health` reply.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    status: &'static str,
+}
+
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process serves HTTP", body = Health)),
+)]
 pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 async fn database_ok(app: &AppState) -> Result<(), String> {
@@ -44,7 +56,25 @@ fn verdict(r: &Result<(), String>) -> serde_json::Value {
     }
 }
 
+/// `GET /ready` reply (fields in name order, as always sent).
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `"ok"` or `{"error": "…"}`.
+    database: serde_json::Value,
+    /// `"ok"`, `{"error": "…"}` or `"not configured"`.
+    redis: serde_json::Value,
+    /// `ready` or `unavailable`.
+    status: &'static str,
+}
+
 /// Readiness: the database (and Redis, when configured) answer.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    summary = "Readiness: the database (and Redis, when configured) answer",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready, with the reason", body = Readiness),
+    ),
+)]
 pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
     let db = database_ok(&app).await;
     let redis = match &app.redis {
@@ -52,11 +82,14 @@ pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
         None => None,
     };
     let ok = db.is_ok() && redis.as_ref().is_none_or(|r| r.is_ok());
-    let body = json!({
-        "status": if ok { "ready" } else { "unavailable" },
-        "database": verdict(&db),
-        "redis": redis.as_ref().map(verdict).unwrap_or(json!("not configured")),
-    });
+    let body = Readiness {
+        database: verdict(&db),
+        redis: redis
+            .as_ref()
+            .map(verdict)
+            .unwrap_or(json!("not configured")),
+        status: if ok { "ready" } else { "unavailable" },
+    };
     if ok {
         HttpResponse::Ok().json(body)
     } else {
@@ -65,6 +98,10 @@ pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Actor health, connections and store state.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    summary = "Actor health, connections, store state (docs/OPERATIONS.md)",
+    responses((status = 200, description = "The status document (docs/OPERATIONS.md)", body = Object)),
+)]
 pub async fn status(app: web::Data<AppState>) -> HttpResponse {
     let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;
     let stats = app.tree.router.send(GetStats).await.unwrap_or_default();
@@ -154,6 +191,9 @@ fn command_status(app: &AppState) -> serde_json::Value {
 
 /// `GET /metrics`: every metric in the Prometheus text format. Gauges of state owned
 /// elsewhere (connections, channel actors, mailboxes, restarts) are read now.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text format",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)),
+)]
 pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
     let m = switchboard_actors::metrics::metrics();
     let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;

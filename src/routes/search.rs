@@ -4,14 +4,15 @@
 //! (messages are not indexed when stored, so storing stays as fast as without search).
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::names_a_readable_channel;
 use switchboard_actors::protocol::delivery_frame;
 use switchboard_actors::store::models::SearchQuery;
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::caller::Caller;
-use crate::routes::messages::messages_body;
+use crate::routes::messages::{messages_body, DeliveryFrame};
 use crate::state::AppState;
 
 /// Largest page.
@@ -25,14 +26,35 @@ const MAX_WORD_LEN: usize = 100;
 const MAX_CATCH_UP_STEPS: usize = 40;
 
 /// `GET /api/messages/search` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SearchParams {
+    /// Words, all required (at most 16, of at most 100 characters).
     q: String,
+    /// Only this channel.
     channel: Option<String>,
+    /// Only messages stored at or after this time, ms since epoch.
     from: Option<i64>,
+    /// Only messages stored before this time, ms since epoch.
     to: Option<i64>,
+    /// Most results (default 20, at most 100).
     limit: Option<i64>,
+    /// The previous page's `next_before`.
     before: Option<String>,
+}
+
+/// `GET /api/messages/search` reply.
+#[derive(Serialize, ToSchema)]
+pub struct SearchPage {
+    /// Delivery frames, newest first.
+    messages: Vec<DeliveryFrame>,
+    /// More results lie beyond the page.
+    has_more: bool,
+    /// While `has_more`: the next page's `before`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_before: Option<String>,
+    /// Whether the index had caught up with every message before the search.
+    complete: bool,
 }
 
 /// `before` as `<created_at>:<seq>:<channel>` (the `next_before` of the previous page).
@@ -46,6 +68,18 @@ fn parse_before(s: &str) -> Result<(i64, String, i64), ApiError> {
 }
 
 /// Searches the caller's readable messages.
+#[utoipa::path(get, path = "/api/messages/search", tag = "messages",
+    summary = "Full-text search over what the caller may read",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "A page of results", body = SearchPage),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "A channel the caller may not read, or an API key", body = ErrorBody),
+        (status = 501, description = "Off while encryption at rest is on", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn search(
     caller: Caller,
     app: web::Data<AppState>,
@@ -110,16 +144,15 @@ pub async fn search(
     let has_more = rows.len() as i64 > limit;
     rows.truncate(limit as usize);
 
-    let mut extra = Vec::with_capacity(2);
-    if let (true, Some(last)) = (has_more, rows.last()) {
-        let cursor = format!("{}:{}:{}", last.created_at, last.seq, last.channel);
-        let cursor = serde_json::to_string(&cursor).unwrap_or_else(|_| "null".into());
-        extra.push(("next_before", cursor));
-    }
-    extra.push(("complete", complete.to_string()));
-    Ok(messages_body(
-        rows.iter().map(delivery_frame),
+    let next_before = match (has_more, rows.last()) {
+        (true, Some(last)) => Some(format!("{}:{}:{}", last.created_at, last.seq, last.channel)),
+        _ => None,
+    };
+    let page = SearchPage {
+        messages: Vec::new(),
         has_more,
-        &extra,
-    ))
+        next_before,
+        complete,
+    };
+    messages_body(&page, rows.iter().map(delivery_frame))
 }

@@ -5,10 +5,12 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::valid_id;
+use switchboard_actors::protocol::ErrorCode;
 use switchboard_actors::store::models::{StateDoc, StateOutcome};
-use switchboard_actors::sync_engine::{state_result, PutDocument};
+use switchboard_actors::sync_engine::{state_result, CurrentDoc, PutDocument, StateResult};
+use utoipa::{IntoParams, ToSchema};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody, ErrorDetail};
 use crate::routes::body::JsonBody;
 use crate::routes::caller::Caller;
 use crate::state::AppState;
@@ -17,7 +19,8 @@ use crate::state::AppState;
 const MAX_PAGE: i64 = 1000;
 
 /// `GET /api/state/{collection}` query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Since {
     /// The revision the device has seen (0: everything).
     #[serde(default)]
@@ -28,22 +31,35 @@ pub struct Since {
 }
 
 /// `GET /api/state/{collection}` reply.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Changes {
+    /// The collection.
     collection: String,
     /// Written after `since_version`, oldest first.
     documents: Vec<StateDoc>,
     /// The newest revision in `documents` while `has_more`, else the collection's revision:
     /// the next fetch's `since_version`.
     revision: i64,
+    /// More documents wait: fetch again from `revision`.
     has_more: bool,
 }
 
 /// `PUT /api/state/{collection}/{key}` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Put {
+    /// The document: any JSON.
     value: serde_json::Value,
+    /// The version this write is based on (0: the key has no document yet).
     base_version: u64,
+}
+
+/// `PUT /api/state/{collection}/{key}` reply on a conflict (fields in name order).
+#[derive(Serialize, ToSchema)]
+pub struct StateConflict {
+    /// The stored document the write lost to.
+    current: Option<CurrentDoc>,
+    /// `conflict`.
+    error: ErrorDetail,
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
@@ -55,6 +71,17 @@ fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
 }
 
 /// The caller's documents of a collection written after revision `since_version`.
+#[utoipa::path(get, path = "/api/state/{collection}", tag = "state",
+    summary = "The caller's documents written after a revision",
+    params(("collection" = String, Path, description = "Collection"), Since),
+    responses(
+        (status = 200, description = "The documents", body = Changes),
+        (status = 400, description = "Bad collection or revision", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn changes(
     caller: Caller,
     app: web::Data<AppState>,
@@ -93,6 +120,19 @@ pub async fn changes(
 }
 
 /// Writes one of the caller's documents if `base_version` is still its version.
+#[utoipa::path(put, path = "/api/state/{collection}/{key}", tag = "state",
+    summary = "Write a document on its base version",
+    params(("collection" = String, Path, description = "Collection"), ("key" = String, Path, description = "Key")),
+    request_body = Put,
+    responses(
+        (status = 200, description = "Applied", body = StateResult),
+        (status = 400, description = "Bad collection, key or body", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+        (status = 409, description = "Conflict, with the stored document", body = StateConflict),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn put(
     caller: Caller,
     app: web::Data<AppState>,
@@ -120,12 +160,15 @@ pub async fn put(
     let result = state_result(None, &collection, &key, &outcome);
     Ok(match outcome {
         StateOutcome::Applied { .. } => HttpResponse::Ok().json(result),
-        StateOutcome::Conflict { .. } => HttpResponse::Conflict().json(serde_json::json!({
-            "error": {
-                "code": "conflict",
-                "message": format!("`{key}` is at version {}, not {base_version}", result["version"]),
+        StateOutcome::Conflict { .. } => HttpResponse::Conflict().json(StateConflict {
+            error: ErrorDetail {
+                code: ErrorCode::Conflict,
+                message: format!(
+                    "`{key}` is at version {}, not {base_version}",
+                    result.version
+                ),
             },
-            "current": result["current"],
-        })),
+            current: result.current,
+        }),
     })
 }

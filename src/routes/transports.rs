@@ -8,13 +8,15 @@ use std::time::Duration;
 use actix_web::http::header::{self, ContentType, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::{now_ms, valid_id, Channel, ChannelKind, UserId};
 use switchboard_actors::protocol::{parse_client_frame, ClientFrame, ErrorCode, ErrorPayload};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{bearer, Claims};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::caller::API_KEY_HEADER;
+use crate::routes::messages::frames_body;
 use crate::routes::ws::{check_origin, client_identity, gate_error};
 use crate::session::cursor::{ResumeCursor, MAX_CHANNELS};
 use crate::session::http::HttpAnswer;
@@ -27,19 +29,32 @@ const MAX_POLL_TIMEOUT_S: u64 = 120;
 const DEFAULT_POLL_TIMEOUT_S: u64 = 25;
 
 /// Query of `GET /sse` and `GET /poll`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// Access token (or `Authorization: Bearer`).
     token: Option<String>,
+    /// Device id kept across reconnects (a resume cursor's device otherwise).
     client_id: Option<String>,
+    /// `web`, `desktop`, `mobile`, `extension`, `cli` or `server`.
     device: Option<String>,
-    /// Channels to subscribe to, comma-separated (broadcast channels, typically).
+    /// Broadcast channels to subscribe to, comma-separated.
     subscribe: Option<String>,
-    /// The poll's cursor.
+    /// `GET /poll`: the previous answer's cursor.
     cursor: Option<String>,
-    /// For EventSource polyfills that cannot set headers: the `Last-Event-ID`.
+    /// `GET /sse`, for EventSource polyfills that cannot set headers: the `Last-Event-ID`.
     last_event_id: Option<String>,
-    /// The poll's longest wait, seconds.
+    /// `GET /poll`: the longest wait, seconds (at most 120, default 25).
     timeout_s: Option<u64>,
+}
+
+/// `GET /poll` reply.
+#[derive(Serialize, ToSchema)]
+pub struct PollPage {
+    /// Server frames, in the order they came.
+    frames: Vec<serde_json::Value>,
+    /// Where the next poll resumes.
+    cursor: String,
 }
 
 /// Admits a client of a fallback transport: authenticated by its token (no `auth` frame
@@ -145,6 +160,19 @@ fn admit_resumable(
 }
 
 /// `GET /sse`: a stream of server frames as Server-Sent Events.
+#[utoipa::path(get, path = "/sse", tag = "transports",
+    summary = "Server frames as Server-Sent Events; Last-Event-ID resumes",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "The stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad cursor, device or subscription", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Origin not allowed", body = ErrorBody),
+        (status = 429, description = "Rate or connection limit", body = ErrorBody),
+        (status = 503, description = "Node full", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn sse(
     app: web::Data<AppState>,
     req: HttpRequest,
@@ -176,6 +204,18 @@ pub async fn sse(
 }
 
 /// `GET /poll`: `{"frames": […], "cursor": "…"}` once frames wait or `timeout_s` passes.
+#[utoipa::path(get, path = "/poll", tag = "transports",
+    summary = "Long polling: frames and the next cursor",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "Frames (maybe none) and the next cursor", body = PollPage),
+        (status = 400, description = "Bad cursor, device, subscription or timeout", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 429, description = "Rate or connection limit", body = ErrorBody),
+        (status = 503, description = "Node full", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn poll(
     app: web::Data<AppState>,
     req: HttpRequest,
@@ -197,18 +237,11 @@ pub async fn poll(
     let answer = session::poll::start(app, adm, start)
         .await
         .map_err(|_| ApiError::Unavailable("the poll ended without an answer; retry".into()))?;
-    let mut body =
-        String::with_capacity(64 + answer.frames.iter().map(|f| f.len() + 1).sum::<usize>());
-    body.push_str("{\"frames\":[");
-    for (i, f) in answer.frames.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(f);
-    }
-    body.push_str("],\"cursor\":");
-    body.push_str(&serde_json::to_string(&answer.cursor).unwrap_or_default());
-    body.push('}');
+    let page = PollPage {
+        frames: Vec::new(),
+        cursor: answer.cursor,
+    };
+    let body = frames_body(&page, answer.frames.iter())?;
     Ok(HttpResponse::Ok()
         .content_type(ContentType::json())
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
@@ -216,8 +249,10 @@ pub async fn poll(
 }
 
 /// Query of `POST /api/messages`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SendQuery {
+    /// Device id.
     client_id: Option<String>,
     /// With an API key: the user the frame is sent as.
     user_id: Option<String>,
@@ -264,6 +299,20 @@ async fn admit_key(
 /// `POST /api/messages`: the body is a client frame; the answer is the frame a WebSocket
 /// would have got (`ack`, `error`, `state_sync_result`, `response`, `heartbeat`), or 204
 /// for a frame with no answer. An `error` comes with the HTTP status of its code.
+#[utoipa::path(post, path = "/api/messages", tag = "messages",
+    summary = "Send any client frame over HTTP; the answer is its ack or error frame",
+    params(SendQuery),
+    request_body(content = serde_json::Value, description = "A client frame (docs/PROTOCOL.md)"),
+    responses(
+        (status = 200, description = "The answer frame", body = serde_json::Value),
+        (status = 204, description = "Accepted; no answer frame"),
+        (status = 400, description = "Bad frame (an error frame)", body = serde_json::Value),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "Forbidden (an error frame, or a key without `publish`)", body = serde_json::Value),
+        (status = 413, description = "Over the frame size limit", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn send(
     app: web::Data<AppState>,
     req: HttpRequest,

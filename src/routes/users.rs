@@ -5,8 +5,9 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use switchboard_actors::ids::{valid_id, UserId};
 use switchboard_actors::presence::{GetPresence, GetPresences, Presence};
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::routes::body::JsonBody;
 use crate::routes::caller::{Caller, Principal};
 use crate::state::AppState;
@@ -15,19 +16,32 @@ use crate::state::AppState;
 pub const MAX_FOLLOWING: usize = 1000;
 
 /// `PUT /api/users/me/following` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct Following {
+    /// Everyone the caller follows from now on (at most 1,000).
     user_ids: Vec<String>,
 }
 
 /// `GET /api/users/following/status` reply.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct FollowingStatus {
+    /// Sorted by user id.
     users: Vec<Presence>,
 }
 
 /// The presence of one user (`offline` for a user never seen): for any user's token, and
 /// for an API key with `read` (or `admin`).
+#[utoipa::path(get, path = "/api/users/{user_id}/status", tag = "presence",
+    summary = "One user's presence (never seen: offline)",
+    params(("user_id" = String, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The presence", body = Presence),
+        (status = 400, description = "Bad user id", body = ErrorBody),
+        (status = 401, description = "No valid credential", body = ErrorBody),
+        (status = 403, description = "An API key without read or admin", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("api_key" = [])),
+)]
 pub async fn status(
     caller: Principal,
     app: web::Data<AppState>,
@@ -53,6 +67,15 @@ pub async fn status(
 }
 
 /// The presence of every user the caller follows, sorted by user id.
+#[utoipa::path(get, path = "/api/users/following/status", tag = "presence",
+    summary = "Presence of the users the caller follows",
+    responses(
+        (status = 200, description = "Their presence", body = FollowingStatus),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn following_status(
     caller: Caller,
     app: web::Data<AppState>,
@@ -64,6 +87,17 @@ pub async fn following_status(
 }
 
 /// Replaces the list of users the caller follows.
+#[utoipa::path(put, path = "/api/users/me/following", tag = "presence",
+    summary = "Set whom the caller follows",
+    request_body = Following,
+    responses(
+        (status = 204, description = "Set"),
+        (status = 400, description = "Bad ids or too many", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "An API key (this route acts as a user)", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn set_following(
     caller: Caller,
     app: web::Data<AppState>,

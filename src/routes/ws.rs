@@ -219,7 +219,24 @@ pub async fn upgrade<Io: Upgraded>(
     Ok(())
 }
 
-/// `GET /ws` without the upgrade headers.
+/// `GET /ws` without the upgrade headers. The upgrade itself is answered before routing
+/// ([`upgrade`]); this declaration describes both.
+#[utoipa::path(get, path = "/ws", tag = "transports",
+    summary = "WebSocket upgrade (contract section 2): token in Authorization, ?token= or an auth frame",
+    params(
+        ("token" = Option<String>, Query, description = "Access token (or Authorization: Bearer, or an auth frame)"),
+        ("client_id" = Option<String>, Query, description = "Device id kept across reconnects"),
+        ("device" = Option<String>, Query, description = "web, desktop, mobile, extension, cli or server"),
+    ),
+    responses(
+        (status = 101, description = "Switching protocols"),
+        (status = 400, description = "Not an upgrade request", body = crate::error::ErrorBody),
+        (status = 401, description = "Bad, expired or revoked token", body = crate::error::ErrorBody),
+        (status = 403, description = "Origin not allowed", body = crate::error::ErrorBody),
+        (status = 429, description = "Too many connections for the user or from the address", body = crate::error::ErrorBody),
+        (status = 503, description = "Node full", body = crate::error::ErrorBody),
+    ),
+)]
 pub async fn not_upgraded() -> Result<HttpResponse, ApiError> {
     Err(ApiError::BadRequest(
         "this endpoint takes a WebSocket upgrade (`Upgrade: websocket`)".into(),

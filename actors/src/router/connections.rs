@@ -158,7 +158,7 @@ impl Router {
 pub const ADMIN_CLOSE: (u16, &str) = (1008, "disconnected by an administrator");
 
 /// One connection as the admin API lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConnectionInfo {
     /// Server-made connection id.
     pub conn_id: String,
@@ -172,6 +172,9 @@ pub struct ConnectionInfo {
     pub transport: &'static str,
     /// When it authenticated, ms since epoch.
     pub connected_at: i64,
+    /// In a cluster's listing: the node it is on (the admin API adds it; absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 impl From<&SessionHandle> for ConnectionInfo {
@@ -183,6 +186,7 @@ impl From<&SessionHandle> for ConnectionInfo {
             device: h.device.as_deref().map(str::to_owned),
             transport: h.transport.as_str(),
             connected_at: h.connected_at,
+            node_id: None,
         }
     }
 }

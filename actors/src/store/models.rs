@@ -170,7 +170,7 @@ pub struct Page {
 }
 
 /// One synced document as stored (`state_documents`).
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, serde::Serialize, utoipa::ToSchema)]
 pub struct StateDoc {
     /// Its key within the collection.
     #[diesel(sql_type = Text, column_name = doc_key)]
@@ -178,6 +178,7 @@ pub struct StateDoc {
     /// Its value, JSON text as written.
     #[diesel(sql_type = Text)]
     #[serde(serialize_with = "raw_json")]
+    #[schema(value_type = serde_json::Value)]
     pub value: String,
     /// Writes applied to this key: 1 after the first.
     #[diesel(sql_type = diesel::sql_types::BigInt)]
