@@ -30,25 +30,15 @@ pub struct ListQuery {
 /// `GET /api/admin/connections` reply.
 #[derive(Serialize, ToSchema)]
 pub struct ConnectionList {
-    /// Oldest first.
+    /// Oldest first. As JSON objects (keys in name order, as always sent), so that other
+    /// nodes' answers go in as they came.
     #[schema(value_type = Vec<ConnectionInfo>)]
-    connections: Listed,
+    connections: Vec<Value>,
     /// In a cluster: how many nodes were asked and answered (this one included).
     #[serde(skip_serializing_if = "Option::is_none")]
     nodes: Option<NodesAsked>,
     /// How many there are in all.
     total: u64,
-}
-
-/// The connections of a listing: this node's, or (in a cluster) every node's as JSON with
-/// the `node_id` each is on.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Listed {
-    /// A single node's.
-    Here(Vec<ConnectionInfo>),
-    /// A cluster's.
-    Cluster(Vec<Value>),
 }
 
 /// Nodes a cluster listing asked (fields in name order, as always sent).
@@ -107,7 +97,7 @@ pub async fn list(
         .map_err(|_| ApiError::Unavailable("router unavailable; retry".into()))?;
     let Some((link, stats)) = &app.tree.cluster else {
         return Ok(HttpResponse::Ok().json(ConnectionList {
-            connections: Listed::Here(list),
+            connections: list.iter().map(|c| json!(c)).collect(),
             nodes: None,
             total: total as u64,
         }));
@@ -134,7 +124,7 @@ pub async fn list(
     items.sort_by_key(|c| (c["connected_at"].as_i64(), c["conn_id"].to_string()));
     items.truncate(limit);
     Ok(HttpResponse::Ok().json(ConnectionList {
-        connections: Listed::Cluster(items),
+        connections: items,
         nodes: Some(NodesAsked {
             answered: answers.answers.len() + 1,
             asked: answers.asked + 1,
