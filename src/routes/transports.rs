@@ -333,7 +333,7 @@ fn needs_a_connection(frame: &ClientFrame) -> Option<&'static str> {
 
 /// A server frame as the HTTP answer: 200, or the status of its error code.
 fn frame_response(frame: &str) -> HttpResponse {
-    let status = if session::sse::frame_type(frame) == "error" {
+    let status = if session::frame_type(frame) == "error" {
         serde_json::from_str::<ErrorFrame>(frame)
             .map(|f| ApiError::from_code(f.payload.code, String::new()).status_code())
             .unwrap_or(StatusCode::BAD_REQUEST)

@@ -22,8 +22,7 @@ use switchboard_actors::session_handle::Transport;
 use tokio::sync::oneshot;
 
 use super::cursor::ResumeCursor;
-use super::sse::frame_type;
-use super::{Admission, Ctx, SessionActor, Wire};
+use super::{frame_type, Admission, Ctx, SessionActor, Wire};
 use crate::state::AppState;
 
 /// A session for one long poll.
