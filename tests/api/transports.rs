@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    another_node, chat, spawn_app, spawn_app_with, without_rate_limit, SseClient, TestApp, WAIT,
+    another_node, chat, spawn_app, spawn_app_with, wait_until, without_rate_limit, SseClient,
+    TestApp, WAIT,
 };
 
 /// Contents of the chat messages among `events`.
@@ -50,6 +51,14 @@ fn polled(body: &Value) -> Vec<String> {
 /// Sends a client frame over HTTP as `user`: the status and the answer.
 async fn http_send(app: &TestApp, user: &str, frame: Value) -> (u16, Value) {
     app.post("/api/messages", &app.token(user), frame).await
+}
+
+/// Open connections of `transport` that `/status` counts (0 when it lists none).
+async fn open_of(app: &TestApp, transport: &str) -> u64 {
+    let (_, status) = app.get("/status", &app.admin_token()).await;
+    status["connections"]["by_transport"][transport]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[actix_web::test]
@@ -354,6 +363,51 @@ async fn fallback_transports_share_the_websockets_rate_limit() {
     let limited = codes.iter().filter(|(s, _)| *s == 429).count();
     assert!(limited >= 2, "{codes:?}");
     assert!(codes.iter().any(|(s, c)| *s == 429 && *c == "rate_limited"));
+}
+
+#[actix_web::test]
+async fn a_poll_whose_client_goes_away_ends_long_before_its_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| {
+        s.limits.max_connections_per_user = 1;
+        s.presence.offline_grace = Duration::from_millis(100);
+    })
+    .await;
+    let bob = app.token("bob");
+    let carol = app.token("carol");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("tcp connect");
+    let request = format!(
+        "GET /poll?client_id=bob-cli&timeout_s=120 HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {bob}\r\n\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.expect("request");
+    wait_until("the poll to wait", || async {
+        open_of(&app, "poll").await == 1
+    })
+    .await;
+    let (_, presence) = app.get("/api/users/bob/status", &carol).await;
+    assert_eq!(presence["status"], "online", "{presence}");
+    let (status, _) = app.poll("client_id=bob-cli&timeout_s=0", &bob).await;
+    assert_eq!(status, 429, "the waiting poll holds bob's one place");
+
+    // The client goes; its poll ends, though 120 s are far from over.
+    drop(raw);
+    wait_until("the abandoned poll to end", || async {
+        open_of(&app, "poll").await == 0
+    })
+    .await;
+    wait_until("bob to be offline", || async {
+        let (_, presence) = app.get("/api/users/bob/status", &carol).await;
+        presence["status"] == "offline"
+    })
+    .await;
+    wait_until("bob's place to be free again", || async {
+        app.poll("client_id=bob-cli&timeout_s=0", &bob).await.0 == 200
+    })
+    .await;
 }
 
 #[actix_web::test]
