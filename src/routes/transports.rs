@@ -1,7 +1,9 @@
 //! The fallback transports (contract section 2): `GET /sse` (Server-Sent Events),
 //! `GET /poll` (long polling) and `POST /api/messages` (a client frame over HTTP). Each
 //! admits its client as the WebSocket upgrade does (token, `client_id`, `device`, the
-//! node's and the user's connection limits) and hands it to a session over its wire.
+//! node's connection limit) and hands it to a session over its wire. An SSE stream or a
+//! poll holds one of the user's connection places; a frame sent over HTTP is one request,
+//! not a connection, and holds none: it only draws from the user's frame bucket.
 
 use std::time::Duration;
 
@@ -42,6 +44,15 @@ pub struct StreamQuery {
     timeout_s: Option<u64>,
 }
 
+/// What an admitted client takes of its user's allowance.
+#[derive(Clone, Copy)]
+enum Takes {
+    /// One of the user's `limits.max_connections_per_user` places (an SSE stream, a poll).
+    Place,
+    /// Only the user's frame bucket (a frame sent over HTTP).
+    Bucket,
+}
+
 /// Admits a client of a fallback transport: authenticated by its token (no `auth` frame
 /// here), on device `client_id` (the cursor's, the query's, or a new one).
 fn admit(
@@ -50,12 +61,13 @@ fn admit(
     token: Option<&str>,
     client_id: Option<&str>,
     device: Option<&str>,
+    takes: Takes,
 ) -> Result<Admission, ApiError> {
     let token = bearer(req.headers()).or(token).ok_or_else(|| {
         ApiError::Unauthorized("missing token (`Authorization: Bearer` or `?token=`)".into())
     })?;
     let claims = app.auth.verify(token)?;
-    admit_claims(app, claims, client_id, device)
+    admit_claims(app, claims, client_id, device, takes)
 }
 
 /// Admits a client authenticated as `claims`.
@@ -64,13 +76,16 @@ fn admit_claims(
     claims: Claims,
     client_id: Option<&str>,
     device: Option<&str>,
+    takes: Takes,
 ) -> Result<Admission, ApiError> {
     let (client_id, device) = client_identity(client_id, device)?;
     let node = app.gate.admit_node().map_err(gate_error)?;
-    let ticket = app
-        .gate
-        .admit_user(&UserId::new(&claims.sub))
-        .map_err(gate_error)?;
+    let user = UserId::new(&claims.sub);
+    let ticket = match takes {
+        Takes::Place => app.gate.admit_user(&user),
+        Takes::Bucket => app.gate.admit_sender(&user),
+    }
+    .map_err(gate_error)?;
     Ok(Admission {
         client_id,
         device,
@@ -140,7 +155,14 @@ fn admit_resumable(
         app.settings.limits.max_subscriptions,
     )?;
     let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
-    let adm = admit(app, req, q.token.as_deref(), client_id, q.device.as_deref())?;
+    let adm = admit(
+        app,
+        req,
+        q.token.as_deref(),
+        client_id,
+        q.device.as_deref(),
+        Takes::Place,
+    )?;
     Ok((adm, resume, subscribe))
 }
 
@@ -258,7 +280,7 @@ async fn admit_key(
         device: Some("server".into()),
         typ: None,
     };
-    admit_claims(app, claims, q.client_id.as_deref(), None)
+    admit_claims(app, claims, q.client_id.as_deref(), None, Takes::Bucket)
 }
 
 /// `POST /api/messages`: the body is a client frame; the answer is the frame a WebSocket
@@ -305,7 +327,14 @@ pub async fn send(
                 "`user_id` is for API keys: a token sends as its own user".into(),
             ))
         }
-        None => admit(&app, &req, None, q.client_id.as_deref(), None)?,
+        None => admit(
+            &app,
+            &req,
+            None,
+            q.client_id.as_deref(),
+            None,
+            Takes::Bucket,
+        )?,
     };
     match session::http::send(app, adm, text).await {
         Ok(HttpAnswer::Frame(frame)) => Ok(frame_response(&frame)),

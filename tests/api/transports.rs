@@ -366,6 +366,35 @@ async fn fallback_transports_share_the_websockets_rate_limit() {
 }
 
 #[actix_web::test]
+async fn an_http_send_is_not_refused_because_the_users_places_are_taken() {
+    let app = spawn_app_with(|s| s.limits.max_connections_per_user = 1).await;
+    let mut bob = app.ws_as("bob", "client_id=bob-phone").await;
+    assert_eq!(
+        app.ws_connect("/ws", Some(&app.token("bob"))).await.err(),
+        Some(429),
+        "bob's one place is taken"
+    );
+
+    // Bob's phone is connected; his laptop's script still sends, and the phone gets it.
+    let (status, ack) = http_send(&app, "bob", chat("alice", "s1", "from the laptop")).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["type"], "ack");
+    let own = bob.recv_type("chat_message").await;
+    assert_eq!(own["payload"]["content"], "from the laptop");
+
+    // The send took no place and left none taken.
+    assert_eq!(
+        app.ws_connect("/ws", Some(&app.token("bob"))).await.err(),
+        Some(429)
+    );
+    drop(bob);
+    wait_until("bob to connect again once his phone is gone", || async {
+        app.ws_connect("/ws", Some(&app.token("bob"))).await.is_ok()
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn a_poll_whose_client_goes_away_ends_long_before_its_timeout() {
     use tokio::io::AsyncWriteExt;
     let app = spawn_app_with(|s| {
