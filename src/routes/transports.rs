@@ -1,9 +1,10 @@
 //! The fallback transports (contract section 2): `GET /sse` (Server-Sent Events),
 //! `GET /poll` (long polling) and `POST /api/messages` (a client frame over HTTP). Each
-//! admits its client as the WebSocket upgrade does (token, `client_id`, `device`, the
-//! node's connection limit) and hands it to a session over its wire. An SSE stream or a
-//! poll holds one of the user's connection places; a frame sent over HTTP is one request,
-//! not a connection, and holds none: it only draws from the user's frame bucket.
+//! admits its client as the WebSocket upgrade does (`Origin`, token, `client_id`,
+//! `device`, the node's connection limit) and hands it to a session over its wire. An SSE
+//! stream or a poll holds one of the user's connection places; a frame sent over HTTP is
+//! one request, not a connection, and holds none: it only draws from the user's frame
+//! bucket.
 
 use std::time::Duration;
 
@@ -198,11 +199,13 @@ pub async fn sse(
 }
 
 /// `GET /poll`: `{"frames": […], "cursor": "…"}` once frames wait or `timeout_s` passes.
+/// A browser page may poll only from `server.allowed_origins`, as it may open a stream.
 pub async fn poll(
     app: web::Data<AppState>,
     req: HttpRequest,
     q: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&app, req.headers().get(header::ORIGIN))?;
     let q = q.into_inner();
     let timeout_s = q.timeout_s.unwrap_or(DEFAULT_POLL_TIMEOUT_S);
     if timeout_s > MAX_POLL_TIMEOUT_S {
@@ -286,12 +289,16 @@ async fn admit_key(
 /// `POST /api/messages`: the body is a client frame; the answer is the frame a WebSocket
 /// would have got (`ack`, `error`, `state_sync_result`, `response`, `heartbeat`), or 204
 /// for a frame with no answer. An `error` comes with the HTTP status of its code.
+///
+/// Its `Origin` is checked as the other transports' are: a browser page may send only from
+/// `server.allowed_origins`, whatever the CORS preflight would have said.
 pub async fn send(
     app: web::Data<AppState>,
     req: HttpRequest,
     q: web::Query<SendQuery>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&app, req.headers().get(header::ORIGIN))?;
     if body.len() > app.settings.limits.max_frame_bytes {
         return Err(ApiError::TooLarge(format!(
             "a frame is at most {} bytes",
