@@ -366,6 +366,67 @@ async fn fallback_transports_share_the_websockets_rate_limit() {
 }
 
 #[actix_web::test]
+async fn a_websocket_and_an_http_sender_of_one_user_draw_from_one_frame_bucket() {
+    // A bucket that does not refill within the test: five frames for the user in all.
+    let app = spawn_app_with(|s| {
+        s.limits.frames_per_second = 0.001;
+        s.limits.frames_burst = 5.0;
+    })
+    .await;
+    let mut alice = app.ws("alice").await;
+    alice.dm("bob", "w1", "ws 1").await;
+    alice.dm("bob", "w2", "ws 2").await;
+    for i in 1..=3 {
+        let (status, ack) = http_send(&app, "alice", chat("bob", &format!("h{i}"), "http")).await;
+        assert_eq!(status, 200, "token {} of 5: {ack}", i + 2);
+    }
+    // The WebSocket took two and HTTP three: both are refused now.
+    let (status, body) = http_send(&app, "alice", chat("bob", "h4", "http")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["payload"]["code"], "rate_limited");
+    let refused = alice.request(chat("bob", "w3", "ws 3")).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["payload"]["code"], "rate_limited");
+    assert_eq!(refused["payload"]["ref_id"], "w3");
+}
+
+#[actix_web::test]
+async fn sse_streams_and_polls_take_the_users_connection_places() {
+    let app = spawn_app_with(|s| s.limits.max_connections_per_user = 2).await;
+    let bob = app.token("bob");
+    let mut sse = app
+        .sse("client_id=bob-web", Some(&bob), None)
+        .await
+        .expect("first place");
+    until_synced(&mut sse).await;
+    let _ws = app.ws("bob").await;
+
+    // Both places are taken: every transport gets the documented 429.
+    let (status, body) = app.poll("client_id=bob-cli&timeout_s=0", &bob).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    match app.sse("client_id=bob-tab", Some(&bob), None).await {
+        Err((status, body)) => assert_eq!(status, 429, "{body}"),
+        Ok(_) => panic!("a third connection opened a stream"),
+    }
+    assert_eq!(app.ws_connect("/ws", Some(&bob)).await.err(), Some(429));
+    assert_eq!(
+        app.call("GET", "/api/messages/unread", Some(&bob), None)
+            .await
+            .0,
+        200,
+        "the REST API is not a connection"
+    );
+
+    // The stream's end frees its place, for a poll as for anything else.
+    drop(sse);
+    wait_until("a poll to take the stream's place", || async {
+        app.poll("client_id=bob-cli&timeout_s=0", &bob).await.0 == 200
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn an_http_send_is_not_refused_because_the_users_places_are_taken() {
     let app = spawn_app_with(|s| s.limits.max_connections_per_user = 1).await;
     let mut bob = app.ws_as("bob", "client_id=bob-phone").await;
@@ -437,6 +498,84 @@ async fn a_poll_whose_client_goes_away_ends_long_before_its_timeout() {
         app.poll("client_id=bob-cli&timeout_s=0", &bob).await.0 == 200
     })
     .await;
+}
+
+#[actix_web::test]
+async fn a_poll_answer_is_capped_and_the_rest_comes_with_the_next_polls() {
+    // Answers of at most 4 frames (half the outbound queue).
+    let app = spawn_app_with(|s| {
+        without_rate_limit(s);
+        s.limits.outbound_queue = 8;
+    })
+    .await;
+    let bob = app.token("bob");
+    let mut alice = app.ws("alice").await;
+    for i in 1..=10 {
+        alice.dm("bob", &format!("m{i}"), &format!("m {i}")).await;
+    }
+
+    // What waits comes in capped answers, each at once, the cursor covering exactly it.
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    let mut query = "client_id=bob-cli&timeout_s=5".to_owned();
+    while got.len() < 10 {
+        let (status, answer) = app.poll(&query, &bob).await;
+        assert_eq!(status, 200, "{answer}");
+        let frames = polled(&answer);
+        assert!(
+            !frames.is_empty(),
+            "a poll with frames waiting answers them"
+        );
+        sizes.push(frames.len());
+        got.extend(frames);
+        let cursor = answer["cursor"].as_str().expect("cursor");
+        query = format!("cursor={cursor}&timeout_s=5");
+    }
+    assert_eq!(sizes, [4, 4, 2]);
+    let expected: Vec<String> = (1..=10).map(|i| format!("m {i}")).collect();
+    assert_eq!(got, expected, "nothing lost or doubled, in order");
+
+    // Live frames past the cap wait for the next poll the same way.
+    let waiting = {
+        let (base, bob, query) = (app.base.clone(), bob.clone(), query.clone());
+        actix_web::rt::spawn(async move {
+            let client = awc::Client::builder().timeout(WAIT * 3).finish();
+            let mut resp = client
+                .get(format!("{base}/poll?{query}"))
+                .bearer_auth(bob)
+                .send()
+                .await
+                .expect("poll");
+            resp.json::<Value>().limit(1 << 20).await.expect("json")
+        })
+    };
+    wait_until("the poll to wait", || async {
+        open_of(&app, "poll").await == 1
+    })
+    .await;
+    for i in 11..=16 {
+        alice
+            .send(chat("bob", &format!("m{i}"), &format!("m {i}")))
+            .await;
+    }
+    let mut answer = waiting.await.expect("task");
+    let mut live = Vec::new();
+    for round in 0.. {
+        let frames = polled(&answer);
+        assert!(frames.len() <= 4, "{frames:?}");
+        live.extend(frames);
+        if live.len() >= 6 {
+            break;
+        }
+        assert!(round < 6, "only {live:?} came");
+        let cursor = answer["cursor"].as_str().expect("cursor");
+        answer = app
+            .poll(&format!("cursor={cursor}&timeout_s=5"), &bob)
+            .await
+            .1;
+    }
+    let expected: Vec<String> = (11..=16).map(|i| format!("m {i}")).collect();
+    assert_eq!(live, expected, "nothing lost or doubled, in order");
 }
 
 #[actix_web::test]
