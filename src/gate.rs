@@ -115,7 +115,10 @@ impl TokenBucket {
 }
 
 struct UserSlot {
+    /// Connections holding one of the user's places.
     conns: usize,
+    /// Frames sent over HTTP in progress: they draw from `bucket` and hold no place.
+    senders: usize,
     bucket: Arc<Mutex<TokenBucket>>,
     /// Connection attempts (absent when not limited).
     connects: Option<TokenBucket>,
@@ -124,11 +127,12 @@ struct UserSlot {
 }
 
 impl UserSlot {
-    /// A slot with no connection whose buckets have refilled says nothing a new one would
-    /// not. One with a bucket still drawn is kept: reconnecting (or sending over HTTP,
-    /// which connects for one frame) must not hand a user a full bucket.
+    /// A slot with no connection and no send whose buckets have refilled says nothing a
+    /// new one would not. One with a bucket still drawn is kept: reconnecting (or sending
+    /// over HTTP again) must not hand a user a full bucket.
     fn forgettable(&self) -> bool {
         self.conns == 0
+            && self.senders == 0
             && self.bucket.lock().map(|b| b.refilled()).unwrap_or(true)
             && self.connects.as_ref().is_none_or(TokenBucket::refilled)
             && self.requests.as_ref().is_none_or(TokenBucket::refilled)
@@ -205,11 +209,14 @@ impl Drop for NodeTicket {
     }
 }
 
-/// A user's place; dropping it frees the place. Carries the user's shared rate limiter.
+/// A user's place (or, for a frame sent over HTTP, only their rate limiter); dropping it
+/// frees the place. Carries the user's shared rate limiter.
 pub struct UserTicket {
     gate: Arc<ConnectionGate>,
     user: UserId,
-    /// The user's token bucket, shared by all their connections.
+    /// Holds one of the user's `max_connections_per_user` places.
+    holds_place: bool,
+    /// The user's token bucket, shared by all their connections and HTTP sends.
     pub bucket: Arc<Mutex<TokenBucket>>,
 }
 
@@ -227,7 +234,11 @@ impl Drop for UserTicket {
     fn drop(&mut self) {
         if let Ok(mut users) = self.gate.users.lock() {
             if let Some(slot) = users.slots.get_mut(&self.user) {
-                slot.conns = slot.conns.saturating_sub(1);
+                if self.holds_place {
+                    slot.conns = slot.conns.saturating_sub(1);
+                } else {
+                    slot.senders = slot.senders.saturating_sub(1);
+                }
                 if slot.forgettable() {
                     users.slots.remove(&self.user);
                 }
@@ -453,6 +464,7 @@ impl ConnectionGate {
             |(rate, burst): (f64, f64)| (rate > 0.0).then(|| TokenBucket::new(rate, burst));
         let slot = users.slots.entry(user.clone()).or_insert_with(|| UserSlot {
             conns: 0,
+            senders: 0,
             bucket: Arc::new(Mutex::new(TokenBucket::new(self.rate, self.burst))),
             connects: limited(self.user_connect),
             requests: limited(self.user_request),
@@ -475,21 +487,43 @@ impl ConnectionGate {
     /// Takes one of `user`'s places: a connection attempt, counted against the user's
     /// attempt rate, then a place among `max_connections_per_user`.
     pub fn admit_user(self: &Arc<Self>, user: &UserId) -> Result<UserTicket, GateError> {
+        self.user_ticket(user, true)
+    }
+
+    /// Admits one frame that `user` sends over HTTP: it draws from the user's bucket like
+    /// their connections' frames, but takes none of their places (a send is one request,
+    /// not a connection, and is not refused because the user's devices are connected).
+    pub fn admit_sender(self: &Arc<Self>, user: &UserId) -> Result<UserTicket, GateError> {
+        self.user_ticket(user, false)
+    }
+
+    /// A ticket on `user`'s slot, holding one of their places (and an attempt of their
+    /// attempt rate) if `holds_place`.
+    fn user_ticket(
+        self: &Arc<Self>,
+        user: &UserId,
+        holds_place: bool,
+    ) -> Result<UserTicket, GateError> {
         let max = self.max_per_user;
         let bucket = self.with_user(user, |slot| {
-            if let Some(b) = slot.connects.as_mut() {
-                b.take()
-                    .map_err(|retry_after_ms| GateError::UserTooFast { retry_after_ms })?;
+            if holds_place {
+                if let Some(b) = slot.connects.as_mut() {
+                    b.take()
+                        .map_err(|retry_after_ms| GateError::UserTooFast { retry_after_ms })?;
+                }
+                if slot.conns >= max {
+                    return Err(GateError::UserFull);
+                }
+                slot.conns += 1;
+            } else {
+                slot.senders += 1;
             }
-            if slot.conns >= max {
-                return Err(GateError::UserFull);
-            }
-            slot.conns += 1;
             Ok(slot.bucket.clone())
         })?;
         Ok(UserTicket {
             gate: self.clone(),
             user: user.clone(),
+            holds_place,
             bucket,
         })
     }
@@ -556,6 +590,32 @@ mod tests {
         assert_eq!(gate.admit_user(&u).err(), Some(GateError::UserFull));
         drop(a);
         assert!(gate.admit_user(&u).is_ok());
+    }
+
+    #[test]
+    fn an_http_sender_takes_no_place_and_draws_from_the_users_bucket() {
+        let gate = ConnectionGate::new(
+            &LimitSettings {
+                frames_per_second: 0.001,
+                frames_burst: 2.0,
+                ..limits()
+            },
+            Vec::new(),
+        );
+        let u = UserId::new("u");
+        let _places = (gate.admit_user(&u), gate.admit_user(&u));
+        assert_eq!(gate.admit_user(&u).err(), Some(GateError::UserFull));
+        let send = gate.admit_sender(&u).expect("a send needs no place");
+        send.take().expect("first token");
+        let conn = gate.admit_sender(&u).expect("another send");
+        conn.take().expect("second token");
+        assert!(send.take().is_err(), "one bucket for the user");
+        drop((send, conn));
+        assert_eq!(
+            gate.admit_user(&u).err(),
+            Some(GateError::UserFull),
+            "sends freed no place"
+        );
     }
 
     #[test]

@@ -303,6 +303,9 @@ impl Application {
         // actix-web's `HttpServer` has no upgrade hook, so the HTTP service is put together
         // here: upgrades go to `routes::ws::upgrade` (the session then owns the socket),
         // everything else to the actix-web `App`; over TLS when a certificate is set.
+        // A client that closes its side of an HTTP/1 connection is taken as gone, not
+        // half-closed: its request's handler is dropped at once, so a long poll or an SSE
+        // stream it leaves ends then instead of at its timeout or next write.
         let builder = Server::build()
             .workers(workers)
             .backlog(4096)
@@ -316,6 +319,7 @@ impl Application {
             None => builder.listen("switchboard", listener, move || {
                 let up = data.clone();
                 HttpService::build()
+                    .h1_allow_half_closed(false)
                     .upgrade(fn_service(move |(req, framed)| {
                         routes::ws::upgrade::<TcpStream>(up.clone(), req, framed)
                     }))
@@ -325,6 +329,7 @@ impl Application {
             Some(tls) => builder.listen("switchboard", listener, move || {
                 let up = data.clone();
                 HttpService::build()
+                    .h1_allow_half_closed(false)
                     .upgrade(fn_service(move |(req, framed)| {
                         routes::ws::upgrade::<TlsStream<TcpStream>>(up.clone(), req, framed)
                     }))

@@ -1,7 +1,10 @@
 //! The fallback transports (contract section 2): `GET /sse` (Server-Sent Events),
 //! `GET /poll` (long polling) and `POST /api/messages` (a client frame over HTTP). Each
-//! admits its client as the WebSocket upgrade does (token, `client_id`, `device`, the
-//! node's and the user's connection limits) and hands it to a session over its wire.
+//! admits its client as the WebSocket upgrade does (`Origin`, token, `client_id`,
+//! `device`, the node's connection limit) and hands it to a session over its wire. An SSE
+//! stream or a poll holds one of the user's connection places; a frame sent over HTTP is
+//! one request, not a connection, and holds none: it only draws from the user's frame
+//! bucket.
 
 use std::time::Duration;
 
@@ -57,6 +60,15 @@ pub struct PollPage {
     cursor: String,
 }
 
+/// What an admitted client takes of its user's allowance.
+#[derive(Clone, Copy)]
+enum Takes {
+    /// One of the user's `limits.max_connections_per_user` places (an SSE stream, a poll).
+    Place,
+    /// Only the user's frame bucket (a frame sent over HTTP).
+    Bucket,
+}
+
 /// Admits a client of a fallback transport: authenticated by its token (no `auth` frame
 /// here), on device `client_id` (the cursor's, the query's, or a new one).
 fn admit(
@@ -65,12 +77,13 @@ fn admit(
     token: Option<&str>,
     client_id: Option<&str>,
     device: Option<&str>,
+    takes: Takes,
 ) -> Result<Admission, ApiError> {
     let token = bearer(req.headers()).or(token).ok_or_else(|| {
         ApiError::Unauthorized("missing token (`Authorization: Bearer` or `?token=`)".into())
     })?;
     let claims = app.auth.verify(token)?;
-    admit_claims(app, claims, client_id, device)
+    admit_claims(app, claims, client_id, device, takes)
 }
 
 /// Admits a client authenticated as `claims`.
@@ -79,13 +92,16 @@ fn admit_claims(
     claims: Claims,
     client_id: Option<&str>,
     device: Option<&str>,
+    takes: Takes,
 ) -> Result<Admission, ApiError> {
     let (client_id, device) = client_identity(client_id, device)?;
     let node = app.gate.admit_node().map_err(gate_error)?;
-    let ticket = app
-        .gate
-        .admit_user(&UserId::new(&claims.sub))
-        .map_err(gate_error)?;
+    let user = UserId::new(&claims.sub);
+    let ticket = match takes {
+        Takes::Place => app.gate.admit_user(&user),
+        Takes::Bucket => app.gate.admit_sender(&user),
+    }
+    .map_err(gate_error)?;
     Ok(Admission {
         client_id,
         device,
@@ -155,7 +171,14 @@ fn admit_resumable(
         app.settings.limits.max_subscriptions,
     )?;
     let client_id = device_of(resume.as_ref(), q.client_id.as_deref())?;
-    let adm = admit(app, req, q.token.as_deref(), client_id, q.device.as_deref())?;
+    let adm = admit(
+        app,
+        req,
+        q.token.as_deref(),
+        client_id,
+        q.device.as_deref(),
+        Takes::Place,
+    )?;
     Ok((adm, resume, subscribe))
 }
 
@@ -204,6 +227,7 @@ pub async fn sse(
 }
 
 /// `GET /poll`: `{"frames": […], "cursor": "…"}` once frames wait or `timeout_s` passes.
+/// A browser page may poll only from `server.allowed_origins`, as it may open a stream.
 #[utoipa::path(get, path = "/poll", tag = "transports",
     summary = "Long polling: frames and the next cursor",
     params(StreamQuery),
@@ -221,6 +245,7 @@ pub async fn poll(
     req: HttpRequest,
     q: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&app, req.headers().get(header::ORIGIN))?;
     let q = q.into_inner();
     let timeout_s = q.timeout_s.unwrap_or(DEFAULT_POLL_TIMEOUT_S);
     if timeout_s > MAX_POLL_TIMEOUT_S {
@@ -293,12 +318,15 @@ async fn admit_key(
         device: Some("server".into()),
         typ: None,
     };
-    admit_claims(app, claims, q.client_id.as_deref(), None)
+    admit_claims(app, claims, q.client_id.as_deref(), None, Takes::Bucket)
 }
 
 /// `POST /api/messages`: the body is a client frame; the answer is the frame a WebSocket
 /// would have got (`ack`, `error`, `state_sync_result`, `response`, `heartbeat`), or 204
 /// for a frame with no answer. An `error` comes with the HTTP status of its code.
+///
+/// Its `Origin` is checked as the other transports' are: a browser page may send only from
+/// `server.allowed_origins`, whatever the CORS preflight would have said.
 #[utoipa::path(post, path = "/api/messages", tag = "messages",
     summary = "Send any client frame over HTTP; the answer is its ack or error frame",
     params(SendQuery),
@@ -319,6 +347,7 @@ pub async fn send(
     q: web::Query<SendQuery>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    check_origin(&app, req.headers().get(header::ORIGIN))?;
     if body.len() > app.settings.limits.max_frame_bytes {
         return Err(ApiError::TooLarge(format!(
             "a frame is at most {} bytes",
@@ -354,7 +383,14 @@ pub async fn send(
                 "`user_id` is for API keys: a token sends as its own user".into(),
             ))
         }
-        None => admit(&app, &req, None, q.client_id.as_deref(), None)?,
+        None => admit(
+            &app,
+            &req,
+            None,
+            q.client_id.as_deref(),
+            None,
+            Takes::Bucket,
+        )?,
     };
     match session::http::send(app, adm, text).await {
         Ok(HttpAnswer::Frame(frame)) => Ok(frame_response(&frame)),
@@ -382,7 +418,7 @@ fn needs_a_connection(frame: &ClientFrame) -> Option<&'static str> {
 
 /// A server frame as the HTTP answer: 200, or the status of its error code.
 fn frame_response(frame: &str) -> HttpResponse {
-    let status = if session::sse::frame_type(frame) == "error" {
+    let status = if session::frame_type(frame) == "error" {
         serde_json::from_str::<ErrorFrame>(frame)
             .map(|f| ApiError::from_code(f.payload.code, String::new()).status_code())
             .unwrap_or(StatusCode::BAD_REQUEST)

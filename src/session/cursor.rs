@@ -8,6 +8,9 @@
 //! broadcast channels, which have no stored cursor, travel in it. It holds only the
 //! broadcast positions and the channels of the one stream or response that made it.
 //! Only characters that need no escaping in a URL query or an SSE field are used.
+//!
+//! The SSE and poll sessions both start with `SessionActor::resume_from`, here with the
+//! cursor it reads.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -15,6 +18,8 @@ use std::sync::Arc;
 
 use switchboard_actors::ids::{valid_id, Channel, ChannelKind};
 use switchboard_actors::seq::Seq;
+
+use super::{Ctx, SessionActor, Wire};
 
 /// Most channels one cursor names.
 pub const MAX_CHANNELS: usize = 1024;
@@ -144,6 +149,31 @@ impl ResumeCursor {
             }
             s
         })
+    }
+}
+
+impl<W: Wire> SessionActor<W> {
+    /// Resumes a cursor-based client: stores the device positions of `cursor` as
+    /// delivered, subscribes to `subscribe` (from the cursor's position where it has one)
+    /// and syncs everything else the device has not had.
+    pub(super) fn resume_from(
+        &mut self,
+        cursor: Option<&ResumeCursor>,
+        subscribe: &[Channel],
+        ctx: &mut Ctx<W>,
+    ) {
+        let mut had = Vec::new();
+        if let Some(c) = cursor {
+            for (channel, seq) in c.device_channels() {
+                self.store_delivered(&channel, seq);
+                had.push((channel, seq));
+            }
+        }
+        for channel in subscribe {
+            let since = cursor.and_then(|c| c.channels.get(&channel.name).copied());
+            self.subscribe(channel.clone(), since, None, ctx);
+        }
+        self.sync(had, None, ctx);
     }
 }
 

@@ -139,6 +139,16 @@ pub struct Admission {
 /// The `Ctx` of a session over `W`.
 pub type Ctx<W> = Context<SessionActor<W>>;
 
+/// The type of a frame the broker encoded (`{"type":"…",…}`): the SSE event name, what a
+/// poll answer leaves out, the HTTP status of an answer sent over HTTP.
+pub(crate) fn frame_type(frame: &str) -> &str {
+    frame
+        .strip_prefix("{\"type\":\"")
+        .and_then(|rest| rest.split_once('"'))
+        .map(|(kind, _)| kind)
+        .unwrap_or("message")
+}
+
 #[derive(Serialize)]
 struct Connected<'a> {
     conn_id: String,

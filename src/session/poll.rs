@@ -10,9 +10,17 @@
 //! what it holds, so the next poll, on any node, gets what follows. Session frames
 //! (`connected`, `subscribed`, `sync_complete`) are not part of the answer. Ephemeral
 //! frames (typing, presence) reach a poller only while one of its requests is open.
+//!
+//! A poll whose client goes away before its answer ends at once: the request's handler is
+//! dropped with the connection (the server does not keep half-closed HTTP/1 connections,
+//! see `startup`), which drops the answer's receiver, and the session watches for that.
+//! Its user's place, its presence and its count in `/status` go with it.
 
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use actix::fut::ActorFutureExt;
 use actix::prelude::*;
 use actix_web::web;
 use bytestring::ByteString;
@@ -22,8 +30,7 @@ use switchboard_actors::session_handle::Transport;
 use tokio::sync::oneshot;
 
 use super::cursor::ResumeCursor;
-use super::sse::frame_type;
-use super::{Admission, Ctx, SessionActor, Wire};
+use super::{frame_type, Admission, Ctx, SessionActor, Wire};
 use crate::state::AppState;
 
 /// A session for one long poll.
@@ -86,8 +93,31 @@ pub fn start(
         reply: Some(tx),
         timeout: start.timeout,
     };
-    PollSession::start_on(app, adm, move |_| wire);
+    PollSession::start_on(app, adm, move |ctx| {
+        ctx.spawn(RequestGone.map(|(), act, ctx| PollWire::abandoned(act, ctx)));
+        wire
+    });
     rx
+}
+
+/// Resolves once the poll has nobody to answer: the request's receiver was dropped (its
+/// client disconnected), or the answer went.
+struct RequestGone;
+
+impl ActorFuture<PollSession> for RequestGone {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut PollSession,
+        _: &mut Ctx<PollWire>,
+        task: &mut TaskContext<'_>,
+    ) -> Poll<()> {
+        match act.wire.reply.as_mut() {
+            Some(tx) => tx.poll_closed(task),
+            None => Poll::Ready(()),
+        }
+    }
 }
 
 impl PollWire {
@@ -105,6 +135,16 @@ impl PollWire {
         }
         act.leave();
         ctx.stop();
+    }
+
+    /// The client went before its answer: the session ends without one, and frames it
+    /// had gathered stay unanswered (the cursor the client holds still precedes them).
+    fn abandoned(act: &mut PollSession, ctx: &mut Ctx<Self>) {
+        if act.wire.reply.take().is_some() {
+            log::debug!(conn:% = act.conn; "poll abandoned by its client");
+            act.leave();
+            ctx.stop();
+        }
     }
 
     /// Answers after `GATHER`, so that frames arriving together leave together.

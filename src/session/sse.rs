@@ -28,7 +28,7 @@ use switchboard_actors::seq::Seq;
 use switchboard_actors::session_handle::Transport;
 
 use super::cursor::ResumeCursor;
-use super::{Admission, Ctx, SessionActor, Wire};
+use super::{frame_type, Admission, Ctx, SessionActor, Wire};
 use crate::state::AppState;
 
 /// A session over Server-Sent Events.
@@ -139,15 +139,6 @@ pub fn start(app: web::Data<AppState>, adm: Admission, start: SseStart) -> SseBo
     SseBody { shared, session }
 }
 
-/// The type of a frame the broker encoded (`{"type":"…",…}`).
-pub(crate) fn frame_type(frame: &str) -> &str {
-    frame
-        .strip_prefix("{\"type\":\"")
-        .and_then(|rest| rest.split_once('"'))
-        .map(|(kind, _)| kind)
-        .unwrap_or("message")
-}
-
 #[derive(Serialize)]
 struct CloseEvent<'a> {
     code: u16,
@@ -234,30 +225,5 @@ impl Wire for SseWire {
         let resume = act.wire.resume.take();
         let subscribe = std::mem::take(&mut act.wire.subscribe);
         act.resume_from(resume.as_ref(), &subscribe, ctx);
-    }
-}
-
-impl<W: Wire> SessionActor<W> {
-    /// Resumes a cursor-based client: stores the device positions of `cursor` as
-    /// delivered, subscribes to `subscribe` (from the cursor's position where it has one)
-    /// and syncs everything else the device has not had.
-    pub(super) fn resume_from(
-        &mut self,
-        cursor: Option<&ResumeCursor>,
-        subscribe: &[Channel],
-        ctx: &mut Ctx<W>,
-    ) {
-        let mut had = Vec::new();
-        if let Some(c) = cursor {
-            for (channel, seq) in c.device_channels() {
-                self.store_delivered(&channel, seq);
-                had.push((channel, seq));
-            }
-        }
-        for channel in subscribe {
-            let since = cursor.and_then(|c| c.channels.get(&channel.name).copied());
-            self.subscribe(channel.clone(), since, None, ctx);
-        }
-        self.sync(had, None, ctx);
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    another_node, chat, spawn_app, spawn_app_with, without_rate_limit, SseClient, TestApp, WAIT,
+    another_node, chat, spawn_app, spawn_app_with, wait_until, without_rate_limit, SseClient,
+    TestApp, WAIT,
 };
 
 /// Contents of the chat messages among `events`.
@@ -50,6 +51,14 @@ fn polled(body: &Value) -> Vec<String> {
 /// Sends a client frame over HTTP as `user`: the status and the answer.
 async fn http_send(app: &TestApp, user: &str, frame: Value) -> (u16, Value) {
     app.post("/api/messages", &app.token(user), frame).await
+}
+
+/// Open connections of `transport` that `/status` counts (0 when it lists none).
+async fn open_of(app: &TestApp, transport: &str) -> u64 {
+    let (_, status) = app.get("/status", &app.admin_token()).await;
+    status["connections"]["by_transport"][transport]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[actix_web::test]
@@ -354,6 +363,219 @@ async fn fallback_transports_share_the_websockets_rate_limit() {
     let limited = codes.iter().filter(|(s, _)| *s == 429).count();
     assert!(limited >= 2, "{codes:?}");
     assert!(codes.iter().any(|(s, c)| *s == 429 && *c == "rate_limited"));
+}
+
+#[actix_web::test]
+async fn a_websocket_and_an_http_sender_of_one_user_draw_from_one_frame_bucket() {
+    // A bucket that does not refill within the test: five frames for the user in all.
+    let app = spawn_app_with(|s| {
+        s.limits.frames_per_second = 0.001;
+        s.limits.frames_burst = 5.0;
+    })
+    .await;
+    let mut alice = app.ws("alice").await;
+    alice.dm("bob", "w1", "ws 1").await;
+    alice.dm("bob", "w2", "ws 2").await;
+    for i in 1..=3 {
+        let (status, ack) = http_send(&app, "alice", chat("bob", &format!("h{i}"), "http")).await;
+        assert_eq!(status, 200, "token {} of 5: {ack}", i + 2);
+    }
+    // The WebSocket took two and HTTP three: both are refused now.
+    let (status, body) = http_send(&app, "alice", chat("bob", "h4", "http")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["payload"]["code"], "rate_limited");
+    let refused = alice.request(chat("bob", "w3", "ws 3")).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["payload"]["code"], "rate_limited");
+    assert_eq!(refused["payload"]["ref_id"], "w3");
+}
+
+#[actix_web::test]
+async fn sse_streams_and_polls_take_the_users_connection_places() {
+    let app = spawn_app_with(|s| s.limits.max_connections_per_user = 2).await;
+    let bob = app.token("bob");
+    let mut sse = app
+        .sse("client_id=bob-web", Some(&bob), None)
+        .await
+        .expect("first place");
+    until_synced(&mut sse).await;
+    let _ws = app.ws("bob").await;
+
+    // Both places are taken: every transport gets the documented 429.
+    let (status, body) = app.poll("client_id=bob-cli&timeout_s=0", &bob).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    match app.sse("client_id=bob-tab", Some(&bob), None).await {
+        Err((status, body)) => assert_eq!(status, 429, "{body}"),
+        Ok(_) => panic!("a third connection opened a stream"),
+    }
+    assert_eq!(app.ws_connect("/ws", Some(&bob)).await.err(), Some(429));
+    assert_eq!(
+        app.call("GET", "/api/messages/unread", Some(&bob), None)
+            .await
+            .0,
+        200,
+        "the REST API is not a connection"
+    );
+
+    // The stream's end frees its place, for a poll as for anything else.
+    drop(sse);
+    wait_until("a poll to take the stream's place", || async {
+        app.poll("client_id=bob-cli&timeout_s=0", &bob).await.0 == 200
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn an_http_send_is_not_refused_because_the_users_places_are_taken() {
+    let app = spawn_app_with(|s| s.limits.max_connections_per_user = 1).await;
+    let mut bob = app.ws_as("bob", "client_id=bob-phone").await;
+    assert_eq!(
+        app.ws_connect("/ws", Some(&app.token("bob"))).await.err(),
+        Some(429),
+        "bob's one place is taken"
+    );
+
+    // Bob's phone is connected; his laptop's script still sends, and the phone gets it.
+    let (status, ack) = http_send(&app, "bob", chat("alice", "s1", "from the laptop")).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["type"], "ack");
+    let own = bob.recv_type("chat_message").await;
+    assert_eq!(own["payload"]["content"], "from the laptop");
+
+    // The send took no place and left none taken.
+    assert_eq!(
+        app.ws_connect("/ws", Some(&app.token("bob"))).await.err(),
+        Some(429)
+    );
+    drop(bob);
+    wait_until("bob to connect again once his phone is gone", || async {
+        app.ws_connect("/ws", Some(&app.token("bob"))).await.is_ok()
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_poll_whose_client_goes_away_ends_long_before_its_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(|s| {
+        s.limits.max_connections_per_user = 1;
+        s.presence.offline_grace = Duration::from_millis(100);
+    })
+    .await;
+    let bob = app.token("bob");
+    let carol = app.token("carol");
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut raw = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("tcp connect");
+    let request = format!(
+        "GET /poll?client_id=bob-cli&timeout_s=120 HTTP/1.1\r\nHost: {addr}\r\n\
+         Authorization: Bearer {bob}\r\n\r\n"
+    );
+    raw.write_all(request.as_bytes()).await.expect("request");
+    wait_until("the poll to wait", || async {
+        open_of(&app, "poll").await == 1
+    })
+    .await;
+    let (_, presence) = app.get("/api/users/bob/status", &carol).await;
+    assert_eq!(presence["status"], "online", "{presence}");
+    let (status, _) = app.poll("client_id=bob-cli&timeout_s=0", &bob).await;
+    assert_eq!(status, 429, "the waiting poll holds bob's one place");
+
+    // The client goes; its poll ends, though 120 s are far from over.
+    drop(raw);
+    wait_until("the abandoned poll to end", || async {
+        open_of(&app, "poll").await == 0
+    })
+    .await;
+    wait_until("bob to be offline", || async {
+        let (_, presence) = app.get("/api/users/bob/status", &carol).await;
+        presence["status"] == "offline"
+    })
+    .await;
+    wait_until("bob's place to be free again", || async {
+        app.poll("client_id=bob-cli&timeout_s=0", &bob).await.0 == 200
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_poll_answer_is_capped_and_the_rest_comes_with_the_next_polls() {
+    // Answers of at most 4 frames (half the outbound queue).
+    let app = spawn_app_with(|s| {
+        without_rate_limit(s);
+        s.limits.outbound_queue = 8;
+    })
+    .await;
+    let bob = app.token("bob");
+    let mut alice = app.ws("alice").await;
+    for i in 1..=10 {
+        alice.dm("bob", &format!("m{i}"), &format!("m {i}")).await;
+    }
+
+    // What waits comes in capped answers, each at once, the cursor covering exactly it.
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    let mut query = "client_id=bob-cli&timeout_s=5".to_owned();
+    while got.len() < 10 {
+        let (status, answer) = app.poll(&query, &bob).await;
+        assert_eq!(status, 200, "{answer}");
+        let frames = polled(&answer);
+        assert!(
+            !frames.is_empty(),
+            "a poll with frames waiting answers them"
+        );
+        sizes.push(frames.len());
+        got.extend(frames);
+        let cursor = answer["cursor"].as_str().expect("cursor");
+        query = format!("cursor={cursor}&timeout_s=5");
+    }
+    assert_eq!(sizes, [4, 4, 2]);
+    let expected: Vec<String> = (1..=10).map(|i| format!("m {i}")).collect();
+    assert_eq!(got, expected, "nothing lost or doubled, in order");
+
+    // Live frames past the cap wait for the next poll the same way.
+    let waiting = {
+        let (base, bob, query) = (app.base.clone(), bob.clone(), query.clone());
+        actix_web::rt::spawn(async move {
+            let client = awc::Client::builder().timeout(WAIT * 3).finish();
+            let mut resp = client
+                .get(format!("{base}/poll?{query}"))
+                .bearer_auth(bob)
+                .send()
+                .await
+                .expect("poll");
+            resp.json::<Value>().limit(1 << 20).await.expect("json")
+        })
+    };
+    wait_until("the poll to wait", || async {
+        open_of(&app, "poll").await == 1
+    })
+    .await;
+    for i in 11..=16 {
+        alice
+            .send(chat("bob", &format!("m{i}"), &format!("m {i}")))
+            .await;
+    }
+    let mut answer = waiting.await.expect("task");
+    let mut live = Vec::new();
+    for round in 0.. {
+        let frames = polled(&answer);
+        assert!(frames.len() <= 4, "{frames:?}");
+        live.extend(frames);
+        if live.len() >= 6 {
+            break;
+        }
+        assert!(round < 6, "only {live:?} came");
+        let cursor = answer["cursor"].as_str().expect("cursor");
+        answer = app
+            .poll(&format!("cursor={cursor}&timeout_s=5"), &bob)
+            .await
+            .1;
+    }
+    let expected: Vec<String> = (11..=16).map(|i| format!("m {i}")).collect();
+    assert_eq!(live, expected, "nothing lost or doubled, in order");
 }
 
 #[actix_web::test]

@@ -1,5 +1,6 @@
 //! What a browser page on another origin may do (`server.allowed_origins`: CORS and the
-//! `Origin` of upgrades and SSE requests), and the per-address request limit.
+//! `Origin` of upgrades, SSE streams, polls and HTTP sends), and the per-address request
+//! limit.
 
 use std::time::Duration;
 
@@ -92,10 +93,76 @@ async fn only_the_allowed_origins_get_cors_and_may_open_connections() {
     assert_eq!(header(&h, "access-control-allow-origin"), None);
 }
 
+/// `POST /api/messages` of `frame` as alice with `Origin: origin` (none when `None`): the
+/// status, the CORS grant and the answer.
+async fn send_with_origin(
+    app: &TestApp,
+    origin: Option<&str>,
+    frame: Value,
+) -> (u16, Option<String>, Value) {
+    let mut req = awc::Client::new()
+        .post(format!("{}/api/messages", app.base))
+        .bearer_auth(app.token("alice"));
+    if let Some(o) = origin {
+        req = req.insert_header(("Origin", o));
+    }
+    let mut resp = req.send_json(&frame).await.expect("request");
+    let grant = header(resp.headers(), "access-control-allow-origin").map(str::to_owned);
+    let body = resp.body().await.expect("body");
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (resp.status().as_u16(), grant, json)
+}
+
+#[actix_web::test]
+async fn polls_and_http_sends_check_the_origin_as_streams_do() {
+    let app = spawn_app_with(|s| s.server.allowed_origins = vec![APP.into()]).await;
+    let poll = format!(
+        "/poll?client_id=alice-tab&timeout_s=0&token={}",
+        app.token("alice")
+    );
+    let (code, _) = with_origin(&app, "GET", &poll, EVIL, &[]).await;
+    assert_eq!(
+        code, 403,
+        "a page elsewhere may not poll with a token it got hold of"
+    );
+    let (code, h) = with_origin(&app, "GET", &poll, APP, &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), Some(APP));
+    let (code, _) = app
+        .poll("client_id=alice-cli&timeout_s=0", &app.token("alice"))
+        .await;
+    assert_eq!(code, 200, "clients that send no Origin");
+
+    let frame = |id: &str| {
+        serde_json::json!({"type": "chat_message", "id": id,
+        "payload": {"content": "hi"}, "meta": {"target_id": "bob"}})
+    };
+    let (code, grant, body) = send_with_origin(&app, Some(EVIL), frame("e1")).await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!(grant, None);
+    let (code, grant, body) = send_with_origin(&app, Some(APP), frame("a1")).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["type"], "ack");
+    assert_eq!(grant.as_deref(), Some(APP));
+    let (code, _, body) = send_with_origin(&app, None, frame("n1")).await;
+    assert_eq!(code, 200, "{body}");
+    // Nothing the refused page sent was stored.
+    let (_, history) = app
+        .get("/api/messages/user/alice?limit=50", &app.token("bob"))
+        .await;
+    let stored = history["messages"].as_array().map(Vec::len);
+    assert_eq!(stored, Some(2), "{history}");
+}
+
 #[actix_web::test]
 async fn without_allowed_origins_there_is_no_cors_and_any_origin_connects() {
     let app = spawn_app().await;
     assert_eq!(upgrade_with_origin(&app, Some(EVIL)).await, 101);
+    let poll = format!("/poll?timeout_s=0&token={}", app.token("alice"));
+    let (code, h) = with_origin(&app, "GET", &poll, EVIL, &[]).await;
+    assert_eq!(code, 200);
+    assert_eq!(header(&h, "access-control-allow-origin"), None);
     let bearer = format!("Bearer {}", app.token("alice"));
     let auth = [("Authorization", bearer.as_str())];
     let (code, h) = with_origin(&app, "GET", "/api/messages/unread", EVIL, &auth).await;
