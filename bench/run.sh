@@ -188,7 +188,7 @@ start_broker() {
         return 0
     fi
     # A cluster: NODES processes on the one fresh database and REDIS_URL, with a key
-    # prefix of this run's own, started one after the other (the first migrates).
+    # prefix of this run's own, started one after the other (they migrate in turn, under a lock).
     local prefix="sbbench-$$-$RUN_NO-$RANDOM" i
     for i in $(seq 0 $((NODES - 1))); do
         mkdir -p "$SERVER_DIR/node-$i"

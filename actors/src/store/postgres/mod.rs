@@ -72,9 +72,20 @@ pub fn revoked_jtis(pool: &writer::PgPool) -> Result<Vec<(String, i64)>, StoreEr
     Ok(queries::revoked_since(&mut c, 0, crate::ids::now_ms())?)
 }
 
+/// The advisory lock key that serialises migrations: the ASCII of "sbmigrat".
+const MIGRATION_LOCK: i64 = 0x7362_6d69_6772_6174;
+
 /// Connects to `url` and applies pending migrations; returns the versions applied.
+///
+/// Nodes that start together migrate one at a time under a session advisory lock: two
+/// concurrent `CREATE TABLE`s of one name fail in PostgreSQL, and a node binds its port
+/// before it migrates, so an open port does not mean the schema is there. The lock goes
+/// with the connection.
 pub fn migrate(url: &str) -> Result<Vec<String>, StoreError> {
+    use diesel::connection::SimpleConnection;
     let mut conn = connect(url)?;
+    conn.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))
+        .map_err(|e| StoreError::Setup(format!("migration lock: {e}")))?;
     let applied = conn
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| StoreError::Setup(format!("migrations: {e}")))?;
@@ -97,6 +108,13 @@ impl TestDatabase {
     }
 
     pub fn create() -> Self {
+        let db = Self::create_empty();
+        migrate(&db.url).expect("migrations");
+        db
+    }
+
+    /// A fresh database without the schema.
+    pub fn create_empty() -> Self {
         use diesel::RunQueryDsl;
         let admin = Self::admin_url();
         let name = format!("sb_unit_{}", uuid::Uuid::new_v4().simple());
@@ -107,7 +125,6 @@ impl TestDatabase {
             .expect("create database");
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         let url = format!("{base}/{name}");
-        migrate(&url).expect("migrations");
         TestDatabase { url, name }
     }
 
@@ -141,6 +158,30 @@ mod tests {
 
     use super::*;
     use crate::error_code::ErrorCode;
+
+    #[test]
+    fn nodes_migrating_one_database_at_once_all_start_and_one_applies_the_schema() {
+        let db = TestDatabase::create_empty();
+        let nodes: Vec<_> = (0..4)
+            .map(|_| {
+                let url = db.url.clone();
+                std::thread::spawn(move || migrate(&url))
+            })
+            .collect();
+        let mut applied = Vec::new();
+        for node in nodes {
+            applied.extend(node.join().expect("thread").expect("each node migrates"));
+        }
+        use diesel::migration::MigrationSource;
+        let versions = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+            .expect("embedded")
+            .len();
+        assert_eq!(
+            applied.len(),
+            versions,
+            "each migration ran once: {applied:?}"
+        );
+    }
 
     #[test]
     fn a_cancelled_or_cut_statement_is_unavailable_and_a_bad_one_internal() {
