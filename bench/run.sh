@@ -311,7 +311,11 @@ RESULTS=$(mktemp -d /tmp/switchboard-bench-results.XXXXXX)
 one_run() {
     local scenario=$1 mode=$2 out status=0
     shift 2
-    if [ "$mode" = floor ]; then start_floor; else start_broker; fi
+    if [ "$mode" = floor ]; then start_floor; else start_broker; fi || {
+        echo "--- $scenario not run: the $mode server did not start"
+        stop_server
+        return 1
+    }
     if [ "$mode" = contract ] && [ "$NODES" -gt 1 ]; then
         echo "--- $scenario against a cluster of $NODES brokers (${SERVER_URLS[*]}, pids ${SERVER_PIDS[*]})"
     else
