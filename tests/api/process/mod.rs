@@ -1,11 +1,13 @@
 //! The built binary as operators run it, one process per broker: [`lifecycle`] (acked
 //! messages survive `kill -9`, SIGTERM shuts down cleanly, memory stays bounded; guarantee 1,
-//! contract section 9), [`postgres`] (migrations, several brokers on one database, the
+//! contract section 9), [`operations`] (systemd, the health check, startup errors, the
+//! CLI, logs, key rotation), [`postgres`] (migrations, several brokers on one database, the
 //! database restarted under load) and [`cluster`] (three nodes on one PostgreSQL and one
 //! Redis: a node killed under load, a node drained by SIGTERM).
 
 mod cluster;
 mod lifecycle;
+mod operations;
 mod postgres;
 
 use std::collections::HashMap;
