@@ -114,16 +114,19 @@ impl TokenBucket {
     }
 }
 
+/// One user's entry in the gate: one per connected user, so it is kept small (32 bytes).
+/// The attempt and request buckets are boxed and made at the user's first attempt or
+/// request, and only when their limit is on.
 struct UserSlot {
     /// Connections holding one of the user's places.
-    conns: usize,
+    conns: u32,
     /// Frames sent over HTTP in progress: they draw from `bucket` and hold no place.
-    senders: usize,
+    senders: u32,
     bucket: Arc<Mutex<TokenBucket>>,
-    /// Connection attempts (absent when not limited).
-    connects: Option<TokenBucket>,
-    /// REST requests (absent when not limited).
-    requests: Option<TokenBucket>,
+    /// Connection attempts (absent until the first one, and when not limited).
+    connects: Option<Box<TokenBucket>>,
+    /// REST requests (absent until the first one, and when not limited).
+    requests: Option<Box<TokenBucket>>,
 }
 
 impl UserSlot {
@@ -134,9 +137,15 @@ impl UserSlot {
         self.conns == 0
             && self.senders == 0
             && self.bucket.lock().map(|b| b.refilled()).unwrap_or(true)
-            && self.connects.as_ref().is_none_or(TokenBucket::refilled)
-            && self.requests.as_ref().is_none_or(TokenBucket::refilled)
+            && self.connects.as_ref().is_none_or(|b| b.refilled())
+            && self.requests.as_ref().is_none_or(|b| b.refilled())
     }
+}
+
+/// Takes a token from the bucket in `slot`, made full with `(rate, burst)` if absent.
+fn take_lazily(slot: &mut Option<Box<TokenBucket>>, (rate, burst): (f64, f64)) -> Result<(), u64> {
+    slot.get_or_insert_with(|| Box::new(TokenBucket::new(rate, burst)))
+        .take()
 }
 
 /// Users slots kept before the gate sweeps out those that say nothing.
@@ -460,14 +469,12 @@ impl ConnectionGate {
             users.slots.retain(|_, s| !s.forgettable());
             users.sweep_at = (users.slots.len() * 2).max(USER_SWEEP_FLOOR);
         }
-        let limited =
-            |(rate, burst): (f64, f64)| (rate > 0.0).then(|| TokenBucket::new(rate, burst));
         let slot = users.slots.entry(user.clone()).or_insert_with(|| UserSlot {
             conns: 0,
             senders: 0,
             bucket: Arc::new(Mutex::new(TokenBucket::new(self.rate, self.burst))),
-            connects: limited(self.user_connect),
-            requests: limited(self.user_request),
+            connects: None,
+            requests: None,
         });
         f(slot)
     }
@@ -479,7 +486,7 @@ impl ConnectionGate {
             return Ok(());
         }
         self.with_user(user, |slot| {
-            slot.requests.as_mut().map_or(Ok(()), TokenBucket::take)
+            take_lazily(&mut slot.requests, self.user_request)
         })
         .map_err(|retry_after_ms| GateError::UserRequestsTooFast { retry_after_ms })
     }
@@ -505,13 +512,14 @@ impl ConnectionGate {
         holds_place: bool,
     ) -> Result<UserTicket, GateError> {
         let max = self.max_per_user;
+        let limit_attempts = self.user_connect.0 > 0.0;
         let bucket = self.with_user(user, |slot| {
             if holds_place {
-                if let Some(b) = slot.connects.as_mut() {
-                    b.take()
+                if limit_attempts {
+                    take_lazily(&mut slot.connects, self.user_connect)
                         .map_err(|retry_after_ms| GateError::UserTooFast { retry_after_ms })?;
                 }
-                if slot.conns >= max {
+                if slot.conns as usize >= max {
                     return Err(GateError::UserFull);
                 }
                 slot.conns += 1;
@@ -537,6 +545,12 @@ impl ConnectionGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_users_slot_stays_small() {
+        // One per connected user: 10,000 idle users pay this (and the map's slack) each.
+        assert!(std::mem::size_of::<UserSlot>() <= 32);
+    }
 
     #[test]
     fn bucket_allows_burst_then_limits() {
