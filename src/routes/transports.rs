@@ -58,6 +58,9 @@ pub struct PollPage {
     frames: Vec<serde_json::Value>,
     /// Where the next poll resumes.
     cursor: String,
+    /// The answer stopped at its cap (half of `limits.outbound_queue` frames): more may
+    /// wait, so poll again at once.
+    has_more: bool,
 }
 
 /// What an admitted client takes of its user's allowance.
@@ -265,6 +268,7 @@ pub async fn poll(
     let page = PollPage {
         frames: Vec::new(),
         cursor: answer.cursor,
+        has_more: answer.has_more,
     };
     let body = frames_body(&page, answer.frames.iter())?;
     Ok(HttpResponse::Ok()

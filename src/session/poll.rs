@@ -7,7 +7,8 @@
 //! client missed something, else when the first live frame comes (with the frames that
 //! arrive in the next few milliseconds), else an empty list after `timeout_s`. The answer
 //! holds at most half of `limits.outbound_queue` frames; the returned cursor covers exactly
-//! what it holds, so the next poll, on any node, gets what follows. Session frames
+//! what it holds, so the next poll, on any node, gets what follows, and `has_more` says the
+//! answer was cut there (poll again at once rather than after a pause). Session frames
 //! (`connected`, `subscribed`, `sync_complete`) are not part of the answer. Ephemeral
 //! frames (typing, presence) reach a poller only while one of its requests is open.
 //!
@@ -45,6 +46,8 @@ pub struct PollAnswer {
     pub frames: Vec<ByteString>,
     /// Where the next poll resumes.
     pub cursor: String,
+    /// The answer stopped at its cap: more may wait, so poll again at once.
+    pub has_more: bool,
 }
 
 /// One long poll as its session's transport.
@@ -128,7 +131,9 @@ impl PollWire {
     /// Answers with what was gathered and ends the session.
     fn answer(act: &mut PollSession, ctx: &mut Ctx<Self>) {
         if let Some(tx) = act.wire.reply.take() {
+            let has_more = Self::full(act);
             let _ = tx.send(PollAnswer {
+                has_more,
                 frames: std::mem::take(&mut act.wire.frames),
                 cursor: act.wire.cursor.text().to_owned(),
             });

@@ -517,6 +517,7 @@ async fn a_poll_answer_is_capped_and_the_rest_comes_with_the_next_polls() {
     // What waits comes in capped answers, each at once, the cursor covering exactly it.
     let mut got = Vec::new();
     let mut sizes = Vec::new();
+    let mut more = Vec::new();
     let mut query = "client_id=bob-cli&timeout_s=5".to_owned();
     while got.len() < 10 {
         let (status, answer) = app.poll(&query, &bob).await;
@@ -527,11 +528,17 @@ async fn a_poll_answer_is_capped_and_the_rest_comes_with_the_next_polls() {
             "a poll with frames waiting answers them"
         );
         sizes.push(frames.len());
+        more.push(answer["has_more"].as_bool().expect("has_more"));
         got.extend(frames);
         let cursor = answer["cursor"].as_str().expect("cursor");
         query = format!("cursor={cursor}&timeout_s=5");
     }
     assert_eq!(sizes, [4, 4, 2]);
+    assert_eq!(
+        more,
+        [true, true, false],
+        "has_more marks the answers cut at the cap"
+    );
     let expected: Vec<String> = (1..=10).map(|i| format!("m {i}")).collect();
     assert_eq!(got, expected, "nothing lost or doubled, in order");
 
