@@ -28,11 +28,12 @@ pub struct ActorHealth {
 }
 
 /// What `/status` prints for one actor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HealthSnapshot {
     /// Actor name.
     pub name: String,
     /// `running`, `restarting` or `stopped`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     /// Messages waiting in its mailbox (`null` if it did not answer the probe in time).
     pub mailbox: Option<u64>,

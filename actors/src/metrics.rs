@@ -125,8 +125,9 @@ pub struct Metrics {
     pub channels: IntGauge,
     /// Messages waiting in each supervised actor's mailbox (set when read).
     pub mailbox: IntGaugeVec,
-    /// Restarts of each supervised actor since the process started (set when read).
-    pub restarts: IntGaugeVec,
+    /// Restarts of each supervised actor since the process started (brought up to date
+    /// when read).
+    pub restarts: IntCounterVec,
     /// Command proxy calls by outcome.
     pub commands: HistogramVec,
     /// The cluster link's counters by name (set when read; absent on a node alone).
@@ -232,9 +233,9 @@ impl Metrics {
             &["actor"],
         )
         .expect("valid metric");
-        let restarts = IntGaugeVec::new(
+        let restarts = IntCounterVec::new(
             Opts::new(
-                "switchboard_actor_restarts",
+                "switchboard_actor_restarts_total",
                 "Restarts of a supervised actor since the process started",
             ),
             &["actor"],

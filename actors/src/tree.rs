@@ -96,7 +96,7 @@ impl StorePools {
 }
 
 /// A connection pool's size and use.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct PoolState {
     /// Connections it may open.
     pub max: u32,

@@ -50,6 +50,8 @@ use crate::routes::{
         messages::Read, messages::ReadCursor,
         search::SearchPage, offline::UndeliveredPage, offline::UnreadList, offline::Unread,
         transports::PollPage, ops::Health, ops::Readiness,
+        ops::StatusDocument, ops::ConnectionsStatus, ops::ChannelsStatus, ops::DatabaseStatus,
+        ops::RedisStatus,
         switchboard_actors::protocol::Ack,
         switchboard_actors::router::ConnectionInfo,
         switchboard_actors::presence::Presence,

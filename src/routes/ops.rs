@@ -1,11 +1,18 @@
 //! Operations: `/health`, `/ready`, `/status`, `/metrics` (contract section 9).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use serde_json::json;
+use switchboard_actors::health::HealthSnapshot;
 use switchboard_actors::router::GetStats;
+use switchboard_actors::store::batcher::BatchStatsSnapshot;
+use switchboard_actors::store::health::DatabaseHealthSnapshot;
+use switchboard_actors::store::sqlite::checkpointer::CheckpointStatsSnapshot;
+use switchboard_actors::store::sqlite::dedupe::ResendKeySnapshot;
+use switchboard_actors::tree::PoolState;
 use utoipa::ToSchema;
 
 use crate::state::AppState;
@@ -97,10 +104,99 @@ pub async fn ready(app: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// `GET /status` reply (docs/OPERATIONS.md, "Status").
+#[derive(Serialize, ToSchema)]
+pub struct StatusDocument {
+    /// `ok` when every supervised actor runs and answers its mailbox probe, else
+    /// `degraded`.
+    #[schema(value_type = String)]
+    status: &'static str,
+    /// Seconds since the process started.
+    uptime_s: u64,
+    /// Each supervised actor (or pool of sync actors).
+    actors: Vec<HealthSnapshot>,
+    /// Client connections.
+    connections: ConnectionsStatus,
+    /// Channel actors.
+    channels: ChannelsStatus,
+    /// The store.
+    database: DatabaseStatus,
+    /// The Redis link.
+    redis: RedisStatus,
+    /// The cluster: `{"configured": false}` on a node alone, else this node's id, the
+    /// link's counters and the nodes whose heartbeat is current (docs/CLUSTER.md).
+    #[schema(value_type = Object)]
+    cluster: serde_json::Value,
+    /// Push delivery counters (`sent`, `failed`, `dropped`); `null` without push.
+    #[schema(value_type = Option<Object>)]
+    push: Option<serde_json::Value>,
+    /// The command proxy: `{"configured": false}`, or its breaker state and call counters.
+    #[schema(value_type = Object)]
+    command: serde_json::Value,
+}
+
+/// `connections` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionsStatus {
+    /// Open, authenticated connections.
+    total: usize,
+    /// Distinct users connected.
+    users: usize,
+    /// Connections by device (`unknown` when the client did not say).
+    by_device: BTreeMap<String, usize>,
+    /// Connections by transport (`websocket`, `sse`, `poll`).
+    #[schema(value_type = BTreeMap<String, usize>)]
+    by_transport: BTreeMap<&'static str, usize>,
+    /// Connections holding a place under `limits.max_connections`, authenticated or not.
+    admitted: usize,
+    /// Connections upgraded without a token that have not sent `auth` yet.
+    pending: usize,
+}
+
+/// `channels` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+pub struct ChannelsStatus {
+    /// Channels in the router's registry.
+    active: usize,
+    /// Channel actors alive, in the registry or finishing an idle stop.
+    actors: usize,
+}
+
+/// `database` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+pub struct DatabaseStatus {
+    /// `sqlite` or `postgres`.
+    #[schema(value_type = String)]
+    backend: &'static str,
+    /// Errors and the last failure.
+    health: DatabaseHealthSnapshot,
+    /// The connection pool.
+    pool: PoolState,
+    /// Write batches so far.
+    writes: BatchStatsSnapshot,
+    /// SQLite's WAL checkpoints (zero on PostgreSQL).
+    wal_checkpoints: CheckpointStatsSnapshot,
+    /// Resend keys held in memory (also `resend_keys.in_memory`).
+    resend_keys_in_memory: u64,
+    /// SQLite's resend-key index.
+    resend_keys: ResendKeySnapshot,
+    /// SQLite's in-memory channel places (`null` on PostgreSQL).
+    channel_places_in_memory: Option<usize>,
+}
+
+/// `redis` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+pub struct RedisStatus {
+    /// Whether `redis.url` is set.
+    configured: bool,
+    /// Whether the cluster link reaches Redis now (`null` without a cluster).
+    up: Option<bool>,
+}
+
 /// Actor health, connections and store state.
 #[utoipa::path(get, path = "/status", tag = "operations",
     summary = "Actor health, connections, store state (docs/OPERATIONS.md)",
-    responses((status = 200, description = "The status document (docs/OPERATIONS.md)", body = Object)),
+    responses((status = 200, description = "The status document", body = StatusDocument)),
 )]
 pub async fn status(app: web::Data<AppState>) -> HttpResponse {
     let actors = app.tree.health.snapshot(Duration::from_secs(1)).await;
@@ -108,38 +204,39 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
     let healthy = actors
         .iter()
         .all(|a| a.state == "running" && a.mailbox.is_some());
-    HttpResponse::Ok().json(json!({
-        "status": if healthy { "ok" } else { "degraded" },
-        "uptime_s": app.started.elapsed().as_secs(),
-        "actors": actors,
-        "connections": {
-            "total": stats.connections,
-            "users": stats.users,
-            "by_device": stats.by_device,
-            "by_transport": stats.by_transport,
-            "admitted": app.gate.connections(),
-            "pending": app.gate.pending(),
+    let resend_keys = app.tree.resend_keys.snapshot();
+    HttpResponse::Ok().json(StatusDocument {
+        status: if healthy { "ok" } else { "degraded" },
+        uptime_s: app.started.elapsed().as_secs(),
+        actors,
+        connections: ConnectionsStatus {
+            total: stats.connections,
+            users: stats.users,
+            by_device: stats.by_device,
+            by_transport: stats.by_transport,
+            admitted: app.gate.connections(),
+            pending: app.gate.pending(),
         },
-        "channels": {
-            "active": stats.active_channels,
-            "actors": stats.live_channel_actors,
+        channels: ChannelsStatus {
+            active: stats.active_channels,
+            actors: stats.live_channel_actors,
         },
-        "database": {
-            "backend": app.tree.pools.backend(),
-            "health": app.tree.database.snapshot(),
-            "pool": app.tree.pools.state(),
-            "writes": app.tree.batch_stats.snapshot(),
-            "wal_checkpoints": app.tree.checkpoint_stats.snapshot(),
-            "resend_keys_in_memory": app.tree.resend_keys.snapshot().in_memory,
-            "resend_keys": app.tree.resend_keys.snapshot(),
-            "channel_places_in_memory": app.tree.reads.index().map(|i| i.held()),
+        database: DatabaseStatus {
+            backend: app.tree.pools.backend(),
+            health: app.tree.database.snapshot(),
+            pool: app.tree.pools.state(),
+            writes: app.tree.batch_stats.snapshot(),
+            wal_checkpoints: app.tree.checkpoint_stats.snapshot(),
+            resend_keys_in_memory: resend_keys.in_memory,
+            resend_keys,
+            channel_places_in_memory: app.tree.reads.index().map(|i| i.held()),
         },
-        "redis": {
-            "configured": app.redis.is_some(),
-            "up": app.tree.cluster.as_ref().map(|(_, s)| s.up()),
+        redis: RedisStatus {
+            configured: app.redis.is_some(),
+            up: app.tree.cluster.as_ref().map(|(_, s)| s.up()),
         },
-        "cluster": cluster_status(&app),
-        "push": app.tree.push.as_ref().map(|p| {
+        cluster: cluster_status(&app),
+        push: app.tree.push.as_ref().map(|p| {
             use std::sync::atomic::Ordering::Relaxed;
             json!({
                 "sent": p.sent.load(Relaxed),
@@ -147,8 +244,8 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
                 "dropped": p.dropped.load(Relaxed),
             })
         }),
-        "command": command_status(&app),
-    }))
+        command: command_status(&app),
+    })
 }
 
 /// The cluster's part of `/status`: this node, the link's counters and every node whose
@@ -190,7 +287,8 @@ fn command_status(app: &AppState) -> serde_json::Value {
 }
 
 /// `GET /metrics`: every metric in the Prometheus text format. Gauges of state owned
-/// elsewhere (connections, channel actors, mailboxes, restarts) are read now.
+/// elsewhere (connections, channel actors, mailboxes) are read now, and the restart
+/// counters are brought up to date.
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus text format",
     responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)),
 )]
@@ -211,9 +309,9 @@ pub async fn metrics(app: web::Data<AppState>) -> HttpResponse {
     for a in &actors {
         let mailbox = a.mailbox.map_or(-1, |n| n as i64);
         m.mailbox.with_label_values(&[&a.name]).set(mailbox);
-        m.restarts
-            .with_label_values(&[&a.name])
-            .set(i64::from(a.restarts));
+        // A counter: it only grows, by what the actor's health cell counted since.
+        let restarts = m.restarts.with_label_values(&[&a.name]);
+        restarts.inc_by(u64::from(a.restarts).saturating_sub(restarts.get()));
     }
     if let Some((_, s)) = &app.tree.cluster {
         use std::sync::atomic::Ordering::Relaxed;

@@ -82,7 +82,7 @@ async fn metrics_count_frames_deliveries_acks_errors_and_commits() {
     assert_eq!(value(&after, mobile), 1.0, "{after}");
     assert!(value(&after, "switchboard_channels_active") >= 1.0);
     assert!(after.contains("switchboard_actor_mailbox{actor=\"router\"}"));
-    assert!(after.contains("switchboard_actor_restarts{actor=\"write_batcher\"}"));
+    assert!(after.contains("switchboard_actor_restarts_total{actor=\"write_batcher\"}"));
     for help in [
         "# HELP switchboard_frames_in_total",
         "# TYPE switchboard_ack_latency_seconds histogram",
@@ -105,7 +105,7 @@ async fn metrics_count_frames_deliveries_acks_errors_and_commits() {
         let now = scrape(&app).await;
         if value(
             &now,
-            "switchboard_actor_restarts{actor=\"presence_tracker\"}",
+            "switchboard_actor_restarts_total{actor=\"presence_tracker\"}",
         ) >= 1.0
         {
             break;

@@ -344,4 +344,7 @@ async fn the_documented_schemas_describe_what_the_routes_take_and_answer() {
     answer_matches(&app, &doc, route, Credential::Bearer(&bob), None, 200).await;
     let route = ("GET", "/health", "/health");
     answer_matches(&app, &doc, route, Credential::None, None, 200).await;
+    let route = ("GET", "/status", "/status");
+    let status = answer_matches(&app, &doc, route, Credential::None, None, 200).await;
+    assert!(status["database"]["pool"]["in_use"].is_u64(), "{status}");
 }

@@ -168,7 +168,7 @@ pub struct BatchStats {
 }
 
 /// A copy of [`BatchStats`].
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct BatchStatsSnapshot {
     /// Transactions sent to the writers.
     pub batches: u64,

@@ -35,7 +35,7 @@ impl diesel::r2d2::HandleError<diesel::r2d2::Error> for PoolErrors {
 }
 
 /// The last failure of a database operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LastError {
     /// What the database or the pool said.
     pub message: String,
@@ -44,9 +44,10 @@ pub struct LastError {
 }
 
 /// What `/status` shows under `database`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DatabaseHealthSnapshot {
     /// `ok`, or `failing` when the last operation failed.
+    #[schema(value_type = String)]
     pub state: &'static str,
     /// Operations and connection attempts failed since start.
     pub errors: u64,

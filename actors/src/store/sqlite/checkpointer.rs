@@ -50,7 +50,7 @@ pub struct CheckpointStats {
 }
 
 /// A copy of [`CheckpointStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct CheckpointStatsSnapshot {
     /// Passes run.
     pub passes: u64,

@@ -85,7 +85,7 @@ pub struct ResendKeyStats {
 }
 
 /// A copy of [`ResendKeyStats`].
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, utoipa::ToSchema)]
 pub struct ResendKeySnapshot {
     /// Keys held in memory, not yet in a run.
     pub in_memory: u64,
