@@ -317,8 +317,9 @@ pub struct ClusterSettings {
     pub replay_channels: usize,
     /// Most envelopes waiting to be published.
     pub outbox: usize,
-    /// How often a node tells the others how many frames each user sent through it, so
-    /// that a user's frame rate is limited across the cluster.
+    /// How often a node tells the others how many frames each user sent through it and
+    /// whose connection count changed, so that a user's frame rate and connections are
+    /// limited across the cluster.
     #[serde(with = "duration_str")]
     pub rate_share_every: Duration,
 }

@@ -4,18 +4,23 @@
 //! a budget of their own, so they never take the places of authenticated clients).
 //!
 //! Touched at upgrade, at authentication, at close, and once per client frame (the user's
-//! own bucket only); never on the fan-out path.
+//! own bucket only); never on the fan-out path. In a cluster, a user's places are counted
+//! across the nodes ([`places`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchboard_actors::ids::UserId;
 
 use crate::config::LimitSettings;
 use crate::net::{address_key, IpRange};
+
+mod places;
+
+use places::PlaceShare;
 
 /// Why a connection was not admitted.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -155,6 +160,8 @@ struct Users {
     slots: HashMap<UserId, UserSlot>,
     /// Sweep once the map holds this many slots.
     sweep_at: usize,
+    /// In a cluster: the places users hold on the other nodes.
+    share: Option<Box<PlaceShare>>,
 }
 
 /// What the gate knows of one client address.
@@ -241,10 +248,14 @@ impl UserTicket {
 
 impl Drop for UserTicket {
     fn drop(&mut self) {
-        if let Ok(mut users) = self.gate.users.lock() {
+        if let Ok(mut guard) = self.gate.users.lock() {
+            let users = &mut *guard;
             if let Some(slot) = users.slots.get_mut(&self.user) {
                 if self.holds_place {
                     slot.conns = slot.conns.saturating_sub(1);
+                    if let Some(share) = users.share.as_mut() {
+                        share.changed(&self.user);
+                    }
                 } else {
                     slot.senders = slot.senders.saturating_sub(1);
                 }
@@ -300,6 +311,7 @@ impl ConnectionGate {
             users: Mutex::new(Users {
                 slots: HashMap::new(),
                 sweep_at: USER_SWEEP_FLOOR,
+                share: None,
             }),
             addresses: Mutex::new(Addresses {
                 slots: HashMap::new(),
@@ -415,6 +427,39 @@ impl ConnectionGate {
         };
     }
 
+    /// Counts users' places across a cluster from now on: other nodes' counts hold for
+    /// `ttl` unless said again ([`places`]).
+    pub fn share_places(&self, ttl: Duration) {
+        if let Ok(mut users) = self.users.lock() {
+            users.share = Some(Box::new(PlaceShare::new(ttl)));
+        }
+    }
+
+    /// For the other nodes of a cluster: the places users hold here whose count changed
+    /// since the last call, or with `full` those of every user holding one (and those
+    /// whose count went to 0). Empty on a node alone.
+    pub fn drain_places(&self, full: bool) -> Vec<(UserId, u32)> {
+        let Ok(mut guard) = self.users.lock() else {
+            return Vec::new();
+        };
+        let users = &mut *guard;
+        let Some(share) = users.share.as_mut() else {
+            return Vec::new();
+        };
+        let slots = &users.slots;
+        let here = |u: &UserId| slots.get(u).map_or(0, |s| s.conns);
+        share.drain(full, here, slots.iter().map(|(u, s)| (u, s.conns)))
+    }
+
+    /// `node` says how many places the listed users hold on it.
+    pub fn places_elsewhere(&self, node: &Arc<str>, places: Vec<(UserId, u32)>) {
+        if let Ok(mut users) = self.users.lock() {
+            if let Some(share) = users.share.as_mut() {
+                share.heard(node, places);
+            }
+        }
+    }
+
     /// Takes a place for a connection from `client` that has not authenticated yet.
     pub fn admit_pending(self: &Arc<Self>, client: IpAddr) -> Result<PendingTicket, GateError> {
         let prev = self.pending.fetch_add(1, Ordering::Relaxed);
@@ -459,7 +504,11 @@ impl ConnectionGate {
 
     /// Runs `f` on the slot of `user` (made if new), sweeping out slots that say nothing
     /// once the map has doubled since the last sweep.
-    fn with_user<T>(&self, user: &UserId, f: impl FnOnce(&mut UserSlot) -> T) -> T {
+    fn with_user<T>(
+        &self,
+        user: &UserId,
+        f: impl FnOnce(&mut UserSlot, Option<&mut PlaceShare>) -> T,
+    ) -> T {
         let mut guard = match self.users.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -476,7 +525,7 @@ impl ConnectionGate {
             connects: None,
             requests: None,
         });
-        f(slot)
+        f(slot, users.share.as_deref_mut())
     }
 
     /// Counts one REST request of `user` (a token's user, or `api-key.<id>`) against its
@@ -485,7 +534,7 @@ impl ConnectionGate {
         if self.user_request.0 <= 0.0 {
             return Ok(());
         }
-        self.with_user(user, |slot| {
+        self.with_user(user, |slot, _| {
             take_lazily(&mut slot.requests, self.user_request)
         })
         .map_err(|retry_after_ms| GateError::UserRequestsTooFast { retry_after_ms })
@@ -513,16 +562,20 @@ impl ConnectionGate {
     ) -> Result<UserTicket, GateError> {
         let max = self.max_per_user;
         let limit_attempts = self.user_connect.0 > 0.0;
-        let bucket = self.with_user(user, |slot| {
+        let bucket = self.with_user(user, |slot, share| {
             if holds_place {
                 if limit_attempts {
                     take_lazily(&mut slot.connects, self.user_connect)
                         .map_err(|retry_after_ms| GateError::UserTooFast { retry_after_ms })?;
                 }
-                if slot.conns as usize >= max {
+                let elsewhere = share.as_ref().map_or(0, |s| s.elsewhere(user));
+                if (slot.conns + elsewhere) as usize >= max {
                     return Err(GateError::UserFull);
                 }
                 slot.conns += 1;
+                if let Some(share) = share {
+                    share.changed(user);
+                }
             } else {
                 slot.senders += 1;
             }
@@ -604,6 +657,26 @@ mod tests {
         assert_eq!(gate.admit_user(&u).err(), Some(GateError::UserFull));
         drop(a);
         assert!(gate.admit_user(&u).is_ok());
+    }
+
+    #[test]
+    fn in_a_cluster_places_on_other_nodes_count_and_changes_are_told() {
+        let gate = ConnectionGate::new(&limits(), Vec::new());
+        let u = UserId::new("u");
+        let _here = gate.admit_user(&u).expect("first");
+        assert!(
+            gate.drain_places(false).is_empty(),
+            "a node alone tells nothing"
+        );
+        gate.share_places(Duration::from_secs(10));
+        gate.places_elsewhere(&Arc::from("other"), vec![(u.clone(), 1)]);
+        assert_eq!(gate.admit_user(&u).err(), Some(GateError::UserFull));
+        gate.places_elsewhere(&Arc::from("other"), vec![(u.clone(), 0)]);
+        let second = gate.admit_user(&u).expect("the other node's place is free");
+        assert_eq!(gate.drain_places(false), [(u.clone(), 2)]);
+        drop(second);
+        assert_eq!(gate.drain_places(false), [(u.clone(), 1)]);
+        assert_eq!(gate.drain_places(true), [(u, 1)]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::api_keys::ApiKeys;
 use crate::auth::{Authority, KeyError};
 use crate::config::Settings;
 use crate::gate::ConnectionGate;
-use crate::rate_share::RateShare;
+use crate::limit_share::LimitShare;
 use crate::revocation_watch::RevocationWatch;
 use crate::routes;
 use crate::service_manager;
@@ -279,9 +279,12 @@ impl Application {
         });
         if let Some((link, _)) = &state.tree.cluster {
             let (gate, link2) = (state.gate.clone(), link.clone());
-            let every = state.settings.cluster.rate_share_every;
-            let share = RateShare::new(gate, link2, every).start();
-            link.do_send(AttachLimiter(share.recipient()));
+            let c = &state.settings.cluster;
+            let share = LimitShare::new(gate, link2, c.rate_share_every, c.node_ttl).start();
+            link.do_send(AttachLimiter {
+                spent: share.clone().recipient(),
+                places: share.recipient(),
+            });
         }
         let h = ActorHealth::new("revocation_watch");
         let (watched, hh) = (state.clone(), h.clone());

@@ -77,8 +77,9 @@ pub struct ClusterLink {
     /// Since when (ms) the bus subscription is down.
     bus_down_since: Option<i64>,
     started_at: i64,
-    /// Where other nodes' rate-limit spending goes (the server's connection gate).
-    limiter: Option<Recipient<SpentElsewhere>>,
+    /// Where other nodes' rate-limit spending and place counts go (the server's
+    /// connection gate).
+    limiter: Option<AttachLimiter>,
     /// Where other nodes' revocations go (the server's revocation watch).
     revocations: Option<Recipient<RevokedElsewhere>>,
     /// Questions to the other nodes waiting for answers, by number.
@@ -463,6 +464,17 @@ impl Handler<ToCluster> for ClusterLink {
 #[rtype(result = "()")]
 pub struct SpentElsewhere(pub Vec<(UserId, u32)>);
 
+/// How many places users hold on another node ([`Envelope::Places`]), for this node's
+/// count of each user's connections across the cluster.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PlacesElsewhere {
+    /// The node that said it.
+    pub node: Arc<str>,
+    /// Users and their places there (0: none left).
+    pub places: Vec<(UserId, u32)>,
+}
+
 /// Something was revoked on another node (tokens or an API key): the store has it.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -480,15 +492,20 @@ impl Handler<AttachRevocations> for ClusterLink {
     }
 }
 
-/// Where [`SpentElsewhere`] goes.
+/// Where [`SpentElsewhere`] and [`PlacesElsewhere`] go.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct AttachLimiter(pub Recipient<SpentElsewhere>);
+pub struct AttachLimiter {
+    /// Other nodes' frame-rate spending.
+    pub spent: Recipient<SpentElsewhere>,
+    /// Other nodes' place counts.
+    pub places: Recipient<PlacesElsewhere>,
+}
 
 impl Handler<AttachLimiter> for ClusterLink {
     type Result = ();
     fn handle(&mut self, msg: AttachLimiter, _: &mut Context<Self>) {
-        self.limiter = Some(msg.0);
+        self.limiter = Some(msg);
     }
 }
 

@@ -609,3 +609,42 @@ async fn a_users_frame_rate_is_limited_across_nodes_not_per_node() {
     }
     assert!(acked <= 3, "{acked} of 10 acked on the second node");
 }
+
+#[actix_web::test]
+async fn a_users_connection_places_are_counted_across_nodes_not_per_node() {
+    if !once_per_suite() {
+        return;
+    }
+    let nodes = spawn_cluster_on(&redis_url(), 2, |s| {
+        s.limits.max_connections_per_user = 2;
+        s.cluster.rate_share_every = Duration::from_millis(100);
+    })
+    .await;
+    let _laptop = nodes[0].ws_as("alice", "client_id=laptop").await;
+    let phone = nodes[1].ws_as("alice", "client_id=phone").await;
+    // Each node hears of the other's place: a third connection is refused on both.
+    actix_web::rt::time::sleep(Duration::from_millis(600)).await;
+    for node in &nodes {
+        let third = node.ws_connect("/ws", Some(&node.token("alice"))).await;
+        assert_eq!(third.err(), Some(429), "a third place on {}", node.base);
+    }
+    // bob is not alice: his places are his own.
+    let _bob = nodes[0].ws_as("bob", "client_id=laptop").await;
+    // A place freed on one node is free on the other once it is told.
+    drop(phone);
+    let mut admitted = None;
+    for _ in 0..30 {
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(c) = nodes[0]
+            .ws_connect("/ws", Some(&nodes[0].token("alice")))
+            .await
+        {
+            admitted = Some(c);
+            break;
+        }
+    }
+    assert!(
+        admitted.is_some(),
+        "the phone's place was not freed on the first node"
+    );
+}

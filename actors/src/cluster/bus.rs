@@ -8,8 +8,8 @@ use deadpool_redis::redis;
 use futures_util::StreamExt;
 
 use super::{
-    ClusterConfig, ClusterLink, ClusterStats, Envelope, FromCluster, RevokedElsewhere,
-    SpentElsewhere, COMMAND_TIMEOUT, RECONNECT_EVERY,
+    ClusterConfig, ClusterLink, ClusterStats, Envelope, FromCluster, PlacesElsewhere,
+    RevokedElsewhere, SpentElsewhere, COMMAND_TIMEOUT, RECONNECT_EVERY,
 };
 use crate::ids::{now_ms, UserId};
 
@@ -25,6 +25,11 @@ pub(super) enum BusEvent {
     ResyncAsked { since_ms: i64 },
     /// Frame-rate tokens users took on another node.
     Spent(Vec<(UserId, u32)>),
+    /// Places users hold on another node.
+    Places {
+        node: Arc<str>,
+        places: Vec<(UserId, u32)>,
+    },
     /// Another node revoked something.
     Revoked,
     /// A node answered one of this node's questions.
@@ -72,7 +77,12 @@ impl Handler<BusEvent> for ClusterLink {
             }
             BusEvent::Spent(spent) => {
                 if let Some(to) = &self.limiter {
-                    let _ = to.try_send(SpentElsewhere(spent));
+                    let _ = to.spent.try_send(SpentElsewhere(spent));
+                }
+            }
+            BusEvent::Places { node, places } => {
+                if let Some(to) = &self.limiter {
+                    let _ = to.places.try_send(PlacesElsewhere { node, places });
                 }
             }
         }
@@ -166,6 +176,11 @@ impl BusReader {
             }
             Envelope::RateSpent(spent) => {
                 self.link.do_send(BusEvent::Spent(spent));
+                return;
+            }
+            Envelope::Places(places) => {
+                let node = Arc::from(node);
+                self.link.do_send(BusEvent::Places { node, places });
                 return;
             }
             // The sessions holding the ids close at once (the router); the token ids and

@@ -148,6 +148,10 @@ pub enum Envelope {
     /// Frame-rate tokens users took on the sender since its last such message: every
     /// node takes them from its own buckets of those users.
     RateSpent(Vec<(UserId, u32)>),
+    /// How many of their `max_connections_per_user` places the listed users hold on the
+    /// sender now: those whose count changed since its last such message (0: none left),
+    /// or, every third of `cluster.node_ttl`, every user holding one.
+    Places(Vec<(UserId, u32)>),
     /// An answer to node `to`'s question `id`, as JSON.
     Answer {
         /// The question's number.
@@ -261,11 +265,11 @@ impl Envelope {
             }
             Envelope::RateSpent(spent) => {
                 w.0.push(b'S');
-                w.len(spent.len());
-                for (user, n) in spent {
-                    w.str(user.as_str());
-                    w.len(*n as usize);
-                }
+                w.user_counts(spent);
+            }
+            Envelope::Places(places) => {
+                w.0.push(b'U');
+                w.user_counts(places);
             }
             Envelope::Answer { id, to, json } => {
                 w.0.push(b'N');
@@ -387,15 +391,8 @@ impl Envelope {
                 };
                 Envelope::Ask { id, question }
             }
-            b'S' => {
-                let n = r.count(8)?;
-                let mut spent = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let user = UserId::new(r.str()?);
-                    spent.push((user, r.u32()?));
-                }
-                Envelope::RateSpent(spent)
-            }
+            b'S' => Envelope::RateSpent(r.user_counts()?),
+            b'U' => Envelope::Places(r.user_counts()?),
             b'N' => Envelope::Answer {
                 id: r.u64()?,
                 to: Arc::from(r.str()?),
@@ -461,6 +458,15 @@ impl Writer {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
 
+    /// Users each with a count (the count as a u32).
+    fn user_counts(&mut self, list: &[(UserId, u32)]) {
+        self.len(list.len());
+        for (user, n) in list {
+            self.str(user.as_str());
+            self.len(*n as usize);
+        }
+    }
+
     fn users(&mut self, users: &[UserId]) {
         self.len(users.len());
         for u in users {
@@ -510,6 +516,17 @@ impl<'a> Reader<'a> {
 
     /// A list length, refused when the bytes left cannot hold that many items of at least
     /// `min_item` bytes (a forged count allocates nothing).
+    /// A list written by [`Writer::user_counts`].
+    fn user_counts(&mut self) -> Result<Vec<(UserId, u32)>, DecodeError> {
+        let n = self.count(8)?;
+        let mut list = Vec::with_capacity(n);
+        for _ in 0..n {
+            let user = UserId::new(self.str()?);
+            list.push((user, self.u32()?));
+        }
+        Ok(list)
+    }
+
     fn count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item) > self.0.len() {
@@ -633,6 +650,10 @@ mod tests {
         round_trip(Envelope::RateSpent(vec![
             (UserId::new("a"), 3),
             (UserId::new("bob"), 70_000),
+        ]));
+        round_trip(Envelope::Places(vec![
+            (UserId::new("alice"), 0),
+            (UserId::new("bob"), 2),
         ]));
         round_trip(Envelope::Ask {
             id: 9,

@@ -131,7 +131,10 @@ impl Handler<FromCluster> for Router {
             Envelope::PresenceAsk => self.presence.do_send(ShareAll),
             Envelope::Ask { id, question } => self.answer(id, msg.node, question),
             // Answers reach the link itself.
-            Envelope::Answer { .. } | Envelope::Resync { .. } | Envelope::RateSpent(_) => {}
+            Envelope::Answer { .. }
+            | Envelope::Resync { .. }
+            | Envelope::RateSpent(_)
+            | Envelope::Places(_) => {}
         }
     }
 }
