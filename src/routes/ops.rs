@@ -6,6 +6,8 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use serde_json::json;
+use switchboard_actors::cluster::NodeInfo;
+use switchboard_actors::command_proxy::BreakerState;
 use switchboard_actors::health::HealthSnapshot;
 use switchboard_actors::router::GetStats;
 use switchboard_actors::store::batcher::BatchStatsSnapshot;
@@ -123,16 +125,94 @@ pub struct StatusDocument {
     database: DatabaseStatus,
     /// The Redis link.
     redis: RedisStatus,
-    /// The cluster: `{"configured": false}` on a node alone, else this node's id, the
-    /// link's counters and the nodes whose heartbeat is current (docs/CLUSTER.md).
-    #[schema(value_type = Object)]
-    cluster: serde_json::Value,
-    /// Push delivery counters (`sent`, `failed`, `dropped`); `null` without push.
-    #[schema(value_type = Option<Object>)]
-    push: Option<serde_json::Value>,
-    /// The command proxy: `{"configured": false}`, or its breaker state and call counters.
-    #[schema(value_type = Object)]
-    command: serde_json::Value,
+    /// The cluster (docs/CLUSTER.md).
+    cluster: ClusterStatus,
+    /// Push delivery; `null` without push.
+    push: Option<PushStatus>,
+    /// The command proxy.
+    command: CommandStatus,
+}
+
+/// `configured: false`: the part of [`StatusDocument`] of something not set up.
+#[derive(Serialize, ToSchema)]
+pub struct NotConfigured {
+    /// `false`.
+    configured: bool,
+}
+
+/// `cluster` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ClusterStatus {
+    /// A node alone (no `redis.url`).
+    Alone(NotConfigured),
+    /// A node of a cluster.
+    Joined(ClusterLinkStatus),
+}
+
+/// [`ClusterStatus`] of a node in a cluster.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterLinkStatus {
+    /// `true`.
+    configured: bool,
+    /// This node's id.
+    node_id: String,
+    /// The publishing connection to Redis is up.
+    publisher_up: bool,
+    /// The bus subscription is up.
+    bus_up: bool,
+    /// Envelopes published.
+    published: u64,
+    /// Envelopes received from other nodes.
+    received: u64,
+    /// Envelopes not published (Redis down or the outbox full).
+    dropped: u64,
+    /// Bus messages that were not envelopes.
+    malformed: u64,
+    /// Messages read back from the database to fill a seq gap.
+    filled_from_database: u64,
+    /// Times the link asked the other nodes to announce their heads.
+    resyncs: u64,
+    /// The nodes whose heartbeat is current.
+    nodes: Vec<NodeInfo>,
+}
+
+/// `push` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+pub struct PushStatus {
+    /// Events the webhook accepted.
+    sent: u64,
+    /// Events given up after every try.
+    failed: u64,
+    /// Events dropped because the queue was full.
+    dropped: u64,
+}
+
+/// `command` of [`StatusDocument`].
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CommandStatus {
+    /// No backend (`command.url` unset).
+    Alone(NotConfigured),
+    /// A backend is set.
+    Proxied(CommandProxyStatus),
+}
+
+/// [`CommandStatus`] with a backend.
+#[derive(Serialize, ToSchema)]
+pub struct CommandProxyStatus {
+    /// `true`.
+    configured: bool,
+    /// The circuit breaker.
+    breaker: BreakerState,
+    /// Calls under way.
+    in_flight: u64,
+    /// Calls answered with a 2xx.
+    ok: u64,
+    /// Calls answered with an error frame by the backend's doing (4xx, 5xx, timeout…).
+    failed: u64,
+    /// Calls refused without calling (breaker open or too many in flight).
+    rejected: u64,
 }
 
 /// `connections` of [`StatusDocument`].
@@ -238,11 +318,11 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
         cluster: cluster_status(&app),
         push: app.tree.push.as_ref().map(|p| {
             use std::sync::atomic::Ordering::Relaxed;
-            json!({
-                "sent": p.sent.load(Relaxed),
-                "failed": p.failed.load(Relaxed),
-                "dropped": p.dropped.load(Relaxed),
-            })
+            PushStatus {
+                sent: p.sent.load(Relaxed),
+                failed: p.failed.load(Relaxed),
+                dropped: p.dropped.load(Relaxed),
+            }
         }),
         command: command_status(&app),
     })
@@ -250,40 +330,40 @@ pub async fn status(app: web::Data<AppState>) -> HttpResponse {
 
 /// The cluster's part of `/status`: this node, the link's counters and every node whose
 /// heartbeat is current.
-fn cluster_status(app: &AppState) -> serde_json::Value {
+fn cluster_status(app: &AppState) -> ClusterStatus {
     use std::sync::atomic::Ordering::Relaxed;
-    match &app.tree.cluster {
-        None => json!({ "configured": false }),
-        Some((_, s)) => json!({
-            "configured": true,
-            "node_id": &*s.node_id,
-            "publisher_up": s.publisher_up.load(Relaxed),
-            "bus_up": s.bus_up.load(Relaxed),
-            "published": s.published.load(Relaxed),
-            "received": s.received.load(Relaxed),
-            "dropped": s.dropped.load(Relaxed),
-            "malformed": s.malformed.load(Relaxed),
-            "filled_from_database": s.filled.load(Relaxed),
-            "resyncs": s.resyncs.load(Relaxed),
-            "nodes": s.nodes(),
-        }),
-    }
+    let Some((_, s)) = &app.tree.cluster else {
+        return ClusterStatus::Alone(NotConfigured { configured: false });
+    };
+    ClusterStatus::Joined(ClusterLinkStatus {
+        configured: true,
+        node_id: s.node_id.to_string(),
+        publisher_up: s.publisher_up.load(Relaxed),
+        bus_up: s.bus_up.load(Relaxed),
+        published: s.published.load(Relaxed),
+        received: s.received.load(Relaxed),
+        dropped: s.dropped.load(Relaxed),
+        malformed: s.malformed.load(Relaxed),
+        filled_from_database: s.filled.load(Relaxed),
+        resyncs: s.resyncs.load(Relaxed),
+        nodes: s.nodes(),
+    })
 }
 
 /// The command proxy's part of `/status`.
-fn command_status(app: &AppState) -> serde_json::Value {
+fn command_status(app: &AppState) -> CommandStatus {
     use std::sync::atomic::Ordering::Relaxed;
-    match &app.tree.command {
-        None => json!({ "configured": false }),
-        Some((_, s)) => json!({
-            "configured": true,
-            "breaker": s.breaker(),
-            "in_flight": s.in_flight.load(Relaxed),
-            "ok": s.ok.load(Relaxed),
-            "failed": s.failed.load(Relaxed),
-            "rejected": s.rejected.load(Relaxed),
-        }),
-    }
+    let Some((_, s)) = &app.tree.command else {
+        return CommandStatus::Alone(NotConfigured { configured: false });
+    };
+    CommandStatus::Proxied(CommandProxyStatus {
+        configured: true,
+        breaker: s.breaker(),
+        in_flight: s.in_flight.load(Relaxed),
+        ok: s.ok.load(Relaxed),
+        failed: s.failed.load(Relaxed),
+        rejected: s.rejected.load(Relaxed),
+    })
 }
 
 /// `GET /metrics`: every metric in the Prometheus text format. Gauges of state owned

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, Credential, TestApp};
+use crate::helpers::{redis_url, spawn_app, spawn_cluster_on, Credential, TestApp};
 
 #[actix_web::test]
 async fn the_openapi_document_lists_every_route_of_the_router_and_no_other() {
@@ -347,4 +347,20 @@ async fn the_documented_schemas_describe_what_the_routes_take_and_answer() {
     let route = ("GET", "/status", "/status");
     let status = answer_matches(&app, &doc, route, Credential::None, None, 200).await;
     assert!(status["database"]["pool"]["in_use"].is_u64(), "{status}");
+}
+
+#[actix_web::test]
+async fn the_status_of_a_cluster_node_with_a_command_backend_matches_its_schema() {
+    // The cluster and command parts of `/status` have a second form when configured.
+    let nodes = spawn_cluster_on(&redis_url(), 1, |s| {
+        s.command.backend_url = "http://127.0.0.1:9/commands".into();
+    })
+    .await;
+    let node = &nodes[0];
+    let (_, doc) = node.call("GET", "/api/openapi.json", None, None).await;
+    let route = ("GET", "/status", "/status");
+    let status = answer_matches(node, &doc, route, Credential::None, None, 200).await;
+    assert_eq!(status["cluster"]["configured"], true, "{status}");
+    assert_eq!(status["cluster"]["nodes"][0]["id"], "node-0", "{status}");
+    assert_eq!(status["command"]["breaker"], "closed", "{status}");
 }

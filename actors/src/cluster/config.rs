@@ -55,7 +55,7 @@ impl ClusterConfig {
 }
 
 /// One node of the cluster, as its heartbeat describes it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct NodeInfo {
     /// Its id.
     pub id: String,
