@@ -71,7 +71,13 @@ impl PlaceShare {
     ) -> Vec<(UserId, u32)> {
         let changed = std::mem::take(&mut self.changed);
         if !full {
-            return changed.into_iter().map(|u| (u.clone(), here(&u))).collect();
+            return changed
+                .into_iter()
+                .map(|u| {
+                    let n = here(&u);
+                    (u, n)
+                })
+                .collect();
         }
         let ttl = self.ttl;
         self.elsewhere.retain(|_, nodes| {

@@ -192,7 +192,7 @@ pub struct PushStatus {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum CommandStatus {
-    /// No backend (`command.url` unset).
+    /// No backend (`command.backend_url` unset).
     Alone(NotConfigured),
     /// A backend is set.
     Proxied(CommandProxyStatus),

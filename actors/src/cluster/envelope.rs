@@ -514,8 +514,6 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(a))
     }
 
-    /// A list length, refused when the bytes left cannot hold that many items of at least
-    /// `min_item` bytes (a forged count allocates nothing).
     /// A list written by [`Writer::user_counts`].
     fn user_counts(&mut self) -> Result<Vec<(UserId, u32)>, DecodeError> {
         let n = self.count(8)?;
@@ -527,6 +525,8 @@ impl<'a> Reader<'a> {
         Ok(list)
     }
 
+    /// A list length, refused when the bytes left cannot hold that many items of at least
+    /// `min_item` bytes (a forged count allocates nothing).
     fn count(&mut self, min_item: usize) -> Result<usize, DecodeError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_item) > self.0.len() {
